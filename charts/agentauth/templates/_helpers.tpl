@@ -1,0 +1,107 @@
+{{/* Chart name, truncated to the DNS label limit. */}}
+{{- define "agentauth.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified app name: the release name, or <release>-agentauth. */}}
+{{- define "agentauth.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else if contains (include "agentauth.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "agentauth.name" .) | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "agentauth.controller.fullname" -}}{{ include "agentauth.fullname" . }}-controller{{- end -}}
+{{- define "agentauth.tokenService.fullname" -}}{{ include "agentauth.fullname" . }}-token-service{{- end -}}
+{{- define "agentauth.webhook.name" -}}{{ include "agentauth.fullname" . }}-webhook{{- end -}}
+
+{{- define "agentauth.controller.serviceAccountName" -}}
+{{- default (include "agentauth.controller.fullname" .) .Values.controller.serviceAccount.name -}}
+{{- end -}}
+{{- define "agentauth.tokenService.serviceAccountName" -}}
+{{- default (include "agentauth.tokenService.fullname" .) .Values.tokenService.serviceAccount.name -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "agentauth.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "agentauth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: agentauth
+{{- with .Values.global.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "ctx" . "component" "controller"). */}}
+{{- define "agentauth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentauth.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "agentauth.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+{{- end -}}
+
+{{- define "agentauth.tokenServiceURL" -}}
+{{- default .Values.issuer.url .Values.issuer.tokenServiceURL -}}
+{{- end -}}
+
+{{/* Environment shared by both components. */}}
+{{- define "agentauth.commonEnv" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: AGENTAUTH_CONTROLLER_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: AGENTAUTH_ISSUER
+  value: {{ required "issuer.url is required" .Values.issuer.url | quote }}
+- name: AGENTAUTH_TOKEN_SERVICE_URL
+  value: {{ include "agentauth.tokenServiceURL" . | quote }}
+{{- with .Values.issuer.trustDomain }}
+- name: AGENTAUTH_TRUST_DOMAIN
+  value: {{ . | quote }}
+{{- end }}
+- name: AGENTAUTH_LOG_LEVEL
+  value: {{ .Values.global.logLevel | quote }}
+{{- end -}}
+
+{{/* The webhook clientConfig for one path; call with (dict "ctx" . "path" "/mutate/pods"). */}}
+{{- define "agentauth.webhook.clientConfig" -}}
+{{- if .ctx.Values.webhook.url }}
+url: {{ printf "%s%s" (trimSuffix "/" .ctx.Values.webhook.url) .path | quote }}
+{{- else }}
+service:
+  name: {{ include "agentauth.controller.fullname" .ctx }}
+  namespace: {{ .ctx.Release.Namespace }}
+  path: {{ .path | quote }}
+  port: 443
+{{- end }}
+{{- end -}}
+
+{{/* Namespace selector of every webhook: never the chart's own namespace. */}}
+{{- define "agentauth.webhook.namespaceSelector" -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: [{{ .Release.Namespace | quote }}]
+    {{- with .Values.webhook.namespaceSelector.matchExpressions }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.webhook.namespaceSelector.matchLabels }}
+  matchLabels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}

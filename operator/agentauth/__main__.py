@@ -1,0 +1,5 @@
+import sys
+
+from agentauth import cli
+
+sys.exit(cli.main())

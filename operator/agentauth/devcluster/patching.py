@@ -1,0 +1,217 @@
+"""Patch application: JSON merge (RFC 7386), JSON patch (RFC 6902), strategic merge, apply.
+
+Strategic merge patch merges the common core lists by their Kubernetes merge key (containers,
+initContainers, volumes, env and the like by ``name``; ports by ``containerPort``; volumeMounts
+by ``mountPath``) and honours the ``$patch: delete|replace`` directives; every other list is
+replaced, as for types without patch metadata. Server-side apply is approximated as a strategic
+merge of the applied configuration into the live object (fields are never removed by omission).
+Every failure raises :class:`PatchError` with the message the server returns as 422/400.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH_YAML = "application/apply-patch+yaml"
+APPLY_PATCH_CBOR = "application/apply-patch+cbor"
+
+# list field name -> merge key, for the core types that declare patchMergeKey.
+MERGE_KEYS: dict[str, str] = {
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
+    "env": "name",
+    "ports": "containerPort",
+    "imagePullSecrets": "name",
+    "conditions": "type",
+    "hostAliases": "ip",
+    "tolerations": "key",
+    "ownerReferences": "uid",
+}
+
+
+class PatchError(Exception):
+    """A patch that cannot be applied; ``code`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, *, code: int = 422) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, ``null`` deletes, everything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise PatchError(f'invalid JSON pointer "{path}"', code=422)
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def _walk(doc: Any, parts: list[str], path: str) -> Any:
+    for part in parts:
+        if isinstance(doc, dict):
+            if part not in doc:
+                raise PatchError(f'doc is missing path: "{path}": missing value')
+            doc = doc[part]
+        elif isinstance(doc, list):
+            index = _index(part, len(doc), path)
+            doc = doc[index]
+        else:
+            raise PatchError(f'doc is missing path: "{path}": missing value')
+    return doc
+
+
+def _index(part: str, length: int, path: str, *, allow_end: bool = False) -> int:
+    if part == "-" and allow_end:
+        return length
+    if not part.isdigit():
+        raise PatchError(f"unable to access invalid index: {part}")
+    index = int(part)
+    if index > length or (index == length and not allow_end):
+        raise PatchError(f"unable to access invalid index: {index}")
+    return index
+
+
+def json_patch(document: Any, operations: Any) -> Any:
+    """RFC 6902 over a deep copy of ``document``."""
+    if not isinstance(operations, list):
+        raise PatchError(
+            "json: cannot unmarshal object into Go value of type jsonpatch.Patch", code=400
+        )
+    doc = copy.deepcopy(document)
+    for operation in operations:
+        if not isinstance(operation, dict) or "op" not in operation:
+            raise PatchError("Unexpected kind: missing op", code=400)
+        op = operation["op"]
+        path = str(operation.get("path", ""))
+        parts = _pointer(path)
+        if op == "test":
+            if _walk(doc, parts, path) != operation.get("value"):
+                raise PatchError(f"testing value {path} failed: test failed")
+            continue
+        if op in ("move", "copy"):
+            source = str(operation.get("from", ""))
+            value = copy.deepcopy(_walk(doc, _pointer(source), source))
+            if op == "move":
+                doc = _remove(doc, _pointer(source), source)
+            doc = _add(doc, parts, path, value)
+        elif op == "add":
+            doc = _add(doc, parts, path, copy.deepcopy(operation.get("value")))
+        elif op == "remove":
+            doc = _remove(doc, parts, path)
+        elif op == "replace":
+            _walk(doc, parts, path)
+            doc = _remove(doc, parts, path)
+            doc = _add(doc, parts, path, copy.deepcopy(operation.get("value")))
+        else:
+            raise PatchError(f"Unexpected kind: {op}", code=400)
+    return doc
+
+
+def _add(doc: Any, parts: list[str], path: str, value: Any) -> Any:
+    if not parts:
+        return value
+    parent = _walk(doc, parts[:-1], path)
+    last = parts[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent.insert(_index(last, len(parent), path, allow_end=True), value)
+    else:
+        raise PatchError(f'doc is missing path: "{path}": missing value')
+    return doc
+
+
+def _remove(doc: Any, parts: list[str], path: str) -> Any:
+    if not parts:
+        return None
+    parent = _walk(doc, parts[:-1], path)
+    last = parts[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise PatchError(f"Unable to remove nonexistent key: {last}: missing value")
+        del parent[last]
+    elif isinstance(parent, list):
+        del parent[_index(last, len(parent), path)]
+    else:
+        raise PatchError(f'doc is missing path: "{path}": missing value')
+    return doc
+
+
+def strategic_merge(target: Any, patch: Any) -> Any:
+    """Strategic merge patch of ``patch`` into ``target`` (neither is modified)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if patch.get("$patch") == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+    if patch.get("$patch") == "delete":
+        return None
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$setElementOrder/") or key in ("$retainKeys", "$patch"):
+            continue
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            current = result.get(field)
+            if isinstance(current, list) and isinstance(value, list):
+                result[field] = [item for item in current if item not in value]
+            continue
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and key in MERGE_KEYS:
+            result[key] = _merge_list(result.get(key), value, MERGE_KEYS[key])
+        elif isinstance(value, dict):
+            merged = strategic_merge(result.get(key), value)
+            if merged is None:
+                result.pop(key, None)
+            else:
+                result[key] = merged
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _merge_list(current: Any, patch: list[Any], merge_key: str) -> list[Any]:
+    items = list(current) if isinstance(current, list) else []
+    if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
+        return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
+    for item in patch:
+        if not isinstance(item, dict) or merge_key not in item:
+            items.append(copy.deepcopy(item))
+            continue
+        position = next(
+            (
+                index
+                for index, existing in enumerate(items)
+                if isinstance(existing, dict) and existing.get(merge_key) == item[merge_key]
+            ),
+            None,
+        )
+        if item.get("$patch") == "delete":
+            if position is not None:
+                del items[position]
+        elif position is None:
+            items.append(strategic_merge({}, item))
+        else:
+            items[position] = strategic_merge(items[position], item)
+    return items

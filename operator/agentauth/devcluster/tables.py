@@ -1,0 +1,227 @@
+"""Server-side ``meta.k8s.io/v1`` ``Table`` responses, as ``kubectl get`` asks for them.
+
+Custom resources get their CRD's ``additionalPrinterColumns`` (evaluated as the simple JSONPath
+subset CRDs use: ``.a.b``, ``[0]``, ``[?(@.type=="Ready")]``), always preceded by ``Name`` and,
+when no column is a date, followed by ``Age`` like upstream. Built-in kinds get a few familiar
+default columns. Date columns render as ages ("5m10s"), exactly like ``kubectl``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+from agentauth.devcluster import resources
+
+TABLE_ACCEPT = "as=Table"
+_NAME_COLUMN = {
+    "name": "Name",
+    "type": "string",
+    "format": "name",
+    "description": "Name must be unique within a namespace.",
+    "priority": 0,
+}
+_AGE_COLUMN = {
+    "name": "Age",
+    "type": "date",
+    "format": "",
+    "description": "CreationTimestamp is a timestamp representing the server time when this "
+    "object was created.",
+    "priority": 0,
+}
+
+
+def wants_table(accept: str) -> bool:
+    """True when the first acceptable media type asks for a meta.k8s.io Table."""
+    first = accept.split(",")[0]
+    return "as=Table" in first and "g=meta.k8s.io" in first
+
+
+def human_duration(seconds_total: float) -> str:
+    """``k8s.io/apimachinery/pkg/util/duration.HumanDuration``."""
+    seconds = round(seconds_total)
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 0:
+        return "0s"
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = int(seconds_total // 60)
+    if minutes < 10:
+        rest = int(seconds_total) % 60
+        return f"{minutes}m" if rest == 0 else f"{minutes}m{rest}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h" if rest == 0 else f"{hours}h{rest}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d" if rest == 0 else f"{hours // 24}d{rest}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = (hours // 24) % 365
+        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+    return f"{hours // 24 // 365}y"
+
+
+def age(timestamp: Any) -> str:
+    if not isinstance(timestamp, str) or not timestamp:
+        return "<unknown>"
+    try:
+        created = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "<invalid>"
+    return human_duration((datetime.datetime.now(datetime.UTC) - created).total_seconds())
+
+
+_TOKEN = re.compile(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*"
+                    r"[\"']([^\"']*)[\"']\)\]|\[\*\]")
+
+
+def jsonpath(obj: Any, expression: str) -> list[Any]:
+    """Evaluate the JSONPath subset printer columns use; returns every match."""
+    text = expression.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    if text.startswith("$"):
+        text = text[1:]
+    current: list[Any] = [obj]
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None:
+            return []
+        position = match.end()
+        field, index, filter_key, filter_value = match.groups()
+        following: list[Any] = []
+        for item in current:
+            if field is not None and isinstance(item, dict) and field in item:
+                following.append(item[field])
+            elif index is not None and isinstance(item, list) and int(index) < len(item):
+                following.append(item[int(index)])
+            elif filter_key is not None and isinstance(item, list):
+                for element in item:
+                    value: Any = element
+                    for part in filter_key.split("."):
+                        value = value.get(part) if isinstance(value, dict) else None
+                    if value is not None and str(value) == filter_value:
+                        following.append(element)
+            elif match.group(0) == "[*]" and isinstance(item, list):
+                following.extend(item)
+        current = following
+    return current
+
+
+def _cell(value: Any, column_type: str) -> Any:
+    if value is None:
+        return None
+    if column_type == "date":
+        return age(value)
+    if column_type == "integer" and isinstance(value, int | float):
+        return int(value)
+    if column_type == "number" and isinstance(value, int | float):
+        return value
+    if column_type == "boolean" and isinstance(value, bool):
+        return value
+    if isinstance(value, dict | list):
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+    return value if isinstance(value, str) else str(value).lower() if isinstance(
+        value, bool
+    ) else str(value)
+
+
+def _builtin_columns(rt: resources.ResourceType) -> list[tuple[dict[str, Any], str]]:
+    """(column definition, JSONPath) pairs for a built-in kind, between Name and Age."""
+    def col(name: str, path: str, kind: str = "string") -> tuple[dict[str, Any], str]:
+        return ({"name": name, "type": kind, "format": "", "description": name,
+                 "priority": 0}, path)
+
+    extra: dict[str, list[tuple[dict[str, Any], str]]] = {
+        "namespaces": [col("Status", ".status.phase")],
+        "secrets": [col("Type", ".type")],
+        "pods": [col("Status", ".status.phase")],
+        "events": [col("Reason", ".reason"), col("Object", ".involvedObject.name"),
+                   col("Message", ".message")],
+        "leases": [col("Holder", ".spec.holderIdentity")],
+        "customresourcedefinitions": [],
+        "rolebindings": [col("Role", ".roleRef.name")],
+        "clusterrolebindings": [col("Role", ".roleRef.name")],
+    }
+    return extra.get(rt.plural, []) if not rt.group or rt.group != "events.k8s.io" else [
+        col("Reason", ".reason"), col("Object", ".regarding.name"), col("Note", ".note")]
+
+
+def columns_for(
+    rt: resources.ResourceType, version: str
+) -> list[tuple[dict[str, Any], str]]:
+    if rt.custom:
+        custom = rt.columns(version)
+        pairs = [
+            (
+                {
+                    "name": column["name"],
+                    "type": column.get("type", "string"),
+                    "format": column.get("format", ""),
+                    "description": column.get("description", ""),
+                    "priority": column.get("priority", 0),
+                },
+                str(column.get("jsonPath", "")),
+            )
+            for column in custom
+        ]
+        has_date = any(c.get("type") == "date" for c in custom)
+    else:
+        pairs = _builtin_columns(rt)
+        has_date = False
+    result = [(_NAME_COLUMN, ".metadata.name"), *pairs]
+    if not has_date:
+        result.append((_AGE_COLUMN, ".metadata.creationTimestamp"))
+    return result
+
+
+def row(
+    obj: dict[str, Any],
+    columns: list[tuple[dict[str, Any], str]],
+    *,
+    include_object: str,
+) -> dict[str, Any]:
+    cells = []
+    for definition, path in columns:
+        found = jsonpath(obj, path)
+        value = found[0] if found else None
+        cells.append(_cell(value, str(definition.get("type", "string"))))
+    result: dict[str, Any] = {"cells": cells}
+    if include_object == "Object":
+        result["object"] = obj
+    elif include_object != "None":
+        result["object"] = {
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata", {}),
+        }
+    return result
+
+
+def table(
+    objects: list[dict[str, Any]],
+    columns: list[tuple[dict[str, Any], str]],
+    *,
+    include_object: str,
+    list_metadata: dict[str, Any] | None = None,
+    with_definitions: bool = True,
+) -> dict[str, Any]:
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_metadata or {},
+        "columnDefinitions": [c for c, _ in columns] if with_definitions else [],
+        "rows": [row(obj, columns, include_object=include_object) for obj in objects],
+    }

@@ -1,0 +1,324 @@
+"""Registered-key agents: self-signed JWT client assertions (RFC 7523 ``private_key_jwt``).
+
+An agent that runs outside Kubernetes registers Ed25519 public keys in its Agent's
+``spec.publicKeys`` (a JWKS).  It authenticates at ``POST /oauth2/token`` with
+
+    grant_type=client_credentials
+    client_id=aauth:<name>.<namespace>@<trust-domain>            (optional; must equal iss)
+    client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer
+    client_assertion=<JWT signed with a registered key>
+
+Choice (documented in docs/aauth.md): RFC 7523 *client assertion* (section 2.2), not a
+``jwt`` subject token.  The assertion authenticates the agent as an OAuth client, which is what
+it is; a ``urn:ietf:params:oauth:token-type:jwt`` subject token is reserved for the Kubernetes
+service-account token, and :func:`reject_as_subject_token` refuses a self-signed assertion sent
+there with an explicit ``invalid_request``.  The RFC 7523 section 2.1 *grant* form
+(``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``) is refused the same way.
+
+Guarantees of :func:`verify_client_assertion` (every failure is ``errors.InvalidClient``,
+RFC 7523 section 3.2, with a fixed description):
+
+- header ``alg`` is ``EdDSA`` (``none``, ``HS*``, ``RS*``, ``ES*`` ... are refused by name);
+- the key is found by ``kid`` (a registered key's ``kid`` or, when it has none, its RFC 7638
+  thumbprint) among the Agent's registered keys, and it must be an OKP/Ed25519 key (RSA and
+  symmetric ``oct`` keys are refused by name);
+- ``iss`` = ``sub`` = the agent identifier; ``aud`` is (or contains) the token endpoint URL;
+- ``exp`` is required and in the future, ``iat`` is required and not in the future,
+  ``exp - iat`` is at most five minutes, and ``exp`` is at most five minutes (+ leeway) away;
+- ``jti`` is required and accepted once (the replay cache remembers it until ``exp``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agentauth.domain import errors, jose, tokens
+
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+"""RFC 7523 section 2.2 ``client_assertion_type``."""
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+"""RFC 7523 section 2.1 grant type; refused (we use the client-assertion form)."""
+
+MAX_ASSERTION_LIFETIME = 300
+"""An assertion may be valid for at most five minutes."""
+
+LEEWAY = 30
+"""Clock skew tolerated on ``exp``/``iat``/``nbf`` (seconds)."""
+
+_ALGORITHM = "EdDSA"
+
+
+class Replayed(Exception):
+    """The key was already remembered by the replay cache."""
+
+
+class ReplayCache(Protocol):
+    """Remembers one-time values (assertion ``jti``, request signatures) until they expire."""
+
+    def remember(self, key: str, *, expires_at: float, now: float) -> None:
+        """Record ``key`` until ``expires_at``; raise :class:`Replayed` if it is already there."""
+
+
+class InMemoryReplayCache:
+    """A process-local :class:`ReplayCache` (thread-safe).
+
+    Fails closed when full: with ``max_entries`` live entries a new key raises
+    ``errors.TemporarilyUnavailable`` instead of evicting one that might be replayed.
+    Several token-service replicas each hold their own cache; an assertion replayed against
+    another replica within its (at most five-minute) lifetime is the documented residual risk.
+    """
+
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        self._entries: dict[str, float] = {}
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def remember(self, key: str, *, expires_at: float, now: float) -> None:
+        with self._lock:
+            seen = self._entries.get(key)
+            if seen is not None and seen > now:
+                raise Replayed(key)
+            if len(self._entries) >= self._max_entries:
+                self._entries = {k: v for k, v in self._entries.items() if v > now}
+                if len(self._entries) >= self._max_entries:
+                    raise errors.TemporarilyUnavailable("replay cache is full; retry shortly")
+            self._entries[key] = expires_at
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentName:
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAssertion:
+    """A verified client assertion."""
+
+    agent_id: str
+    kid: str
+    jti: str
+    expires_at: int
+    claims: dict[str, Any]
+
+
+def agent_name_from_identifier(identifier: str, *, trust_domain: str) -> AgentName:
+    """Split ``aauth:<name>.<namespace>@<trust-domain>``; raise ``InvalidClient`` otherwise.
+
+    Agent names and namespaces are DNS-1123 labels (no dots), so the split is unambiguous.
+    """
+    prefix = tokens.SUBJECT_PREFIX
+    suffix = f"@{trust_domain}"
+    if not identifier.startswith(prefix) or not identifier.endswith(suffix):
+        raise errors.InvalidClient(
+            f"assertion issuer must be an agent identifier {prefix}<name>.<namespace>{suffix}"
+        )
+    local = identifier[len(prefix) : -len(suffix)]
+    name, dot, namespace = local.partition(".")
+    if not dot or not name or not namespace or "." in namespace:
+        raise errors.InvalidClient(
+            f"assertion issuer must be an agent identifier {prefix}<name>.<namespace>{suffix}"
+        )
+    return AgentName(name=name, namespace=namespace)
+
+
+def peek_issuer(assertion: str) -> str:
+    """The assertion's unverified ``iss`` so the caller can look up the Agent (and its keys).
+
+    Nothing is trusted from it before :func:`verify_client_assertion` succeeds.
+    """
+    parsed = _parse(assertion)
+    iss = parsed.payload.get("iss")
+    if not isinstance(iss, str) or not iss:
+        raise errors.InvalidClient("assertion has no iss claim")
+    return iss
+
+
+def check_assertion_type(client_assertion_type: str | None) -> None:
+    """Require the RFC 7523 client assertion type."""
+    if client_assertion_type != CLIENT_ASSERTION_TYPE:
+        raise errors.InvalidClient(f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}")
+
+
+def reject_grant_type(grant_type: str) -> None:
+    """Refuse the RFC 7523 section 2.1 grant form with a pointer to the supported form."""
+    if grant_type == JWT_BEARER_GRANT:
+        raise errors.UnsupportedGrantType(
+            "agent assertions are accepted as RFC 7523 client_assertion with "
+            "grant_type=client_credentials, not as a jwt-bearer grant"
+        )
+
+
+def reject_as_subject_token(subject_token: str) -> None:
+    """Refuse a self-signed agent assertion presented as an RFC 8693 ``subject_token``.
+
+    Call it for ``subject_token_type=urn:ietf:params:oauth:token-type:jwt`` before the
+    Kubernetes verifier: a token whose ``iss`` is an ``aauth:`` identifier is one of ours.
+    """
+    try:
+        payload = jose.parse(subject_token).payload
+    except errors.OAuthError:
+        return  # not a JWT at all: the regular verifier reports it
+    iss = payload.get("iss")
+    if isinstance(iss, str) and iss.startswith(tokens.SUBJECT_PREFIX):
+        raise errors.InvalidRequest(
+            "agent assertions must be sent as client_assertion (RFC 7523) with "
+            "grant_type=client_credentials, not as a subject_token"
+        )
+
+
+def registered_key(public_keys: Mapping[str, Any], kid: str) -> ed25519.Ed25519PublicKey:
+    """The registered Ed25519 key with ``kid`` (or thumbprint ``kid``); ``InvalidClient`` if
+    absent or not an Ed25519 key."""
+    keys = public_keys.get("keys")
+    if not isinstance(keys, list):
+        raise errors.InvalidClient("agent has no registered public keys")
+    for jwk in keys:
+        if not isinstance(jwk, Mapping):
+            continue
+        kty = jwk.get("kty")
+        jwk_kid = jwk.get("kid")
+        if jwk_kid is None and kty == "OKP":
+            try:
+                jwk_kid = jose.jwk_thumbprint(jwk)
+            except (KeyError, ValueError):
+                jwk_kid = None
+        if jwk_kid != kid:
+            continue
+        if kty == "RSA":
+            raise errors.InvalidClient(
+                f"registered key {kid!r} is an RSA key; only Ed25519 (OKP) keys are accepted"
+            )
+        if kty == "oct":
+            raise errors.InvalidClient(
+                f"registered key {kid!r} is a symmetric (HMAC) key; only Ed25519 (OKP) keys "
+                "are accepted"
+            )
+        if kty != "OKP" or jwk.get("crv") != "Ed25519":
+            raise errors.InvalidClient(f"registered key {kid!r} is not an Ed25519 (OKP) key")
+        try:
+            key = jose.public_key_from_jwk(jwk)
+        except ValueError:
+            raise errors.InvalidClient(f"registered key {kid!r} is malformed") from None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise errors.InvalidClient(f"registered key {kid!r} is not an Ed25519 (OKP) key")
+        return key
+    raise errors.InvalidClient(f"assertion key {kid!r} is not registered for this agent")
+
+
+def _parse(assertion: str) -> jose.ParsedJWS:
+    try:
+        return jose.parse(assertion)
+    except errors.OAuthError as exc:
+        raise errors.InvalidClient(f"client_assertion is malformed: {exc.description}") from None
+
+
+def verify_client_assertion(
+    *,
+    assertion: str,
+    agent_id: str,
+    public_keys: Mapping[str, Any],
+    token_endpoint: str,
+    now: float,
+    replay_cache: ReplayCache,
+    client_id: str | None = None,
+) -> VerifiedAssertion:
+    """Verify a registered-key agent's client assertion (see the module docstring).
+
+    ``agent_id`` is the identifier of the Agent looked up from :func:`peek_issuer`;
+    ``public_keys`` its ``spec.publicKeys`` as a JWKS mapping (``PublicKeySet.to_api()``).
+    """
+    parsed = _parse(assertion)
+    alg = parsed.header.get("alg")
+    if alg != _ALGORITHM:
+        raise errors.InvalidClient(f"assertion algorithm {alg!r} is not allowed; use EdDSA")
+    kid = parsed.header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise errors.InvalidClient("assertion header has no kid")
+    key = registered_key(public_keys, kid)
+    try:
+        jose.verify_signature(parsed, alg=_ALGORITHM, key=key)
+    except errors.OAuthError:
+        raise errors.InvalidClient("assertion signature is invalid") from None
+
+    claims = parsed.payload
+    iss, sub = claims.get("iss"), claims.get("sub")
+    if iss != agent_id or sub != agent_id:
+        raise errors.InvalidClient("assertion iss and sub must both be the agent identifier")
+    if client_id is not None and client_id != agent_id:
+        raise errors.InvalidClient("client_id does not match the assertion issuer")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if token_endpoint not in audiences:
+        raise errors.InvalidClient(
+            f"assertion audience must be the token endpoint {token_endpoint}"
+        )
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise errors.InvalidClient("assertion has no exp claim")
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise errors.InvalidClient("assertion has no iat claim")
+    if now >= exp + LEEWAY:
+        raise errors.InvalidClient("assertion has expired")
+    nbf = claims.get("nbf", iat)
+    if iat > now + LEEWAY or (_is_number(nbf) and nbf > now + LEEWAY):
+        raise errors.InvalidClient("assertion is not yet valid")
+    if exp - iat > MAX_ASSERTION_LIFETIME or exp > now + MAX_ASSERTION_LIFETIME + LEEWAY:
+        raise errors.InvalidClient(
+            f"assertion lifetime exceeds {MAX_ASSERTION_LIFETIME // 60} minutes"
+        )
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > 256:
+        raise errors.InvalidClient("assertion has no jti claim")
+    try:
+        replay_cache.remember(f"assertion|{agent_id}|{jti}", expires_at=exp + LEEWAY, now=now)
+    except Replayed:
+        raise errors.InvalidClient("assertion jti has already been used") from None
+    return VerifiedAssertion(
+        agent_id=agent_id, kid=kid, jti=jti, expires_at=int(exp), claims=dict(claims)
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def create_client_assertion(
+    *,
+    private_key: ed25519.Ed25519PrivateKey,
+    kid: str,
+    agent_id: str,
+    token_endpoint: str,
+    now: float,
+    lifetime: int = 60,
+    jti: str | None = None,
+) -> str:
+    """Sign a client assertion (what the SDK sends); ``lifetime`` is capped at five minutes."""
+    issued_at = int(now)
+    claims = {
+        "iss": agent_id,
+        "sub": agent_id,
+        "aud": token_endpoint,
+        "iat": issued_at,
+        "exp": issued_at + min(lifetime, MAX_ASSERTION_LIFETIME),
+        "jti": jti if jti is not None else secrets.token_urlsafe(16),
+    }
+    header = {"alg": _ALGORITHM, "kid": kid, "typ": "JWT"}
+    signing_input = (
+        jose.b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + jose.b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    signature = private_key.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{jose.b64url_encode(signature)}"

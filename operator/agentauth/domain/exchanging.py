@@ -1,0 +1,554 @@
+"""The RFC 8693 token-exchange decision, as pure functions over a snapshot of the caches.
+
+The HTTP layer verifies the presented credential (``serviceaccounts``, ``tokens``, federation),
+builds a ``Snapshot`` of its caches and calls into this module; nothing here performs I/O.
+
+Rules (each failure raises a typed ``errors.OAuthError``):
+
+- Pod binding (Kubernetes service-account tokens): the token's pod must exist in the cache with
+  the same uid, carry ``agentauth.dev/agent=<agent>``, run as the token's service account, which
+  must be the Agent's ``serviceAccountName``, and match the Agent's ``podSelector``.
+- Agent usability: the Agent must exist, not be suspended and not be being deleted. If the
+  controller published ``Ready=False`` the exchange is refused with its reason, except for
+  ``NoCapabilities`` (capabilities are recomputed here from the grant cache, which may be newer
+  than the status). An Agent without status (not yet reconciled) is usable: every check that
+  ``Ready`` summarises (service account, pod, capabilities) is repeated here against the caches.
+- Scope: capabilities are computed with ``capabilities.effective_capabilities`` from the cached
+  grants, never read from ``Agent.status`` (a deleted grant takes effect immediately). A requested
+  scope may only narrow what is held (``invalid_scope`` otherwise). Without a requested scope the
+  token gets every held ``Automatic`` capability. A ``Required`` capability is included only while
+  an ``Approved`` AccessRequest of this agent that lists it has a ``grantedUntil`` in the future;
+  the token then expires no later than that ``grantedUntil``.
+- Audience: ``audience``/``resource`` must be our issuer or a ToolServer's ``resourceURI``
+  (``invalid_target`` otherwise); for a ToolServer without a requested scope the scope is further
+  narrowed to the capabilities its tools need.
+- Lifetime: min(requested ``expires_in``, the Agent's ``tokenTTL``, 1 h, ``grantedUntil``, and the
+  subject token's own expiry for delegated tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agentauth.domain import capabilities, durations, errors, jose, serviceaccounts, tokens
+from agentauth.domain.models import (
+    AGENT_LABEL,
+    AccessRequest,
+    Agent,
+    CapabilityGrant,
+    EffectiveCapability,
+    ToolServer,
+)
+
+GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+TOKEN_TYPE_AWS = "urn:agentauth:params:token-type:aws-signed-request"
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_AWS, TOKEN_TYPE_ACCESS_TOKEN)
+ACTOR_TOKEN_TYPES = (TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT)
+MAX_SCOPE_ENTRIES = 64
+READY_REASONS_RECOMPUTED = frozenset({"NoCapabilities"})
+_SINGLE_VALUED = (
+    "grant_type",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "scope",
+    "audience",
+    "requested_token_type",
+    "expires_in",
+)
+
+
+# -- request parsing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRequest:
+    """A syntactically valid RFC 8693 token-exchange request."""
+
+    subject_token: str
+    subject_token_type: str
+    actor_token: str | None = None
+    actor_token_type: str | None = None
+    scope: tuple[str, ...] | None = None
+    audience: str | None = None
+    requested_lifetime: timedelta | None = None
+
+
+def parse_scope(raw: str) -> tuple[str, ...]:
+    """Split a space-separated ``scope``; every entry must be a capability name or pattern."""
+    entries = tuple(dict.fromkeys(raw.split()))
+    if len(entries) > MAX_SCOPE_ENTRIES:
+        raise errors.InvalidScope(f"scope has more than {MAX_SCOPE_ENTRIES} entries")
+    for entry in entries:
+        concrete = entry[:-2] + ".x" if entry.endswith(".*") else entry
+        if not capabilities.is_capability_name(concrete):
+            raise errors.InvalidScope(f"scope entry {entry!r} is not a capability name")
+    return entries
+
+
+def parse_request(form: Mapping[str, Sequence[str]]) -> ExchangeRequest:
+    """Validate the form parameters of ``POST /oauth2/token`` for a token exchange."""
+    for name in _SINGLE_VALUED:
+        if len(form.get(name, ())) > 1:
+            raise errors.InvalidRequest(f"parameter {name} is repeated")
+
+    def one(name: str) -> str | None:
+        values = form.get(name)
+        return values[0] if values else None
+
+    grant_type = one("grant_type")
+    if not grant_type:
+        raise errors.InvalidRequest("missing parameter: grant_type")
+    if grant_type != GRANT_TYPE_TOKEN_EXCHANGE:
+        raise errors.UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
+    subject_token, subject_token_type = one("subject_token"), one("subject_token_type")
+    if not subject_token:
+        raise errors.InvalidRequest("missing parameter: subject_token")
+    if not subject_token_type:
+        raise errors.InvalidRequest("missing parameter: subject_token_type")
+    if subject_token_type not in SUBJECT_TOKEN_TYPES:
+        raise errors.UnsupportedTokenType(
+            f"subject_token_type {subject_token_type!r} is not supported"
+        )
+    actor_token, actor_token_type = one("actor_token"), one("actor_token_type")
+    if actor_token and not actor_token_type:
+        raise errors.InvalidRequest("missing parameter: actor_token_type")
+    if actor_token_type and not actor_token:
+        raise errors.InvalidRequest("actor_token_type given without actor_token")
+    if actor_token_type and actor_token_type not in ACTOR_TOKEN_TYPES:
+        raise errors.UnsupportedTokenType(f"actor_token_type {actor_token_type!r} is not supported")
+    requested_type = one("requested_token_type")
+    if requested_type not in (None, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT):
+        raise errors.InvalidRequest(f"requested_token_type {requested_type!r} is not supported")
+    raw_scope = one("scope")
+    scope = parse_scope(raw_scope) if raw_scope is not None else None
+    if scope == ():
+        scope = None
+    targets = [*form.get("audience", ()), *form.get("resource", ())]
+    if len(set(targets)) > 1:
+        raise errors.InvalidTarget("only one audience/resource may be requested per token")
+    lifetime = None
+    raw_lifetime = one("expires_in")
+    if raw_lifetime is not None:
+        if not raw_lifetime.isdigit() or int(raw_lifetime) <= 0:
+            raise errors.InvalidRequest("expires_in must be a positive number of seconds")
+        lifetime = timedelta(seconds=int(raw_lifetime))
+    return ExchangeRequest(
+        subject_token=subject_token,
+        subject_token_type=subject_token_type,
+        actor_token=actor_token or None,
+        actor_token_type=actor_token_type or None,
+        scope=scope,
+        audience=targets[0] if targets else None,
+        requested_lifetime=lifetime,
+    )
+
+
+# -- the snapshot ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """The fields of a pod that binding needs."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    service_account: str
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> Pod:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            labels=dict(meta.get("labels") or {}),
+            service_account=str(
+                spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+            ),
+        )
+
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Snapshot:
+    """What the caches hold at one moment; the token service rebuilds it when a cache changes."""
+
+    agents: Mapping[Key, Agent] = field(default_factory=dict)
+    grants: Sequence[CapabilityGrant] = ()
+    access_requests: Sequence[AccessRequest] = ()
+    tool_servers: Sequence[ToolServer] = ()
+    pods: Mapping[Key, Pod] = field(default_factory=dict)
+    _grants_by_ns: dict[str, list[CapabilityGrant]] = field(default_factory=dict, repr=False)
+    _requests_by_agent: dict[Key, list[AccessRequest]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        by_ns: defaultdict[str, list[CapabilityGrant]] = defaultdict(list)
+        for grant in self.grants:
+            by_ns[grant.metadata.namespace or ""].append(grant)
+        self._grants_by_ns = dict(by_ns)
+        by_agent: defaultdict[Key, list[AccessRequest]] = defaultdict(list)
+        for request in self.access_requests:
+            by_agent[(request.metadata.namespace or "", request.spec.agent)].append(request)
+        self._requests_by_agent = dict(by_agent)
+
+    def agent(self, namespace: str, name: str) -> Agent | None:
+        return self.agents.get((namespace, name))
+
+    def held(self, agent: Agent, *, now: datetime) -> list[EffectiveCapability]:
+        grants = self._grants_by_ns.get(agent.metadata.namespace or "", [])
+        return capabilities.effective_capabilities(agent, grants, now=now)
+
+    def access_requests_of(self, agent: Agent) -> list[AccessRequest]:
+        return self._requests_by_agent.get(
+            (agent.metadata.namespace or "", agent.metadata.name or ""), []
+        )
+
+
+def agent_label(agent: Agent) -> str:
+    return f"{agent.metadata.namespace}/{agent.metadata.name}"
+
+
+# -- binding and usability ---------------------------------------------------------------------
+
+
+def bind_pod(
+    identity: serviceaccounts.ServiceAccountIdentity, snapshot: Snapshot
+) -> tuple[Agent, Pod]:
+    """The Agent the pod behind a verified service-account token acts as."""
+    where = f"{identity.namespace}/{identity.pod_name}"
+    pod = snapshot.pods.get((identity.namespace, identity.pod_name))
+    if pod is None or pod.uid != identity.pod_uid:
+        raise errors.InvalidGrant(f"pod {where} bound to the token no longer exists")
+    agent_name = pod.labels.get(AGENT_LABEL)
+    if not agent_name:
+        raise errors.InvalidGrant(f"pod {where} has no {AGENT_LABEL} label")
+    agent = snapshot.agent(identity.namespace, agent_name)
+    if agent is None:
+        raise errors.InvalidGrant(f"agent {identity.namespace}/{agent_name} does not exist")
+    if pod.service_account != identity.service_account or (
+        agent.spec.service_account_name != identity.service_account
+    ):
+        raise errors.InvalidGrant(
+            f"service account {identity.service_account} is not the service account of agent "
+            f"{agent_label(agent)}"
+        )
+    selector = agent.spec.pod_selector
+    if selector is not None and not selector.matches(dict(pod.labels)):
+        raise errors.InvalidGrant(
+            f"pod {where} does not match the podSelector of agent {agent_label(agent)}"
+        )
+    return agent, pod
+
+
+def check_agent_usable(agent: Agent) -> None:
+    """Refuse suspended, deleted or not-Ready agents (see the module docstring)."""
+    if agent.metadata.deletion_timestamp is not None:
+        raise errors.InvalidGrant(f"agent {agent_label(agent)} is being deleted")
+    if agent.spec.suspended:
+        raise errors.InvalidGrant(f"agent {agent_label(agent)} is suspended")
+    status = agent.status
+    ready = next((c for c in status.conditions if c.type == "Ready"), None) if status else None
+    refused = ready is not None and ready.status == "False"
+    if ready is not None and refused and ready.reason not in READY_REASONS_RECOMPUTED:
+        raise errors.InvalidGrant(f"agent {agent_label(agent)} is not ready: {ready.reason}")
+
+
+# -- scope -------------------------------------------------------------------------------------
+
+
+def covers(pattern: str, wanted: str) -> bool:
+    """Whether a held ``pattern`` covers the requested name or narrower pattern ``wanted``."""
+    if pattern == wanted:
+        return True
+    prefix = pattern[:-1]
+    return pattern.endswith(".*") and wanted.startswith(prefix) and len(wanted) > len(prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeDecision:
+    scope: tuple[str, ...]
+    granted_until: datetime | None
+    access_requests: tuple[str, ...] = ()
+
+
+def _approved_until(
+    wanted: str, requests: Iterable[AccessRequest], *, now: datetime
+) -> tuple[datetime, str] | None:
+    """The latest ``grantedUntil`` of an approved, unexpired request listing ``wanted``."""
+    best: tuple[datetime, str] | None = None
+    for request in requests:
+        status = request.status
+        if status is None or status.phase != "Approved" or status.granted_until is None:
+            continue
+        until = _aware(status.granted_until)
+        if until <= now or request.metadata.deletion_timestamp is not None:
+            continue
+        if any(covers(wanted, c) or c == wanted for c in request.spec.capabilities) and (
+            best is None or until > best[0]
+        ):
+            best = (until, request.metadata.name or "")
+    return best
+
+
+def select_scope(
+    *,
+    agent: Agent,
+    held: Sequence[EffectiveCapability],
+    requests: Sequence[AccessRequest],
+    requested: tuple[str, ...] | None,
+    now: datetime,
+    restrict_to: Sequence[str] | None = None,
+) -> ScopeDecision:
+    """The token's scope per the module rules; ``restrict_to`` is a ToolServer's capabilities."""
+    if requested is None:
+        candidates: list[str] = (
+            list(dict.fromkeys(restrict_to))
+            if restrict_to is not None
+            else [e.name for e in held if e.approval == "Automatic"]
+            + [
+                c
+                for r in requests
+                for c in r.spec.capabilities
+                if any(e.approval == "Required" and covers(e.name, c) for e in held)
+            ]
+        )
+        strict = False
+    else:
+        candidates, strict = list(requested), True
+    scope: list[str] = []
+    until: datetime | None = None
+    used: list[str] = []
+    for wanted in dict.fromkeys(candidates):
+        matching = [e for e in held if covers(e.name, wanted)]
+        if any(e.approval == "Automatic" for e in matching):
+            scope.append(wanted)
+            continue
+        approval = _approved_until(wanted, requests, now=now) if matching else None
+        if approval is not None:
+            scope.append(wanted)
+            until = approval[0] if until is None else min(until, approval[0])
+            used.append(approval[1])
+            continue
+        if strict and not matching:
+            raise errors.InvalidScope(
+                f"capability {wanted} is not granted to agent {agent_label(agent)}"
+            )
+        if strict:
+            raise errors.InvalidScope(
+                f"capability {wanted} requires approval: file an AccessRequest for agent "
+                f"{agent_label(agent)}"
+            )
+    return ScopeDecision(scope=tuple(scope), granted_until=until, access_requests=tuple(used))
+
+
+def token_lifetime(
+    *,
+    requested: timedelta | None,
+    agent: Agent,
+    now: datetime,
+    not_after: Iterable[datetime | None] = (),
+) -> timedelta:
+    """min(requested, the Agent's tokenTTL, 1 h, every ``not_after`` - now); at least 1 s."""
+    lifetime = min(durations.parse_duration(agent.spec.token_ttl), tokens.MAX_LIFETIME)
+    if requested is not None:
+        lifetime = min(lifetime, requested)
+    for bound in not_after:
+        if bound is not None:
+            lifetime = min(lifetime, _aware(bound) - now)
+    whole = timedelta(seconds=int(lifetime.total_seconds()))
+    if whole < timedelta(seconds=1):
+        raise errors.InvalidGrant("the requested access ends before a token could be used")
+    return whole
+
+
+def resolve_audience(
+    audience: str | None, *, issuer: str, tool_servers: Iterable[ToolServer]
+) -> tuple[str, ToolServer | None]:
+    """Our issuer by default; otherwise the ToolServer whose ``resourceURI`` is named."""
+    if audience is None or audience.rstrip("/") == issuer.rstrip("/"):
+        return issuer, None
+    wanted = audience.rstrip("/")
+    for server in tool_servers:
+        if server.spec.resource_uri.rstrip("/") == wanted:
+            return server.spec.resource_uri, server
+    raise errors.InvalidTarget(f"{audience} is not the resource URI of a registered ToolServer")
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Everything needed to mint one agent token."""
+
+    agent: Agent
+    subject: str
+    client_id: str
+    scope: tuple[str, ...]
+    audience: str
+    lifetime: timedelta
+    pod: Pod | None = None
+    act: dict[str, Any] | None = None
+    access_requests: tuple[str, ...] = ()
+
+
+def decide_for_agent(
+    *,
+    agent: Agent,
+    request: ExchangeRequest,
+    snapshot: Snapshot,
+    issuer: str,
+    trust_domain: str,
+    now: datetime,
+    pod: Pod | None = None,
+) -> Decision:
+    """Decide a token for ``agent`` acting as itself (pod, cloud or registered-key identity)."""
+    check_agent_usable(agent)
+    audience, server = resolve_audience(
+        request.audience, issuer=issuer, tool_servers=snapshot.tool_servers
+    )
+    scope = select_scope(
+        agent=agent,
+        held=snapshot.held(agent, now=now),
+        requests=snapshot.access_requests_of(agent),
+        requested=request.scope,
+        now=now,
+        restrict_to=[t.capability for t in server.spec.tools] if server is not None else None,
+    )
+    lifetime = token_lifetime(
+        requested=request.requested_lifetime, agent=agent, now=now, not_after=(scope.granted_until,)
+    )
+    agent_id = capabilities.agent_id(
+        name=agent.metadata.name or "",
+        namespace=agent.metadata.namespace or "",
+        trust_domain=trust_domain,
+    )
+    return Decision(
+        agent=agent,
+        subject=agent_id,
+        client_id=agent_id,
+        scope=scope.scope,
+        audience=audience,
+        lifetime=lifetime,
+        pod=pod,
+        access_requests=scope.access_requests,
+    )
+
+
+def decide_for_service_account(
+    *,
+    identity: serviceaccounts.ServiceAccountIdentity,
+    request: ExchangeRequest,
+    snapshot: Snapshot,
+    issuer: str,
+    trust_domain: str,
+    now: datetime,
+) -> Decision:
+    """Pod binding, then ``decide_for_agent``."""
+    agent, pod = bind_pod(identity, snapshot)
+    return decide_for_agent(
+        agent=agent,
+        request=request,
+        snapshot=snapshot,
+        issuer=issuer,
+        trust_domain=trust_domain,
+        now=now,
+        pod=pod,
+    )
+
+
+def mint(
+    decision: Decision,
+    *,
+    keyset: Any,
+    issuer: str,
+    now: datetime,
+    cnf_jwk: Mapping[str, Any] | None = None,
+) -> tokens.IssuedToken:
+    """Sign the token ``decision`` describes."""
+    agent = decision.agent
+    return tokens.issue(
+        keyset=keyset,
+        issuer=issuer,
+        subject=decision.subject,
+        agent=tokens.AgentRef(
+            name=agent.metadata.name or "",
+            namespace=agent.metadata.namespace or "",
+            uid=agent.metadata.uid or "",
+        ),
+        audience=decision.audience,
+        scope=decision.scope,
+        lifetime=decision.lifetime,
+        now=now,
+        client_id=decision.client_id,
+        cnf_jwk=cnf_jwk,
+        act=decision.act,
+        pod={"name": decision.pod.name, "uid": decision.pod.uid} if decision.pod else None,
+    )
+
+
+# -- validity of tokens we issued (introspection, bearer authentication) -----------------------
+
+
+def check_token_current(
+    claims: tokens.AgentTokenClaims, *, snapshot: Snapshot, now: datetime
+) -> Agent:
+    """Whether a verified agent token is still backed by the caches: its Agent exists with the
+    same uid and is usable, and every scope entry is still held (and, for ``Required``
+    capabilities, still approved). Returns the Agent; raises ``InvalidGrant`` otherwise."""
+    ref = claims.agent
+    agent = snapshot.agent(ref.namespace, ref.name)
+    if agent is None or agent.metadata.uid != ref.uid:
+        raise errors.InvalidGrant(f"agent {ref.namespace}/{ref.name} no longer exists")
+    check_agent_usable(agent)
+    held = snapshot.held(agent, now=now)
+    requests = snapshot.access_requests_of(agent)
+    for entry in claims.scope:
+        matching = [e for e in held if covers(e.name, entry)]
+        if any(e.approval == "Automatic" for e in matching):
+            continue
+        if matching and _approved_until(entry, requests, now=now) is not None:
+            continue
+        raise errors.InvalidGrant(f"capability {entry} is no longer granted")
+    return agent
+
+
+def introspect(
+    token: str,
+    *,
+    public_keys: jose.PublicKeySet,
+    issuer: str,
+    snapshot: Snapshot,
+    now: datetime,
+) -> dict[str, Any]:
+    """RFC 7662 response: the claims with ``active: true``, or exactly ``{"active": false}`` for
+    anything invalid, expired, signed by a dropped key, or no longer backed by the caches."""
+    try:
+        claims = tokens.verify(token, public_keys=public_keys, issuer=issuer, now=now, leeway=0)
+        check_token_current(claims, snapshot=snapshot, now=now)
+    except errors.OAuthError:
+        return {"active": False}
+    return {"active": True, "token_type": "Bearer", **claims.claims}
+
+
+def audit_fingerprint(token: str) -> str:
+    """A short, non-reversible handle of a presented token for audit lines (never the token)."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

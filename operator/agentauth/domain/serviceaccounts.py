@@ -1,0 +1,98 @@
+"""Verification of projected Kubernetes service-account tokens (the workload's credential).
+
+Guarantees (all failures raise ``errors.InvalidGrant``, or ``errors.InvalidRequest`` for an
+oversized token; ``jose.UnknownKeyId`` when the ``kid`` is not in the cluster JWKS so the caller
+may refetch it once):
+- explicit algorithm allow-list (``ALLOWED_ALGORITHMS``: RS*/PS*/ES*/EdDSA; ``none``/``HS*`` never),
+- ``iss`` must equal the cluster issuer, ``aud`` must contain our issuer, ``exp`` is required,
+  ``nbf``/``iat`` may not be in the future; each with at most ``leeway`` (<= 60) seconds,
+- the token must be a pod-bound token (``kubernetes.io.pod``) for a service account whose
+  ``sub`` agrees with the ``kubernetes.io`` claims, so a token cannot claim another identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agentauth.domain import errors, jose
+
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+)
+MAX_LEEWAY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountIdentity:
+    """Who a verified service-account token says the caller is."""
+
+    namespace: str
+    service_account: str
+    service_account_uid: str
+    pod_name: str
+    pod_uid: str
+    expires_at: int
+    jti: str | None
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+
+def _str_field(obj: Any, key: str) -> str:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, str) or not value:
+        raise errors.InvalidGrant(f"service-account token has no kubernetes.io {key}")
+    return value
+
+
+def verify_service_account_token(
+    token: str,
+    *,
+    jwks: jose.PublicKeySet,
+    issuer: str,
+    audience: str,
+    now: datetime,
+    leeway: float = MAX_LEEWAY,
+) -> ServiceAccountIdentity:
+    """Verify a projected service-account token locally against the cluster's JWKS.
+
+    ``issuer`` is the cluster's service-account issuer; ``audience`` our own issuer URL.
+    """
+    parsed = jose.verify(token, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
+    claims = parsed.payload
+    jose.check_registered_claims(
+        claims,
+        issuers=(issuer,),
+        audience=audience,
+        now=now.timestamp(),
+        leeway=min(leeway, MAX_LEEWAY),
+    )
+    return identity_from_claims(claims)
+
+
+def identity_from_claims(claims: dict[str, Any]) -> ServiceAccountIdentity:
+    """Extract the pod-bound identity from verified claims (also used after a TokenReview)."""
+    k8s = claims.get("kubernetes.io")
+    if not isinstance(k8s, dict):
+        raise errors.InvalidGrant("token is not a Kubernetes service-account token")
+    namespace = _str_field(k8s, "namespace")
+    sa = k8s.get("serviceaccount")
+    sa_name, sa_uid = _str_field(sa, "name"), _str_field(sa, "uid")
+    pod = k8s.get("pod")
+    if not isinstance(pod, dict):
+        raise errors.InvalidGrant("service-account token is not bound to a pod")
+    if claims.get("sub") != f"system:serviceaccount:{namespace}:{sa_name}":
+        raise errors.InvalidGrant("service-account token subject does not match its claims")
+    jti = claims.get("jti")
+    return ServiceAccountIdentity(
+        namespace=namespace,
+        service_account=sa_name,
+        service_account_uid=sa_uid,
+        pod_name=_str_field(pod, "name"),
+        pod_uid=_str_field(pod, "uid"),
+        expires_at=int(claims["exp"]),
+        jti=jti if isinstance(jti, str) else None,
+    )

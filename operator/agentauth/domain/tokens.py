@@ -1,0 +1,171 @@
+"""Agent tokens: RFC 9068 JWT access tokens signed with the issuer's current Ed25519 key.
+
+Guarantees:
+- Minted tokens carry ``typ: at+jwt``, ``alg: EdDSA`` and the current ``kid``; the claims are
+  exactly those of DESIGN.md (``iss, sub, aud, exp, iat, nbf, jti, client_id, scope, agent`` and
+  where they apply ``cnf``, ``act``, ``pod``).
+- A lifetime is never longer than ``MAX_LIFETIME`` (1 h); callers pass the already-clamped one.
+- ``verify`` accepts only ``EdDSA`` with a key of our key set, requires ``typ: at+jwt``, our
+  ``iss``, ``exp`` (and honours ``nbf``/``iat``) with at most ``leeway`` seconds, and the agent
+  claims; everything else raises ``errors.InvalidGrant``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from agentauth.domain import errors, jose, keys
+
+TOKEN_TYPE = "at+jwt"
+ALGORITHM = "EdDSA"
+DEFAULT_LIFETIME = timedelta(minutes=5)
+MAX_LIFETIME = keys.MAX_TOKEN_LIFETIME
+DEFAULT_LEEWAY = 60.0
+SUBJECT_PREFIX = "aauth:"
+
+
+def agent_subject(*, name: str, namespace: str, trust_domain: str) -> str:
+    """``aauth:<name>.<namespace>@<trust-domain>`` (DESIGN.md: agent identifier)."""
+    return f"{SUBJECT_PREFIX}{name}.{namespace}@{trust_domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRef:
+    name: str
+    namespace: str
+    uid: str
+
+    def claim(self) -> dict[str, str]:
+        return {"name": self.name, "namespace": self.namespace, "uid": self.uid}
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    claims: dict[str, Any]
+    expires_in: int
+    kid: str
+
+
+def issue(
+    *,
+    keyset: keys.KeySet,
+    issuer: str,
+    subject: str,
+    agent: AgentRef,
+    audience: str | Sequence[str],
+    scope: Sequence[str],
+    lifetime: timedelta,
+    now: datetime,
+    client_id: str,
+    cnf_jwk: Mapping[str, Any] | None = None,
+    act: Mapping[str, Any] | None = None,
+    pod: Mapping[str, str] | None = None,
+    extra_claims: Mapping[str, Any] | None = None,
+) -> IssuedToken:
+    """Mint and sign one agent token. ``subject`` is the agent's identifier, or under
+    delegation the user's ``sub`` (the agent then appears in ``act``); ``client_id`` is the
+    agent's identifier (the OAuth client that the token was issued to)."""
+    if lifetime <= timedelta(0):
+        raise errors.InvalidRequest("token lifetime must be positive")
+    lifetime = min(lifetime, MAX_LIFETIME)
+    signing = keyset.signing_key()
+    iat = int(now.timestamp())
+    expires_in = int(lifetime.total_seconds())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience if isinstance(audience, str) else list(audience),
+        "exp": iat + expires_in,
+        "iat": iat,
+        "nbf": iat,
+        "jti": secrets.token_urlsafe(16),
+        "client_id": client_id,
+        "scope": " ".join(scope),
+        "agent": agent.claim(),
+    }
+    if cnf_jwk is not None:
+        public = {k: v for k, v in cnf_jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+        claims["cnf"] = {"jwk": public, "jkt": jose.jwk_thumbprint(public)}
+    if act is not None:
+        claims["act"] = dict(act)
+    if pod is not None:
+        claims["pod"] = dict(pod)
+    if extra_claims:
+        for name, value in extra_claims.items():
+            claims.setdefault(name, value)
+    header = {"alg": ALGORITHM, "kid": signing.kid, "typ": TOKEN_TYPE}
+    signing_input = (
+        jose.b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + jose.b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    signature = signing.private_key.sign(signing_input.encode("ascii"))
+    return IssuedToken(
+        token=f"{signing_input}.{jose.b64url_encode(signature)}",
+        claims=claims,
+        expires_in=expires_in,
+        kid=signing.kid,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTokenClaims:
+    """A verified agent token."""
+
+    claims: dict[str, Any]
+    agent: AgentRef
+    scope: tuple[str, ...]
+    kid: str
+
+    @property
+    def subject(self) -> str:
+        return str(self.claims["sub"])
+
+    @property
+    def act(self) -> dict[str, Any] | None:
+        act = self.claims.get("act")
+        return act if isinstance(act, dict) else None
+
+    @property
+    def expires_at(self) -> int:
+        return int(self.claims["exp"])
+
+
+def verify(
+    token: str,
+    *,
+    public_keys: jose.PublicKeySet,
+    issuer: str,
+    now: datetime,
+    audience: str | None = None,
+    leeway: float = DEFAULT_LEEWAY,
+) -> AgentTokenClaims:
+    """Verify one of our agent tokens (signature, typ, iss, exp/nbf/iat, optional aud)."""
+    parsed = jose.verify(token, keys=public_keys, allowed_algorithms=(ALGORITHM,))
+    if parsed.header.get("typ") != TOKEN_TYPE:
+        raise errors.InvalidGrant("token is not an at+jwt access token")
+    claims = parsed.payload
+    jose.check_registered_claims(
+        claims, issuers=(issuer,), audience=audience, now=now.timestamp(), leeway=leeway
+    )
+    agent = claims.get("agent")
+    scope = claims.get("scope", "")
+    if (
+        not isinstance(agent, dict)
+        or not all(isinstance(agent.get(k), str) for k in ("name", "namespace", "uid"))
+        or not isinstance(scope, str)
+        or not isinstance(claims.get("sub"), str)
+    ):
+        raise errors.InvalidGrant("token is missing agent claims")
+    return AgentTokenClaims(
+        claims=claims,
+        agent=AgentRef(name=agent["name"], namespace=agent["namespace"], uid=agent["uid"]),
+        scope=tuple(scope.split()),
+        kid=str(parsed.header["kid"]),
+    )

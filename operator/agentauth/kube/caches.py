@@ -1,0 +1,133 @@
+"""List+watch caches of Kubernetes collections.
+
+Guarantees:
+- ``synced`` is set once the first full list has been loaded; until then ``items()`` may be
+  incomplete and readiness probes must stay red.
+- Watches resume from the last seen resourceVersion (including ``BOOKMARK`` events); ``410 Gone``
+  or any stream error triggers a full relist that replaces the contents, so a deletion missed
+  while disconnected cannot survive in the cache.
+- ``revision`` increases on every change, so consumers can rebuild derived snapshots only when
+  something changed; ``parse`` turns the raw object into a typed value, and objects that fail to
+  parse are left out (logged), never half-used.
+- ``changed`` (an ``asyncio.Condition``) is notified on every change, for long-polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from agentauth.kube import client as kubeclient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Key = tuple[str, str]
+RETRY_INITIAL = 0.2
+RETRY_MAX = 5.0
+
+
+def object_key(obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+class Cache(Generic[T]):
+    """An in-memory mirror of one collection, kept current by list+watch."""
+
+    def __init__(
+        self,
+        api: kubeclient.KubeClient,
+        resource: kubeclient.Resource,
+        *,
+        parse: Callable[[dict[str, Any]], T],
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        watch_timeout: int = 240,
+    ) -> None:
+        self.api = api
+        self.resource = resource
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self._parse = parse
+        self._watch_timeout = watch_timeout
+        self._items: dict[Key, T] = {}
+        self.synced = asyncio.Event()
+        self.changed = asyncio.Condition()
+        self.revision = 0
+        self.resource_version = ""
+
+    def items(self) -> list[T]:
+        return list(self._items.values())
+
+    def get(self, namespace: str, name: str) -> T | None:
+        return self._items.get((namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _store(self, obj: dict[str, Any]) -> None:
+        try:
+            self._items[object_key(obj)] = self._parse(obj)
+        except Exception as exc:  # a malformed object must not poison the cache
+            log.warning(
+                "skipping unparseable %s %s: %s", self.resource.plural, object_key(obj), exc
+            )
+            self._items.pop(object_key(obj), None)
+
+    async def _notify(self) -> None:
+        self.revision += 1
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _relist(self) -> None:
+        listing = await self.api.list(
+            self.resource, namespace=self.namespace, label_selector=self.label_selector
+        )
+        self._items = {}
+        for obj in listing.get("items", []):
+            self._store(obj)
+        self.resource_version = str(listing.get("metadata", {}).get("resourceVersion", ""))
+        await self._notify()
+        self.synced.set()
+
+    async def _watch_once(self) -> None:
+        async for event in self.api.watch(
+            self.resource,
+            resource_version=self.resource_version,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            timeout_seconds=self._watch_timeout,
+        ):
+            version = (event.object.get("metadata") or {}).get("resourceVersion")
+            if event.type != "BOOKMARK":
+                if event.type == "DELETED":
+                    self._items.pop(object_key(event.object), None)
+                else:
+                    self._store(event.object)
+                await self._notify()
+            if version:
+                self.resource_version = str(version)
+
+    async def run(self) -> None:
+        """List, then watch forever; relist on 410 or errors (with capped backoff)."""
+        delay = RETRY_INITIAL
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._relist()
+                    need_list = False
+                await self._watch_once()
+                delay = RETRY_INITIAL
+            except asyncio.CancelledError:
+                raise
+            except kubeclient.ResourceExpired:
+                need_list = True
+            except Exception as exc:
+                log.warning("watch of %s failed, relisting: %r", self.resource.plural, exc)
+                need_list = True
+                await asyncio.sleep(delay)  # back off between reconnects, not synchronisation
+                delay = min(delay * 2, RETRY_MAX)
