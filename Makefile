@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS := test,aws,gcp,mcp
+EXTRAS := test,aws,gcp,mcp,integrations
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format crds demo dev bench clean
+.PHONY: venv test lint format crds demo dev bench kind-e2e clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,5 +37,23 @@ format: venv
 crds: venv
 	$(BIN)/agentauth crds
 
+# The whole story in under a minute on an embedded control plane (demo/run.py): agentauth dev,
+# the samples, an agent exchanging, asking, being refused, asking a person (alice approves with
+# kubectl agentauth) and acting for a user. Stops everything it started.
+demo: venv
+	$(BIN)/python demo/run.py
+
+# agentauth dev, left running in the foreground (Ctrl-C stops it): it prints the
+# `export KUBECONFIG=...` line to use in another shell. State is kept in $(DEV_DIR).
+DEV_DIR ?= .dev
+dev: venv
+	$(BIN)/agentauth dev --dir $(DEV_DIR)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info operator/*.egg-info
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+kind-e2e: venv
+	bash hack/kind-e2e.sh

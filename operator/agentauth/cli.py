@@ -7,6 +7,9 @@ holds logic of its own beyond wiring.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -50,6 +53,105 @@ def _write_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_controller(args: argparse.Namespace) -> int:
+    from agentauth.controller import main as controller_main
+    from agentauth.controller import settings as controller_settings
+
+    try:
+        settings = controller_settings.from_sources(args)
+    except controller_settings.SettingsError as exc:
+        print(f"agentauth controller: error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(verbose=True)
+    # Kopf owns SIGINT/SIGTERM in the main thread: either stops the controller cleanly.
+    asyncio.run(controller_main.run(settings))
+    return 0
+
+
+def _run_token_service(args: argparse.Namespace) -> int:
+    from agentauth.tokenservice import app as tokenservice_app
+    from agentauth.tokenservice import settings as tokenservice_settings
+
+    try:
+        settings = tokenservice_settings.from_sources(args=args)
+    except tokenservice_settings.SettingsError as exc:
+        print(f"agentauth token-service: error: {exc}", file=sys.stderr)
+        return 2
+    return tokenservice_app.run(settings)
+
+
+def _configure_logging(
+    *, verbose: bool, log_file: pathlib.Path | None = None
+) -> list[logging.Handler]:
+    """Warnings (or everything with ``verbose``) on stderr; everything in ``log_file``.
+    Returns the handlers added to the root logger (so a caller can remove them)."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    form = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(form)
+        root.addHandler(handler)
+    return handlers
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from agentauth import devstack
+
+    directory = pathlib.Path(args.dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    options = devstack.Options(
+        directory=directory,
+        port=args.port,
+        token_service_port=args.token_service_port,
+        webhook_port=args.webhook_port,
+        chart=pathlib.Path(args.chart),
+        trusted_issuers=args.trusted_issuers,
+        trusted_ca_file=pathlib.Path(args.trusted_ca_file) if args.trusted_ca_file else None,
+    )
+    handlers = _configure_logging(verbose=args.verbose, log_file=directory / "dev.log")
+    try:
+        return asyncio.run(devstack.serve(options, out=sys.stdout))
+    except devstack.DevStackError as exc:
+        print(f"agentauth dev: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _run_as_pod(argv: Sequence[str]) -> int:
+    """``agentauth dev run-as-pod``: the devcluster's kubelet stand-in, plus the dev CA.
+
+    The pod's token service (``AGENTAUTH_TOKEN_URL``) serves a certificate from the dev CA, which
+    sits next to the dev kubeconfig as ``ca.crt``; the command gets it as ``AGENTAUTH_CA_FILE``
+    (which the SDK trusts) unless the environment already names one.
+    """
+    from agentauth.devcluster import projection
+
+    options = list(argv[: argv.index("--")] if "--" in argv else argv)
+    parsed, _ = projection.build_parser().parse_known_args(options)
+    ca_file = pathlib.Path(parsed.kubeconfig).resolve().parent / "ca.crt"
+    if not os.environ.get("AGENTAUTH_CA_FILE") and ca_file.is_file():
+        os.environ["AGENTAUTH_CA_FILE"] = str(ca_file)
+    return projection.main(list(argv))
+
+
+def _positive_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: must be 0-65535 (0: a free port)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentauth",
@@ -82,12 +184,120 @@ def build_parser() -> argparse.ArgumentParser:
         help="write nothing; exit 1 if any file differs from a fresh generation",
     )
     crd_parser.set_defaults(handler=_write_crds)
+
+    from agentauth.controller import settings as controller_settings
+    from agentauth.tokenservice import settings as tokenservice_settings
+
+    controller_parser = commands.add_parser(
+        "controller",
+        help="run the controller (reconciler, issuer keys, admission webhooks)",
+        description=(
+            "Run the agentauth controller against the cluster in --kubeconfig (default: in-cluster"
+            " credentials, then ~/.kube/config) until SIGINT/SIGTERM. Every flag also reads an "
+            "environment variable; a flag wins over the environment."
+        ),
+    )
+    controller_settings.add_arguments(controller_parser)
+    controller_parser.set_defaults(handler=_run_controller)
+
+    token_parser = commands.add_parser(
+        "token-service",
+        help="run the token service (RFC 8693 exchange, Ask API, JIT access requests)",
+        description=(
+            "Run the agentauth token service until SIGINT/SIGTERM. Every flag also reads an "
+            "environment variable; a flag wins over the environment."
+        ),
+    )
+    tokenservice_settings.add_arguments(token_parser)
+    token_parser.set_defaults(handler=_run_token_service)
+
+    dev_parser = commands.add_parser(
+        "dev",
+        help="run everything locally on an embedded control plane (development and tests only)",
+        description=(
+            "Start an embedded Kubernetes control plane, install the Helm chart's RBAC and webhook "
+            "configurations into it, and run the controller and the token service against it, "
+            "each as its own ServiceAccount, in this one process. Prints `ready kubeconfig=PATH` "
+            "once everything serves; stops cleanly on Ctrl-C/SIGTERM. FOR DEVELOPMENT AND TESTS "
+            "ONLY, never for production."
+        ),
+        epilog=(
+            "agentauth dev run-as-pod POD [-n NS] [--kubeconfig PATH] [--context NAME] -- CMD... "
+            "runs CMD locally as if it were POD's first container: projected service-account "
+            "tokens (refreshed), the pod's env with mount paths remapped, and AGENTAUTH_CA_FILE "
+            "set to the dev CA. See `agentauth dev run-as-pod --help`."
+        ),
+    )
+    dev_parser.add_argument(
+        "--dir",
+        default=".dev",
+        metavar="DIR",
+        help="state directory: store, CA, kubeconfig, logs (default: .dev; reused across restarts)",
+    )
+    dev_parser.add_argument(
+        "--port",
+        type=_positive_port,
+        default=0,
+        metavar="N",
+        help="API server port on 127.0.0.1 (default 0: the last one used in DIR, else a free one)",
+    )
+    dev_parser.add_argument(
+        "--token-service-port",
+        type=_positive_port,
+        default=0,
+        metavar="N",
+        help="token service (and issuer) HTTPS port on 127.0.0.1 (default: as for --port)",
+    )
+    dev_parser.add_argument(
+        "--webhook-port",
+        type=_positive_port,
+        default=0,
+        metavar="N",
+        help="admission webhook HTTPS port on 127.0.0.1 (default: as for --port)",
+    )
+    dev_parser.add_argument(
+        "--trusted-issuers",
+        default=os.environ.get("AGENTAUTH_TRUSTED_ISSUERS"),
+        metavar="JSON",
+        help='user-token issuers for delegation: [{"issuer", "jwks_url", "audience"}] '
+        "(env AGENTAUTH_TRUSTED_ISSUERS)",
+    )
+    dev_parser.add_argument(
+        "--trusted-ca-file",
+        default=os.environ.get("AGENTAUTH_TRUSTED_CA_FILE"),
+        metavar="PATH",
+        help="CA bundle for the trusted issuers' JWKS (env AGENTAUTH_TRUSTED_CA_FILE)",
+    )
+    dev_parser.add_argument(
+        "--chart",
+        default=str(_default_chart()),
+        metavar="DIR",
+        help="the Helm chart to install (default: charts/agentauth of this checkout)",
+    )
+    dev_parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log everything on stderr, not only warnings"
+    )
+    dev_commands = dev_parser.add_subparsers(dest="dev_command", metavar="COMMAND")
+    dev_commands.add_parser(
+        "run-as-pod",
+        add_help=False,
+        help="run a local command with a pod's projected tokens and env (see run-as-pod --help)",
+    )
+    dev_parser.set_defaults(handler=_run_dev)
     return parser
 
 
+def _default_chart() -> pathlib.Path:
+    return pathlib.Path(__file__).resolve().parents[2] / "charts" / "agentauth"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # run-as-pod splits its own arguments at `--` (the command's flags are not ours).
+    if arguments[:2] == ["dev", "run-as-pod"]:
+        return _run_as_pod(arguments[2:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     result: int = args.handler(args)
     return result
 

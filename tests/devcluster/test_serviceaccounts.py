@@ -13,9 +13,9 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from tests.devcluster.fixtures import security_store
 
 from agentauth.devcluster import serviceaccounts
+from tests.devcluster.fixtures import security_store
 
 ISSUER = "https://127.0.0.1:6443"
 
@@ -435,3 +435,81 @@ def test_token_request_invalid_carries_causes(
             "field": "spec.expirationSeconds",
         }
     ]
+
+
+# -- end to end: kubectl create token against the embedded control plane -------------------------
+
+
+def test_kubectl_create_token_bound_to_a_pod(
+    dev_cluster: Any, kubectl: Any, kube_api: Any, namespace: str
+) -> None:
+    import ssl
+    import urllib.request
+
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "agent-sa"}})
+    pod = core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "agent"},
+            "spec": {"serviceAccountName": "agent-sa", "containers": [{"name": "c", "image": "x"}]},
+        },
+    )
+    out = kubectl(
+        "create",
+        "token",
+        "agent-sa",
+        "-n",
+        namespace,
+        "--audience",
+        "agentauth",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "agent",
+        "--duration",
+        "10m",
+    )
+    token = out.stdout.strip()
+
+    # Verify it as an outside relying party would: OIDC discovery, then the JWKS.
+    context = ssl.create_default_context(cafile=str(dev_cluster.ca_path))
+    headers = {"Authorization": f"Bearer {dev_cluster.admin_token}"}
+
+    def fetch(url: str) -> dict[str, Any]:
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310 - https, test cluster
+        with urllib.request.urlopen(request, context=context) as response:  # noqa: S310
+            document: dict[str, Any] = json.load(response)
+            return document
+
+    discovery = fetch(dev_cluster.url + "/.well-known/openid-configuration")
+    jwks = fetch(discovery["jwks_uri"])
+    header = jwt.get_unverified_header(token)
+    (key,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    claims = jwt.decode(
+        token,
+        jwt.PyJWK(key).key,
+        algorithms=["RS256"],
+        audience="agentauth",
+        issuer=discovery["issuer"],
+    )
+    assert claims["sub"] == f"system:serviceaccount:{namespace}:agent-sa"
+    assert claims["exp"] - claims["iat"] == 600
+    assert claims["kubernetes.io"]["pod"] == {"name": "agent", "uid": pod.metadata.uid}
+
+    refused = kubectl(
+        "create",
+        "token",
+        "agent-sa",
+        "-n",
+        namespace,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "ghost",
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == 'error: failed to create token: pods "ghost" not found'

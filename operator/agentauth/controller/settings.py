@@ -29,7 +29,7 @@ DEFAULT_NAMESPACE = "agentauth-system"
 DEFAULT_WEBHOOK_SERVICE = "agentauth-controller"
 DEFAULT_MUTATING_WEBHOOK = "agentauth-pods"
 DEFAULT_VALIDATING_WEBHOOK = "agentauth-pods"
-WEBHOOK_TLS_SECRET = "agentauth-webhook-tls"  # noqa: S105 - a Secret name, not a secret
+WEBHOOK_TLS_SECRET = "agentauth-webhook-tls"
 
 
 class SettingsError(ValueError):

@@ -69,18 +69,27 @@ def resource_list(
         found.append(entry)
         for sub in rt.subresources:
             if sub == "token":
-                found.append({
-                    "name": f"{rt.plural}/token", "singularName": "", "namespaced": True,
-                    "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
-                    "verbs": ["create"],
-                })
+                found.append(
+                    {
+                        "name": f"{rt.plural}/token",
+                        "singularName": "",
+                        "namespaced": True,
+                        "group": "authentication.k8s.io",
+                        "version": "v1",
+                        "kind": "TokenRequest",
+                        "verbs": ["create"],
+                    }
+                )
             else:
-                found.append({
-                    "name": f"{rt.plural}/{sub}", "singularName": "",
-                    "namespaced": rt.namespaced,
-                    "kind": "Scale" if sub == "scale" else rt.kind,
-                    "verbs": _SUBRESOURCE_VERBS.get(sub, ["get"]),
-                })
+                found.append(
+                    {
+                        "name": f"{rt.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": "Scale" if sub == "scale" else rt.kind,
+                        "verbs": _SUBRESOURCE_VERBS.get(sub, ["get"]),
+                    }
+                )
     group_version = f"{group_name}/{version}" if group_name else version
     return {
         "kind": "APIResourceList",

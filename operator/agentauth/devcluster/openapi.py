@@ -42,8 +42,10 @@ def document(registry: resources.Registry, group: str, version: str) -> dict[str
     prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
     for rt in served:
         gvk = [{"group": rt.group, "version": version, "kind": rt.kind}]
-        base = f"{prefix}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced else (
-            f"{prefix}/{rt.plural}"
+        base = (
+            f"{prefix}/namespaces/{{namespace}}/{rt.plural}"
+            if rt.namespaced
+            else (f"{prefix}/{rt.plural}")
         )
         operation = {
             "parameters": copy.deepcopy(_PARAMETERS),

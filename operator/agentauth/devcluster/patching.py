@@ -215,3 +215,92 @@ def _merge_list(current: Any, patch: list[Any], merge_key: str) -> list[Any]:
         else:
             items[position] = strategic_merge(items[position], item)
     return items
+
+
+# Server-side apply ------------------------------------------------------------------------
+_IDENTITY_PATHS = {
+    ("apiVersion",),
+    ("kind",),
+    ("metadata", "name"),
+    ("metadata", "namespace"),
+    ("metadata", "resourceVersion"),
+    ("metadata", "managedFields"),
+    ("metadata", "uid"),
+    ("metadata", "creationTimestamp"),
+    ("metadata", "generation"),
+}
+
+
+def field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Leaf paths of an applied configuration; lists are owned as a whole (atomic)."""
+    if isinstance(obj, dict) and obj:
+        found: set[tuple[str, ...]] = set()
+        for key, value in obj.items():
+            path = (*prefix, str(key))
+            if path not in _IDENTITY_PATHS:
+                found |= field_paths(value, path)
+        return found
+    return {prefix} if prefix else set()
+
+
+def fields_v1(paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    """Paths in the ``FieldsV1`` shape (``{"f:spec": {"f:x": {}}}``)."""
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for part in path:
+            node = node.setdefault(f"f:{part}", {})
+    return root
+
+
+def paths_from_fields_v1(fields: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    if not isinstance(fields, dict) or not fields:
+        return {prefix} if prefix else set()
+    found: set[tuple[str, ...]] = set()
+    for key, value in fields.items():
+        if isinstance(key, str) and key.startswith("f:"):
+            found |= paths_from_fields_v1(value, (*prefix, key[2:]))
+    return found
+
+
+def _remove_path(obj: Any, path: tuple[str, ...]) -> None:
+    for part in path[:-1]:
+        if not isinstance(obj, dict) or part not in obj:
+            return
+        obj = obj[part]
+    if isinstance(obj, dict):
+        obj.pop(path[-1], None)
+
+
+def server_side_apply(
+    live: dict[str, Any], applied: dict[str, Any], *, manager: str, api_version: str, time: str
+) -> dict[str, Any]:
+    """Apply ``applied`` for ``manager``: set what it lists, drop what it listed last time.
+
+    Fields the manager applied before and omits now are removed; fields set by anyone else are
+    kept. Ownership conflicts between managers are not detected (every apply is forced).
+    """
+    entries = [
+        e for e in (live.get("metadata") or {}).get("managedFields") or () if isinstance(e, dict)
+    ]
+    mine = [e for e in entries if e.get("manager") == manager and e.get("operation") == "Apply"]
+    previous = paths_from_fields_v1(mine[0].get("fieldsV1")) if mine else set()
+    current = field_paths(applied)
+    result = strategic_merge(live, applied)
+    for path in previous - current:
+        related = any(p[: len(path)] == path or path[: len(p)] == p for p in current)
+        if not related:
+            _remove_path(result, path)
+    others = [e for e in entries if e not in mine]
+    result.setdefault("metadata", {})["managedFields"] = [
+        *others,
+        {
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": api_version,
+            "time": time,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields_v1(current),
+        },
+    ]
+    return dict(result)

@@ -478,11 +478,84 @@ class RBACAuthorizer:
             "code": 403,
         }
 
+    def rules_for(
+        self, user: types.UserInfo, namespace: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(resourceRules, nonResourceRules) granted to ``user`` in ``namespace``.
+
+        What a ``SelfSubjectRulesReview`` reports (``kubectl auth can-i --list``): the rules of
+        every ClusterRoleBinding that applies, plus those of the namespace's RoleBindings.
+        """
+        roles = self._cluster_roles()
+        rules: list[Any] = []
+        for binding in self._cluster_role_bindings():
+            role_ref = binding.get("roleRef") or {}
+            if (
+                isinstance(role_ref, dict)
+                and role_ref.get("kind") == "ClusterRole"
+                and self._matching_subject(binding, user, "") is not None
+            ):
+                rules.extend(self._cluster_role_rules(str(role_ref.get("name", "")), roles))
+        if namespace:
+            for binding in self._reader.list(
+                group=RBAC_GROUP, resource="rolebindings", namespace=namespace
+            ):
+                role_ref = binding.get("roleRef") or {}
+                if not isinstance(role_ref, dict):
+                    continue
+                if self._matching_subject(binding, user, namespace) is None:
+                    continue
+                role_name = str(role_ref.get("name", ""))
+                if role_ref.get("kind") == "ClusterRole":
+                    granted = self._cluster_role_rules(role_name, roles)
+                elif role_ref.get("kind") == "Role":
+                    role = self._reader.get(
+                        group=RBAC_GROUP, resource="roles", namespace=namespace, name=role_name
+                    )
+                    granted = _rules_of(role) if role is not None else []
+                else:
+                    continue
+                # RoleBindings never grant non-resource URLs.
+                rules.extend(r for r in granted if isinstance(r, dict) and r.get("resources"))
+        resource_rules: list[dict[str, Any]] = []
+        non_resource_rules: list[dict[str, Any]] = []
+        for rule in rules:
+            if not isinstance(rule, dict):
+                continue
+            verbs = _names(rule.get("verbs"))
+            if _names(rule.get("resources")):
+                entry: dict[str, Any] = {
+                    "verbs": verbs,
+                    "apiGroups": _names(rule.get("apiGroups")),
+                    "resources": _names(rule.get("resources")),
+                }
+                if _names(rule.get("resourceNames")):
+                    entry["resourceNames"] = _names(rule.get("resourceNames"))
+                if entry not in resource_rules:
+                    resource_rules.append(entry)
+            if _names(rule.get("nonResourceURLs")):
+                non_resource = {
+                    "verbs": verbs,
+                    "nonResourceURLs": _names(rule.get("nonResourceURLs")),
+                }
+                if non_resource not in non_resource_rules:
+                    non_resource_rules.append(non_resource)
+        return resource_rules, non_resource_rules
+
     # -- evaluation ---------------------------------------------------------------------------
 
     def _grants(
         self, user: types.UserInfo, attributes: types.RequestAttributes
     ) -> Iterator[_Grant]:
+        # ClusterRoles are listed at most once per decision, and only if a binding applies.
+        roles: dict[str, dict[str, Any]] | None = None
+
+        def rules_of_cluster_role(name: str) -> list[Any]:
+            nonlocal roles
+            if roles is None:
+                roles = self._cluster_roles()
+            return self._cluster_role_rules(name, roles)
+
         for binding in self._cluster_role_bindings():
             role_ref = binding.get("roleRef") or {}
             if not isinstance(role_ref, dict) or role_ref.get("kind") != "ClusterRole":
@@ -491,7 +564,7 @@ class RBACAuthorizer:
             if subject is None:
                 continue
             role_name = str(role_ref.get("name", ""))
-            if any(_rule_allows(rule, attributes) for rule in self._cluster_role_rules(role_name)):
+            if any(_rule_allows(rule, attributes) for rule in rules_of_cluster_role(role_name)):
                 yield _Grant(
                     "ClusterRoleBinding", _name_of(binding), "ClusterRole", role_name, subject
                 )
@@ -517,7 +590,7 @@ class RBACAuthorizer:
                 )
                 rules: Iterable[Any] = _rules_of(role) if role is not None else ()
             elif role_ref.get("kind") == "ClusterRole":
-                rules = self._cluster_role_rules(role_name)
+                rules = rules_of_cluster_role(role_name)
             else:
                 continue
             if any(_rule_allows(rule, attributes) for rule in rules):
@@ -554,8 +627,8 @@ class RBACAuthorizer:
             roles[_name_of(role)] = role
         return roles
 
-    def _cluster_role_rules(self, name: str) -> list[Any]:
-        roles = self._cluster_roles()
+    @staticmethod
+    def _cluster_role_rules(name: str, roles: Mapping[str, dict[str, Any]]) -> list[Any]:
         rules: list[Any] = []
         seen: set[str] = set()
         pending = [name]

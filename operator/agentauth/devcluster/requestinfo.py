@@ -14,6 +14,11 @@ from agentauth.devcluster import types
 _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
 
+def parse_bool(text: str) -> bool:
+    """Go's ``strconv.ParseBool`` truthy values, as the real server reads query flags."""
+    return text in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def parse(method: str, path: str, query: Mapping[str, str]) -> types.RequestAttributes:
     """Request attributes for ``method path?query`` (``path`` without the query string)."""
     parts = [part for part in path.strip("/").split("/") if part]
@@ -48,7 +53,7 @@ def parse(method: str, path: str, query: Mapping[str, str]) -> types.RequestAttr
         namespace = name
 
     if method == "GET" or method == "HEAD":
-        if watch_prefix or query.get("watch") in ("true", "1"):
+        if watch_prefix or parse_bool(query.get("watch", "")):
             verb = "watch"
         else:
             verb = "get" if name else "list"

@@ -204,6 +204,15 @@ BUILTINS: tuple[ResourceType, ...] = (
     _grouped(
         "authorization.k8s.io",
         "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        namespaced=False,
+        verbs=CREATE_ONLY,
+        virtual=True,
+    ),
+    _grouped(
+        "authorization.k8s.io",
+        "v1",
         "localsubjectaccessreviews",
         "LocalSubjectAccessReview",
         verbs=CREATE_ONLY,

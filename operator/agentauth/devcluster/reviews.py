@@ -209,3 +209,57 @@ def self_subject_access_review(
     response = _response(kind, "authorization.k8s.io", metadata, spec)
     response["status"] = _decide(authorizer, user, attributes)
     return response
+
+
+def local_subject_access_review(
+    body: dict[str, Any], *, namespace: str, authorizer: rbac.RBACAuthorizer
+) -> dict[str, Any]:
+    """``POST /apis/authorization.k8s.io/v1/namespaces/NS/localsubjectaccessreviews``."""
+    kind = "LocalSubjectAccessReview"
+    spec, _ = _check_envelope(body, kind=kind, group="authorization.k8s.io")
+    if not namespace:
+        raise ReviewError(400, "BadRequest", "namespace is required on this type: ")
+    if spec.get("nonResourceAttributes") is not None:
+        raise _invalid(
+            kind,
+            [
+                (
+                    "spec.nonResourceAttributes",
+                    "Invalid value: disallowed on this kind of request",
+                )
+            ],
+        )
+    resource = spec.get("resourceAttributes")
+    if isinstance(resource, dict) and resource.get("namespace", "") != namespace:
+        raise ReviewError(
+            400,
+            "BadRequest",
+            f"spec.resourceAttributes.namespace must match namespace: {namespace}",
+        )
+    # Otherwise identical to a SubjectAccessReview, answered under the local kind.
+    answered = subject_access_review(
+        {**body, "kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1"},
+        authorizer=authorizer,
+    )
+    answered["kind"] = kind
+    answered["metadata"] = {**answered["metadata"], "namespace": namespace}
+    return answered
+
+
+def self_subject_rules_review(
+    body: dict[str, Any], *, user: types.UserInfo, authorizer: rbac.RBACAuthorizer
+) -> dict[str, Any]:
+    """``POST .../selfsubjectrulesreviews``: what ``kubectl auth can-i --list`` asks."""
+    kind = "SelfSubjectRulesReview"
+    spec, metadata = _check_envelope(body, kind=kind, group="authorization.k8s.io")
+    namespace = spec.get("namespace", "")
+    if not isinstance(namespace, str):
+        raise ReviewError(400, "BadRequest", "spec.namespace must be a string")
+    resource_rules, non_resource_rules = authorizer.rules_for(user, namespace)
+    response = _response(kind, "authorization.k8s.io", metadata, spec)
+    response["status"] = {
+        "resourceRules": resource_rules,
+        "nonResourceRules": non_resource_rules,
+        "incomplete": False,
+    }
+    return response

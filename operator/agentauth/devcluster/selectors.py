@@ -35,7 +35,7 @@ class Requirement:
         return not present or labels[self.key] not in self.values
 
 
-_KEY = r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?"
+_KEY = r"[A-Za-z0-9](?:[-A-Za-z0-9_./]*[A-Za-z0-9])?"
 _SET = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^)]*)\)\s*")
 _EQ = re.compile(rf"^\s*({_KEY})\s*(==|=|!=)\s*([-A-Za-z0-9_.]*)\s*")
 _EXISTS = re.compile(rf"^\s*(!?)\s*({_KEY})\s*")
@@ -60,7 +60,7 @@ def parse_labels(text: str) -> tuple[Requirement, ...]:
                     raise SelectorError(f"unable to parse requirement: {rest!r}")
                 operator = "!" if match.group(1) else "exists"
                 requirements.append(Requirement(match.group(2), operator))
-        rest = rest[match.end():]
+        rest = rest[match.end() :]
         if rest.startswith(","):
             rest = rest[1:]
         elif rest:
@@ -78,8 +78,13 @@ class FieldRequirement:
         current: Any = obj
         for part in self.path:
             current = current.get(part) if isinstance(current, dict) else None
-        text = "" if current is None else str(current).lower() if isinstance(
-            current, bool) else str(current)
+        text = (
+            ""
+            if current is None
+            else str(current).lower()
+            if isinstance(current, bool)
+            else str(current)
+        )
         return (text != self.value) if self.negated else (text == self.value)
 
 
@@ -99,8 +104,7 @@ def parse_fields(text: str) -> tuple[FieldRequirement, ...]:
             negated = False
         else:
             raise SelectorError(f"invalid selector: '{text}'; can't understand '{term}'")
-        requirements.append(FieldRequirement(tuple(key.strip().split(".")), negated,
-                                             value.strip()))
+        requirements.append(FieldRequirement(tuple(key.strip().split(".")), negated, value.strip()))
     return tuple(requirements)
 
 

@@ -9,7 +9,9 @@ default columns. Date columns render as ages ("5m10s"), exactly like ``kubectl``
 from __future__ import annotations
 
 import datetime
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from agentauth.devcluster import resources
@@ -80,8 +82,10 @@ def age(timestamp: Any) -> str:
     return human_duration((datetime.datetime.now(datetime.UTC) - created).total_seconds())
 
 
-_TOKEN = re.compile(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*"
-                    r"[\"']([^\"']*)[\"']\)\]|\[\*\]")
+_TOKEN = re.compile(
+    r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*"
+    r"[\"']([^\"']*)[\"']\)\]|\[\*\]"
+)
 
 
 def jsonpath(obj: Any, expression: str) -> list[Any]:
@@ -130,41 +134,75 @@ def _cell(value: Any, column_type: str) -> Any:
     if column_type == "boolean" and isinstance(value, bool):
         return value
     if isinstance(value, dict | list):
-        import json
-
         return json.dumps(value, separators=(",", ":"))
-    return value if isinstance(value, str) else str(value).lower() if isinstance(
-        value, bool
-    ) else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
 
 
-def _builtin_columns(rt: resources.ResourceType) -> list[tuple[dict[str, Any], str]]:
-    """(column definition, JSONPath) pairs for a built-in kind, between Name and Age."""
-    def col(name: str, path: str, kind: str = "string") -> tuple[dict[str, Any], str]:
-        return ({"name": name, "type": kind, "format": "", "description": name,
-                 "priority": 0}, path)
+Path = str | Callable[[dict[str, Any]], Any]
+"""A column's source: a JSONPath, or a function of the object for computed columns."""
 
-    extra: dict[str, list[tuple[dict[str, Any], str]]] = {
+
+def _pod_ready(pod: dict[str, Any]) -> str:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    total = len((pod.get("spec") or {}).get("containers") or [])
+    ready = sum(1 for status in statuses if isinstance(status, dict) and status.get("ready"))
+    return f"{ready}/{total}"
+
+
+def _pod_status(pod: dict[str, Any]) -> str:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return "Terminating"
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _pod_restarts(pod: dict[str, Any]) -> int:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return sum(int(s.get("restartCount") or 0) for s in statuses if isinstance(s, dict))
+
+
+def _data_count(obj: dict[str, Any]) -> int:
+    return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+
+
+def _builtin_columns(rt: resources.ResourceType) -> list[tuple[dict[str, Any], Path]]:
+    """(column definition, source) pairs for a built-in kind, between Name and Age."""
+
+    def col(name: str, path: Path, kind: str = "string") -> tuple[dict[str, Any], Path]:
+        return (
+            {"name": name, "type": kind, "format": "", "description": name, "priority": 0},
+            path,
+        )
+
+    if rt.group == "events.k8s.io":
+        return [col("Reason", ".reason"), col("Object", ".regarding.name"), col("Note", ".note")]
+    extra: dict[str, list[tuple[dict[str, Any], Path]]] = {
         "namespaces": [col("Status", ".status.phase")],
-        "secrets": [col("Type", ".type")],
-        "pods": [col("Status", ".status.phase")],
-        "events": [col("Reason", ".reason"), col("Object", ".involvedObject.name"),
-                   col("Message", ".message")],
+        "secrets": [col("Type", ".type"), col("Data", _data_count, "integer")],
+        "configmaps": [col("Data", _data_count, "integer")],
+        "pods": [
+            col("Ready", _pod_ready),
+            col("Status", _pod_status),
+            col("Restarts", _pod_restarts, "integer"),
+        ],
+        "events": [
+            col("Type", ".type"),
+            col("Reason", ".reason"),
+            col("Object", ".involvedObject.name"),
+            col("Message", ".message"),
+        ],
         "leases": [col("Holder", ".spec.holderIdentity")],
-        "customresourcedefinitions": [],
         "rolebindings": [col("Role", ".roleRef.name")],
         "clusterrolebindings": [col("Role", ".roleRef.name")],
     }
-    return extra.get(rt.plural, []) if not rt.group or rt.group != "events.k8s.io" else [
-        col("Reason", ".reason"), col("Object", ".regarding.name"), col("Note", ".note")]
+    return extra.get(rt.plural, [])
 
 
-def columns_for(
-    rt: resources.ResourceType, version: str
-) -> list[tuple[dict[str, Any], str]]:
+def columns_for(rt: resources.ResourceType, version: str) -> list[tuple[dict[str, Any], Path]]:
     if rt.custom:
         custom = rt.columns(version)
-        pairs = [
+        pairs: list[tuple[dict[str, Any], Path]] = [
             (
                 {
                     "name": column["name"],
@@ -189,14 +227,16 @@ def columns_for(
 
 def row(
     obj: dict[str, Any],
-    columns: list[tuple[dict[str, Any], str]],
+    columns: list[tuple[dict[str, Any], Path]],
     *,
     include_object: str,
 ) -> dict[str, Any]:
     cells = []
     for definition, path in columns:
-        found = jsonpath(obj, path)
-        value = found[0] if found else None
+        found = jsonpath(obj, path) if isinstance(path, str) else [path(obj)]
+        value: Any = found[0] if found else None
+        if len(found) > 1:
+            value = ",".join(str(_cell(item, "string")) for item in found)
         cells.append(_cell(value, str(definition.get("type", "string"))))
     result: dict[str, Any] = {"cells": cells}
     if include_object == "Object":
@@ -212,7 +252,7 @@ def row(
 
 def table(
     objects: list[dict[str, Any]],
-    columns: list[tuple[dict[str, Any], str]],
+    columns: list[tuple[dict[str, Any], Path]],
     *,
     include_object: str,
     list_metadata: dict[str, Any] | None = None,

@@ -63,6 +63,8 @@ SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
 DecisionKind = Literal["Approve", "Deny"]
 Phase = accessrequests.Phase
+EventTarget = Literal["AccessRequest", "Agent"]
+_TARGETS: tuple[EventTarget, ...] = ("AccessRequest", "Agent")
 _TERMINAL: frozenset[str] = frozenset({"Denied", "Expired"})
 _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -462,10 +464,13 @@ def stamp_decision(
 ) -> accessrequests.Decision:
     """The added decision as it must be stored: user, groups and time from the authenticated call.
 
-    Whatever the client put in ``user``, ``groups`` or ``time`` is replaced, so the record names
-    who really made the call, never a string the client chose.
+    The client leaves ``user`` empty (or puts its own name); groups and time are always replaced by
+    the server's. A different name is refused rather than silently corrected, so an attempt to
+    record a decision in someone else's name fails visibly.
     """
     kind = added.kind
+    if added.decision.user not in ("", decider.username):
+        raise _foreign_name(decider=decider, claimed=added.decision.user)
     return accessrequests.Decision(
         user=decider.username,
         groups=list(decider.groups),
@@ -490,10 +495,7 @@ def check_added_decision(
     name = request_before.metadata.name or ""
     entry = added.decision
     if entry.user != decider.username:
-        raise ForbiddenChange(
-            f"an approval or denial must be recorded in the caller's own name: "
-            f"{decider.username!r} cannot record one for {entry.user!r}"
-        )
+        raise _foreign_name(decider=decider, claimed=entry.user)
     validate_comment(entry.comment, kind=added.kind)
     status = request_before.status or accessrequests.AccessRequestStatus()
     if status.phase != "Pending":
@@ -774,7 +776,7 @@ class PlannedEvent:
     """A Kubernetes Event a request's state implies; ``key`` makes its object name stable."""
 
     key: str
-    on: Literal["AccessRequest", "Agent"]
+    on: EventTarget
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
@@ -808,11 +810,11 @@ def planned_events(
         + f" | approve: {approve_command(name=name, namespace=namespace)}"
         + f" | deny: {deny_command(name=name, namespace=namespace)}"
     )
-    for target in ("AccessRequest", "Agent"):
+    for target in _TARGETS:
         events.append(
             PlannedEvent(
                 key=f"requested-{target.lower()}",
-                on=target,  # type: ignore[arg-type]
+                on=target,
                 type="Normal",
                 reason="AccessRequested",
                 message=f"{name}: {requested}" if target == "Agent" else requested,
@@ -837,11 +839,11 @@ def planned_events(
         )
         approvers = ", ".join(item.user for item in _distinct(status.approvals))
         message = f"{wanted} approved by {approvers} until {_rfc3339(status.granted_until)}"
-        for target in ("AccessRequest", "Agent"):
+        for target in _TARGETS:
             events.append(
                 PlannedEvent(
                     key=f"approved-{target.lower()}",
-                    on=target,  # type: ignore[arg-type]
+                    on=target,
                     type="Normal",
                     reason="AccessApproved",
                     message=f"{name}: {message}" if target == "Agent" else message,
@@ -851,11 +853,11 @@ def planned_events(
     if status.phase == "Denied" and status.denials:
         denial = status.denials[0]
         message = f"{wanted} denied by {denial.user}: {_one_line(denial.comment)}"
-        for target in ("AccessRequest", "Agent"):
+        for target in _TARGETS:
             events.append(
                 PlannedEvent(
                     key=f"denied-{target.lower()}",
-                    on=target,  # type: ignore[arg-type]
+                    on=target,
                     type="Warning",
                     reason="AccessDenied",
                     message=f"{name}: {message}" if target == "Agent" else message,
@@ -888,6 +890,13 @@ def planned_events(
     return [event for event in events if now - event.time <= EVENT_REPOST_WINDOW]
 
 
+def _foreign_name(*, decider: Identity, claimed: str) -> ForbiddenChange:
+    return ForbiddenChange(
+        "an approval or denial is recorded in the caller's own name: "
+        f"{decider.username!r} cannot record one for {claimed!r}"
+    )
+
+
 def _deciding_approval(
     approvals: Sequence[accessrequests.Decision], *, min_approvals: int
 ) -> accessrequests.Decision | None:
@@ -902,7 +911,8 @@ def _distinct(approvals: Sequence[accessrequests.Decision]) -> list[accessreques
     seen: set[str] = set()
     result: list[accessrequests.Decision] = []
     for item in approvals:
-        if item.user not in seen:
+        # An empty user is an unstamped placeholder (webhook not called): it never counts.
+        if item.user and item.user not in seen:
             seen.add(item.user)
             result.append(item)
     return result

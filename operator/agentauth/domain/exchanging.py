@@ -28,6 +28,7 @@ Rules (each failure raises a typed ``errors.OAuthError``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,6 +72,15 @@ _SINGLE_VALUED = (
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """What the client asks the token to be: scope, audience, lifetime (all optional)."""
+
+    scope: tuple[str, ...] | None = None
+    audience: str | None = None
+    requested_lifetime: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExchangeRequest:
     """A syntactically valid RFC 8693 token-exchange request."""
 
@@ -78,9 +88,7 @@ class ExchangeRequest:
     subject_token_type: str
     actor_token: str | None = None
     actor_token_type: str | None = None
-    scope: tuple[str, ...] | None = None
-    audience: str | None = None
-    requested_lifetime: timedelta | None = None
+    target: Target = field(default_factory=Target)
 
 
 def parse_scope(raw: str) -> tuple[str, ...]:
@@ -129,27 +137,38 @@ def parse_request(form: Mapping[str, Sequence[str]]) -> ExchangeRequest:
     requested_type = one("requested_token_type")
     if requested_type not in (None, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT):
         raise errors.InvalidRequest(f"requested_token_type {requested_type!r} is not supported")
-    raw_scope = one("scope")
-    scope = parse_scope(raw_scope) if raw_scope is not None else None
-    if scope == ():
-        scope = None
-    targets = [*form.get("audience", ()), *form.get("resource", ())]
-    if len(set(targets)) > 1:
-        raise errors.InvalidTarget("only one audience/resource may be requested per token")
-    lifetime = None
-    raw_lifetime = one("expires_in")
-    if raw_lifetime is not None:
-        if not raw_lifetime.isdigit() or int(raw_lifetime) <= 0:
-            raise errors.InvalidRequest("expires_in must be a positive number of seconds")
-        lifetime = timedelta(seconds=int(raw_lifetime))
     return ExchangeRequest(
         subject_token=subject_token,
         subject_token_type=subject_token_type,
         actor_token=actor_token or None,
         actor_token_type=actor_token_type or None,
-        scope=scope,
-        audience=targets[0] if targets else None,
-        requested_lifetime=lifetime,
+        target=parse_target(form),
+    )
+
+
+def _one(form: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
+    """``scope``, ``audience``/``resource`` (RFC 8707) and ``expires_in`` of a token request."""
+    for name in ("scope", "audience", "expires_in"):
+        if len(form.get(name, ())) > 1:
+            raise errors.InvalidRequest(f"parameter {name} is repeated")
+    raw_scope = _one(form, "scope")
+    scope = parse_scope(raw_scope) or None if raw_scope is not None else None
+    targets = [*form.get("audience", ()), *form.get("resource", ())]
+    if len(set(targets)) > 1:
+        raise errors.InvalidTarget("only one audience/resource may be requested per token")
+    lifetime = None
+    raw_lifetime = _one(form, "expires_in")
+    if raw_lifetime is not None:
+        if not raw_lifetime.isdigit() or int(raw_lifetime) <= 0:
+            raise errors.InvalidRequest("expires_in must be a positive number of seconds")
+        lifetime = timedelta(seconds=int(raw_lifetime))
+    return Target(
+        scope=scope, audience=targets[0] if targets else None, requested_lifetime=lifetime
     )
 
 
@@ -194,6 +213,9 @@ class Snapshot:
     pods: Mapping[Key, Pod] = field(default_factory=dict)
     _grants_by_ns: dict[str, list[CapabilityGrant]] = field(default_factory=dict, repr=False)
     _requests_by_agent: dict[Key, list[AccessRequest]] = field(default_factory=dict, repr=False)
+    _held: dict[Key, tuple[Agent, datetime | None, list[EffectiveCapability]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         by_ns: defaultdict[str, list[CapabilityGrant]] = defaultdict(list)
@@ -209,8 +231,17 @@ class Snapshot:
         return self.agents.get((namespace, name))
 
     def held(self, agent: Agent, *, now: datetime) -> list[EffectiveCapability]:
-        grants = self._grants_by_ns.get(agent.metadata.namespace or "", [])
-        return capabilities.effective_capabilities(agent, grants, now=now)
+        """``capabilities.effective_capabilities`` over this snapshot's grants, memoised per
+        Agent object until the next grant expiry (a snapshot never changes; a new one is built
+        when a cache changes)."""
+        key = (agent.metadata.namespace or "", agent.metadata.name or "")
+        cached = self._held.get(key)
+        if cached is not None and cached[0] is agent and (cached[1] is None or now < cached[1]):
+            return cached[2]
+        grants = self._grants_by_ns.get(key[0], [])
+        result = capabilities.effective_capabilities(agent, grants, now=now)
+        self._held[key] = (agent, capabilities.next_expiry(grants, now=now), result)
+        return result
 
     def access_requests_of(self, agent: Agent) -> list[AccessRequest]:
         return self._requests_by_agent.get(
@@ -285,7 +316,7 @@ class ScopeDecision:
     access_requests: tuple[str, ...] = ()
 
 
-def _approved_until(
+def approved_until(
     wanted: str, requests: Iterable[AccessRequest], *, now: datetime
 ) -> tuple[datetime, str] | None:
     """The latest ``grantedUntil`` of an approved, unexpired request listing ``wanted``."""
@@ -337,7 +368,7 @@ def select_scope(
         if any(e.approval == "Automatic" for e in matching):
             scope.append(wanted)
             continue
-        approval = _approved_until(wanted, requests, now=now) if matching else None
+        approval = approved_until(wanted, requests, now=now) if matching else None
         if approval is not None:
             scope.append(wanted)
             until = approval[0] if until is None else min(until, approval[0])
@@ -355,6 +386,11 @@ def select_scope(
     return ScopeDecision(scope=tuple(scope), granted_until=until, access_requests=tuple(used))
 
 
+@functools.lru_cache(maxsize=256)
+def _ttl(text: str) -> timedelta:
+    return durations.parse_duration(text)
+
+
 def token_lifetime(
     *,
     requested: timedelta | None,
@@ -363,7 +399,7 @@ def token_lifetime(
     not_after: Iterable[datetime | None] = (),
 ) -> timedelta:
     """min(requested, the Agent's tokenTTL, 1 h, every ``not_after`` - now); at least 1 s."""
-    lifetime = min(durations.parse_duration(agent.spec.token_ttl), tokens.MAX_LIFETIME)
+    lifetime = min(_ttl(agent.spec.token_ttl), tokens.MAX_LIFETIME)
     if requested is not None:
         lifetime = min(lifetime, requested)
     for bound in not_after:
@@ -409,7 +445,7 @@ class Decision:
 def decide_for_agent(
     *,
     agent: Agent,
-    request: ExchangeRequest,
+    target: Target,
     snapshot: Snapshot,
     issuer: str,
     trust_domain: str,
@@ -419,18 +455,21 @@ def decide_for_agent(
     """Decide a token for ``agent`` acting as itself (pod, cloud or registered-key identity)."""
     check_agent_usable(agent)
     audience, server = resolve_audience(
-        request.audience, issuer=issuer, tool_servers=snapshot.tool_servers
+        target.audience, issuer=issuer, tool_servers=snapshot.tool_servers
     )
     scope = select_scope(
         agent=agent,
         held=snapshot.held(agent, now=now),
         requests=snapshot.access_requests_of(agent),
-        requested=request.scope,
+        requested=target.scope,
         now=now,
         restrict_to=[t.capability for t in server.spec.tools] if server is not None else None,
     )
     lifetime = token_lifetime(
-        requested=request.requested_lifetime, agent=agent, now=now, not_after=(scope.granted_until,)
+        requested=target.requested_lifetime,
+        agent=agent,
+        now=now,
+        not_after=(scope.granted_until,),
     )
     agent_id = capabilities.agent_id(
         name=agent.metadata.name or "",
@@ -452,7 +491,7 @@ def decide_for_agent(
 def decide_for_service_account(
     *,
     identity: serviceaccounts.ServiceAccountIdentity,
-    request: ExchangeRequest,
+    target: Target,
     snapshot: Snapshot,
     issuer: str,
     trust_domain: str,
@@ -462,7 +501,7 @@ def decide_for_service_account(
     agent, pod = bind_pod(identity, snapshot)
     return decide_for_agent(
         agent=agent,
-        request=request,
+        target=target,
         snapshot=snapshot,
         issuer=issuer,
         trust_domain=trust_domain,
@@ -521,7 +560,7 @@ def check_token_current(
         matching = [e for e in held if covers(e.name, entry)]
         if any(e.approval == "Automatic" for e in matching):
             continue
-        if matching and _approved_until(entry, requests, now=now) is not None:
+        if matching and approved_until(entry, requests, now=now) is not None:
             continue
         raise errors.InvalidGrant(f"capability {entry} is no longer granted")
     return agent

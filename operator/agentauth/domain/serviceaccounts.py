@@ -96,3 +96,32 @@ def identity_from_claims(claims: dict[str, Any]) -> ServiceAccountIdentity:
         expires_at=int(claims["exp"]),
         jti=jti if isinstance(jti, str) else None,
     )
+
+
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+
+
+def identity_from_token_review(status: dict[str, Any]) -> ServiceAccountIdentity:
+    """The identity of a TokenReview ``status`` (``authenticated`` must be true, the user a
+    service account, and the token bound to a pod)."""
+    if status.get("authenticated") is not True:
+        raise errors.InvalidGrant("the cluster rejected the service-account token")
+    user = status.get("user") or {}
+    username = str(user.get("username", ""))
+    parts = username.split(":")
+    if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+        raise errors.InvalidGrant("token is not a Kubernetes service-account token")
+    extra = user.get("extra") or {}
+    pod_name, pod_uid = extra.get(POD_NAME_EXTRA) or [], extra.get(POD_UID_EXTRA) or []
+    if len(pod_name) != 1 or len(pod_uid) != 1:
+        raise errors.InvalidGrant("service-account token is not bound to a pod")
+    return ServiceAccountIdentity(
+        namespace=parts[2],
+        service_account=parts[3],
+        service_account_uid=str(user.get("uid", "")),
+        pod_name=str(pod_name[0]),
+        pod_uid=str(pod_uid[0]),
+        expires_at=0,
+        jti=None,
+    )

@@ -33,7 +33,10 @@ Every failure raises :class:`SignatureError` with a fixed, human-readable ``reas
 from __future__ import annotations
 
 import datetime
+import hashlib
 import hmac
+import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -89,7 +92,7 @@ class VerifiedRequest:
     keyid: str
     created: int
     covered_components: tuple[str, ...]
-    signature: bytes
+    replay_id: bytes
 
 
 # --------------------------------------------------------------------------- keys and JWKs
@@ -156,7 +159,28 @@ class _SignatureKey:
     params: dict[str, Any]
 
 
+# Fast paths for the two forms agentauth emits; anything else goes through the full
+# Structured Fields parser.  Both patterns only match valid sf-dictionary syntax, and the
+# value is covered by the signature verbatim, so they cannot change what is trusted.
+_JWT_MEMBER = re.compile(r'([a-z*][a-z0-9_.*-]*)=jwt;jwt="([A-Za-z0-9_.~+/=-]+)"')
+_HWK_MEMBER = re.compile(
+    r'([a-z*][a-z0-9_.*-]*)=hwk;kty="([A-Za-z]+)";crv="([A-Za-z0-9-]+)";x="([A-Za-z0-9_-]+)"'
+)
+
+
 def _parse_signature_key(value: str, *, label: str) -> _SignatureKey:
+    fast = _JWT_MEMBER.fullmatch(value)
+    if fast is not None and fast.group(1) == label:
+        return _SignatureKey("jwt", {"jwt": fast.group(2)})
+    fast = _HWK_MEMBER.fullmatch(value)
+    if fast is not None and fast.group(1) == label:
+        return _SignatureKey(
+            "hwk", {"kty": fast.group(2), "crv": fast.group(3), "x": fast.group(4)}
+        )
+    return _parse_signature_key_fully(value, label=label)
+
+
+def _parse_signature_key_fully(value: str, *, label: str) -> _SignatureKey:
     def reject_duplicate(key: str, context: str) -> None:
         raise SignatureError(f"Signature-Key has duplicate {context} key {key!r}")
 
@@ -181,7 +205,7 @@ def _parse_signature_key(value: str, *, label: str) -> _SignatureKey:
 
 def _key_from_jwt(
     token: str, verifier: Callable[[str], Mapping[str, Any]] | None
-) -> tuple[dict[str, str], Mapping[str, Any] | None]:
+) -> tuple[dict[str, str], Mapping[str, Any] | None, str | None]:
     if verifier is not None:
         claims: Mapping[str, Any] = verifier(token)
         vouched: Mapping[str, Any] | None = claims
@@ -201,7 +225,7 @@ def _key_from_jwt(
         ed25519_public_key(jwk_dict)  # validate the key type before hashing it
         if not isinstance(jkt, str) or not hmac.compare_digest(jkt, jwk_thumbprint(jwk_dict)):
             raise SignatureError("token cnf.jkt does not match cnf.jwk")
-    return jwk_dict, vouched
+    return jwk_dict, vouched, jkt
 
 
 # --------------------------------------------------------------------------- message adapter
@@ -241,7 +265,8 @@ class _Request:
     headers: _FieldLines
 
 
-HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
+HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[tuple[bytes, bytes]]
+"""Header field lines: a mapping, or (name, value) pairs as str or as raw latin-1 bytes."""
 
 
 def _field_lines(headers: HeaderInput) -> list[tuple[str, str]]:
@@ -261,22 +286,16 @@ def _field_lines(headers: HeaderInput) -> list[tuple[str, str]]:
 
 
 class _SingleKey(hms.HTTPSignatureKeyResolver):
-    def __init__(
-        self,
-        *,
-        public_key: ed25519.Ed25519PublicKey | None = None,
-        private_key: ed25519.Ed25519PrivateKey | None = None,
-    ) -> None:
-        self._public_key = public_key
-        self._private_key = private_key
+    """The one key a request is verified with (it came from ``Signature-Key``)."""
 
-    def resolve_public_key(self, key_id: str) -> ed25519.Ed25519PublicKey | None:
+    def __init__(self, public_key: ed25519.Ed25519PublicKey) -> None:
+        self._public_key = public_key
+
+    def resolve_public_key(self, key_id: str) -> ed25519.Ed25519PublicKey:
         return self._public_key
 
     def resolve_private_key(self, key_id: str) -> ed25519.Ed25519PrivateKey:
-        if self._private_key is None:
-            raise SignatureError("no private key configured")
-        return self._private_key
+        raise SignatureError("verification keys cannot sign")
 
 
 def content_digest(body: bytes) -> str:
@@ -297,6 +316,8 @@ def sign_request(
     components: Sequence[str] | None = None,
     label: str = SIGNATURE_LABEL,
     include_alg: bool = True,
+    nonce: str | None = None,
+    include_nonce: bool = True,
 ) -> dict[str, str]:
     """Sign a request; return the headers to add (``Signature-Input``, ``Signature``, and
     ``Signature-Key``/``Content-Digest`` when they apply).
@@ -306,6 +327,9 @@ def sign_request(
     plain RFC 9421 use).  Coverage defaults to :data:`BASE_COMPONENTS` (minus
     ``signature-key`` when there is none) plus ``content-digest`` for a non-empty body.
     ``key_id`` defaults to the key's RFC 7638 thumbprint; ``created`` to the current time.
+    A random ``nonce`` is signed too (unless ``include_nonce=False``): Ed25519 is
+    deterministic, so two identical requests in the same second would otherwise carry the
+    same signature and the second would be refused as a replay.
     """
     lines = [
         (n, v)
@@ -320,12 +344,12 @@ def sign_request(
         components = BASE_COMPONENTS if signature_key_header is not None else BASE_COMPONENTS[:3]
     message = _Request(method=method.upper(), url=url, headers=_FieldLines(lines))
     had_digest = "content-digest" in message.headers
-    signer = hms.HTTPMessageSigner(
-        signature_algorithm=hms.algorithms.ED25519,
-        key_resolver=_SingleKey(private_key=private_key),
-    )
+    signer = hms.HTTPMessageSigner(signature_algorithm=hms.algorithms.ED25519)
     try:
-        signer.sign(
+        # The library builds the signature base (prepare); we sign it and serialize the two
+        # headers.  Its apply() would rebuild the whole base only to check that a message we
+        # own has not changed in between, doubling the per-request cost.
+        prepared = signer.prepare(
             message,
             key_id=key_id if key_id is not None else jwk_thumbprint(public_jwk(private_key)),
             created=datetime.datetime.fromtimestamp(created, tz=datetime.UTC)
@@ -333,18 +357,20 @@ def sign_request(
             else None,
             label=label,
             include_alg=include_alg,
+            nonce=(nonce or secrets.token_urlsafe(12)) if include_nonce else None,
             covered_component_ids=tuple(components),
             body=body if body else None,
             use_existing_digest=had_digest,
         )
     except hms.HTTPMessageSignaturesException as exc:
         raise SignatureError(f"cannot sign request: {exc}") from exc
-    for name in ("Content-Digest", "Signature-Input", "Signature"):
-        if name == "Content-Digest" and had_digest:
-            continue
-        value = message.headers.get(name)
-        if value is not None:
-            added[name] = value
+    signature = private_key.sign(prepared.signature_base)
+    if not had_digest:
+        digest = message.headers.get("Content-Digest")
+        if digest is not None:
+            added["Content-Digest"] = digest
+    added["Signature-Input"] = f"{prepared.label}={prepared.signature_params}"
+    added["Signature"] = http_sf.ser({prepared.label: (signature, {})})
     return added
 
 
@@ -359,7 +385,7 @@ class _Verifier(hms.HTTPMessageVerifier):
     def __init__(self, *, public_key: ed25519.Ed25519PublicKey, now: float, max_age: int) -> None:
         super().__init__(
             signature_algorithm=hms.algorithms.ED25519,
-            key_resolver=_SingleKey(public_key=public_key),
+            key_resolver=_SingleKey(public_key),
         )
         self._now = now
         self._max_age = max_age
@@ -422,20 +448,22 @@ def verify_request(
         if not isinstance(raw_token, str) or not raw_token:
             raise SignatureError('Signature-Key sig=jwt has no "jwt" parameter')
         token = raw_token
-        jwk, claims = _key_from_jwt(token, token_verifier)
+        jwk, claims, known_jkt = _key_from_jwt(token, token_verifier)
     else:
+        known_jkt = None
         jwk = {k: str(v) for k, v in signature_key.params.items() if k in ("kty", "crv", "x", "d")}
     public_key = ed25519_public_key(jwk)
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
 
     verifier = _Verifier(public_key=public_key, now=now, max_age=max_age)
     try:
-        results = verifier.verify(message, max_age=None, body=body or b"")
+        results = verifier.verify(message, max_age=None)
+        if len(results) != 1 or results[0].label != label:
+            raise SignatureError(f"request must carry exactly one signature labelled {label!r}")
+        result = results[0]
+        _check_body(result.covered_components, body or b"")
     except hms.HTTPMessageSignaturesException as exc:
         raise SignatureError(_reason(exc)) from None
-    if len(results) != 1 or results[0].label != label:
-        raise SignatureError(f"request must carry exactly one signature labelled {label!r}")
-    result = results[0]
     covered = tuple(
         _component_name(c) for c in result.covered_components if c != '"@signature-params"'
     )
@@ -444,28 +472,41 @@ def verify_request(
             raise SignatureError(f"signature does not cover required component {component!r}")
     if body and "content-digest" not in covered:
         raise SignatureError("signature does not cover content-digest for a request with a body")
-    signature = _signature_bytes(message.headers.get("signature") or "", label=label)
+    # Replay identity: a digest of the signed base (covered values plus the signed
+    # parameters, including created and nonce).  Re-encoding the Signature header (e.g. adding
+    # parameters to its member) cannot change it, and nothing else must be parsed again.
+    signed_base = "\n".join(f"{k}: {v}" for k, v in result.covered_components.items())
+    replay_id = hashlib.sha256(signed_base.encode("ascii")).digest()
     created = result.parameters.get("created")
     return VerifiedRequest(
         scheme=signature_key.scheme,
         public_jwk=jwk,
-        jkt=jwk_thumbprint(jwk),
+        jkt=known_jkt if known_jkt is not None else jwk_thumbprint(jwk),
         token=token,
         token_claims=claims,
         label=result.label,
         keyid=str(result.parameters.get("keyid", "")),
         created=created if isinstance(created, int) else 0,
         covered_components=covered,
-        signature=signature,
+        replay_id=replay_id,
     )
 
 
-def _signature_bytes(value: str, *, label: str) -> bytes:
-    parsed = http_sf.parse(value.encode("ascii"), tltype="dictionary")
-    member = parsed.get(label) if isinstance(parsed, dict) else None
-    if isinstance(member, tuple) and isinstance(member[0], bytes):
-        return member[0]
-    raise SignatureError("Signature header has no byte sequence for the signature")
+def _check_body(covered: Mapping[str, str], body: bytes) -> None:
+    """RFC 9530: a non-empty body needs a covered ``Content-Digest`` that matches it.
+
+    The common ``"content-digest"`` component is checked directly with the library's
+    ``ContentDigest.verify``; parameterised forms go through its ``verify_components``.
+    """
+    value = covered.get('"content-digest"')
+    if value is not None:
+        hms.ContentDigest.verify(value, body)
+        return
+    parameterised = any(name.startswith('"content-digest"') for name in covered)
+    if parameterised and hms.ContentDigest.verify_components(covered, body):
+        return
+    if body:
+        raise hms.InvalidSignature("The message body requires a signed Content-Digest")
 
 
 def _reason(exc: Exception) -> str:

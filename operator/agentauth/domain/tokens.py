@@ -12,6 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,12 @@ class AgentRef:
 
     def claim(self) -> dict[str, str]:
         return {"name": self.name, "namespace": self.namespace, "uid": self.uid}
+
+
+@functools.lru_cache(maxsize=16)
+def _header_segment(kid: str) -> str:
+    header = {"alg": ALGORITHM, "kid": kid, "typ": TOKEN_TYPE}
+    return jose.b64url_encode(json.dumps(header, separators=(",", ":")).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +106,8 @@ def issue(
     if extra_claims:
         for name, value in extra_claims.items():
             claims.setdefault(name, value)
-    header = {"alg": ALGORITHM, "kid": signing.kid, "typ": TOKEN_TYPE}
     signing_input = (
-        jose.b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+        _header_segment(signing.kid)
         + "."
         + jose.b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
     )

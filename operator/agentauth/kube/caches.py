@@ -45,12 +45,14 @@ class Cache(Generic[T]):
         parse: Callable[[dict[str, Any]], T],
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         watch_timeout: int = 240,
     ) -> None:
         self.api = api
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self._parse = parse
         self._watch_timeout = watch_timeout
         self._items: dict[Key, T] = {}
@@ -84,7 +86,10 @@ class Cache(Generic[T]):
 
     async def _relist(self) -> None:
         listing = await self.api.list(
-            self.resource, namespace=self.namespace, label_selector=self.label_selector
+            self.resource,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
         )
         self._items = {}
         for obj in listing.get("items", []):
@@ -99,6 +104,7 @@ class Cache(Generic[T]):
             resource_version=self.resource_version,
             namespace=self.namespace,
             label_selector=self.label_selector,
+            field_selector=self.field_selector,
             timeout_seconds=self._watch_timeout,
         ):
             version = (event.object.get("metadata") or {}).get("resourceVersion")

@@ -208,6 +208,7 @@ class KubeClient:
         resource_version: str,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         timeout_seconds: int = 300,
     ) -> AsyncIterator[WatchEvent]:
         """Stream events after ``resource_version`` until the server ends the watch."""
@@ -219,6 +220,8 @@ class KubeClient:
         }
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         async with self.session.get(
             self.config.server + resource.path(namespace=namespace),
             params=params,

@@ -13,13 +13,17 @@ botocore is imported lazily so ``agentauth`` works without the ``aws`` extra.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 from typing import Any
 
 from agentauth.domain.federation import aws as aws_federation
+from agentauth.sdk import client
 
 SUBJECT_TOKEN_TYPE = aws_federation.SUBJECT_TOKEN_TYPE
 _BODY = f"Action=GetCallerIdentity&Version={aws_federation.STS_API_VERSION}"
 _SIGNING_REGION_GLOBAL = "us-east-1"
+NONCE_HEADER = "X-AgentAuth-Nonce"
 
 
 class AwsCredentialsNotFoundError(RuntimeError):
@@ -54,6 +58,8 @@ def aws_subject_token(
     import botocore.awsrequest
     import botocore.session
 
+    # The token service canonicalises its issuer without a trailing slash; match it exactly.
+    issuer = issuer.rstrip("/")
     if session is None:
         session = botocore.session.get_session()
     credentials = session.get_credentials()
@@ -72,6 +78,9 @@ def aws_subject_token(
         headers={
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
             aws_federation.SERVER_ID_HEADER: issuer,
+            # SigV4 timestamps have one-second resolution: without a signed nonce, two tokens
+            # built in the same second would be identical and the second refused as a replay.
+            NONCE_HEADER: secrets.token_hex(16),
         },
     )
     signer = botocore.auth.SigV4Auth(
@@ -88,3 +97,28 @@ def _session_region(session: Any) -> str | None:
     if region is None and hasattr(session, "get_config_variable"):  # botocore Session
         region = session.get_config_variable("region")
     return str(region) if region else None
+
+
+@dataclasses.dataclass(frozen=True)
+class AwsSubjectTokenSource:
+    """An ``AgentClient`` subject-token source (``client.SubjectTokenSource``): signs a fresh
+    ``GetCallerIdentity`` request for every exchange.
+
+    Use as ``AgentClient(..., subject_token_source=AwsSubjectTokenSource(issuer=ISSUER))``.
+    """
+
+    issuer: str
+    region: str | None = None
+    session: Any = None
+    endpoint_url: str | None = None
+
+    def __call__(self) -> client.SubjectToken:
+        return client.SubjectToken(
+            token=aws_subject_token(
+                issuer=self.issuer,
+                region=self.region,
+                session=self.session,
+                endpoint_url=self.endpoint_url,
+            ),
+            token_type=SUBJECT_TOKEN_TYPE,
+        )

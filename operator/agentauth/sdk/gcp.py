@@ -15,9 +15,12 @@ so ``agentauth`` works without the ``gcp`` extra.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import urllib.parse
+
+from agentauth.sdk import client
 
 SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 DEFAULT_METADATA_HOST = "metadata.google.internal"
@@ -46,7 +49,8 @@ def gcp_subject_token(*, issuer: str, metadata_host: str | None = None) -> str:
     import requests  # lazy: the optional "gcp" extra
 
     host = resolve_metadata_host(metadata_host)
-    query = urllib.parse.urlencode({"audience": issuer, "format": "full"})
+    # The token service canonicalises its issuer without a trailing slash; match it exactly.
+    query = urllib.parse.urlencode({"audience": issuer.rstrip("/"), "format": "full"})
     url = f"http://{host}{IDENTITY_PATH}?{query}"
     try:
         response = requests.get(
@@ -70,3 +74,21 @@ def gcp_subject_token(*, issuer: str, metadata_host: str | None = None) -> str:
     if not _JWT.fullmatch(token):
         raise MetadataServerError(f"the GCP metadata server at {host} answered something not a JWT")
     return token
+
+
+@dataclasses.dataclass(frozen=True)
+class GcpSubjectTokenSource:
+    """An ``AgentClient`` subject-token source (``client.SubjectTokenSource``): fetches a fresh ID
+    token from the metadata server for every exchange.
+
+    Use as ``AgentClient(..., subject_token_source=GcpSubjectTokenSource(issuer=ISSUER))``.
+    """
+
+    issuer: str
+    metadata_host: str | None = None
+
+    def __call__(self) -> client.SubjectToken:
+        return client.SubjectToken(
+            token=gcp_subject_token(issuer=self.issuer, metadata_host=self.metadata_host),
+            token_type=SUBJECT_TOKEN_TYPE,
+        )

@@ -15,8 +15,8 @@ Guarantees:
   our issuer), run in a worker thread because google-auth's transport is synchronous; only
   ``RS256`` is accepted; then ``domain.federation.gcp.check_claims`` adds ``iss``,
   ``email_verified`` and the rest. Certificates are cached per certs URL for their
-  ``Cache-Control: max-age`` (bounded), and refetched at most every ``MIN_REFETCH_SECONDS`` when a
-  token names an unknown key id (Google rotates keys).
+  ``Cache-Control: max-age`` (bounded), and refetched when a token names an unknown key id
+  (Google rotates keys), at most once per ``gcp_certs_min_refetch_seconds``.
 
 Both functions return a ``FederatedIdentity``; ``domain.federation.matching.match_agent`` turns
 it into an Agent.
@@ -40,7 +40,6 @@ from agentauth.domain import errors
 from agentauth.domain.federation import aws, gcp
 from agentauth.domain.federation.matching import FederatedIdentity
 
-MIN_REFETCH_SECONDS = 30.0
 MAX_CERTS_CACHE_SECONDS = 3600.0
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
@@ -62,6 +61,7 @@ class FederationSettings:
     gcp_certs_url: str = gcp.GOOGLE_CERTS_URL
     gcp_clock_skew_seconds: int = 60
     gcp_certs_timeout_seconds: float = 10.0
+    gcp_certs_min_refetch_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.aws_sts_test_endpoint is not None:
@@ -201,9 +201,12 @@ class _CachedCertsRequest:
     with ``Cache-Control: max-age`` for exactly this reason.
     """
 
-    def __init__(self, *, certs_url: str, timeout_seconds: float) -> None:
+    def __init__(
+        self, *, certs_url: str, timeout_seconds: float, min_refetch_seconds: float
+    ) -> None:
         self._certs_url = certs_url
         self._timeout_seconds = timeout_seconds
+        self._min_refetch_seconds = min_refetch_seconds
         self._lock = threading.Lock()
         self._response: Any = None
         self._expires_at = 0.0
@@ -232,10 +235,10 @@ class _CachedCertsRequest:
         """Forget the cached certificates unless they were fetched very recently.
 
         Returns whether a refetch is allowed; an attacker sending tokens with made-up key ids
-        therefore causes at most one fetch per ``MIN_REFETCH_SECONDS``.
+        therefore causes at most one fetch per ``min_refetch_seconds``.
         """
         with self._lock:
-            if time.monotonic() - self._fetched_at < MIN_REFETCH_SECONDS:
+            if time.monotonic() - self._fetched_at < self._min_refetch_seconds:
                 return False
             self._response = None
             return True
@@ -247,18 +250,23 @@ def _max_age(cache_control: str) -> float:
     return min(seconds, MAX_CERTS_CACHE_SECONDS)
 
 
-_certs_caches: dict[tuple[str, float], _CachedCertsRequest] = {}
+_certs_caches: dict[tuple[str, float, float], _CachedCertsRequest] = {}
 _certs_caches_lock = threading.Lock()
 
 
 def _certs_cache_for(settings: FederationSettings) -> _CachedCertsRequest:
-    key = (settings.gcp_certs_url, settings.gcp_certs_timeout_seconds)
+    key = (
+        settings.gcp_certs_url,
+        settings.gcp_certs_timeout_seconds,
+        settings.gcp_certs_min_refetch_seconds,
+    )
     with _certs_caches_lock:
         cache = _certs_caches.get(key)
         if cache is None:
             cache = _CachedCertsRequest(
                 certs_url=settings.gcp_certs_url,
                 timeout_seconds=settings.gcp_certs_timeout_seconds,
+                min_refetch_seconds=settings.gcp_certs_min_refetch_seconds,
             )
             _certs_caches[key] = cache
         return cache

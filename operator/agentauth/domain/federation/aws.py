@@ -65,6 +65,8 @@ _STS_HOST = re.compile(
 _URL_CHARS = re.compile(r"[!-~]+")  # printable ASCII, no space, no control characters
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _HEADER_VALUE = re.compile(r"[\t -~]*")  # no CR/LF/NUL: no header injection
+_FORM_FIELD = r"[A-Za-z0-9._~%+-]+=[A-Za-z0-9._~%+-]*"
+_FORM_BODY = re.compile(rf"{_FORM_FIELD}(?:&{_FORM_FIELD})*")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 _AUTHORIZATION = re.compile(
     r"AWS4-HMAC-SHA256 "
@@ -274,6 +276,8 @@ def _validated_url(url: str, *, test_endpoint: str | None) -> str:
 def _validated_body(body: str) -> bytes:
     if len(body) > MAX_BODY_CHARS:
         raise errors.InvalidGrant("the AWS signed request's body is too large")
+    if not _FORM_BODY.fullmatch(body):
+        raise errors.InvalidGrant("the AWS signed request's body is not a well-formed form body")
     try:
         pairs = urllib.parse.parse_qsl(
             body, keep_blank_values=True, strict_parsing=True, max_num_fields=4

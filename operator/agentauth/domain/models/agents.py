@@ -39,7 +39,8 @@ class AwsFederation(common.ApiModel):
         default_factory=list,
         description=(
             "IAM role ARNs, such as arn:aws:iam::123456789012:role/research-agent; '*' matches "
-            "any run of characters. Assumed-role sessions match their role."
+            "any run of characters within one ARN field (never ':' or '/'). Assumed-role "
+            "sessions match their role."
         ),
     )
     account_ids: list[str] = pydantic.Field(

@@ -1,0 +1,275 @@
+"""Benchmark of the embedded control plane (issue 3 numbers).
+
+Runs the server in a child process pinned to one core (CPU 0) and the load generator in this
+process (pinned to CPU 1 when there is one), then prints one JSON line:
+
+- ``writes_per_second``: ConfigMap creates per second, 8 concurrent writers over keep-alive
+  connections, while 50 watches on the same namespace are open (target >= 1000);
+- ``watch_latency_p99_ms`` / ``p50``: from sending a write to each of the 50 watchers reading
+  its event, over every (write, watcher) pair, at a paced 200 writes/s (target p99 < 50 ms);
+  ``saturated_latency_p99_ms`` is the same figure during the unpaced throughput run;
+- ``list_10k_seconds``: one GET of a namespace holding 10,000 ConfigMaps, body read and parsed
+  (target < 1 s).
+
+Usage: ``.venv/bin/python bench/devcluster_bench.py [--writes 3000] [--objects 10000]``.
+``BENCH_SERVER_WRAPPER=script.py`` runs the server child as ``python script.py DIR`` instead
+(for profiling it, e.g. under cProfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+WATCHERS = 50
+WRITERS = 8
+NAME = re.compile(rb'"metadata":\{"name":"([^"]+)"')
+
+
+def serve(directory: Path) -> None:
+    """Child process: run the server until stdin closes."""
+    from agentauth.devcluster import server
+
+    async def main() -> None:
+        cluster = server.DevCluster(directory=directory, apply_crds=False)
+        await cluster.start()
+        print(
+            json.dumps(
+                {"url": cluster.url, "token": cluster.admin_token, "ca": str(cluster.ca_path)}
+            ),
+            flush=True,
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+        await cluster.stop()
+        print(f"server cpu seconds: {time.process_time():.2f}", file=sys.stderr)
+
+    asyncio.run(main())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Bench:
+    def __init__(self, url: str, token: str, ca: str, *, watchers: int) -> None:
+        self.url = url
+        self.watchers = watchers
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.ssl = ssl.create_default_context(cafile=ca)
+
+    def session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=self.ssl, limit=0)
+        return aiohttp.ClientSession(
+            connector=connector, headers=self.headers, timeout=aiohttp.ClientTimeout(total=None)
+        )
+
+    async def create_namespace(self, session: aiohttp.ClientSession, name: str) -> None:
+        async with session.post(
+            f"{self.url}/api/v1/namespaces", json={"metadata": {"name": name}}
+        ) as response:
+            assert response.status == 201, await response.text()
+
+    async def write_many(
+        self,
+        session: aiohttp.ClientSession,
+        namespace: str,
+        names: list[str],
+        *,
+        sent: dict[str, float],
+        rate: float | None = None,
+    ) -> float:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for name in names:
+            queue.put_nowait(name)
+        started = time.perf_counter()
+        path = f"{self.url}/api/v1/namespaces/{namespace}/configmaps"
+
+        async def writer() -> None:
+            while not queue.empty():
+                name = queue.get_nowait()
+                if rate is not None:
+                    due = started + names.index(name) / rate
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                sent[name] = time.perf_counter()
+                body = {"metadata": {"name": name}, "data": {"k": "v" * 64}}
+                async with session.post(path, json=body) as response:
+                    if response.status != 201:
+                        raise RuntimeError(await response.text())
+                    await response.read()
+
+        await asyncio.gather(*(writer() for _ in range(WRITERS)))
+        return time.perf_counter() - started
+
+    async def watch(
+        self,
+        session: aiohttp.ClientSession,
+        namespace: str,
+        version: str,
+        arrivals: dict[str, float],
+        expected: int,
+        ready: asyncio.Event,
+        opened: list[int],
+    ) -> None:
+        url = (
+            f"{self.url}/api/v1/namespaces/{namespace}/configmaps?watch=true"
+            f"&resourceVersion={version}"
+        )
+        async with session.get(url) as response:
+            opened[0] += 1
+            if opened[0] == self.watchers:
+                ready.set()
+            seen = 0
+            buffer = b""
+            while seen < expected:
+                chunk = await response.content.readany()
+                if not chunk:
+                    return
+                now = time.perf_counter()
+                buffer += chunk
+                # Find names with a regex over whole chunks: the client must not be the
+                # bottleneck of a server benchmark.
+                cut = buffer.rfind(b"\n") + 1
+                for name in NAME.findall(buffer, 0, cut):
+                    arrivals.setdefault(name.decode(), now)
+                    seen += 1
+                buffer = buffer[cut:]
+
+    async def fan_out(
+        self, namespace: str, count: int, rate: float | None, prefix: str
+    ) -> tuple[float, list[float]]:
+        async with self.session() as session:
+            async with session.get(
+                f"{self.url}/api/v1/namespaces/{namespace}/configmaps?limit=1"
+            ) as response:
+                version = (await response.json())["metadata"]["resourceVersion"]
+            arrivals = [dict[str, float]() for _ in range(self.watchers)]
+            ready = asyncio.Event()
+            opened = [0]
+            async with self.session() as watch_session:
+                watchers = [
+                    asyncio.create_task(
+                        self.watch(
+                            watch_session, namespace, version, arrivals[i], count, ready, opened
+                        )
+                    )
+                    for i in range(self.watchers)
+                ]
+                if self.watchers:
+                    await asyncio.wait_for(ready.wait(), 30)
+                sent: dict[str, float] = {}
+                names = [f"{prefix}-{index}" for index in range(count)]
+                elapsed = await self.write_many(session, namespace, names, sent=sent, rate=rate)
+                await asyncio.wait_for(asyncio.gather(*watchers), 120)
+            latencies = [(seen[name] - sent[name]) * 1000 for seen in arrivals for name in seen]
+            return count / elapsed, latencies
+
+    async def list_many(self, namespace: str, count: int) -> float:
+        async with self.session() as session:
+            await self.create_namespace(session, namespace)
+            await self.write_many(session, namespace, [f"item-{i}" for i in range(count)], sent={})
+            timings = []
+            for _ in range(3):
+                started = time.perf_counter()
+                async with session.get(
+                    f"{self.url}/api/v1/namespaces/{namespace}/configmaps"
+                ) as response:
+                    items = (await response.json())["items"]
+                timings.append(time.perf_counter() - started)
+                assert len(items) == count
+            return statistics.median(timings)
+
+
+async def run(
+    arguments: argparse.Namespace, url: str, token: str, ca: str, pid: int
+) -> dict[str, Any]:
+    bench = Bench(url, token, ca, watchers=arguments.watchers)
+    async with bench.session() as session:
+        await bench.create_namespace(session, "bench-throughput")
+        await bench.create_namespace(session, "bench-latency")
+    cpu_before = cpu_seconds(pid)
+    throughput, saturated = await bench.fan_out("bench-throughput", arguments.writes, None, "t")
+    server_cpu = cpu_seconds(pid) - cpu_before
+    _, paced = await bench.fan_out("bench-latency", arguments.paced_writes, 200.0, "p")
+    list_seconds = await bench.list_many("bench-list", arguments.objects)
+    return {
+        "watchers": arguments.watchers,
+        "writes": arguments.writes,
+        "writes_per_second": round(throughput, 1),
+        # Throughput per second of server CPU: what one uncontended core sustains. On a shared
+        # machine the wall-clock figure above also measures everyone else's load.
+        "writes_per_server_cpu_second": round(arguments.writes / server_cpu, 1),
+        "saturated_latency_p99_ms": round(percentile(saturated, 0.99), 2) if saturated else None,
+        "watch_latency_p50_ms": round(percentile(paced, 0.50), 2) if paced else None,
+        "watch_latency_p99_ms": round(percentile(paced, 0.99), 2) if paced else None,
+        "list_objects": arguments.objects,
+        "list_10k_seconds": round(list_seconds, 3),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--writes", type=int, default=3000)
+    parser.add_argument("--watchers", type=int, default=WATCHERS)
+    parser.add_argument("--paced-writes", type=int, default=600)
+    parser.add_argument("--objects", type=int, default=10_000)
+    arguments = parser.parse_args()
+    if arguments.serve:
+        os.sched_setaffinity(0, {0})
+        serve(arguments.serve)
+        return
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, cpus - {0})
+    with tempfile.TemporaryDirectory() as directory:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                *(
+                    [os.environ["BENCH_SERVER_WRAPPER"]]
+                    if os.environ.get("BENCH_SERVER_WRAPPER")
+                    else [__file__, "--serve"]
+                ),
+                directory,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            info = json.loads(child.stdout.readline())
+            result = asyncio.run(run(arguments, info["url"], info["token"], info["ca"], child.pid))
+        finally:
+            if child.stdin is not None:
+                child.stdin.close()
+            child.wait(30)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

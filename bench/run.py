@@ -1,0 +1,89 @@
+"""Run every benchmark under bench/ and collect the figures.
+
+Each ``bench/*_bench.py`` prints, as its last line of standard output, one JSON object of
+results. This runner executes them one after another (never in parallel: they measure throughput
+on this machine), then writes ``bench/results.json`` and ``bench/results.md`` with the machine they
+ran on, so every figure is either a ratio against a floor measured in the same run or an absolute
+figure labelled with its machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = pathlib.Path(__file__).parent
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        rows: list[tuple[str, str]] = []
+        for key, sub in value.items():
+            rows.extend(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+        return rows
+    if isinstance(value, float):
+        return [(prefix, f"{value:,.3f}")]
+    return [(prefix, str(value))]
+
+
+def main(argv: list[str]) -> int:
+    selected = argv or sorted(path.name for path in HERE.glob("*_bench.py"))
+    results: dict[str, Any] = {"machine": machine(), "started": time.time(), "benchmarks": {}}
+    failed = []
+    for name in selected:
+        print(f"== {name}", flush=True)
+        started = time.monotonic()
+        completed = subprocess.run(
+            [sys.executable, str(HERE / name)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=1800,
+        )
+        sys.stderr.write(completed.stderr[-4000:])
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+        if completed.returncode != 0 or not lines:
+            failed.append(name)
+            results["benchmarks"][name] = {"error": f"exit {completed.returncode}"}
+            print(completed.stdout[-4000:])
+            continue
+        figures = json.loads(lines[-1])
+        figures["wall_seconds"] = round(time.monotonic() - started, 1)
+        results["benchmarks"][name] = figures
+        print(json.dumps(figures, indent=2))
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = ["| benchmark | figure | value |", "| --- | --- | --- |"]
+    for name, figures in results["benchmarks"].items():
+        for key, value in flatten("", figures):
+            table.append(f"| {name} | {key} | {value} |")
+    header = f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+    header += f"Python {results['machine']['python']}\n\n"
+    (HERE / "results.md").write_text(header + "\n".join(table) + "\n")
+    print(f"wrote {HERE / 'results.json'} and {HERE / 'results.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""Cost of AAuth request signing and bound-request verification.
+
+Measures, in one run and on one core:
+
+- ``raw``: the crypto floor -- one Ed25519 verification of the agent token's JWS plus one
+  Ed25519 verification of the request's RFC 9421 signature base (``cryptography``);
+- ``verify``: what a resource server does per request, ``ResourceVerifier.verify_with_keys``:
+  JWT parse/verify/claims, ``Signature-Key`` parse, RFC 9421 base (http-message-signatures),
+  digest, replay cache, audience and capability check -- over distinct pre-signed requests;
+- ``sign``: ``signatures.sign_request`` for the same request (what the SDK adds per request).
+
+Target (issue 10): verify <= 1.5 x raw.  Run: ``.venv/bin/python bench/signatures_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import http_message_signatures as hms
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agentauth.domain import jose, keys, signatures, tokens
+from agentauth.verify import JwksCache, ResourceVerifier
+
+ISSUER = "https://agentauth.bench"
+AUDIENCE = "https://docs.example.bench"
+URL = "https://docs.example.bench/v1/documents/42?view=full"
+BODY = b'{"title": "quarterly report", "owner": "finance"}'
+
+
+def _interleaved(
+    rounds: int, count: int, runs: dict[str, Callable[[int], None]]
+) -> dict[str, float]:
+    """Best per-operation CPU time (us) of each run over ``rounds`` interleaved loops.
+
+    CPU time of this process (not wall time) and interleaving keep the figures comparable on
+    a shared, busy machine: every loop of every run sees the same conditions.
+    """
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            gc.collect()
+            start = time.process_time()
+            run(count)
+            best[name] = min(best[name], (time.process_time() - start) / count * 1e6)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+    count, rounds = args.count, args.rounds
+
+    now = datetime.now(tz=UTC)
+    keyset = keys.generate_keyset(now=now)
+    agent_key = ed25519.Ed25519PrivateKey.generate()
+    token = tokens.issue(
+        keyset=keyset,
+        issuer=ISSUER,
+        subject="aauth:reporter.team-a@cluster.local",
+        agent=tokens.AgentRef(name="reporter", namespace="team-a", uid="u1"),
+        audience=AUDIENCE,
+        scope=["document.read", "document.write"],
+        lifetime=timedelta(minutes=5),
+        now=now,
+        client_id="aauth:reporter.team-a@cluster.local",
+        cnf_jwk=signatures.public_jwk(agent_key),
+    ).token
+    signature_key = signatures.signature_key_jwt(token)
+    base_headers = {"Content-Type": "application/json"}
+
+    def sign_once() -> dict[str, str]:
+        return signatures.sign_request(
+            method="POST",
+            url=URL,
+            headers=base_headers,
+            body=BODY,
+            private_key=agent_key,
+            signature_key_header=signature_key,
+        )
+
+    # Distinct requests (each signature is accepted once by the replay cache).
+    total = count * rounds + 10
+    requests = [{**base_headers, **sign_once()} for _ in range(total)]
+    public_keys = keyset.public_keys()
+    verifier = ResourceVerifier(
+        issuer=ISSUER, audience=AUDIENCE, jwks=JwksCache(jwks=keyset.public_jwks())
+    )
+    principal = verifier.verify_with_keys(
+        method="POST",
+        url=URL,
+        headers=requests[-1],
+        body=BODY,
+        keys=public_keys,
+        required=["document.write"],
+    )
+    assert principal.bound and principal.jkt == signatures.jwk_thumbprint(
+        signatures.public_jwk(agent_key)
+    )
+
+    # The crypto floor: the same two Ed25519 verifications, nothing else.
+    parsed = jose.parse(token)
+    issuer_key = public_keys.get(str(parsed.header["kid"]))
+    assert isinstance(issuer_key, ed25519.Ed25519PublicKey)
+    agent_public = agent_key.public_key()
+    sample = requests[-2]
+    request_signature = base64.b64decode(sample["Signature"].split(":")[1])
+    base_lines = [
+        '"@method": POST',
+        '"@authority": docs.example.bench',
+        '"@path": /v1/documents/42',
+        f'"signature-key": {signature_key}',
+        f'"content-digest": {sample["Content-Digest"]}',
+        '"@signature-params": '
+        + sample["Signature-Input"].removeprefix(f"{signatures.SIGNATURE_LABEL}="),
+    ]
+    signature_base = "\n".join(base_lines).encode()
+    agent_public.verify(request_signature, signature_base)  # the floor verifies the real base
+
+    def raw(n: int) -> None:
+        for _ in range(n):
+            issuer_key.verify(parsed.signature, parsed.signing_input)
+            agent_public.verify(request_signature, signature_base)
+
+    cursor = iter(requests)
+
+    def verify(n: int) -> None:
+        for _ in range(n):
+            verifier.verify_with_keys(
+                method="POST",
+                url=URL,
+                headers=next(cursor),
+                body=BODY,
+                keys=public_keys,
+                required=["document.write"],
+            )
+
+    class _AgentKey(hms.HTTPSignatureKeyResolver):
+        def resolve_public_key(self, key_id: str) -> ed25519.Ed25519PublicKey:
+            return agent_public
+
+    library = hms.HTTPMessageVerifier(
+        signature_algorithm=hms.algorithms.ED25519, key_resolver=_AgentKey()
+    )
+    library.max_clock_skew = timedelta(days=1)
+    message = signatures._Request(  # the same adapter verify_request uses
+        method="POST", url=URL, headers=signatures._FieldLines(list(sample.items()))
+    )
+
+    def library_only(n: int) -> None:
+        for _ in range(n):
+            library.verify(message, max_age=None)
+
+    def token_only(n: int) -> None:
+        for _ in range(n):
+            tokens.verify(token, public_keys=public_keys, issuer=ISSUER, now=now)
+
+    def sign(n: int) -> None:
+        for _ in range(n):
+            sign_once()
+
+    best = _interleaved(
+        rounds,
+        count,
+        {
+            "raw": raw,
+            "verify": verify,
+            "sign": sign,
+            "library": library_only,
+            "token": token_only,
+        },
+    )
+    raw_us, verify_us, sign_us = best["raw"], best["verify"], best["sign"]
+    ratio = verify_us / raw_us
+    print(f"requests per loop: {count}, loops: {rounds} (best CPU-time loop reported)")
+    print(f"raw floor (2 x Ed25519 verify): {raw_us:8.1f} us/request")
+    print(f"verify bound request (JWT+9421): {verify_us:8.1f} us/request  -> {ratio:.2f}x floor")
+    print(f"sign request (9421, jwt key):    {sign_us:8.1f} us/request")
+    print(f"target verify <= 1.5x floor: {'MET' if ratio <= 1.5 else 'MISSED'}")
+    print("where the time goes (same run):")
+    print(f"  http-message-signatures verify() alone (1 Ed25519 inside): {best['library']:8.1f} us")
+    print(f"  agent-token verification alone (1 Ed25519 inside):         {best['token']:8.1f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""AccessRequest lifecycle: reconcile, timers, Events and the admission webhooks.
+
+All rules live in :mod:`agentauth.domain.approvals`; these handlers only read, call and write.
+
+Reconcile (level-based, restart-safe):
+- Every watch event of an AccessRequest (and Kopf's initial listing after a restart), and every
+  change of a grant in its namespace, queues the request; its reconcile computes the status with
+  :func:`approvals.evaluate` from the stored request, the live grants and the clock, and patches
+  only ``phase``, ``expiresAt``, ``grantedUntil``, ``conditions`` and ``observedGeneration``. It
+  never writes ``approvals``/``denials``: those are appended by approvers and only by them.
+- The request is re-queued at its next deadline (``expiresAt`` while Pending, ``grantedUntil``
+  while Approved), so expiry and the end of the grant window happen on time without polling.
+- Events (on the AccessRequest and on its Agent) are derived from the stored status by
+  :func:`approvals.planned_events` and posted under stable names ``<request>.<uid8>.<key>``: a
+  second post after a restart is answered 409 AlreadyExists and nothing is duplicated.
+
+Admission (``/mutate/accessrequests``, ``/validate/accessrequests``; the chart registers both for
+``accessrequests`` and ``accessrequests/status``, CREATE and UPDATE):
+- CREATE: ``spec.requester`` is stamped from ``userInfo`` (whatever the client sent is replaced)
+  and validated to match; the request is checked like the token service checks it (each
+  capability held with approval Required, duration within ``maxDuration``, justification and
+  context plain and bounded).
+- UPDATE of the main resource: the whole ``spec`` is immutable (``spec.requester`` with its own
+  message), so nobody edits what was asked after approvers have seen it.
+- UPDATE of ``status``: the one approval or denial a write adds gets ``user``/``groups``/``time``
+  from ``userInfo`` (mutating) and is then verified (validating): author = caller, request still
+  Pending and not past ``expiresAt``, caller not the agent's service account nor the requester,
+  caller listed in each involved grant's approvers or allowed verb ``approve`` on it by a
+  SubjectAccessReview. Recorded decisions cannot be edited or removed, and the phase can only
+  move as :func:`approvals.check_status_update` allows, whoever writes (controller included).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import pydantic
+
+from agentauth.controller import agents as agent_handlers
+from agentauth.controller import runtime, webhooks
+from agentauth.domain import approvals
+from agentauth.domain.models import AccessRequest, AccessRequestStatus, Agent, CapabilityGrant
+from agentauth.kube import client as kube
+
+logger = logging.getLogger("agentauth.controller.accessrequests")
+
+GROUP, VERSION = agent_handlers.GROUP, agent_handlers.VERSION
+KIND = "accessrequest"
+SUBJECT_ACCESS_REVIEWS = kube.Resource(
+    "authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False
+)
+# The status fields the controller owns; approvals and denials are never in its patches.
+CONTROLLER_FIELDS = ("phase", "expiresAt", "grantedUntil", "conditions", "observedGeneration")
+
+# Event keys already posted by this controller run, per request uid: saves a 409 round trip per
+# reconcile. Lost on restart by design; the stable Event names make re-posting harmless.
+_posted: weakref.WeakKeyDictionary[runtime.Controller, dict[str, set[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+# --- indices and triggers --------------------------------------------------------------------
+
+
+@kopf.index(GROUP, VERSION, "accessrequests")
+def agentauth_accessrequests(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    """(namespace, name) -> the AccessRequest."""
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, "accessrequests")
+def agentauth_accessrequests_by_ns(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> Any:
+    """namespace -> names of its undecided requests (re-evaluated when a grant changes)."""
+    phase = (body.get("status") or {}).get("phase")
+    return {namespace: name} if phase in (None, "Pending") else None
+
+
+@kopf.on.event(GROUP, VERSION, "accessrequests")
+def access_request_changed(
+    type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any
+) -> None:
+    ctl: runtime.Controller = memo.controller
+    ctl.bind(kwargs)
+    if type == "DELETED":
+        uid = str((kwargs.get("body") or {}).get("metadata", {}).get("uid", ""))
+        _posted.get(ctl, {}).pop(uid, None)
+        return
+    ctl.queue.add((KIND, namespace or "", name))
+
+
+@kopf.on.event(GROUP, VERSION, "capabilitygrants")
+def grant_changed_for_requests(namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    """A grant changed: its approvers, minApprovals or capabilities may decide pending requests."""
+    ctl: runtime.Controller = memo.controller
+    ctl.bind(kwargs)
+    for name in agent_handlers.lookup(ctl.index("agentauth_accessrequests_by_ns"), namespace):
+        ctl.queue.add((KIND, namespace or "", str(name)))
+
+
+# --- reconcile -------------------------------------------------------------------------------
+
+
+def _min_approvals(
+    ctl: runtime.Controller, request: AccessRequest, *, now: datetime.datetime
+) -> int | None:
+    namespace = request.metadata.namespace or ""
+    agent_body = agent_handlers.agent_body(ctl, namespace, request.spec.agent)
+    agent = ctl.parse(Agent, agent_body) if agent_body is not None else None
+    try:
+        resolved = approvals.resolve_existing(
+            request=request,
+            agent=agent if isinstance(agent, Agent) else None,
+            all_grants=agent_handlers.valid_grants(ctl, namespace),
+            now=now,
+        )
+    except approvals.RequestClosed:
+        return None
+    return resolved.min_approvals
+
+
+async def reconcile(ctl: runtime.Controller, namespace: str, name: str) -> None:
+    """Recompute one request's status, write it if changed, post its Events, set its timer."""
+    found = agent_handlers.lookup(ctl.index("agentauth_accessrequests"), (namespace, name))
+    if not found:
+        return
+    body = found[0]
+    parsed = ctl.parse(AccessRequest, body)
+    if not isinstance(parsed, AccessRequest):
+        logger.warning("AccessRequest %s/%s does not parse: %s", namespace, name, parsed)
+        return
+    stored = ctl.stored_status("AccessRequest", body)
+    request = parsed
+    if stored is not None:
+        try:
+            request = parsed.model_copy(
+                update={"status": AccessRequestStatus.model_validate(stored)}
+            )
+        except pydantic.ValidationError:
+            request = parsed
+    now = _now()
+    new = approvals.evaluate(
+        request,
+        min_approvals=_min_approvals(ctl, request, now=now),
+        pending_timeout=ctl.settings.access_request_expiry,
+        now=now,
+    )
+    old_api = _owned(request.status.to_api() if request.status else {})
+    new_api = _owned(new.to_api())
+    if old_api != new_api:
+        patch = {"status": {key: new_api.get(key) for key in CONTROLLER_FIELDS}}
+        try:
+            await ctl.api.patch(
+                kube.ACCESS_REQUESTS, name, patch, namespace=namespace, subresource="status"
+            )
+        except kube.ApiError as exc:
+            if exc.code == 404:
+                return
+            raise
+    decided = request.model_copy(update={"status": new})
+    await post_events(ctl, decided, request_body=body, now=now)
+    deadline = approvals.next_deadline(new)
+    if deadline is not None:
+        ctl.wake_at((KIND, namespace, name), deadline)
+
+
+def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: status[key] for key in CONTROLLER_FIELDS if status.get(key) is not None}
+
+
+async def post_events(
+    ctl: runtime.Controller,
+    request: AccessRequest,
+    *,
+    request_body: Mapping[str, Any],
+    now: datetime.datetime,
+) -> None:
+    """Post the Events the request's status implies, each at most once (stable names)."""
+    meta = request_body.get("metadata") or {}
+    uid = str(meta.get("uid", ""))
+    namespace = request.metadata.namespace or ""
+    posted = _posted.setdefault(ctl, {}).setdefault(uid, set())
+    agent_body = agent_handlers.agent_body(ctl, namespace, request.spec.agent)
+    for event in approvals.planned_events(request, now=now):
+        if event.key in posted:
+            continue
+        target = request_body if event.on == "AccessRequest" else agent_body
+        if target is None:
+            continue
+        target_meta = target.get("metadata") or {}
+        time = event.time.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        document = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name')}.{uid[:8]}.{event.key}",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": str(target.get("apiVersion", f"{GROUP}/{VERSION}")),
+                "kind": event.on,
+                "name": target_meta.get("name"),
+                "namespace": namespace,
+                "uid": target_meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": runtime.COMPONENT},
+            "reportingComponent": runtime.COMPONENT,
+            "reportingInstance": runtime.COMPONENT,
+            "firstTimestamp": time,
+            "lastTimestamp": time,
+            "count": 1,
+        }
+        try:
+            await ctl.api.create(kube.EVENTS, document, namespace=namespace)
+        except kube.ApiError as exc:
+            if exc.code != 409:  # 409: posted before a restart; that is the point of the name
+                logger.warning("cannot post Event %s on %s: %s", event.reason, event.on, exc)
+                continue
+        posted.add(event.key)
+
+
+def register(ctl: runtime.Controller) -> None:
+    ctl.reconcilers[KIND] = reconcile
+
+
+# --- admission -------------------------------------------------------------------------------
+
+
+def _parse_request(body: Mapping[str, Any] | None, *, what: str) -> AccessRequest:
+    try:
+        return AccessRequest.model_validate(dict(body or {}))
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise webhooks.Denied(
+            f"{what} is not a valid AccessRequest: {location}: {first['msg']}",
+            code=422,
+            reason="Invalid",
+        ) from exc
+
+
+def _denied(error: approvals.ApprovalError) -> webhooks.Denied:
+    reason = {400: "BadRequest", 403: "Forbidden", 409: "Conflict"}.get(error.status, "Invalid")
+    return webhooks.Denied(error.message, code=error.status, reason=reason)
+
+
+async def _agent_and_grants(
+    ctl: runtime.Controller, *, namespace: str, agent: str
+) -> tuple[Agent | None, list[CapabilityGrant]]:
+    """Read the Agent and the namespace's grants live (a just-changed grant counts at once)."""
+    found: Agent | None = None
+    try:
+        found = Agent.model_validate(await ctl.api.get(kube.AGENTS, agent, namespace=namespace))
+    except kube.ApiError as exc:
+        if exc.code != 404:
+            raise
+    except pydantic.ValidationError:
+        found = None
+    listed = await ctl.api.list(kube.CAPABILITY_GRANTS, namespace=namespace)
+    grants: list[CapabilityGrant] = []
+    for item in listed.get("items", []):
+        item.setdefault("metadata", {}).setdefault("namespace", namespace)
+        try:
+            grants.append(CapabilityGrant.model_validate(item))
+        except pydantic.ValidationError:
+            continue  # an invalid grant gives nothing, here as everywhere
+    return found, grants
+
+
+async def _may_approve_by_rbac(
+    ctl: runtime.Controller, *, decider: approvals.Identity, grant: approvals.InvolvedGrant
+) -> bool:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": decider.username,
+            "groups": list(decider.groups),
+            **({"uid": decider.uid} if decider.uid else {}),
+            "resourceAttributes": {
+                "namespace": grant.namespace,
+                "verb": approvals.APPROVE_VERB,
+                "group": GROUP,
+                "resource": approvals.GRANTS_RESOURCE,
+                "name": grant.name,
+            },
+        },
+    }
+    result = await ctl.api.create(SUBJECT_ACCESS_REVIEWS, review)
+    return bool((result.get("status") or {}).get("allowed"))
+
+
+def _requester_patch(request: dict[str, Any], decider: approvals.Identity) -> list[dict[str, Any]]:
+    spec = (request.get("object") or {}).get("spec") or {}
+    value = decider.requester().to_api()
+    op = "replace" if "requester" in spec else "add"
+    return [{"op": op, "path": "/spec/requester", "value": value}]
+
+
+@webhooks.admission("/mutate/accessrequests")
+async def mutate_access_request(
+    ctl: runtime.Controller, request: dict[str, Any]
+) -> webhooks.Allowed:
+    """Stamp ``spec.requester`` on CREATE and the author of an added decision on status UPDATE."""
+    try:
+        decider = approvals.Identity.from_user_info(request.get("userInfo") or {})
+    except approvals.ApprovalError as error:
+        raise _denied(error) from error
+    operation, subresource = request.get("operation"), request.get("subResource") or ""
+    if operation == "CREATE" and not subresource:
+        return webhooks.Allowed(patch=_requester_patch(request, decider))
+    if operation != "UPDATE" or subresource != "status":
+        return webhooks.Allowed()
+    old = _parse_request(request.get("oldObject"), what="the stored request")
+    new = _parse_request(request.get("object"), what="the updated request")
+    try:
+        added = approvals.decision_added(old=old.status, new=new.status)
+        if added is None:
+            return webhooks.Allowed()
+        stamped = approvals.stamp_decision(added=added, decider=decider, now=_now())
+    except approvals.ApprovalError as error:
+        raise _denied(error) from error
+    field = "approvals" if added.kind == "Approve" else "denials"
+    return webhooks.Allowed(
+        patch=[
+            {
+                "op": "replace",
+                "path": f"/status/{field}/{added.index}",
+                "value": stamped.to_api(),
+            }
+        ]
+    )
+
+
+@webhooks.admission("/validate/accessrequests")
+async def validate_access_request(
+    ctl: runtime.Controller, request: dict[str, Any]
+) -> webhooks.Allowed:
+    """Enforce the lifecycle rules described in the module docstring."""
+    try:
+        decider = approvals.Identity.from_user_info(request.get("userInfo") or {})
+        operation, subresource = request.get("operation"), request.get("subResource") or ""
+        if operation == "CREATE" and not subresource:
+            await _validate_create(ctl, request, decider)
+        elif operation == "UPDATE" and not subresource:
+            _validate_spec_unchanged(request)
+        elif operation == "UPDATE" and subresource == "status":
+            await _validate_status(ctl, request, decider)
+    except approvals.ApprovalError as error:
+        raise _denied(error) from error
+    return webhooks.Allowed()
+
+
+async def _validate_create(
+    ctl: runtime.Controller, request: dict[str, Any], decider: approvals.Identity
+) -> None:
+    new = _parse_request(request.get("object"), what="the request")
+    requester = new.spec.requester
+    if requester is None or requester.username != decider.username:
+        raise approvals.ForbiddenChange(
+            "spec.requester is set by agentauth from the authenticated caller; "
+            f"it must be {decider.username!r}"
+        )
+    if new.status is not None and (new.status.approvals or new.status.denials or new.status.phase):
+        raise approvals.ForbiddenChange("a new AccessRequest cannot carry a status")
+    namespace = str(request.get("namespace") or new.metadata.namespace or "")
+    approvals.validate_justification(new.spec.justification)
+    approvals.validate_context(new.spec.context)
+    agent, grants = await _agent_and_grants(ctl, namespace=namespace, agent=new.spec.agent)
+    if agent is None:
+        raise approvals.InvalidAccessRequest(
+            f"agent {new.spec.agent!r} does not exist in namespace {namespace!r}"
+        )
+    approvals.resolve_request(
+        agent=agent,
+        requested=new.spec.capabilities,
+        duration=approvals.parse_request_duration(new.spec.duration),
+        all_grants=grants,
+        now=_now(),
+    )
+
+
+def _validate_spec_unchanged(request: dict[str, Any]) -> None:
+    old_spec = (request.get("oldObject") or {}).get("spec") or {}
+    new_spec = (request.get("object") or {}).get("spec") or {}
+    if old_spec.get("requester") != new_spec.get("requester"):
+        raise approvals.ForbiddenChange(
+            "spec.requester is set by agentauth from the authenticated caller and cannot be changed"
+        )
+    changed = sorted(
+        key for key in set(old_spec) | set(new_spec) if old_spec.get(key) != new_spec.get(key)
+    )
+    if changed:
+        fields = ", ".join(f"spec.{key}" for key in changed)
+        raise approvals.ForbiddenChange(
+            f"an AccessRequest cannot be changed after it is filed ({fields}); file a new request"
+        )
+
+
+async def _validate_status(
+    ctl: runtime.Controller, request: dict[str, Any], decider: approvals.Identity
+) -> None:
+    old = _parse_request(request.get("oldObject"), what="the stored request")
+    new = _parse_request(request.get("object"), what="the updated request")
+    new_status = new.status or AccessRequestStatus()
+    namespace = old.metadata.namespace or str(request.get("namespace") or "")
+    now = _now()
+    added = approvals.decision_added(old=old.status, new=new_status)
+    old_phase = old.status.phase if old.status else None
+    if added is None and (new_status.phase == old_phase or new_status.phase != "Approved"):
+        # No decision and no approval transition: the rules need no grants (the common case of
+        # the controller's own condition, expiry and end-of-window writes; saves two API reads).
+        approvals.check_status_update(old=old, new=new_status, min_approvals=None, now=now)
+        return
+    agent, grants = await _agent_and_grants(ctl, namespace=namespace, agent=old.spec.agent)
+    resolved: approvals.ResolvedRequest | None
+    try:
+        resolved = approvals.resolve_existing(request=old, agent=agent, all_grants=grants, now=now)
+    except approvals.RequestClosed:
+        if added is not None:
+            raise
+        resolved = None
+    if added is not None:
+        approvals.check_added_decision(request_before=old, added=added, decider=decider, now=now)
+        if resolved is None or agent is None:  # resolve_existing raised already; belt and braces
+            raise approvals.RequestClosed(f"access request {old.metadata.name!r} is closed")
+        reviews = {
+            grant.name: await _may_approve_by_rbac(ctl, decider=decider, grant=grant)
+            for grant in approvals.grants_to_review(decider=decider, resolved=resolved)
+        }
+        approvals.require_may_decide(
+            request=old,
+            agent=agent,
+            resolved=resolved,
+            decider=decider,
+            kind=added.kind,
+            reviews=reviews,
+        )
+    approvals.check_status_update(
+        old=old,
+        new=new_status,
+        min_approvals=resolved.min_approvals if resolved is not None else None,
+        now=now,
+    )

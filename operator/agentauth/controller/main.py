@@ -1,0 +1,148 @@
+"""Run the controller: Kopf (embedded), the admission webhook server, key rotation, workers.
+
+Guarantees:
+- ``run`` returns when ``stop`` is set (or on SIGINT/SIGTERM when Kopf owns the main thread),
+  after stopping Kopf, the webhook server, the workers and the timers; it leaves nothing running.
+- Every handler module in :data:`HANDLER_MODULES` is imported before Kopf starts, so its
+  decorators register; modules of other features that are not written yet are skipped.
+- Kopf's own settings are set in one place, :func:`configure` (a startup hook): standalone (no
+  peering objects; one active controller is ensured by the Deployment's Recreate strategy, see
+  the chart), no runtime scanning for new CRDs/namespaces, Events only for warnings and errors.
+- The issuer keys exist before anything else starts (create-if-absent), so the token service can
+  sign as soon as the controller has run once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import kopf
+
+from agentauth.controller import keys, runtime, webhooks
+from agentauth.controller import settings as controller_settings
+from agentauth.kube import client as kube
+from agentauth.kube import config as kube_config
+
+logger = logging.getLogger("agentauth.controller")
+
+# Every module with Kopf handlers or admission handlers. Add new ones here (and only here).
+HANDLER_MODULES = (
+    "agentauth.controller.agents",
+    "agentauth.controller.grants",
+    "agentauth.controller.pods",
+    "agentauth.controller.accessrequests",
+    "agentauth.controller.toolservers",
+)
+
+
+def import_handlers() -> list[ModuleType]:
+    """Import :data:`HANDLER_MODULES`; a module that does not exist (yet) is skipped."""
+    modules = []
+    for name in HANDLER_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise  # the module exists but one of its imports is missing: a real error
+            logger.debug("handler module %s not present", name)
+    return modules
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Kopf's settings, all of them in one place."""
+    settings.peering.standalone = True
+    settings.scanning.disabled = True
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = runtime.COMPONENT
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    settings.queueing.idle_timeout = 60
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf uses the same credentials as the rest of the controller."""
+    ctl: runtime.Controller = memo.controller
+    cfg = ctl.api.config
+    return kopf.ConnectionInfo(
+        server=cfg.server,
+        ca_path=str(cfg.ca_file) if cfg.ca_file else None,
+        ca_data=cfg.ca_data,
+        insecure=cfg.insecure,
+        token=cfg.bearer_token(),
+        scheme="Bearer" if cfg.bearer_token() else None,
+        certificate_path=str(cfg.client_cert_file) if cfg.client_cert_file else None,
+        private_key_path=str(cfg.client_key_file) if cfg.client_key_file else None,
+        default_namespace=ctl.settings.namespace,
+    )
+
+
+async def run(
+    settings: controller_settings.Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    on_started: Any = None,
+) -> None:
+    """Run the controller until ``stop`` is set; ``ready`` is set once the webhooks serve and
+    Kopf has started. ``on_started(controller)`` (optional) is called with the run's
+    :class:`runtime.Controller` (tests and ``agentauth dev`` read ``webhook_port`` from it)."""
+    modules = import_handlers()
+    cfg = kube_config.load(Path(settings.kubeconfig) if settings.kubeconfig else None)
+    stop_flag = stop if stop is not None else asyncio.Event()
+    async with kube.KubeClient(cfg) as api:
+        ctl = runtime.Controller(settings=settings, api=api)
+        for module in modules:
+            register = getattr(module, "register", None)
+            if callable(register):
+                register(ctl)
+        await keys.ensure_keyset(api, namespace=settings.namespace, now=runtime.utcnow())
+        server = webhooks.WebhookServer(ctl)
+        ctl.webhook_port = await server.start()
+        ctl.webhook_ca = server.ca_pem
+        tasks = [asyncio.create_task(ctl.work()) for _ in range(settings.workers)]
+        tasks.append(asyncio.create_task(keys.keep_rotating(ctl)))
+        tasks.append(asyncio.create_task(server.keep_ca_bundles()))
+        kopf_ready = asyncio.Event()
+
+        async def signal_ready() -> None:
+            await kopf_ready.wait()
+            if on_started is not None:
+                on_started(ctl)
+            if ready is not None:
+                ready.set()
+
+        tasks.append(asyncio.create_task(signal_ready()))
+        liveness = (
+            f"http://{settings.health_host}:{settings.health_port}/healthz"
+            if settings.health_port
+            else None
+        )
+        try:
+            await kopf.operator(
+                clusterwide=settings.clusterwide,
+                namespaces=list(settings.watch_namespaces),
+                standalone=True,
+                stop_flag=stop_flag,
+                ready_flag=kopf_ready,
+                memo=kopf.Memo(controller=ctl),
+                liveness_endpoint=liveness,
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            ctl.cancel_timers()
+            await server.stop()

@@ -1,0 +1,310 @@
+"""Per-run state of the controller: the API client, the work queue, the status writer, Events.
+
+Guarantees:
+- One :class:`Controller` per ``main.run`` call, reachable from every Kopf handler as
+  ``memo.controller``; nothing lives in module globals, so two controllers can run in one process
+  (the key-race test does).
+- The work queue holds each key at most once and never hands the same key to two workers at a
+  time; a key re-added while being worked on is worked on again afterwards, so the last change
+  always gets a reconcile (level-based, nothing lost).
+- ``write_status`` compares against the newest status known (the object's, or the one this
+  controller wrote last if the watch has not delivered it yet) and writes, and posts Events, only
+  when the computed status differs; a replay of the same state posts nothing.
+- A failed write is retried with backoff and reported once per distinct error as a Warning Event
+  ``StatusUpdateFailed`` on the object, so a missing RBAC rule is visible in ``kubectl describe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, cast
+
+import pydantic
+
+from agentauth.controller import settings as controller_settings
+from agentauth.domain import agents as domain_agents
+from agentauth.kube import client as kube
+
+logger = logging.getLogger("agentauth.controller")
+
+COMPONENT = "agentauth-controller"
+_MAX_PARSED = 20_000
+
+
+def utcnow() -> datetime.datetime:
+    """Now, to the second: Kubernetes timestamps have whole seconds, so equal states compare
+    equal after a round trip through the API."""
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+class WorkQueue:
+    """A deduplicating queue of keys (see module guarantees)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
+        self._queued: set[Hashable] = set()
+        self._active: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()
+
+    def add(self, key: Hashable) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def get(self) -> Hashable:
+        key = await self._queue.get()
+        self._queued.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: Hashable) -> None:
+        self._active.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def idle(self) -> bool:
+        return not self._queued and not self._active
+
+
+@dataclasses.dataclass
+class _Written:
+    uid: str
+    resource_version: int
+    status: dict[str, Any]
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:  # opaque on some servers: then the watched body is always taken
+        return 0
+
+
+class Controller:
+    """Everything one controller run shares between its handlers and tasks."""
+
+    def __init__(self, *, settings: controller_settings.Settings, api: kube.KubeClient) -> None:
+        self.settings = settings
+        self.api = api
+        self.queue = WorkQueue()
+        # Kopf's in-memory indices, bound from handler kwargs (Kopf passes them to handlers only).
+        self.indices: dict[str, Any] = {}
+        self._written: dict[tuple[str, str, str], _Written] = {}
+        self._reported_failures: dict[tuple[str, str, str], str] = {}
+        self._parsed: collections.OrderedDict[tuple[str, str, str], Any] = collections.OrderedDict()
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        # (namespace, grant) -> names of the Agents it matched when last reconciled.
+        self.grant_matches: dict[tuple[str, str], set[str]] = {}
+        self.grant_fingerprints: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.reconcilers: dict[str, Callable[..., Awaitable[None]]] = {}
+        self.failures: collections.deque[str] = collections.deque(maxlen=100)
+        # Reconciles completed per kind (observability for tests and debugging).
+        self.reconciled: collections.Counter[str] = collections.Counter()
+        self.webhook_port: int | None = None
+        self.webhook_ca: bytes | None = None
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Remember Kopf's index objects (live views) from a handler's kwargs."""
+        for name, value in kwargs.items():
+            if name.startswith("agentauth_"):
+                self.indices[name] = value
+
+    def index(self, name: str) -> Any:
+        return self.indices.get(name)
+
+    # --- parsing with a cache keyed by uid and resourceVersion -------------------------------
+
+    def parse(self, model: type[pydantic.BaseModel], body: Mapping[str, Any]) -> Any:
+        """``model`` parsed from ``body``, or the ``pydantic.ValidationError`` it raised."""
+        meta = body.get("metadata") or {}
+        key = (model.__name__, str(meta.get("uid")), str(meta.get("resourceVersion")))
+        if key in self._parsed:
+            self._parsed.move_to_end(key)
+            return self._parsed[key]
+        try:
+            parsed: Any = model.model_validate(dict(body))
+        except pydantic.ValidationError as exc:
+            parsed = exc
+        self._parsed[key] = parsed
+        if len(self._parsed) > _MAX_PARSED:
+            self._parsed.popitem(last=False)
+        return parsed
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def wake_at(self, key: Hashable, moment: datetime.datetime) -> None:
+        """Enqueue ``key`` at ``moment`` (once per key; an earlier moment replaces a later one)."""
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (moment - datetime.datetime.now(datetime.UTC)).total_seconds())
+        when = loop.time() + delay + 0.05
+        existing = self._timers.get(key)
+        if existing is not None and not existing.cancelled() and existing.when() <= when:
+            return
+        if existing is not None:
+            existing.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.queue.add(key)
+
+    def cancel_timers(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    # --- status and events ------------------------------------------------------------------
+
+    def stored_status(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The newest status we know for ``body``: its own, or ours if written after it."""
+        meta = body.get("metadata") or {}
+        written = self._written.get((kind, meta.get("namespace", ""), meta.get("name", "")))
+        if (
+            written is not None
+            and written.uid == meta.get("uid")
+            and (written.resource_version > _rv(body))
+        ):
+            return written.status
+        status = body.get("status")
+        return dict(status) if isinstance(status, Mapping) else None
+
+    def is_own_write(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` is exactly the version our last status write produced."""
+        meta = body.get("metadata") or {}
+        written = self._written.get((kind, meta.get("namespace", ""), meta.get("name", "")))
+        return (
+            written is not None
+            and written.uid == meta.get("uid")
+            and written.resource_version == _rv(body) != 0
+        )
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self._written.pop((kind, namespace, name), None)
+        self._reported_failures.pop((kind, namespace, name), None)
+
+    async def write_status(
+        self,
+        *,
+        resource: kube.Resource,
+        kind: str,
+        body: Mapping[str, Any],
+        status: dict[str, Any],
+        events: list[domain_agents.Event],
+    ) -> bool:
+        """Patch ``status`` onto the object and post ``events``; False if it no longer exists."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        key = (kind, namespace, name)
+        # A merge patch replaces lists wholesale; null removes fields we no longer set.
+        stored = self.stored_status(kind, body) or {}
+        patch_status: dict[str, Any] = {k: None for k in stored if k not in status}
+        patch_status.update(status)
+        patch = {"status": patch_status}
+        try:
+            result = await self.api.patch(
+                resource, name, patch, namespace=namespace, subresource="status"
+            )
+        except kube.ApiError as exc:
+            if exc.code == 404:  # deleted meanwhile: nothing to write
+                return False
+            await self._report_failure(key, body=body, kind=kind, error=exc)
+            raise
+        self._reported_failures.pop(key, None)
+        self._written[key] = _Written(
+            uid=str(meta.get("uid")), resource_version=_rv(result), status=status
+        )
+        for event in events:
+            await self.post_event(body=body, kind=kind, event=event)
+        return True
+
+    async def _report_failure(
+        self,
+        key: tuple[str, str, str],
+        *,
+        body: Mapping[str, Any],
+        kind: str,
+        error: kube.ApiError,
+    ) -> None:
+        text = f"{error.code} {error.reason}: {error.message}"
+        self.failures.append(f"{kind} {key[1]}/{key[2]}: {text}")
+        if self._reported_failures.get(key) == text:
+            return
+        self._reported_failures[key] = text
+        await self.post_event(
+            body=body,
+            kind=kind,
+            event=domain_agents.Event(
+                "Warning", "StatusUpdateFailed", f"Cannot write status: {text}"
+            ),
+        )
+
+    async def post_event(
+        self, *, body: Mapping[str, Any], kind: str, event: domain_agents.Event
+    ) -> None:
+        """Post a core/v1 Event on ``body`` (best effort: an Event never blocks a reconcile)."""
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace") or self.settings.namespace)
+        now = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+        document = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name', 'agentauth')}.",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": str(body.get("apiVersion", "")),
+                "kind": kind,
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.create(kube.EVENTS, document, namespace=namespace)
+        except kube.ApiError as exc:
+            logger.warning(
+                "cannot post Event %s on %s %s: %s", event.reason, kind, meta.get("name"), exc
+            )
+
+    # --- workers ----------------------------------------------------------------------------
+
+    async def work(self) -> None:
+        """One worker: take keys and run their reconciler, retrying failures with backoff."""
+        backoff: dict[Hashable, float] = {}
+        while True:
+            key = await self.queue.get()
+            try:
+                kind, namespace, name = cast(tuple[str, str, str], key)
+                await self.reconcilers[kind](self, namespace=namespace, name=name)
+                self.reconciled[kind] += 1
+                backoff.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = min(backoff.get(key, 0.5) * 2, 60.0)
+                backoff[key] = delay
+                logger.warning("reconcile of %s failed (retry in %.0fs): %s", key, delay, exc)
+                self.wake_at(
+                    key,
+                    datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay),
+                )
+            finally:
+                self.queue.done(key)

@@ -1,0 +1,352 @@
+"""The embedded control plane as a runnable server: HTTPS, its own CA, a kubeconfig.
+
+FOR DEVELOPMENT AND TESTS ONLY, never for production: a real cluster (kind, or any conformant
+one) is the production target.
+
+:class:`DevCluster` owns everything under its directory: the SQLite store (``store.db``), the CA
+and serving certificate (``ca.crt``/``ca.key``, ``server.crt``/``server.key``), the user tokens
+(``tokens.json``), the service-account signing key and the ``kubeconfig`` with the contexts
+``admin`` (current; group ``system:masters``), ``alice`` and ``bob`` (ordinary users). A restart
+with the same directory keeps every object, the CA and the tokens. The server listens on
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agentauth.devcluster import api, rbac, serviceaccounts, storage, types
+
+log = logging.getLogger(__name__)
+
+BANNER = (
+    "agentauth dev: embedded Kubernetes control plane for DEVELOPMENT AND TESTS ONLY - "
+    "never use it in production"
+)
+HOST = "127.0.0.1"
+USERS = ("alice", "bob")
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """Create (once) a CA and a serving certificate for 127.0.0.1/localhost.
+
+    Returns (ca.crt, server.crt, server.key) paths.
+    """
+    ca_cert_path = directory / "ca.crt"
+    ca_key_path = directory / "ca.key"
+    cert_path = directory / "server.crt"
+    key_path = directory / "server.key"
+    if all(p.exists() for p in (ca_cert_path, ca_key_path, cert_path, key_path)):
+        return ca_cert_path, cert_path, key_path
+    moment = datetime.datetime.now(datetime.UTC)
+    ca_key = _new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentauth-dev-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - datetime.timedelta(minutes=5))
+        .not_valid_after(moment + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = _new_key()
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - datetime.timedelta(minutes=5))
+        .not_valid_after(moment + datetime.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes.default.svc"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(ca_key_path, _key_pem(ca_key))
+    ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, _key_pem(server_key))
+    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    return ca_cert_path, cert_path, key_path
+
+
+def _load_tokens(directory: Path) -> dict[str, str]:
+    """The bearer tokens of admin, alice and bob; created once, kept across restarts."""
+    path = directory / "tokens.json"
+    if path.exists():
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict) and all(u in loaded for u in ("admin", *USERS)):
+            return {str(k): str(v) for k, v in loaded.items()}
+    tokens = {user: secrets.token_urlsafe(32) for user in ("admin", *USERS)}
+    _write_private(path, json.dumps(tokens).encode())
+    return tokens
+
+
+def write_kubeconfig(*, path: Path, url: str, ca_pem: bytes, tokens: dict[str, str]) -> None:
+    import base64
+
+    ca_data = base64.b64encode(ca_pem).decode()
+    users = ("admin", *USERS)
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {
+                "name": "agentauth-dev",
+                "cluster": {"server": url, "certificate-authority-data": ca_data},
+            }
+        ],
+        "users": [{"name": user, "user": {"token": tokens[user]}} for user in users],
+        "contexts": [
+            {
+                "name": user,
+                "context": {"cluster": "agentauth-dev", "user": user, "namespace": "default"},
+            }
+            for user in users
+        ],
+        "current-context": "admin",
+    }
+    _write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
+
+
+def agentauth_crds() -> list[dict[str, Any]]:
+    """The project's CRDs, from the generator (or the generated YAML files as a fallback)."""
+    try:
+        from agentauth.domain import crds
+    except ImportError:
+        crds = None  # type: ignore[assignment]
+    if crds is not None:
+        return list(crds.generate_crds())
+    found: list[dict[str, Any]] = []
+    for path in sorted(Path(__file__).resolve().parents[3].glob("crds/*.yaml")):
+        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+class DevCluster:
+    """One embedded API server. ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        port: int = 0,
+        history_window: int = 5000,
+        bookmark_interval: float = 5.0,
+        apply_crds: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self._port = port
+        self._history_window = history_window
+        self._bookmark_interval = bookmark_interval
+        self._apply_crds = apply_crds
+        self.url = ""
+        self.issuer = ""
+        self.kubeconfig_path = self.directory / "kubeconfig"
+        self.ca_path = self.directory / "ca.crt"
+        self.admin_token = ""
+        self.user_tokens: dict[str, str] = {}
+        self.api: api.ApiServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._store: storage.Store | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ca_path, cert_path, key_path = ensure_certificates(self.directory)
+        tokens = _load_tokens(self.directory)
+        self.admin_token = tokens["admin"]
+        self.user_tokens = {user: tokens[user] for user in USERS}
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, self._port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self._port = sock.getsockname()[1]
+        self.url = f"https://{HOST}:{self._port}"
+        self.issuer = self.url
+
+        static_tokens = {
+            tokens["admin"]: types.UserInfo(username="admin", groups=(rbac.MASTERS_GROUP,)),
+            **{tokens[user]: types.UserInfo(username=user, uid=f"{user}-uid") for user in USERS},
+        }
+        self._store = storage.Store(
+            self.directory / "store.db", history_window=self._history_window
+        )
+        issuer = serviceaccounts.ServiceAccountTokenIssuer(
+            issuer=self.issuer, directory=self.directory
+        )
+        server = api.ApiServer(
+            store=self._store,
+            token_issuer=issuer,
+            static_tokens=static_tokens,
+            server_address=f"{HOST}:{self._port}",
+            bookmark_interval=self._bookmark_interval,
+        )
+        self.api = server
+        for name in DEFAULT_NAMESPACES:
+            server.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        for item in rbac.bootstrap_policy():
+            server.ensure(item)
+        if self._apply_crds:
+            for crd in agentauth_crds():
+                server.ensure(crd)
+        server.resume()
+
+        app = web.Application(client_max_size=api.MAX_BODY_BYTES + 1)
+        app.router.add_route("*", "/{tail:.*}", server.handle)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_path, key_path)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.SockSite(self._runner, sock, ssl_context=context)
+        await site.start()
+        write_kubeconfig(
+            path=self.kubeconfig_path, url=self.url, ca_pem=ca_path.read_bytes(), tokens=tokens
+        )
+
+    async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def register_service(
+        self, *, namespace: str, name: str, target_port: int, port: int = 443
+    ) -> None:
+        """Route webhook calls for Service ``namespace/name:port`` to 127.0.0.1:target_port.
+
+        Nothing runs Services here, so a webhook configured with ``clientConfig.service`` (as
+        the Helm chart does) needs this mapping to reach a webhook served in-process.
+        """
+        if self.api is None:
+            raise RuntimeError("start() the cluster before registering services")
+        self.api.admission.register_service(
+            namespace=namespace, name=name, port=port, target_port=target_port
+        )
+
+    async def serve_forever_until(self, stop_event: asyncio.Event) -> None:
+        """Serve until ``stop_event`` is set, then stop cleanly (for ``agentauth dev``)."""
+        try:
+            await stop_event.wait()
+        finally:
+            await self.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, **options: Any) -> Iterator[DevCluster]:
+    """Run a :class:`DevCluster` on a background thread with its own event loop."""
+    loop = asyncio.new_event_loop()
+    cluster = DevCluster(directory=directory, **options)
+    holder: list[asyncio.Event] = []
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        stop_event = asyncio.Event()
+        holder.append(stop_event)
+        try:
+            await cluster.start()
+        except BaseException as error:
+            failure.append(error)
+            ready.set()
+            return
+        ready.set()
+        await cluster.serve_forever_until(stop_event)
+
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(main(),), name="agentauth-devcluster", daemon=True
+    )
+    thread.start()
+    ready.wait()
+    if failure:
+        thread.join()
+        loop.close()
+        raise failure[0]
+    try:
+        yield cluster
+    finally:
+        loop.call_soon_threadsafe(holder[0].set)
+        thread.join(timeout=30)
+        loop.close()

@@ -1,0 +1,789 @@
+"""The token service's HTTP application (aiohttp): thin handlers over the domain layer.
+
+Routes (DESIGN.md): ``POST /oauth2/token`` (RFC 8693 exchange; RFC 7523 client assertions with
+``grant_type=client_credentials``), ``GET /.well-known/oauth-authorization-server`` and
+``/.well-known/openid-configuration`` (RFC 8414), ``GET /jwks``, ``POST /oauth2/introspect``
+(RFC 7662), ``POST /v1/ask``, ``GET /metrics``, ``/healthz``, ``/readyz``.
+
+Every handler parses, calls a pure function of ``agentauth.domain`` and answers. Errors are
+``errors.OAuthError`` rendered as RFC 6749 section 5.2 JSON with their HTTP status (token
+endpoint answers, issued or denied, name their audit line in ``X-Agentauth-Audit-Id``; and
+``Retry-After`` for 429, ``WWW-Authenticate`` for 401 on bearer-protected routes); bodies larger
+than ``settings.max_body_bytes`` get 413 ``invalid_request``. Token responses carry
+``Cache-Control: no-store``. ``/readyz`` is 200 only once every cache synced and a signing key is
+loaded.
+
+Subject token dispatch (``subject_token_type``):
+- ``urn:ietf:params:oauth:token-type:jwt``: a projected Kubernetes service-account token,
+  verified locally against the cluster JWKS (refetched once on an unknown ``kid``) or by
+  TokenReview (``settings.token_review``), then bound to its pod (``domain.exchanging``).
+- ``urn:ietf:params:oauth:token-type:id_token`` / ``urn:agentauth:params:token-type:aws-signed-
+  request``: cloud federation, see the seams below.
+- ``urn:ietf:params:oauth:token-type:access_token`` with an ``actor_token``: chain of agency
+  (``domain.delegation``).
+
+Seams for the other modules (each is used when importable, and its absence is answered cleanly):
+- Federation: ``agentauth.tokenservice.federation.verify_gcp_subject_token(token, *, settings)``
+  and ``verify_aws_subject_token(token, *, settings, replay_cache, http_session)`` return a
+  ``FederatedIdentity``; ``agentauth.domain.federation.matching.match_agent(identity, agents)``
+  names the Agent. Without them: ``unsupported_token_type``.
+- AAuth: ``agentauth.domain.signatures.verify_request`` — when a token request carries
+  ``Signature-Input``/``Signature``/``Signature-Key`` headers, the signature must verify and the
+  issued token is bound to the signing key (``cnf: {jwk, jkt}``).
+  ``agentauth.domain.assertions.verify_client_assertion`` — ``grant_type=client_credentials`` with
+  an RFC 7523 ``client_assertion`` signed by a key in the Agent's ``spec.publicKeys``.
+- JIT: ``agentauth.tokenservice.accessrequests.add_routes(app, *, context)`` adds
+  ``POST /v1/access-requests`` and ``GET /v1/access-requests/{name}``. ``context`` is a
+  ``ServiceContext``: ``settings``, ``state`` (``snapshot()``, ``changed`` condition for
+  long-polls), ``kube`` (the API client, ``None`` without a cluster), ``now()`` and
+  ``await context.authenticate(request)`` which checks the caller's ``Authorization: Bearer``
+  agent token (signature, issuer, audience = our issuer, expiry, Agent still present and usable,
+  scope still held) and returns an ``Authenticated(claims, agent)`` or raises ``InvalidToken``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+from aiohttp import web
+
+from agentauth.domain import (
+    asking,
+    capabilities,
+    delegation,
+    errors,
+    exchanging,
+    jose,
+    keys,
+    serviceaccounts,
+    tokens,
+)
+from agentauth.domain.models import Agent
+from agentauth.kube import client as kubeclient
+from agentauth.kube import config as kubeconfig
+from agentauth.tokenservice import observability, ratelimit
+from agentauth.tokenservice import settings as settings_module
+from agentauth.tokenservice import state as state_module
+
+log = logging.getLogger(__name__)
+
+GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+AUDIT_HEADER = "X-Agentauth-Audit-Id"
+"""Token-endpoint answers (issued or denied) name their audit line here; the body stays RFC 6749."""
+
+
+def _optional(module: str) -> ModuleType | None:
+    """Import a collaborator module if it exists (see the seams in the module docstring)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise  # the module exists but is broken: fail loudly, do not silently disable it
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A caller authenticated by its agent token."""
+
+    claims: tokens.AgentTokenClaims
+    agent: Agent
+    token: str
+
+
+class ServiceContext:
+    """What route plug-ins (access requests) get: settings, state, API client, authentication."""
+
+    def __init__(
+        self,
+        *,
+        settings: settings_module.Settings,
+        state: state_module.ServiceState,
+        kube: kubeclient.KubeClient | None,
+        metrics: observability.Metrics,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.kube = kube
+        self.metrics = metrics
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    def keyset(self) -> keys.KeySet:
+        keyset = self.state.keyset()
+        if keyset is None:
+            raise errors.TemporarilyUnavailable("the issuer signing keys are not loaded yet")
+        return keyset
+
+    async def authenticate(self, request: web.Request) -> Authenticated:
+        """Verify ``Authorization: Bearer <agent token>``; ``InvalidToken`` (401) otherwise."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.InvalidToken(
+                "missing bearer agent token",
+                headers={"WWW-Authenticate": 'Bearer realm="agentauth"'},
+            )
+        now = self.now()
+        try:
+            claims = tokens.verify(
+                token.strip(),
+                public_keys=self.keyset().public_keys(),
+                issuer=self.settings.issuer,
+                audience=self.settings.issuer,
+                now=now,
+                leeway=0,
+            )
+            agent = exchanging.check_token_current(claims, snapshot=self.state.snapshot(), now=now)
+        except (errors.InvalidGrant, errors.InvalidRequest) as exc:
+            raise errors.InvalidToken(
+                exc.description,
+                headers={
+                    "WWW-Authenticate": f'Bearer realm="agentauth", error="invalid_token", '
+                    f'error_description="{exc.description}"'
+                },
+            ) from None
+        return Authenticated(claims=claims, agent=agent, token=token.strip())
+
+
+def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def _form_dict(form: Mapping[str, Any]) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for key, value in form.items():  # MultiDict.items() yields every value of repeated keys
+        if isinstance(value, str):
+            result.setdefault(key, []).append(value)
+    return result
+
+
+class TokenService:
+    """The handlers. One instance per application."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.state = context.state
+        self.metrics = context.metrics
+        self.buckets = ratelimit.TokenBuckets(
+            rate=self.settings.rate_limit_per_second, burst=self.settings.rate_limit_burst
+        )
+        self.federation = _optional("agentauth.tokenservice.federation")
+        self.federation_matching = _optional("agentauth.domain.federation.matching")
+        self.signatures = _optional("agentauth.domain.signatures")
+        self.assertions = _optional("agentauth.domain.assertions")
+        self._federation_settings: Any = None
+        self._aws_replay: Any = None
+        self._assertion_replay: Any = None
+        if self.assertions is not None:
+            self._assertion_replay = self.assertions.InMemoryReplayCache()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _form(self, request: web.Request) -> dict[str, list[str]]:
+        if request.content_type != FORM_CONTENT_TYPE:
+            raise errors.InvalidRequest(f"the request body must be {FORM_CONTENT_TYPE}")
+        return _form_dict(await request.post())
+
+    def _json(
+        self, body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] = NO_STORE
+    ) -> web.Response:
+        return web.json_response(dict(body), status=status, headers=dict(headers))
+
+    # -- token endpoint ----------------------------------------------------------------------
+
+    async def token(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        subject_type = "unknown"
+        fields: dict[str, Any] = {"client_ip": request.remote}
+        try:
+            form = await self._form(request)
+            grant_type = (form.get("grant_type") or [""])[0]
+            subject_type = (form.get("subject_token_type") or [grant_type or "unknown"])[0]
+            if subject_type not in exchanging.SUBJECT_TOKEN_TYPES:
+                subject_type = "client_assertion" if grant_type == "client_credentials" else "other"
+            now = self.context.now()
+            keyset = self.context.keyset()
+            snapshot = self.state.snapshot()
+            # a signed request is checked before anything in it is acted upon
+            cnf = await self._proof_of_possession(request, now=now)
+            if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS and self.assertions is not None:
+                decision = self._client_assertion(form, snapshot=snapshot, now=now)
+            else:
+                if self.assertions is not None:
+                    self.assertions.reject_grant_type(grant_type)
+                exchange = exchanging.parse_request(form)
+                decision = await self._exchange(exchange, snapshot=snapshot, now=now, fields=fields)
+            fields["agent_name"] = exchanging.agent_label(decision.agent)
+            self.buckets.take(fields["agent_name"])
+            issued = exchanging.mint(
+                decision, keyset=keyset, issuer=self.settings.issuer, now=now, cnf_jwk=cnf
+            )
+        except errors.OAuthError as exc:
+            fields.update(error=exc.error, error_description=exc.description)
+            exc.headers[AUDIT_HEADER] = observability.audit(
+                "denied", subject_token_type=subject_type, **fields
+            )
+            self.metrics.exchange_done(
+                result=exc.error, subject_type=subject_type, seconds=time.perf_counter() - started
+            )
+            raise
+        claims = issued.claims
+        audit_id = observability.audit(
+            "issued",
+            subject_token_type=subject_type,
+            agent=claims["agent"],
+            sub=claims["sub"],
+            act=claims.get("act"),
+            scope=claims["scope"],
+            aud=claims["aud"],
+            jti=claims["jti"],
+            exp=claims["exp"],
+            kid=issued.kid,
+            access_requests=list(decision.access_requests) or None,
+            **fields,
+        )
+        self.metrics.exchange_done(
+            result="issued", subject_type=subject_type, seconds=time.perf_counter() - started
+        )
+        body: dict[str, Any] = {
+            "access_token": issued.token,
+            "issued_token_type": exchanging.TOKEN_TYPE_ACCESS_TOKEN,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+            "scope": claims["scope"],
+        }
+        return self._json(body, headers={**NO_STORE, AUDIT_HEADER: audit_id})
+
+    async def _exchange(
+        self,
+        exchange: exchanging.ExchangeRequest,
+        *,
+        snapshot: exchanging.Snapshot,
+        now: datetime,
+        fields: dict[str, Any],
+    ) -> exchanging.Decision:
+        kind = exchange.subject_token_type
+        fields["subject"] = exchanging.audit_fingerprint(exchange.subject_token)
+        if exchange.actor_token is not None:
+            return await self._delegate(exchange, snapshot=snapshot, now=now)
+        if kind == exchanging.TOKEN_TYPE_JWT:
+            try:
+                identity = await self._service_account(exchange.subject_token, now=now)
+            except errors.InvalidGrant:
+                # a self-signed agent assertion sent here gets the AAuth module's pointer to
+                # the right grant instead of a bare verification failure (checked only on
+                # failure: the happy path does not parse the token twice)
+                if self.assertions is not None:
+                    self.assertions.reject_as_subject_token(exchange.subject_token)
+                raise
+            fields["pod"] = f"{identity.namespace}/{identity.pod_name}"
+            return exchanging.decide_for_service_account(
+                identity=identity,
+                target=exchange.target,
+                snapshot=snapshot,
+                issuer=self.settings.issuer,
+                trust_domain=self.settings.trust_domain,
+                now=now,
+            )
+        if kind in (exchanging.TOKEN_TYPE_ID_TOKEN, exchanging.TOKEN_TYPE_AWS):
+            agent = await self._federated_agent(exchange, snapshot=snapshot, fields=fields)
+            return exchanging.decide_for_agent(
+                agent=agent,
+                target=exchange.target,
+                snapshot=snapshot,
+                issuer=self.settings.issuer,
+                trust_domain=self.settings.trust_domain,
+                now=now,
+            )
+        raise errors.InvalidRequest(
+            "actor_token is required when subject_token_type is an access token"
+        )
+
+    async def _service_account(
+        self, token: str, *, now: datetime
+    ) -> serviceaccounts.ServiceAccountIdentity:
+        if len(token) > jose.MAX_TOKEN_BYTES:
+            raise errors.InvalidRequest(f"token exceeds {jose.MAX_TOKEN_BYTES} bytes")
+        if self.settings.token_review:
+            jose.parse(token)  # refuse garbage before spending an API call on it
+            return await self.state.review_token(token)
+
+        def verify(keyset: jose.PublicKeySet) -> serviceaccounts.ServiceAccountIdentity:
+            return serviceaccounts.verify_service_account_token(
+                token,
+                jwks=keyset,
+                issuer=self.settings.cluster_issuer,
+                audience=self.settings.issuer,
+                now=now,
+            )
+
+        try:
+            return verify(await self.state.cluster_keys(refresh=False))
+        except jose.UnknownKeyId:
+            # the cluster may have rotated its keys; RemoteKeys rate-limits the refetch
+            return verify(await self.state.cluster_keys(refresh=True))
+
+    async def _federated_agent(
+        self,
+        exchange: exchanging.ExchangeRequest,
+        *,
+        snapshot: exchanging.Snapshot,
+        fields: dict[str, Any],
+    ) -> Agent:
+        if self.federation is None or self.federation_matching is None:
+            raise errors.UnsupportedTokenType(
+                f"subject_token_type {exchange.subject_token_type!r} is not enabled"
+            )
+        if self._federation_settings is None:
+            self._federation_settings = self.federation.FederationSettings(
+                issuer=self.settings.issuer,
+                aws_sts_test_endpoint=self.settings.aws_sts_test_endpoint,
+                gcp_certs_url=self.settings.gcp_certs_url,
+            )
+            aws = importlib.import_module("agentauth.domain.federation.aws")
+            self._aws_replay = aws.InMemoryReplayCache()
+        if exchange.subject_token_type == exchanging.TOKEN_TYPE_ID_TOKEN:
+            identity = await self.federation.verify_gcp_subject_token(
+                exchange.subject_token, settings=self._federation_settings
+            )
+        else:
+            identity = await self.federation.verify_aws_subject_token(
+                exchange.subject_token,
+                settings=self._federation_settings,
+                replay_cache=self._aws_replay,
+            )
+        fields["federated"] = identity.describe()
+        agent: Agent = self.federation_matching.match_agent(identity, snapshot.agents.values())
+        return agent
+
+    async def _delegate(
+        self, exchange: exchanging.ExchangeRequest, *, snapshot: exchanging.Snapshot, now: datetime
+    ) -> exchanging.Decision:
+        if exchange.subject_token_type != exchanging.TOKEN_TYPE_ACCESS_TOKEN:
+            raise errors.InvalidRequest(
+                "with an actor_token the subject_token_type must be "
+                f"{exchanging.TOKEN_TYPE_ACCESS_TOKEN}"
+            )
+        assert exchange.actor_token is not None  # noqa: S101 - checked by the caller
+        our_keys = self.context.keyset().public_keys()
+        try:
+            actor = tokens.verify(
+                exchange.actor_token,
+                public_keys=our_keys,
+                issuer=self.settings.issuer,
+                audience=self.settings.issuer,
+                now=now,
+            )
+        except errors.OAuthError as exc:
+            raise type(exc)(f"actor_token: {exc.description}") from None
+        subject_issuer = delegation.peek_issuer(exchange.subject_token)
+        trusted_keys: dict[str, jose.PublicKeySet] = {}
+        if subject_issuer != self.settings.issuer:
+            found = await self.state.trusted_keys(subject_issuer, refresh=False)
+            if found is not None:
+                trusted_keys[subject_issuer] = found
+
+        def verify_subject() -> delegation.Subject:
+            return delegation.verify_subject(
+                exchange.subject_token,
+                issuer=self.settings.issuer,
+                our_keys=our_keys,
+                trusted=self.settings.trusted_issuers,
+                trusted_keys=trusted_keys,
+                snapshot=snapshot,
+                now=now,
+            )
+
+        try:
+            try:
+                subject = verify_subject()
+            except jose.UnknownKeyId:
+                if subject_issuer == self.settings.issuer:
+                    raise
+                refreshed = await self.state.trusted_keys(subject_issuer, refresh=True)
+                if refreshed is None:
+                    raise
+                trusted_keys[subject_issuer] = refreshed
+                subject = verify_subject()
+        except errors.OAuthError as exc:
+            raise type(exc)(f"subject_token: {exc.description}") from None
+        return delegation.decide(
+            subject=subject,
+            actor=actor,
+            target=exchange.target,
+            snapshot=snapshot,
+            issuer=self.settings.issuer,
+            now=now,
+        )
+
+    def _client_assertion(
+        self, form: Mapping[str, Sequence[str]], *, snapshot: exchanging.Snapshot, now: datetime
+    ) -> exchanging.Decision:
+        assert self.assertions is not None  # noqa: S101 - checked by the caller
+        assertion = (form.get("client_assertion") or [""])[0]
+        self.assertions.check_assertion_type(_first(form, "client_assertion_type"))
+        if not assertion:
+            raise errors.InvalidRequest("missing parameter: client_assertion")
+        agent_id = self.assertions.peek_issuer(assertion)
+        name = self.assertions.agent_name_from_identifier(
+            agent_id, trust_domain=self.settings.trust_domain
+        )
+        agent = snapshot.agent(name.namespace, name.name)
+        if agent is None or agent.spec.public_keys is None:
+            raise errors.InvalidClient(f"agent {name.namespace}/{name.name} has no registered keys")
+        self.assertions.verify_client_assertion(
+            assertion=assertion,
+            agent_id=agent_id,
+            public_keys=agent.spec.public_keys.to_api(),
+            token_endpoint=self.settings.token_endpoint,
+            now=now.timestamp(),
+            replay_cache=self._assertion_replay,
+            client_id=_first(form, "client_id"),
+        )
+        return exchanging.decide_for_agent(
+            agent=agent,
+            target=exchanging.parse_target(form),
+            snapshot=snapshot,
+            issuer=self.settings.issuer,
+            trust_domain=self.settings.trust_domain,
+            now=now,
+        )
+
+    async def _proof_of_possession(
+        self, request: web.Request, *, now: datetime
+    ) -> dict[str, Any] | None:
+        """The key that signed the token request (RFC 9421), for ``cnf``; None if unsigned."""
+        if "Signature-Input" not in request.headers and "Signature" not in request.headers:
+            return None
+        if self.signatures is None:
+            raise errors.InvalidRequest("signed token requests are not supported")
+        try:
+            verified = self.signatures.verify_request(
+                method=request.method,
+                url=self.settings.public_url + request.rel_url.path_qs,
+                headers=[(k, v) for k, v in request.raw_headers],
+                body=await request.read(),
+                now=now.timestamp(),
+            )
+        except self.signatures.SignatureError as exc:
+            raise errors.InvalidRequest(f"request signature is invalid: {exc.reason}") from None
+        jwk: dict[str, Any] = verified.public_jwk
+        return jwk
+
+    # -- discovery, keys, introspection ------------------------------------------------------
+
+    def metadata_document(self) -> dict[str, Any]:
+        base = self.settings.public_url
+        return {
+            "issuer": self.settings.issuer,
+            "token_endpoint": self.settings.token_endpoint,
+            "jwks_uri": f"{base}/jwks",
+            "introspection_endpoint": f"{base}/oauth2/introspect",
+            "grant_types_supported": [exchanging.GRANT_TYPE_TOKEN_EXCHANGE]
+            + ([GRANT_TYPE_CLIENT_CREDENTIALS] if self.assertions is not None else []),
+            "token_endpoint_auth_methods_supported": ["none"]
+            + (["private_key_jwt"] if self.assertions is not None else []),
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+            "introspection_endpoint_auth_methods_supported": ["none"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [tokens.ALGORITHM],
+            "token_types_supported": list(exchanging.SUBJECT_TOKEN_TYPES),
+            "ask_endpoint": f"{base}/v1/ask",
+            "access_requests_endpoint": f"{base}/v1/access-requests",
+        }
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        return self._json(self.metadata_document(), headers={"Cache-Control": "max-age=300"})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return self._json(
+            self.context.keyset().public_jwks(), headers={"Cache-Control": "max-age=60"}
+        )
+
+    async def introspect(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        token = (form.get("token") or [""])[0]
+        if not token:
+            raise errors.InvalidRequest("missing parameter: token")
+        answer = exchanging.introspect(
+            token,
+            public_keys=self.context.keyset().public_keys(),
+            issuer=self.settings.issuer,
+            snapshot=self.state.snapshot(),
+            now=self.context.now(),
+        )
+        active = bool(answer["active"])
+        self.metrics.introspections.labels(active=str(active).lower()).inc()
+        observability.audit(
+            "introspected",
+            active=active,
+            jti=answer.get("jti"),
+            token=None if active else exchanging.audit_fingerprint(token),
+        )
+        return self._json(answer)
+
+    # -- Ask ---------------------------------------------------------------------------------
+
+    async def ask(self, request: web.Request) -> web.Response:
+        caller = await self.context.authenticate(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise errors.InvalidRequest("the request body must be JSON") from None
+        if not isinstance(body, dict):
+            raise errors.InvalidRequest("the request body must be a JSON object")
+        question, action = body.get("question"), body.get("action")
+        snapshot = self.state.snapshot()
+        agent = caller.agent
+        now = self.context.now()
+        if isinstance(action, str) and action:
+            if not capabilities.is_capability_name(action):
+                raise errors.InvalidRequest(f"action {action!r} is not a capability name")
+            capability: str | None = action
+            confidence, explanation = 1.0, f"asked for {action}"
+            candidates: tuple[asking.Candidate, ...] = ()
+        elif isinstance(question, str) and question.strip():
+            if len(question) > asking.MAX_QUESTION_CHARS:
+                raise errors.InvalidRequest(
+                    f"question exceeds {asking.MAX_QUESTION_CHARS} characters"
+                )
+            catalog = asking.catalog_from_grants(
+                g for g in snapshot.grants if g.metadata.namespace == agent.metadata.namespace
+            )
+            matched = asking.match(question, catalog)
+            capability, confidence = matched.capability, matched.confidence
+            candidates, explanation = matched.candidates, matched.explanation
+        else:
+            raise errors.InvalidRequest('give either "question" or "action"')
+        answer = asking.decide(
+            capability=capability,
+            confidence=confidence,
+            candidates=candidates,
+            explanation=explanation,
+            agent_label=exchanging.agent_label(agent),
+            held=snapshot.held(agent, now=now),
+            requests=snapshot.access_requests_of(agent),
+            now=now,
+        )
+        outcome = (
+            "allowed"
+            if answer.allowed
+            else "approval_required"
+            if answer.approval_required
+            else "not_allowed"
+        )
+        self.metrics.asks.labels(outcome=outcome).inc()
+        audit_id = observability.audit(
+            "asked",
+            agent=caller.claims.agent.claim(),
+            sub=caller.claims.subject,
+            jti=caller.claims.claims.get("jti"),
+            question=question if isinstance(question, str) else None,
+            action=action if isinstance(action, str) else None,
+            capability=answer.capability,
+            outcome=outcome,
+            confidence=answer.confidence,
+        )
+        return self._json(
+            {
+                "allowed": answer.allowed,
+                "capability": answer.capability,
+                "approval_required": answer.approval_required,
+                "confidence": answer.confidence,
+                "reason": answer.reason,
+                "candidates": [
+                    {"capability": c.capability, "score": c.score} for c in answer.candidates
+                ],
+                "audit_id": audit_id,
+            }
+        )
+
+    # -- probes and metrics ------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.state.is_ready():
+            return web.json_response({"status": "not ready"}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+
+CONTEXT_KEY = web.AppKey("context", ServiceContext)
+SERVICE_KEY = web.AppKey("service", TokenService)
+MAX_BODY_KEY = web.AppKey("max_body", int)
+
+
+@web.middleware
+async def oauth_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Render ``OAuthError`` (and 413) as RFC 6749 JSON; never leak internals on a crash."""
+    try:
+        return await handler(request)
+    except errors.OAuthError as exc:
+        return web.json_response(
+            exc.to_json(), status=exc.status, headers={**NO_STORE, **exc.headers}
+        )
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response(
+            {
+                "error": "invalid_request",
+                "error_description": f"request body exceeds {request.app[MAX_BODY_KEY]} bytes",
+            },
+            status=413,
+            headers=NO_STORE,
+        )
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "server_error", "error_description": "internal error"}, status=500
+        )
+
+
+def build_app(
+    *,
+    settings: settings_module.Settings,
+    state: state_module.ServiceState,
+    kube: kubeclient.KubeClient | None = None,
+) -> web.Application:
+    """The aiohttp application over ``state`` (``KubeState`` or ``MemoryState``)."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[oauth_errors])
+    metrics = observability.Metrics(state.cache_sizes)
+    context = ServiceContext(settings=settings, state=state, kube=kube, metrics=metrics)
+    service = TokenService(context)
+    app[CONTEXT_KEY] = context
+    app[MAX_BODY_KEY] = settings.max_body_bytes
+    app[SERVICE_KEY] = service
+    app.router.add_post("/oauth2/token", service.token)
+    app.router.add_get("/.well-known/oauth-authorization-server", service.metadata)
+    app.router.add_get("/.well-known/openid-configuration", service.metadata)
+    app.router.add_get("/jwks", service.jwks)
+    app.router.add_post("/oauth2/introspect", service.introspect)
+    app.router.add_post("/v1/ask", service.ask)
+    app.router.add_get("/metrics", service.metrics_endpoint)
+    app.router.add_get("/healthz", service.healthz)
+    app.router.add_get("/readyz", service.readyz)
+    access_requests = _optional("agentauth.tokenservice.accessrequests")
+    if access_requests is not None:
+        access_requests.add_routes(app, context=context)
+    return app
+
+
+def _bound_url(runner: web.AppRunner, settings: settings_module.Settings) -> str:
+    port = settings.listen_port
+    for address in runner.addresses:
+        port = int(address[1])
+        break
+    scheme = "https" if settings.tls_cert else "http"
+    return f"{scheme}://{settings.listen_host}:{port}"
+
+
+def ssl_context(settings: settings_module.Settings) -> Any:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+async def serve(
+    settings: settings_module.Settings,
+    *,
+    stop: asyncio.Event,
+    started: Callable[[str], None] | None = None,
+    sync_timeout: float = 60.0,
+) -> None:
+    """Run the token service against the Kubernetes API until ``stop`` is set.
+
+    The listener starts at once (``/healthz`` answers, ``/readyz`` is 503 until the caches
+    synced); ``started`` receives the base URL once listening (useful with ``listen_port=0``).
+    """
+    kube = kubeclient.KubeClient(kubeconfig.load(settings.kubeconfig))
+    state = state_module.KubeState(kube, settings)
+    app = build_app(settings=settings, state=state, kube=kube)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.listen_host, settings.listen_port, ssl_context=ssl_context(settings)
+    )
+    try:
+        await state.start()
+        await site.start()
+        if started is not None:
+            started(_bound_url(runner, settings))
+        with contextlib.suppress(TimeoutError):
+            await state.wait_synced(sync_timeout)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await state.stop()
+        await kube.close()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: settings_module.Settings) -> None:
+    """Logs on stderr (JSON lines for ``log_format=json``); audit lines, already JSON, on
+    stdout, one per decision."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def run(settings: settings_module.Settings) -> int:
+    """``agentauth token-service``: serve until SIGINT/SIGTERM. Returns the exit code."""
+    import signal
+
+    configure_logging(settings)
+    observability.install_audit_sink(sys.stdout)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop=stop, started=lambda url: log.info("token service on %s", url))
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,99 @@
+"""Prometheus metrics and the structured audit log of the token service.
+
+Guarantees: every decision (issued, denied, asked, introspected) produces exactly one JSON line on
+the ``agentauth.audit`` logger with a fresh ``audit_id``; audit lines never contain a presented
+token or an issued token, only their ``jti`` or a short SHA-256 fingerprint. Metrics live in a
+registry per application instance, so several services (tests, ``agentauth dev``) can coexist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+import prometheus_client
+
+audit_log = logging.getLogger("agentauth.audit")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, cache_sizes: Callable[[], dict[str, int]]) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        self.exchanges = prometheus_client.Counter(
+            "agentauth_token_exchanges",
+            "Token requests by result (issued or the OAuth error code) and subject token type.",
+            ["result", "subject_type"],
+            registry=self.registry,
+        )
+        self.latency = prometheus_client.Histogram(
+            "agentauth_token_exchange_seconds",
+            "Time to answer a token request.",
+            ["subject_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.asks = prometheus_client.Counter(
+            "agentauth_ask_answers",
+            "Ask API answers by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.introspections = prometheus_client.Counter(
+            "agentauth_introspections",
+            "Introspection answers by activity.",
+            ["active"],
+            registry=self.registry,
+        )
+        cache_gauge = prometheus_client.Gauge(
+            "agentauth_cache_objects",
+            "Objects held by each list+watch cache.",
+            ["cache"],
+            registry=self.registry,
+        )
+        self._cache_gauge = cache_gauge
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._cache_sizes = cache_sizes
+
+    def exchange_done(self, *, result: str, subject_type: str, seconds: float) -> None:
+        """Count one token request and its latency (label children cached: hot path)."""
+        key = (result, subject_type)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.exchanges.labels(result=result, subject_type=subject_type),
+                self.latency.labels(subject_type=subject_type),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        for name, size in self._cache_sizes().items():
+            self._cache_gauge.labels(cache=name).set(size)
+        return prometheus_client.generate_latest(self.registry)
+
+
+def install_audit_sink(stream: IO[str]) -> None:
+    """Write audit lines, one JSON document each, to ``stream`` (flushed per line, so a crash
+    loses none that were answered)."""
+    writer = logging.StreamHandler(stream)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    audit_log.addHandler(writer)
+    audit_log.setLevel(logging.INFO)
+    audit_log.propagate = False
+
+
+def audit(decision: str, **fields: Any) -> str:
+    """Write one audit line; returns its ``audit_id``."""
+    audit_id = secrets.token_hex(16)
+    if audit_log.isEnabledFor(logging.INFO):  # the id is returned even when nobody listens
+        record = {"audit_id": audit_id, "ts": round(time.time(), 3), "decision": decision}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
+    return audit_id

@@ -1,0 +1,49 @@
+"""Per-key token buckets (the token service limits each agent's token requests).
+
+Guarantees: each key may spend ``burst`` requests at once and ``rate`` per second sustained;
+``take`` raises ``errors.RateLimited`` with a whole-second ``Retry-After`` when the bucket is
+empty. Memory stays bounded: idle, full buckets are dropped once there are ``max_keys``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from agentauth.domain import errors
+
+
+class TokenBuckets:
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
+
+    def take(self, key: str) -> None:
+        now = self._clock()
+        tokens, updated = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        if tokens < 1.0:
+            retry_after = max(1, math.ceil((1.0 - tokens) / self.rate))
+            self._buckets[key] = (tokens, now)
+            raise errors.RateLimited(
+                f"too many token requests for {key}; retry in {retry_after} s",
+                retry_after=retry_after,
+            )
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > self.max_keys:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}

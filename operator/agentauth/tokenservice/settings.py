@@ -1,0 +1,237 @@
+"""The token service's settings: one typed, immutable object read from flags and environment.
+
+Guarantees: every field has one environment variable (``AGENTAUTH_*``) and one flag, a flag wins
+over the environment which wins over the default; values are validated when the object is built
+(``SettingsError`` names the flag and variable) before anything listens or connects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from agentauth.domain import delegation, keys
+
+DEFAULT_NAMESPACE = "agentauth-system"
+DEFAULT_CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the token service cannot run with."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the token service needs; each field names its flag and variable."""
+
+    issuer: str
+    """``--issuer`` / ``AGENTAUTH_ISSUER`` (required): ``iss`` of agent tokens, the audience
+    projected service-account tokens must carry, and the base of the RFC 8414 metadata."""
+
+    public_url: str = ""
+    """``--public-url`` / ``AGENTAUTH_TOKEN_SERVICE_URL`` (default: the issuer): the base URL
+    clients use; endpoints in the metadata are built from it."""
+
+    trust_domain: str = ""
+    """``--trust-domain`` / ``AGENTAUTH_TRUST_DOMAIN`` (default: the issuer's host name)."""
+
+    listen_host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
+    """``--listen-host`` / ``AGENTAUTH_LISTEN_HOST``."""
+
+    listen_port: int = 8443
+    """``--listen-port`` / ``AGENTAUTH_LISTEN_PORT`` (0 picks a free port)."""
+
+    tls_cert: Path | None = None
+    """``--tls-cert`` / ``AGENTAUTH_TLS_CERT``: PEM certificate chain; HTTPS when set."""
+
+    tls_key: Path | None = None
+    """``--tls-key`` / ``AGENTAUTH_TLS_KEY``: PEM private key for ``tls_cert``."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    """``--controller-namespace`` / ``AGENTAUTH_CONTROLLER_NAMESPACE``: where the issuer-key
+    Secret ``agentauth-issuer-keys`` (data key ``keys.json``) lives."""
+
+    watch_namespace: str | None = None
+    """``--watch-namespace`` / ``AGENTAUTH_WATCH_NAMESPACE``: restrict the caches to one
+    namespace (default: the whole cluster)."""
+
+    kubeconfig: Path | None = None
+    """``--kubeconfig`` / ``KUBECONFIG``: default in-cluster, then ``~/.kube/config``."""
+
+    cluster_issuer: str = DEFAULT_CLUSTER_ISSUER
+    """``--cluster-issuer`` / ``AGENTAUTH_CLUSTER_ISSUER``: the ``iss`` of the cluster's
+    service-account tokens."""
+
+    cluster_jwks_url: str | None = None
+    """``--cluster-jwks-url`` / ``AGENTAUTH_CLUSTER_JWKS_URL``: where the cluster's
+    service-account signing keys are published (default: the API server's ``/openid/v1/jwks``,
+    read with the service's own credentials)."""
+
+    token_review: bool = False
+    """``--token-review`` / ``AGENTAUTH_TOKEN_REVIEW`` (``true``/``false``): verify service-account
+    tokens with a TokenReview API call instead of locally against the JWKS. TokenReview sees
+    revocation (a deleted pod or service account) at the cost of one API call per exchange; local
+    verification is fast and the pod cache still refuses tokens of deleted pods."""
+
+    trusted_issuers: tuple[delegation.TrustedIssuer, ...] = ()
+    """``--trusted-issuers`` / ``AGENTAUTH_TRUSTED_ISSUERS``: JSON list of
+    ``{"issuer", "jwks_url", "audience"}`` whose user tokens may be delegated to agents."""
+
+    trusted_ca_file: Path | None = None
+    """``--trusted-ca-file`` / ``AGENTAUTH_TRUSTED_CA_FILE``: extra CA bundle for fetching the
+    trusted issuers' JWKS (default: the system trust store)."""
+
+    rate_limit_per_second: float = 20.0
+    """``--rate-limit`` / ``AGENTAUTH_RATE_LIMIT``: token requests per agent per second."""
+
+    rate_limit_burst: int = 40
+    """``--rate-limit-burst`` / ``AGENTAUTH_RATE_LIMIT_BURST``: bucket size per agent."""
+
+    max_body_bytes: int = 64 * 1024
+    """``--max-body-bytes`` / ``AGENTAUTH_MAX_BODY_BYTES``: larger requests get 413."""
+
+    aws_sts_test_endpoint: str | None = None
+    """``--aws-sts-test-endpoint`` / ``AGENTAUTH_AWS_STS_TEST_ENDPOINT`` (tests only)."""
+
+    gcp_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    """``--gcp-certs-url`` / ``AGENTAUTH_GCP_CERTS_URL``: Google's ID-token certificates
+    (override for tests only)."""
+
+    log_format: Literal["json", "text"] = "json"
+    """``--log-format`` / ``AGENTAUTH_LOG_FORMAT``."""
+
+    def __post_init__(self) -> None:
+        parsed = urllib.parse.urlsplit(self.issuer)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname or parsed.query:
+            raise SettingsError(
+                f"--issuer / AGENTAUTH_ISSUER {self.issuer!r} must be an absolute URL"
+            )
+        object.__setattr__(self, "issuer", self.issuer.rstrip("/"))
+        if not self.public_url:
+            object.__setattr__(self, "public_url", self.issuer)
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        if not self.trust_domain:
+            object.__setattr__(self, "trust_domain", parsed.hostname)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("--tls-cert and --tls-key must be given together")
+        if self.rate_limit_per_second <= 0 or self.rate_limit_burst < 1:
+            raise SettingsError("--rate-limit must be > 0 and --rate-limit-burst >= 1")
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.public_url}/oauth2/token"
+
+    @property
+    def key_secret(self) -> tuple[str, str]:
+        return self.namespace, keys.SECRET_NAME
+
+
+def _parse_trusted(raw: str) -> tuple[delegation.TrustedIssuer, ...]:
+    try:
+        entries = json.loads(raw)
+        return tuple(
+            delegation.TrustedIssuer(
+                issuer=str(e["issuer"]), jwks_url=str(e["jwks_url"]), audience=str(e["audience"])
+            )
+            for e in entries
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(
+            "--trusted-issuers / AGENTAUTH_TRUSTED_ISSUERS must be a JSON list of "
+            '{"issuer", "jwks_url", "audience"}'
+        ) from exc
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{raw!r} is not a boolean (true/false)")
+
+
+_FIELDS: dict[str, tuple[str, str]] = {
+    # field: (flag, environment variable)
+    "issuer": ("--issuer", "AGENTAUTH_ISSUER"),
+    "public_url": ("--public-url", "AGENTAUTH_TOKEN_SERVICE_URL"),
+    "trust_domain": ("--trust-domain", "AGENTAUTH_TRUST_DOMAIN"),
+    "listen_host": ("--listen-host", "AGENTAUTH_LISTEN_HOST"),
+    "listen_port": ("--listen-port", "AGENTAUTH_LISTEN_PORT"),
+    "tls_cert": ("--tls-cert", "AGENTAUTH_TLS_CERT"),
+    "tls_key": ("--tls-key", "AGENTAUTH_TLS_KEY"),
+    "namespace": ("--controller-namespace", "AGENTAUTH_CONTROLLER_NAMESPACE"),
+    "watch_namespace": ("--watch-namespace", "AGENTAUTH_WATCH_NAMESPACE"),
+    "kubeconfig": ("--kubeconfig", "KUBECONFIG"),
+    "cluster_issuer": ("--cluster-issuer", "AGENTAUTH_CLUSTER_ISSUER"),
+    "cluster_jwks_url": ("--cluster-jwks-url", "AGENTAUTH_CLUSTER_JWKS_URL"),
+    "token_review": ("--token-review", "AGENTAUTH_TOKEN_REVIEW"),
+    "trusted_issuers": ("--trusted-issuers", "AGENTAUTH_TRUSTED_ISSUERS"),
+    "trusted_ca_file": ("--trusted-ca-file", "AGENTAUTH_TRUSTED_CA_FILE"),
+    "rate_limit_per_second": ("--rate-limit", "AGENTAUTH_RATE_LIMIT"),
+    "rate_limit_burst": ("--rate-limit-burst", "AGENTAUTH_RATE_LIMIT_BURST"),
+    "max_body_bytes": ("--max-body-bytes", "AGENTAUTH_MAX_BODY_BYTES"),
+    "aws_sts_test_endpoint": ("--aws-sts-test-endpoint", "AGENTAUTH_AWS_STS_TEST_ENDPOINT"),
+    "gcp_certs_url": ("--gcp-certs-url", "AGENTAUTH_GCP_CERTS_URL"),
+    "log_format": ("--log-format", "AGENTAUTH_LOG_FORMAT"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting (all optional; the environment supplies the rest)."""
+    for name, (flag, env) in _FIELDS.items():
+        parser.add_argument(flag, dest=name, default=None, help=f"(env {env})")
+
+
+def from_sources(
+    *, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build ``Settings`` from parsed flags over environment over defaults."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, str] = {}
+    for name, (_flag, variable) in _FIELDS.items():
+        value = getattr(args, name, None) if args is not None else None
+        if value is None:
+            value = env.get(variable)
+        if name == "kubeconfig" and value and os.pathsep in value:
+            value = value.split(os.pathsep)[0]
+        if value is not None and value != "":
+            raw[name] = str(value)
+    if "issuer" not in raw:
+        raise SettingsError("--issuer / AGENTAUTH_ISSUER is required")
+    converted: dict[str, object] = {}
+    try:
+        for name, value in raw.items():
+            if name in ("listen_port", "rate_limit_burst", "max_body_bytes"):
+                converted[name] = int(value)
+            elif name == "rate_limit_per_second":
+                converted[name] = float(value)
+            elif name in ("tls_cert", "tls_key", "kubeconfig", "trusted_ca_file"):
+                converted[name] = Path(value)
+            elif name == "token_review":
+                converted[name] = _bool(value)
+            elif name == "trusted_issuers":
+                converted[name] = _parse_trusted(value)
+            elif name == "log_format":
+                if value not in ("json", "text"):
+                    raise SettingsError("--log-format must be json or text")
+                converted[name] = value
+            else:
+                converted[name] = value
+    except ValueError as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        flag, variable = _FIELDS[name]
+        raise SettingsError(f"{flag} / {variable}: {value!r} is not valid") from exc
+    return Settings(**converted)  # type: ignore[arg-type]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="agentauth token-service")
+    add_arguments(parser)
+    return from_sources(args=parser.parse_args(argv))

@@ -1,0 +1,331 @@
+"""Where the token service's state comes from: the Kubernetes API (list+watch caches) or memory.
+
+``ServiceState`` is the one seam between the HTTP handlers and their data. ``KubeState`` is the
+production source (caches of Agents, CapabilityGrants, AccessRequests, ToolServers, pods with the
+``agentauth.dev/agent`` label, and the issuer-key Secret); ``MemoryState`` holds the same data in
+memory for tests, benchmarks and embedding.
+
+Guarantees:
+- ``snapshot()`` is rebuilt only when some cache changed, so handlers get a consistent view at
+  the cost of one revision comparison per request.
+- ``is_ready()`` is true only once every cache has synced and a usable signing key exists.
+- Remote JWKS (cluster, trusted issuers) are cached; an unknown ``kid`` triggers a refetch at most
+  once per ``MIN_REFETCH_INTERVAL`` seconds per source, so a stream of forged ``kid``s cannot turn
+  the service into a fetch amplifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import aiohttp
+
+from agentauth.domain import errors, exchanging, jose, keys, serviceaccounts
+from agentauth.domain.models import (
+    AGENT_LABEL,
+    AccessRequest,
+    Agent,
+    CapabilityGrant,
+    ToolServer,
+)
+from agentauth.kube import caches
+from agentauth.kube import client as kubeclient
+from agentauth.tokenservice import settings as settings_module
+
+log = logging.getLogger(__name__)
+
+MIN_REFETCH_INTERVAL = 10.0
+JWKS_MAX_AGE = 300.0
+MAX_JWKS_BYTES = 256 * 1024
+
+
+class ServiceState(Protocol):
+    """What the handlers read. See the module docstring."""
+
+    changed: asyncio.Condition
+
+    def snapshot(self) -> exchanging.Snapshot: ...
+
+    def keyset(self) -> keys.KeySet | None: ...
+
+    def is_ready(self) -> bool: ...
+
+    def cache_sizes(self) -> dict[str, int]: ...
+
+    async def cluster_keys(self, *, refresh: bool) -> jose.PublicKeySet: ...
+
+    async def trusted_keys(self, issuer: str, *, refresh: bool) -> jose.PublicKeySet | None: ...
+
+    async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity: ...
+
+
+class RemoteKeys:
+    """A JWKS fetched on demand, cached for ``JWKS_MAX_AGE``, refetched on an unknown ``kid`` at
+    most every ``MIN_REFETCH_INTERVAL`` seconds."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._name = name
+        self._keys: jose.PublicKeySet | None = None
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, *, refresh: bool) -> jose.PublicKeySet:
+        now = self._clock()
+        stale = self._keys is None or now - self._fetched_at > JWKS_MAX_AGE
+        if not stale and not (refresh and now - self._fetched_at >= MIN_REFETCH_INTERVAL):
+            assert self._keys is not None  # noqa: S101 - narrowed by ``stale``
+            return self._keys
+        async with self._lock:
+            if (
+                self._keys is not None
+                and time.monotonic() - self._fetched_at < MIN_REFETCH_INTERVAL
+            ):
+                return self._keys  # another request refreshed while we waited
+            try:
+                document = await self._fetch()
+            except Exception as exc:
+                if self._keys is not None:
+                    log.warning(
+                        "refreshing %s JWKS failed, keeping the cached one: %r", self._name, exc
+                    )
+                    return self._keys
+                raise errors.TemporarilyUnavailable(
+                    f"cannot fetch the {self._name} signing keys"
+                ) from exc
+            self._keys = jose.PublicKeySet.from_jwks(document)
+            self._fetched_at = self._clock()
+            return self._keys
+
+
+class MemoryState:
+    """In-memory ``ServiceState``: data is set by the owner (tests, benchmarks, embedding)."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: exchanging.Snapshot | None = None,
+        keyset: keys.KeySet | None = None,
+        cluster_jwks: Mapping[str, Any] | None = None,
+        trusted_jwks: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._snapshot = snapshot or exchanging.Snapshot()
+        self._keyset = keyset
+        self._cluster = jose.PublicKeySet.from_jwks(cluster_jwks or {"keys": []})
+        self._trusted = {k: jose.PublicKeySet.from_jwks(v) for k, v in (trusted_jwks or {}).items()}
+        self.changed = asyncio.Condition()
+
+    async def update(
+        self, *, snapshot: exchanging.Snapshot | None = None, keyset: keys.KeySet | None = None
+    ) -> None:
+        if snapshot is not None:
+            self._snapshot = snapshot
+        if keyset is not None:
+            self._keyset = keyset
+        async with self.changed:
+            self.changed.notify_all()
+
+    def snapshot(self) -> exchanging.Snapshot:
+        return self._snapshot
+
+    def keyset(self) -> keys.KeySet | None:
+        return self._keyset
+
+    def is_ready(self) -> bool:
+        return self._keyset is not None
+
+    def cache_sizes(self) -> dict[str, int]:
+        s = self._snapshot
+        return {
+            "agents": len(s.agents),
+            "capabilitygrants": len(s.grants),
+            "accessrequests": len(s.access_requests),
+            "toolservers": len(s.tool_servers),
+            "pods": len(s.pods),
+        }
+
+    async def cluster_keys(self, *, refresh: bool) -> jose.PublicKeySet:
+        return self._cluster
+
+    async def trusted_keys(self, issuer: str, *, refresh: bool) -> jose.PublicKeySet | None:
+        return self._trusted.get(issuer)
+
+    async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity:
+        raise errors.TemporarilyUnavailable("TokenReview needs a Kubernetes API")
+
+
+def _parse_secret(obj: dict[str, Any]) -> keys.KeySet:
+    return keys.KeySet.from_secret_data(obj.get("data") or {})
+
+
+class KubeState:
+    """``ServiceState`` backed by list+watch caches of the Kubernetes API."""
+
+    def __init__(self, api: kubeclient.KubeClient, settings: settings_module.Settings) -> None:
+        self.api = api
+        self.settings = settings
+        ns = settings.watch_namespace
+        self.agents = caches.Cache(api, kubeclient.AGENTS, parse=Agent.model_validate, namespace=ns)
+        self.grants = caches.Cache(
+            api, kubeclient.CAPABILITY_GRANTS, parse=CapabilityGrant.model_validate, namespace=ns
+        )
+        self.access_requests = caches.Cache(
+            api, kubeclient.ACCESS_REQUESTS, parse=AccessRequest.model_validate, namespace=ns
+        )
+        self.tool_servers = caches.Cache(
+            api, kubeclient.TOOL_SERVERS, parse=ToolServer.model_validate, namespace=ns
+        )
+        self.pods = caches.Cache(
+            api,
+            kubeclient.PODS,
+            parse=exchanging.Pod.from_api,
+            namespace=ns,
+            label_selector=AGENT_LABEL,
+        )
+        secret_ns, secret_name = settings.key_secret
+        self.secret = caches.Cache(
+            api,
+            kubeclient.SECRETS,
+            parse=_parse_secret,
+            namespace=secret_ns,
+            field_selector=f"metadata.name={secret_name}",
+        )
+        self._all: list[caches.Cache[Any]] = [
+            self.agents,
+            self.grants,
+            self.access_requests,
+            self.tool_servers,
+            self.pods,
+            self.secret,
+        ]
+        self.changed = asyncio.Condition()
+        self._revisions: tuple[int, ...] = ()
+        self._snapshot = exchanging.Snapshot()
+        self._cluster_keys = RemoteKeys(self._fetch_cluster_jwks, name="cluster")
+        self._trusted = {
+            t.issuer: RemoteKeys(self._fetcher(t.jwks_url), name=t.issuer)
+            for t in settings.trusted_issuers
+        }
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(c.run()) for c in self._all]
+        self._tasks.append(asyncio.create_task(self._relay_changes()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    async def wait_synced(self, timeout: float) -> None:
+        await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in self._all)), timeout)
+
+    async def _relay_changes(self) -> None:
+        """Forward every cache change to ``self.changed`` (long-polls wait on it)."""
+
+        async def relay(cache: caches.Cache[Any]) -> None:
+            seen = cache.revision
+            while True:
+                # waiting on the revision, not on a bare notify, so a change that lands while
+                # this relay is busy notifying is not lost
+                async with cache.changed:
+                    while cache.revision == seen:
+                        await cache.changed.wait()
+                seen = cache.revision
+                async with self.changed:
+                    self.changed.notify_all()
+
+        await asyncio.gather(*(relay(c) for c in self._all))
+
+    def snapshot(self) -> exchanging.Snapshot:
+        revisions = tuple(c.revision for c in self._all)
+        if revisions != self._revisions:
+            self._snapshot = exchanging.Snapshot(
+                agents={
+                    (a.metadata.namespace or "", a.metadata.name or ""): a
+                    for a in self.agents.items()
+                },
+                grants=self.grants.items(),
+                access_requests=self.access_requests.items(),
+                tool_servers=self.tool_servers.items(),
+                pods={(p.namespace, p.name): p for p in self.pods.items()},
+            )
+            self._revisions = revisions
+        return self._snapshot
+
+    def keyset(self) -> keys.KeySet | None:
+        found = self.secret.items()
+        return found[0] if found else None
+
+    def is_ready(self) -> bool:
+        return all(c.synced.is_set() for c in self._all) and self.keyset() is not None
+
+    def cache_sizes(self) -> dict[str, int]:
+        return {c.resource.plural: len(c) for c in self._all}
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            context = ssl.create_default_context()
+            if self.settings.trusted_ca_file is not None:
+                context.load_verify_locations(cafile=str(self.settings.trusted_ca_file))
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        return self._http
+
+    def _fetcher(self, url: str) -> Callable[[], Awaitable[Mapping[str, Any]]]:
+        async def fetch() -> Mapping[str, Any]:
+            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                response.raise_for_status()
+                body = await response.content.read(MAX_JWKS_BYTES + 1)
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError(f"JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes")
+                document: Mapping[str, Any] = json.loads(body)
+                return document
+
+        return fetch
+
+    async def _fetch_cluster_jwks(self) -> Mapping[str, Any]:
+        url = self.settings.cluster_jwks_url
+        server = self.api.config.server
+        if url and not url.startswith(server + "/"):
+            return await self._fetcher(url)()  # a public OIDC endpoint (EKS, GKE, ...)
+        # the API server's own endpoint, authenticated and TLS-verified like any API call
+        path = url[len(server) :] if url else "/openid/v1/jwks"
+        return await self.api.request("GET", path)
+
+    async def cluster_keys(self, *, refresh: bool) -> jose.PublicKeySet:
+        return await self._cluster_keys.get(refresh=refresh)
+
+    async def trusted_keys(self, issuer: str, *, refresh: bool) -> jose.PublicKeySet | None:
+        remote = self._trusted.get(issuer)
+        return await remote.get(refresh=refresh) if remote is not None else None
+
+    async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity:
+        try:
+            review = await self.api.create(
+                kubeclient.TOKEN_REVIEWS,
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "spec": {"token": token, "audiences": [self.settings.issuer]},
+                },
+            )
+        except kubeclient.ApiError as exc:
+            raise errors.TemporarilyUnavailable("the TokenReview API call failed") from exc
+        return serviceaccounts.identity_from_token_review(review.get("status") or {})

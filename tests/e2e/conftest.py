@@ -1,0 +1,281 @@
+"""The shared end-to-end stack: ``agentauth dev`` (in process), for every test under tests/e2e.
+
+``dev_stack`` (session-scoped) runs one :class:`agentauth.devstack.DevStack` on a background
+thread: its own embedded control plane (not the session ``dev_cluster`` other suites share, whose
+tests install their own webhooks and controllers), the chart's RBAC and webhook configurations,
+the controller and the token service, each authenticated as its own ServiceAccount. Tests stay
+independent by working in their own namespace (:meth:`Stack.new_namespace`).
+
+What the fixture gives (an :class:`Stack`):
+
+- ``stack`` (the DevStack), ``cluster`` (its DevCluster), ``kubeconfig_path``, ``ca_path``,
+  ``issuer``, ``token_service_url``, ``token_url``;
+- ``kubectl(*args, user="admin")`` (real kubectl, this virtualenv's bin first on PATH so
+  ``kubectl agentauth`` is ours) and the shorthands ``admin(...)``, ``alice(...)``, ``bob(...)``;
+- ``apply(objects_or_yaml, namespace=...)``, ``get(kind, name, namespace=...)``;
+- ``create_agent(namespace, name, capabilities=...)``: ServiceAccount + Agent + grant, waits
+  for Ready;
+- ``create_pod(namespace, name, agent=...)``: a labelled pod, created through the real webhook,
+  returned as stored (mutated);
+- ``projected_token(namespace, pod)``: what the kubelet would write into the pod's projected
+  volume (TokenRequest bound to the pod, with the projection's audience and expiry);
+- ``exchange(subject_token, **form)``: ``POST /oauth2/token`` (RFC 8693) with httpx, verifying
+  TLS against the dev CA; ``decode(token)``: verify an agent token against ``/jwks``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import yaml
+
+from agentauth import devstack
+from agentauth.devcluster import server
+
+BIN = Path(sys.executable).parent
+KUBECTL = BIN / "kubectl"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+USERS = ("admin", "alice", "bob")
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy, with a deadline (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        threading.Event().wait(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Stack:
+    """Helpers over a running :class:`~agentauth.devstack.DevStack` (see the module docstring)."""
+
+    def __init__(self, stack: devstack.DevStack) -> None:
+        self.stack = stack
+        self.cluster: server.DevCluster = stack.cluster
+        self.kubeconfig_path: Path = stack.kubeconfig_path
+        self.ca_path: Path = stack.ca_path
+        self.issuer = stack.issuer
+        self.token_service_url = stack.token_service_url
+        self.token_url = stack.token_url
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "KUBECONFIG": str(self.kubeconfig_path),
+            "COLUMNS": "200",
+        }
+        trust = ssl.create_default_context(cafile=str(self.ca_path))
+        self.http = httpx.Client(verify=trust, timeout=30)
+        self.api = httpx.Client(
+            base_url=self.cluster.url,
+            verify=trust,
+            headers={"Authorization": f"Bearer {self.cluster.admin_token}"},
+            timeout=30,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.api.close()
+
+    # -- kubectl --------------------------------------------------------------------------------
+
+    def kubectl(
+        self,
+        *args: str,
+        user: str = "admin",
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Real kubectl as ``user`` (a context of the dev kubeconfig: admin, alice, bob)."""
+        if user not in USERS:
+            raise ValueError(f"unknown user {user!r}; the dev kubeconfig has {USERS}")
+        result = subprocess.run(
+            [str(KUBECTL), "--context", user, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl --context {user} {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def admin(self, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return self.kubectl(*args, user="admin", **options)
+
+    def alice(self, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return self.kubectl(*args, user="alice", **options)
+
+    def bob(self, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return self.kubectl(*args, user="bob", **options)
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def new_namespace(self, prefix: str = "e2e") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.admin("create", "namespace", name)
+        return name
+
+    def apply(self, objects: str | Sequence[dict[str, Any]], *, namespace: str) -> None:
+        text = objects if isinstance(objects, str) else yaml.safe_dump_all(list(objects))
+        self.admin("apply", "-n", namespace, "-f", "-", input=text)
+
+    def get(self, kind: str, name: str, *, namespace: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(
+            self.admin("get", kind, name, "-n", namespace, "-o", "json").stdout
+        )
+        return result
+
+    def create_agent(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        capabilities: Sequence[dict[str, Any]] = ({"name": "document.read"},),
+        approvers: dict[str, Any] | None = None,
+        delegation: dict[str, Any] | None = None,
+    ) -> None:
+        """ServiceAccount ``name``, Agent ``name`` and grant ``name``; waits until Ready."""
+        grant: dict[str, Any] = {
+            "agents": {"names": [name]},
+            "capabilities": list(capabilities),
+        }
+        if approvers is not None:
+            grant["approvers"] = approvers
+        spec: dict[str, Any] = {"serviceAccountName": name}
+        if delegation is not None:
+            spec["delegation"] = delegation
+        self.apply(
+            [
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+                {
+                    "apiVersion": "agentauth.dev/v1alpha1",
+                    "kind": "Agent",
+                    "metadata": {"name": name},
+                    "spec": spec,
+                },
+                {
+                    "apiVersion": "agentauth.dev/v1alpha1",
+                    "kind": "CapabilityGrant",
+                    "metadata": {"name": name},
+                    "spec": grant,
+                },
+            ],
+            namespace=namespace,
+        )
+        self.admin(
+            "wait", "--for=condition=Ready", f"agent/{name}", "-n", namespace, "--timeout=30s"
+        )
+
+    def create_pod(
+        self, namespace: str, name: str, *, agent: str, service_account: str | None = None
+    ) -> dict[str, Any]:
+        """A pod labelled as ``agent``, admitted by the real webhooks; returns it as stored."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"agentauth.dev/agent": agent}},
+            "spec": {
+                "serviceAccountName": service_account or agent,
+                "containers": [{"name": "agent", "image": "example.test/agent:1"}],
+            },
+        }
+        self.admin("create", "-n", namespace, "-f", "-", input=json.dumps(pod))
+        return self.get("pod", name, namespace=namespace)
+
+    def projected_token(self, namespace: str, pod: str) -> str:
+        """The token the kubelet would project into ``pod`` (its serviceAccountToken source)."""
+        stored = self.get("pod", pod, namespace=namespace)
+        sources = [
+            source["serviceAccountToken"]
+            for volume in stored["spec"].get("volumes") or []
+            for source in (volume.get("projected") or {}).get("sources") or []
+            if "serviceAccountToken" in source
+        ]
+        if not sources:
+            raise AssertionError(f"pod {namespace}/{pod} has no projected service-account token")
+        projection = sources[0]
+        account = stored["spec"].get("serviceAccountName") or "default"
+        response = self.api.post(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+            json={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "audiences": [projection["audience"]],
+                    "expirationSeconds": projection.get("expirationSeconds", 3600),
+                    "boundObjectRef": {
+                        "kind": "Pod",
+                        "apiVersion": "v1",
+                        "name": pod,
+                        "uid": stored["metadata"]["uid"],
+                    },
+                },
+            },
+        )
+        response.raise_for_status()
+        token: str = response.json()["status"]["token"]
+        return token
+
+    # -- token service -------------------------------------------------------------------------
+
+    def exchange(self, subject_token: str, **form: str) -> httpx.Response:
+        """RFC 8693 exchange of a projected token at the token service."""
+        return self.http.post(
+            self.token_url,
+            data={
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": subject_token,
+                "subject_token_type": JWT_TOKEN_TYPE,
+                **form,
+            },
+        )
+
+    def decode(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
+        """Verify an agent token (EdDSA, our issuer's JWKS, ``iss``/``aud``/``exp``)."""
+        jwks = self.http.get(f"{self.token_service_url}/jwks").json()
+        kid = jwt.get_unverified_header(token)["kid"]
+        key = next(k for k in jwks["keys"] if k["kid"] == kid)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key=jwt.PyJWK(key).key,
+            algorithms=["EdDSA"],
+            audience=audience or self.issuer,
+            issuer=self.issuer,
+            options={"require": ["iss", "aud", "exp"]},
+        )
+        return claims
+
+
+@pytest.fixture(scope="session")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("devstack")
+    with devstack.running_stack(devstack.Options(directory=directory)) as running:
+        helpers = Stack(running)
+        try:
+            yield helpers
+        finally:
+            helpers.close()
