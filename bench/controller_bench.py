@@ -78,7 +78,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 def agent(index: int) -> dict[str, Any]:
     return {
-        "apiVersion": "agentauth.dev/v1alpha1", "kind": "Agent",
+        "apiVersion": "agentauth.dev/v1alpha1",
+        "kind": "Agent",
         "metadata": {"name": f"agent-{index}", "namespace": NAMESPACE},
         "spec": {"serviceAccountName": "bench-sa"},
     }
@@ -86,18 +87,22 @@ def agent(index: int) -> dict[str, Any]:
 
 def grant(index: int) -> dict[str, Any]:
     return {
-        "apiVersion": "agentauth.dev/v1alpha1", "kind": "CapabilityGrant",
+        "apiVersion": "agentauth.dev/v1alpha1",
+        "kind": "CapabilityGrant",
         "metadata": {"name": f"grant-{index}", "namespace": NAMESPACE},
-        "spec": {"agents": {"names": [f"agent-{index}"]},
-                 "capabilities": [{"name": f"res{index}.read"}]},
+        "spec": {
+            "agents": {"names": [f"agent-{index}"]},
+            "capabilities": [{"name": f"res{index}.read"}],
+        },
     }
 
 
 def correct(item: dict[str, Any]) -> bool:
     index = item["metadata"]["name"].split("-", 1)[1]
     status = item.get("status") or {}
-    ready = any(c["type"] == "Ready" and c["status"] == "True"
-                for c in status.get("conditions") or [])
+    ready = any(
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
+    )
     capabilities = [(c["name"], c["grant"]) for c in status.get("capabilities") or []]
     return ready and capabilities == [(f"res{index}.read", f"grant-{index}")]
 
@@ -107,8 +112,9 @@ async def load(kubeconfig: Path, *, count: int, controller_pid: int) -> dict[str
     from agentauth.kube import config as kube_config
 
     async with kube.KubeClient(kube_config.load(kubeconfig)) as api:
-        await api.create(kube.SERVICE_ACCOUNTS, {"metadata": {"name": "bench-sa"}},
-                         namespace=NAMESPACE)
+        await api.create(
+            kube.SERVICE_ACCOUNTS, {"metadata": {"name": "bench-sa"}}, namespace=NAMESPACE
+        )
         documents: list[tuple[kube.Resource, dict[str, Any]]] = []
         for index in range(count):
             documents += [(kube.AGENTS, agent(index)), (kube.CAPABILITY_GRANTS, grant(index))]
@@ -135,6 +141,10 @@ async def load(kubeconfig: Path, *, count: int, controller_pid: int) -> dict[str
             await asyncio.sleep(0.25)
         elapsed = time.monotonic() - started
         rss, peak = rss_mb(controller_pid)
+        events = await api.list(kube.EVENTS, namespace=NAMESPACE)
+        reasons: dict[str, int] = {}
+        for event in events["items"]:
+            reasons[event["reason"]] = reasons.get(event["reason"], 0) + 1
         return {
             "agents": count,
             "grants": count,
@@ -144,6 +154,7 @@ async def load(kubeconfig: Path, *, count: int, controller_pid: int) -> dict[str
             "controller_rss_mb": round(rss, 1),
             "controller_peak_rss_mb": round(peak, 1),
             "controller_rss_target_mb": 200,
+            "events_by_reason": reasons,
         }
 
 
@@ -162,14 +173,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="controller-bench-") as directory:
         server = subprocess.Popen(
             [sys.executable, __file__, "--role", "server", "--dir", directory],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert server.stdout is not None and server.stdin is not None
         kubeconfig = Path(json.loads(server.stdout.readline())["kubeconfig"])
         kubectl = [str(Path(sys.executable).parent / "kubectl"), "--kubeconfig", str(kubeconfig)]
         for namespace in (NAMESPACE, CONTROLLER_NAMESPACE):
-            subprocess.run([*kubectl, "create", "namespace", namespace], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [*kubectl, "create", "namespace", namespace], check=True, capture_output=True
+            )
         environ = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -180,21 +194,36 @@ def main() -> None:
             "AGENTAUTH_HEALTH_PORT": "0",
         }
         controller = subprocess.Popen(
-            [sys.executable, __file__, "--role", "controller"], stdin=subprocess.PIPE,
-            env=environ, stderr=subprocess.DEVNULL,
+            [sys.executable, __file__, "--role", "controller"],
+            stdin=subprocess.PIPE,
+            env=environ,
+            stderr=subprocess.DEVNULL,
         )
         assert controller.stdin is not None
         try:
             # The controller is up once it has written the issuer keys.
             deadline = time.monotonic() + 60
-            while subprocess.run(
-                [*kubectl, "get", "secret", "agentauth-issuer-keys", "-n", CONTROLLER_NAMESPACE],
-                capture_output=True, check=False,
-            ).returncode != 0:
+            while (
+                subprocess.run(
+                    [
+                        *kubectl,
+                        "get",
+                        "secret",
+                        "agentauth-issuer-keys",
+                        "-n",
+                        CONTROLLER_NAMESPACE,
+                    ],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                != 0
+            ):
                 if time.monotonic() > deadline or controller.poll() is not None:
                     raise SystemExit("controller did not start")
                 time.sleep(0.2)
-            results = asyncio.run(load(kubeconfig, count=args.agents, controller_pid=controller.pid))
+            results = asyncio.run(
+                load(kubeconfig, count=args.agents, controller_pid=controller.pid)
+            )
         finally:
             controller.stdin.close()
             try:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import pathlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -63,8 +64,17 @@ def _run_controller(args: argparse.Namespace) -> int:
         print(f"agentauth controller: error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(verbose=True)
-    # Kopf owns SIGINT/SIGTERM in the main thread: either stops the controller cleanly.
-    asyncio.run(controller_main.run(settings))
+
+    async def run() -> None:
+        # Ours from the first moment (keys and webhook TLS come before Kopf starts); once Kopf
+        # runs it installs its own handlers, which stop it the same way.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await controller_main.run(settings, stop=stop)
+
+    asyncio.run(run())
     return 0
 
 

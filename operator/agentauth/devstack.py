@@ -167,13 +167,18 @@ def choose_ports(directory: Path, *, requested: dict[str, int]) -> dict[str, int
     return chosen
 
 
-def chart_values(*, issuer: str, webhook_port: int) -> dict[str, Any]:
-    """The dev values: issuer on loopback, the webhook on a loopback port, no PDB (the embedded
-    control plane does not serve policy/v1, and there is nothing to disrupt)."""
+def chart_values(*, issuer: str, token_service_port: int, webhook_port: int) -> dict[str, Any]:
+    """The dev values: the issuer (the token service) and the webhook on loopback ports, one
+    token-service replica and no PDB (the embedded control plane does not serve policy/v1, and
+    there is nothing to disrupt)."""
     return {
         "issuer": {"url": issuer, "trustDomain": TRUST_DOMAIN},
         "webhook": {"port": webhook_port, "extraHosts": [LOOPBACK]},
-        "tokenService": {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}},
+        "tokenService": {
+            "replicaCount": 1,
+            "containerPort": token_service_port,
+            "podDisruptionBudget": {"enabled": False},
+        },
     }
 
 
@@ -392,6 +397,7 @@ class DevStack:
         self.issuer = ""
         self.token_service_url = ""
         self.webhook_port = 0
+        self.token_service_port = 0
         self.objects: list[dict[str, Any]] = []
         self.controller_settings: controller_settings.Settings | None = None
         self.token_service_settings: tokenservice_settings.Settings | None = None
@@ -431,8 +437,13 @@ class DevStack:
             raise DevStackError(f"port {ports['api']} on {LOOPBACK} is in use")
         self.cluster = server.DevCluster(directory=self.directory, port=ports["api"])
         self.webhook_port = ports["webhook"]
-        self.issuer = self.token_service_url = f"https://{LOOPBACK}:{ports['token_service']}"
-        values = chart_values(issuer=self.issuer, webhook_port=self.webhook_port)
+        self.token_service_port = ports["token_service"]
+        self.issuer = self.token_service_url = f"https://{LOOPBACK}:{self.token_service_port}"
+        values = chart_values(
+            issuer=self.issuer,
+            token_service_port=ports["token_service"],
+            webhook_port=self.webhook_port,
+        )
         # Render before anything listens: a broken chart fails fast and leaves nothing behind.
         self.objects = await asyncio.to_thread(render_chart, self.options.chart, values)
         await self.cluster.start()
@@ -506,8 +517,10 @@ class DevStack:
         )
         token_service_env = {
             **deployment_environment(self.objects, token_service_account),
+            # A pod listens on all its interfaces; here only loopback is ours to take.
             "AGENTAUTH_LISTEN_HOST": LOOPBACK,
-            "AGENTAUTH_LISTEN_PORT": self.issuer.rsplit(":", 1)[1],
+            # Also what the chart sets from tokenService.containerPort; stated, not assumed.
+            "AGENTAUTH_LISTEN_PORT": str(self.token_service_port),
             "AGENTAUTH_TLS_CERT": str(cert),
             "AGENTAUTH_TLS_KEY": str(key),
             "KUBECONFIG": str(kubeconfigs[token_service_account]),

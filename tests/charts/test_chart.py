@@ -201,7 +201,15 @@ def test_variants_render_what_they_promise() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["AGENTAUTH_WATCH_NAMESPACES"] == "team-a,team-b"
     assert env["AGENTAUTH_WEBHOOK_EXTRA_HOSTS"] == "127.0.0.1"
-    assert chart.one(dev, "Deployment", "agentauth-token-service")["spec"]["replicas"] == 3
+    token_service = chart.one(dev, "Deployment", "agentauth-token-service")
+    assert token_service["spec"]["replicas"] == 3
+    ts_env = {
+        e["name"]: e.get("value")
+        for e in token_service["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert ts_env["AGENTAUTH_TOKEN_REVIEW"] == "true"
+    assert ts_env["AGENTAUTH_LISTEN_PORT"] == "8080"
+    assert ts_env["AGENTAUTH_TOKEN_SERVICE_URL"] == "https://agentauth.example.com"
 
 
 @pytest.mark.parametrize(
@@ -301,3 +309,25 @@ def test_every_rendered_object_is_accepted(variant: str, kubectl: Kubectl, stand
         cluster_scoped = [o for o in objects if "namespace" not in o["metadata"]]
         kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(cluster_scoped))
         kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_components_accept_the_environment_the_chart_gives_them(variant: str) -> None:
+    from agentauth.controller import settings as controller_settings
+    from agentauth.tokenservice import settings as tokenservice_settings
+
+    objects = chart.render(VARIANTS[variant])
+
+    def environment(name: str) -> dict[str, str]:
+        pod = chart.one(objects, "Deployment", name)["spec"]["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
+        return {**env, "POD_NAMESPACE": "agentauth-system"}
+
+    controller = controller_settings.from_sources(None, environ=environment("agentauth-controller"))
+    assert controller.namespace == "agentauth-system"
+    assert controller.issuer == "https://agentauth.example.com"
+    assert controller.webhook_service == "agentauth-controller"
+    assert controller.mutating_webhook_configuration == "agentauth-webhook"
+    tokens = tokenservice_settings.from_sources(environ=environment("agentauth-token-service"))
+    assert tokens.issuer == controller.issuer
+    assert tokens.namespace == controller.namespace

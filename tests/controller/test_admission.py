@@ -203,3 +203,112 @@ def test_relabelling_a_running_pod_is_validated(kubectl: Kubectl, agents: str) -
         "-p",
         '{"spec":{"suspended":false}}',
     )
+
+
+async def test_webhook_server_refuses_bad_input(
+    install: Install, controller: ControllerThread
+) -> None:
+    import ssl
+
+    import aiohttp
+
+    ctl = controller.controller
+    assert ctl is not None and ctl.webhook_ca is not None
+    context = ssl.create_default_context(cadata=ctl.webhook_ca.decode())
+    base = f"https://127.0.0.1:{ctl.webhook_port}"
+    hostname = f"{install.release}-controller.{install.system_namespace}.svc"
+    async with aiohttp.ClientSession() as session:
+
+        async def post(path: str, body: bytes) -> tuple[int, str]:
+            async with session.post(
+                base + path, data=body, ssl=context, server_hostname=hostname
+            ) as response:
+                return response.status, await response.text()
+
+        assert await post("/mutate/nothing", b"{}") == (
+            404,
+            "no admission webhook at /mutate/nothing",
+        )
+        assert await post("/mutate/pods", b"not json") == (
+            400,
+            "malformed AdmissionReview: Expecting value: line 1 column 1 (char 0)",
+        )
+        assert await post("/mutate/pods", b'{"kind": "AdmissionReview"}') == (
+            400,
+            "malformed AdmissionReview: 'request'",
+        )
+        status, text = await post(
+            "/validate/pods",
+            json.dumps(
+                {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {
+                        "uid": "u1",
+                        "operation": "CREATE",
+                        "namespace": install.namespace,
+                        "object": {
+                            "metadata": {"labels": {"agentauth.dev/agent": "ghost"}},
+                            "spec": {"serviceAccountName": "x"},
+                        },
+                    },
+                }
+            ).encode(),
+        )
+        assert status == 200
+        assert json.loads(text)["response"] == {
+            "uid": "u1",
+            "allowed": False,
+            "status": {
+                "code": 403,
+                "reason": "Forbidden",
+                "message": (
+                    f'Agent "ghost" not found in namespace "{install.namespace}": create the '
+                    "Agent, or fix the pod's label agentauth.dev/agent"
+                ),
+            },
+        }
+        # The certificate is only valid for the Service's names.
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with session.post(
+                base + "/mutate/pods", data=b"{}", ssl=context, server_hostname="evil.example"
+            ):
+                pass
+
+
+def test_invalid_grant_is_reported_and_gives_nothing(kubectl: Kubectl, agents: str) -> None:
+    ns = agents
+    # The CRD schema accepts it; the model's rule (maxDuration only with approval Required)
+    # does not.
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump(
+            {
+                "apiVersion": "agentauth.dev/v1alpha1",
+                "kind": "CapabilityGrant",
+                "metadata": {"name": "odd", "namespace": ns},
+                "spec": {
+                    "agents": {"names": ["writer"]},
+                    "capabilities": [{"name": "x.y", "approval": "Automatic", "maxDuration": "1h"}],
+                },
+            }
+        ),
+    )
+    status = wait_for(
+        lambda: (get_json(kubectl, "capabilitygrant", "odd", "-n", ns) or {}).get("status"),
+        message="grant status",
+    )
+    condition = status["conditions"][0]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Active",
+        "False",
+        "Invalid",
+    )
+    assert condition["message"] == (
+        "CapabilityGrant spec is invalid: spec.capabilities.0: Value error, maxDuration applies "
+        "only to capabilities with approval Required"
+    )
+    writer = get_json(kubectl, "agent", "writer", "-n", ns)
+    assert not any(c["name"] == "x.y" for c in writer["status"].get("capabilities", []))

@@ -473,3 +473,18 @@ spec: {serviceAccountName: bot, colour: blue}
     missing = kubectl("get", "widgets.nowhere.example", check=False)
     assert missing.returncode == 1
     assert 'the server doesn\'t have a resource type "widgets"' in missing.stderr
+
+
+def test_impersonation_is_authorized_and_applied(kubectl: Kubectl, namespace: str) -> None:
+    as_alice = kubectl("auth", "whoami", "--as", "alice", "-o", "jsonpath={.status.userInfo}")
+    assert '"username":"alice"' in as_alice.stdout
+    assert '"system:authenticated"' in as_alice.stdout
+    denied = kubectl("get", "agents", "-n", namespace, "--as", "alice", check=False)
+    assert denied.returncode == 1
+    assert 'User "alice" cannot list resource "agents"' in denied.stderr
+    refused = kubectl("get", "pods", "-n", namespace, "--as", "alice", context="bob", check=False)
+    assert refused.returncode == 1
+    assert (
+        'users "alice" is forbidden: User "bob" cannot impersonate resource "users" '
+        'in API group "" at the cluster scope'
+    ) in refused.stderr

@@ -758,3 +758,30 @@ def test_events_follow_decisions_and_skip_stale() -> None:
     ]
     expired = make_request(status=pending_status(phase="Expired"))
     assert approvals.planned_events(expired, now=NOW)[-1].reason == "AccessRequestExpired"
+
+
+def test_exchange_never_widens_an_approval_to_a_pattern() -> None:
+    """Regression: an approved request for payments.authorize must not grant scope payments.*."""
+    from agentauth.domain import errors, exchanging
+
+    agent = make_agent()
+    grant = make_grant(
+        capabilities=[{"name": "payments.*", "approval": "Required", "maxDuration": "1h"}]
+    )
+    approved = make_request(
+        status={
+            "phase": "Approved",
+            "approvals": [decision("alice")],
+            "grantedUntil": "2026-11-28T12:15:00Z",
+        }
+    )
+    held = approvals.domain_capabilities.effective_capabilities(agent, [grant], now=NOW)
+
+    def scope(requested: tuple[str, ...]) -> tuple[str, ...]:
+        return exchanging.select_scope(
+            agent=agent, held=held, requests=[approved], requested=requested, now=NOW
+        ).scope
+
+    assert scope(("payments.authorize",)) == ("payments.authorize",)
+    with pytest.raises(errors.InvalidScope):
+        scope(("payments.*",))

@@ -99,16 +99,20 @@ class Stack:
     def kubectl(
         self,
         *args: str,
-        user: str = "admin",
+        user: str | None = "admin",
         check: bool = True,
         input: str | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Real kubectl as ``user`` (a context of the dev kubeconfig: admin, alice, bob)."""
-        if user not in USERS:
+        """Real kubectl as ``user`` (a context of the dev kubeconfig: admin, alice, bob).
+
+        ``user=None`` adds no ``--context``: kubectl refuses flags before a plugin's name, so
+        ``kubectl agentauth ...`` takes ``--context`` among its own arguments."""
+        if user is not None and user not in USERS:
             raise ValueError(f"unknown user {user!r}; the dev kubeconfig has {USERS}")
+        context = ["--context", user] if user is not None else []
         result = subprocess.run(
-            [str(KUBECTL), "--context", user, *args],
+            [str(KUBECTL), *context, *args],
             capture_output=True,
             text=True,
             input=input,
@@ -239,6 +243,10 @@ class Stack:
         response.raise_for_status()
         token: str = response.json()["status"]["token"]
         return token
+
+    def plugin(self, *args: str, user: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        """``kubectl agentauth ARGS --context USER`` (the plugin of this virtualenv)."""
+        return self.kubectl("agentauth", *args, "--context", user, user=None, **options)
 
     # -- token service -------------------------------------------------------------------------
 

@@ -23,13 +23,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from agentauth import devstack
-from tests.e2e.conftest import BIN, KUBECTL, Stack
+from tests.e2e.conftest import BIN, KUBECTL, Stack, wait_for
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 READY = re.compile(r"^ready kubeconfig=(?P<path>\S+)$")
 
@@ -336,3 +339,140 @@ def test_run_as_pod_gives_the_command_the_dev_ca(dev_stack: Stack, tmp_path: Pat
     assert seen["AGENTAUTH_CA_FILE"] == str(dev_stack.ca_path)
     assert seen["AGENTAUTH_TOKEN_URL"] == dev_stack.token_url
     assert seen["AGENTAUTH_TOKEN_FILE"] and not seen["AGENTAUTH_TOKEN_FILE"].startswith("/var/run")
+
+
+def test_approvals_run_under_the_chart_rbac(dev_stack: Stack) -> None:
+    """bob is not an approver: the webhook, running as the controller's ServiceAccount, asks
+    the API server (SubjectAccessReview, allowed by the chart's RBAC) and refuses him with a
+    message he can act on; alice, listed in the grant, approves."""
+    namespace = dev_stack.new_namespace()
+    dev_stack.create_agent(
+        namespace,
+        "payer",
+        capabilities=[{"name": "payments.authorize", "approval": "Required"}],
+        approvers={"users": ["alice"]},
+    )
+    dev_stack.apply(
+        (ROOT / "demo" / "approver-rbac.yaml").read_text().replace("namespace: demo", ""),
+        namespace=namespace,
+    )
+    dev_stack.create_pod(namespace, "payer-1", agent="payer")
+    exchanged = dev_stack.exchange(dev_stack.projected_token(namespace, "payer-1"))
+    assert exchanged.status_code == 200, exchanged.text
+    filed = dev_stack.http.post(
+        f"{dev_stack.token_service_url}/v1/access-requests",
+        json={"capabilities": ["payments.authorize"], "justification": "invoice INV-7"},
+        headers={"Authorization": f"Bearer {exchanged.json()['access_token']}"},
+    )
+    assert filed.status_code in (200, 201), filed.text
+    name = filed.json().get("name") or filed.json()["metadata"]["name"]
+
+    refused = dev_stack.plugin("approve", name, "-n", namespace, user="bob", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: user 'bob' may not approve access request '{name}': not listed in the "
+        f"approvers of CapabilityGrant 'payer' and not allowed verb 'approve' on "
+        f"capabilitygrants 'payer' in namespace '{namespace}'; ask an admin to add you to "
+        "spec.approvers of that grant"
+    )
+    approved = dev_stack.plugin("approve", name, "-n", namespace, user="alice")
+    assert approved.stdout.strip() == f"accessrequest {namespace}/{name} approved by alice"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_with_sigterm(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
+
+
+def test_token_service_command_serves_until_sigterm(dev_stack: Stack) -> None:
+    """``agentauth token-service`` with flags only, as its ServiceAccount: ready, then exit 0."""
+    directory = dev_stack.stack.directory
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(BIN / "agentauth"),
+            "token-service",
+            f"--issuer=https://127.0.0.1:{port}",
+            "--listen-host=127.0.0.1",
+            f"--listen-port={port}",
+            f"--tls-cert={directory / 'token-service.crt'}",
+            f"--tls-key={directory / 'token-service.key'}",
+            f"--kubeconfig={directory / 'agentauth-token-service.kubeconfig'}",
+            f"--cluster-issuer={dev_stack.cluster.issuer}",
+            "--controller-namespace=agentauth-system",
+            "--log-format=text",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"token-service exited: {process.communicate()}")
+            try:
+                url = f"https://127.0.0.1:{port}/readyz"
+                return dev_stack.http.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60, what="agentauth token-service /readyz")
+        metadata = dev_stack.http.get(
+            f"https://127.0.0.1:{port}/.well-known/oauth-authorization-server"
+        ).json()
+        assert metadata["token_endpoint"] == f"https://127.0.0.1:{port}/oauth2/token"
+    finally:
+        code, stderr = stop_with_sigterm(process)
+    assert code == 0, stderr
+    assert not port_open(port)
+
+
+def test_controller_command_runs_until_sigterm(dev_stack: Stack) -> None:
+    """``agentauth controller`` from the environment (as in the chart), watching one namespace:
+    it creates its issuer keys there, and SIGTERM (Kopf's own handler) stops it with exit 0."""
+    namespace = dev_stack.new_namespace("ctl")
+    environment = {
+        **dev_stack.env,
+        "AGENTAUTH_ISSUER": "https://issuer.agentauth.test",
+        "AGENTAUTH_CONTROLLER_NAMESPACE": namespace,
+        "AGENTAUTH_WATCH_NAMESPACES": namespace,
+        "AGENTAUTH_WEBHOOK_HOST": "127.0.0.1",
+        "AGENTAUTH_WEBHOOK_PORT": "0",
+        "AGENTAUTH_HEALTH_PORT": "0",
+        # Not the dev stack's configurations: this controller must not touch their caBundle.
+        "AGENTAUTH_MUTATING_WEBHOOK_CONFIGURATION": f"{namespace}-absent",
+        "AGENTAUTH_VALIDATING_WEBHOOK_CONFIGURATION": f"{namespace}-absent",
+    }
+    process = subprocess.Popen(
+        [str(BIN / "agentauth"), "controller"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+
+        def keys_created() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"controller exited: {process.communicate()}")
+            found = dev_stack.admin(
+                "get", "secret", "agentauth-issuer-keys", "-n", namespace, check=False
+            )
+            return found.returncode == 0
+
+        wait_for(keys_created, timeout=60, what="the controller's issuer keys")
+    finally:
+        code, stderr = stop_with_sigterm(process)
+    assert code == 0, stderr

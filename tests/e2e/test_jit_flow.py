@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client
 
 from agentauth.devcluster import server
@@ -241,6 +242,22 @@ def test_approval_flow_with_people_agent_and_events(
     header, row = agents.splitlines()
     assert header.split() == ["NAME", "READY", "REASON", "SERVICEACCOUNT", "AGE", "CAPABILITIES"]
     assert (row.split()[0], row.split()[3]) == ("buyer", "buyer-sa")
+    # Missing RBAC reads as a sentence naming the user, verb, resource and namespace.
+    assert refused(kubectl("agentauth", "requests", "-n", "default", context="bob")) == (
+        "error: cannot list accessrequests: user 'bob' is not allowed to list "
+        "accessrequests.agentauth.dev in namespace 'default'; ask a cluster admin for a Role "
+        "that grants it (for approvers: bind the ClusterRole 'agentauth-approver')\n"
+    )
+    version = ok(kubectl("agentauth", "version", context="alice"))
+    assert version.splitlines()[1].startswith("Kubernetes API server v")
+    listed = yaml.safe_load(
+        ok(
+            kubectl(
+                "agentauth", "requests", "-n", namespace, "--all", "-o", "yaml", context="alice"
+            )
+        )
+    )
+    assert [item["metadata"]["name"] for item in listed["items"]] == [name]
     reasons = {e.reason for e in events_of(env.api, namespace, name)}
     assert {"AccessRequested", "ApprovalRecorded", "AccessApproved"} <= reasons
 

@@ -73,7 +73,8 @@ OFFLINE_ENVIRONMENT = {
     "ANONYMIZED_TELEMETRY": "false",
     "GOOGLE_CLOUD_DISABLE_TELEMETRY": "true",
 }
-os.environ.update(OFFLINE_ENVIRONMENT)
+for _name, _value in OFFLINE_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 APPROVER = "alice"
 
@@ -175,10 +176,11 @@ class Stack:
         return agent
 
     def approve(self, name: str) -> subprocess.CompletedProcess[str]:
-        """``kubectl agentauth approve`` as the approver, exactly as a person runs it."""
+        """``kubectl agentauth approve NAME -n NS --context alice``, as a person runs it."""
         return self._decide("approve", name, "--comment", "approved by the integration test")
 
     def deny(self, name: str) -> subprocess.CompletedProcess[str]:
+        """``kubectl agentauth deny NAME --reason ...`` as the approver."""
         return self._decide("deny", name, "--reason", "not this week")
 
     def _decide(self, verb: str, name: str, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ Every refusal path is asserted with its exact text (what the model reads) and it
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -175,3 +176,19 @@ def test_the_guard_imports_no_framework_and_no_sdk_until_used() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_concurrent_calls_share_one_access_request(agentauth_stack: Stack) -> None:
+    together = agentauth_stack.enroll("clerk-guard-together")
+    sdk = together.client()
+    guard = guard_module.ToolGuard(sdk, approval_wait=20)
+    calls = [
+        guard.acheck(tool="authorize_payment", policy=PAY, justification=JUSTIFICATION)
+        for _ in range(3)
+    ]
+    with together.decide_when_filed("payments.authorize") as approver:
+        granted = await asyncio.gather(*calls)
+    sdk.close()
+    assert approver.error is None
+    assert granted == ["payments.authorize"] * 3
+    assert len(together.access_requests()) == 1

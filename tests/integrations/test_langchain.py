@@ -1,11 +1,13 @@
-"""LangChain/LangGraph: LangGraph's prebuilt ReAct agent with a scripted chat model, offline,
-against the real stack; tools wrapped by ``agentauth.integrations.langchain.guard_tool``."""
+"""LangChain/LangGraph: LangGraph's prebuilt ReAct agent and LangChain's ``create_agent`` with a
+scripted chat model, offline, against the real stack; tools wrapped by
+``agentauth.integrations.langchain.guard_tool``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from langchain.agents import create_agent
 from langchain_core.tools import StructuredTool
 from langgraph.prebuilt import create_react_agent
 
@@ -62,14 +64,14 @@ def test_jit_tool_schema_offers_the_justification(guard: guard_module.ToolGuard)
     assert schema["required"] == ["amount"]
 
 
-async def test_async_agent_asks_for_undeclared_tools_and_refuses_missing_ones(
+async def test_create_agent_async_asks_for_undeclared_tools_and_refuses_missing_ones(
     guard: guard_module.ToolGuard,
 ) -> None:
     ledger = scenario.Ledger()
     read = StructuredTool.from_function(ledger.read_document, description="Read documents.")
     delete = StructuredTool.from_function(ledger.delete_database, description="Drop a table.")
     model = scripted.langchain_model(scenario.ASK_CALLS)
-    agent = create_react_agent(
+    agent = create_agent(
         model,
         [
             # No capability declared: the guard asks the Ask API with the tool's description.

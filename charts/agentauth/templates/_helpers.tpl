@@ -73,8 +73,6 @@ app.kubernetes.io/component: {{ .component }}
 - name: AGENTAUTH_TRUST_DOMAIN
   value: {{ . | quote }}
 {{- end }}
-- name: AGENTAUTH_LOG_LEVEL
-  value: {{ .Values.global.logLevel | quote }}
 {{- end -}}
 
 {{/* The webhook clientConfig for one path; call with (dict "ctx" . "path" "/mutate/pods"). */}}

@@ -12,7 +12,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -28,10 +27,6 @@ from agentauth.kube import client as kube
 
 GROUP, VERSION = model_common.GROUP, model_common.VERSION
 KIND = "agent"
-# How long a change waits before its reconcile, so that objects applied together (an Agent and
-# its grants in one kubectl apply) are seen by one reconcile: fewer status writes and Events.
-# Well inside the 2 s in which a grant deletion must reach its agents.
-SETTLE = datetime.timedelta(milliseconds=500)
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,14 +87,13 @@ def grants_for_agent(ctl: runtime.Controller, *, namespace: str, name: str) -> l
 
 
 def enqueue(ctl: runtime.Controller, *, namespace: str, name: str) -> None:
-    """Reconcile the Agent shortly: changes arriving together (an Agent and its grants applied
-    in one go) are then seen in one reconcile instead of several status writes."""
-    ctl.wake_at((KIND, namespace, name), datetime.datetime.now(datetime.UTC) + SETTLE)
+    """Reconcile the Agent once its namespace settles (``runtime.Controller.soon``)."""
+    ctl.soon(namespace, (KIND, namespace, name))
 
 
 def enqueue_grant(ctl: runtime.Controller, *, namespace: str, name: str) -> None:
-    """Reconcile the CapabilityGrant shortly (see ``SETTLE``)."""
-    ctl.wake_at(("grant", namespace, name), datetime.datetime.now(datetime.UTC) + SETTLE)
+    """Reconcile the CapabilityGrant once its namespace settles."""
+    ctl.soon(namespace, ("grant", namespace, name))
 
 
 # --- triggers --------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ from agentauth.kube import client as kube
 logger = logging.getLogger("agentauth.controller")
 
 COMPONENT = "agentauth-controller"
+# A namespace's changes are reconciled once it has been quiet this long (see Controller.soon),
+# and never later than MAX_SETTLE_SECONDS after the first; both well inside the 2 s in which a
+# grant deletion must reach its agents when changes are not streaming in.
+SETTLE_SECONDS = 0.3
+MAX_SETTLE_SECONDS = 5.0
 _MAX_PARSED = 20_000
 
 
@@ -101,6 +106,10 @@ class Controller:
         self._reported_failures: dict[tuple[str, str, str], str] = {}
         self._parsed: collections.OrderedDict[tuple[str, str, str], Any] = collections.OrderedDict()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._flushers: dict[str, asyncio.TimerHandle] = {}
+        self._pending: dict[str, set[Hashable]] = {}
+        self._last_change: dict[str, float] = {}
+        self._first_change: dict[str, float] = {}
         # (namespace, grant) -> names of the Agents it matched when last reconciled.
         self.grant_matches: dict[tuple[str, str], set[str]] = {}
         self.grant_fingerprints: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -160,6 +169,42 @@ class Controller:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        for handle in self._flushers.values():
+            handle.cancel()
+        self._flushers.clear()
+
+    # --- debouncing per namespace ---------------------------------------------------------
+
+    def soon(self, namespace: str, key: Hashable) -> None:
+        """Queue ``key`` once its namespace has been quiet for ``SETTLE_SECONDS`` (at most
+        ``MAX_SETTLE_SECONDS`` after the first pending change).
+
+        Objects applied together (an Agent and its grants, or a thousand of each) are then
+        reconciled once, with all of them in the indices, instead of once per arrival: fewer
+        status writes, fewer Events, and no backlog feeding on its own echoes.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._pending.setdefault(namespace, set()).add(key)
+        self._last_change[namespace] = now
+        self._first_change.setdefault(namespace, now)
+        if namespace not in self._flushers:
+            self._flushers[namespace] = loop.call_at(now + SETTLE_SECONDS, self._flush, namespace)
+
+    def _flush(self, namespace: str) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        quiet_at = self._last_change.get(namespace, now) + SETTLE_SECONDS
+        deadline = self._first_change.get(namespace, now) + MAX_SETTLE_SECONDS
+        if now < quiet_at and now < deadline:
+            self._flushers[namespace] = loop.call_at(
+                min(quiet_at, deadline), self._flush, namespace
+            )
+            return
+        self._flushers.pop(namespace, None)
+        self._first_change.pop(namespace, None)
+        for key in self._pending.pop(namespace, set()):
+            self.queue.add(key)
 
     # --- status and events ------------------------------------------------------------------
 

@@ -140,7 +140,8 @@ class WebhookServer:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
             return context
-        assert isinstance(material, tls.Material)  # noqa: S101 - set above when no cert dir
+        if not isinstance(material, tls.Material):
+            raise RuntimeError("webhook TLS material missing: no cert dir and no managed CA")
         return material.ssl_context()
 
     async def start(self) -> int:

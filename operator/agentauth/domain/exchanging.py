@@ -328,7 +328,8 @@ def approved_until(
         until = _aware(status.granted_until)
         if until <= now or request.metadata.deletion_timestamp is not None:
             continue
-        if any(covers(wanted, c) or c == wanted for c in request.spec.capabilities) and (
+        # Exact names only: approving payments.authorize must never yield a payments.* scope.
+        if wanted in request.spec.capabilities and (
             best is None or until > best[0]
         ):
             best = (until, request.metadata.name or "")

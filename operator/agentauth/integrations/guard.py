@@ -156,16 +156,19 @@ class ToolGuard:
         client: CapabilityClient,
         *,
         approval_wait: float = DEFAULT_APPROVAL_WAIT,
-        sdk_errors: tuple[type[Exception], ...] | None = None,
     ) -> None:
         if approval_wait < 0:
             raise ValueError("approval_wait must be >= 0 seconds")
         self.client = client
         self.approval_wait = approval_wait
-        self._sdk_errors = sdk_errors if sdk_errors is not None else _sdk_error_types()
+        # Every SDK failure (transport, RFC 6749 error, malformed answer) refuses the call.
+        self._sdk_errors = _sdk_error_types()
         self._lock = threading.Lock()
         # capability -> name of the AccessRequest filed for it and not yet decided.
         self._pending: dict[str, str] = {}
+        # One JIT procedure per capability at a time: concurrent tool calls (frameworks run a
+        # turn's tools in parallel) share one AccessRequest instead of filing several.
+        self._jit_locks: dict[str, threading.Lock] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -272,6 +275,19 @@ class ToolGuard:
         )
 
     def _just_in_time(
+        self, *, tool: str, policy: ToolPolicy, capability: str, justification: str | None
+    ) -> str:
+        with self._lock:
+            jit_lock = self._jit_locks.setdefault(capability, threading.Lock())
+        with jit_lock:
+            # Whoever held the lock before us may have been approved meanwhile.
+            if self._holds(capability):
+                return capability
+            return self._request(
+                tool=tool, policy=policy, capability=capability, justification=justification
+            )
+
+    def _request(
         self, *, tool: str, policy: ToolPolicy, capability: str, justification: str | None
     ) -> str:
         with self._lock:

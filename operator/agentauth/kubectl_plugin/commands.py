@@ -511,13 +511,19 @@ def cmd_keys_generate(ctx: Context) -> int:
 def cmd_version(ctx: Context) -> int:
     info: dict[str, Any] = {"clientVersion": {"agentauth": agentauth.__version__}}
     if not ctx.options.client:
-        version = ctx.call(
-            k8s_client.VersionApi(ctx.conn.api_client).get_code,
+        # GET /version (VersionApi asks for "/version/", which not every server answers).
+        answer = ctx.call(
+            ctx.conn.api_client.call_api,
+            "/version",
+            "GET",
+            auth_settings=["BearerToken"],
+            response_types_map={200: "object"},
+            _return_http_data_only=True,
             action="read",
             what="the server version",
             namespace=None,
         )
-        info["serverVersion"] = {"gitVersion": version.git_version}
+        info["serverVersion"] = {"gitVersion": str((answer or {}).get("gitVersion", "unknown"))}
     if ctx.options.output:
         output.dump(info, fmt=ctx.options.output, stream=ctx.stdout)
         return 0
