@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench demo
+	$(BIN)/ruff format --check operator tests bench demo
 	$(BIN)/mypy
+	$(BIN)/mypy --strict demo
 	$(BIN)/lint-imports
 	$(BIN)/agentauth crds --check
 
@@ -31,8 +32,8 @@ test: lint
 	exit $$status
 
 format: venv
-	$(BIN)/ruff check --fix operator tests bench
-	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tests bench demo
+	$(BIN)/ruff format operator tests bench demo
 
 crds: venv
 	$(BIN)/agentauth crds

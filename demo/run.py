@@ -304,16 +304,15 @@ class Demo:
         return found
 
     def apply_samples(self) -> None:
-        documents: list[dict[str, Any]] = []
-        for path in sorted(SAMPLES.glob("*.yaml")):
-            for document in yaml.safe_load_all(path.read_text()):
-                # An AccessRequest sample uses generateName (kubectl create, not apply); the
-                # demo agent files its own.
-                if isinstance(document, dict) and not document["metadata"].get("generateName"):
-                    documents.append(document)
-        documents += list(yaml.safe_load_all((ROOT / "demo" / "approver-rbac.yaml").read_text()))
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
-        kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in documents[:7])
+        approver_rbac = ROOT / "demo" / "approver-rbac.yaml"
+        self.kubectl("apply", "-f", str(SAMPLES), "-f", str(approver_rbac))
+        documents = [
+            document
+            for path in sorted(SAMPLES.glob("*.yaml"))
+            for document in yaml.safe_load_all(path.read_text())
+            if isinstance(document, dict)
+        ]
+        kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
         self.out.line("runner", f"kubectl apply -f samples/: {kinds}, approver RBAC for alice")
         self.kubectl(
             "wait", "--for=condition=Ready", f"agent/{AGENT}", "-n", NAMESPACE, "--timeout=30s"

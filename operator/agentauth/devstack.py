@@ -78,6 +78,8 @@ READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05
 
+PORT_USERS = {"api": "API server", "token_service": "token service", "webhook": "webhooks"}
+
 # Kinds the chart renders that run as processes here instead of being stored.
 WORKLOAD_KINDS = frozenset({"Deployment", "PodDisruptionBudget"})
 
@@ -433,8 +435,9 @@ class DevStack:
                 "webhook": self.options.webhook_port,
             },
         )
-        if not _port_free(ports["api"]):
-            raise DevStackError(f"port {ports['api']} on {LOOPBACK} is in use")
+        for name, port in ports.items():
+            if not _port_free(port):
+                raise DevStackError(f"port {port} on {LOOPBACK} ({PORT_USERS[name]}) is in use")
         self.cluster = server.DevCluster(directory=self.directory, port=ports["api"])
         self.webhook_port = ports["webhook"]
         self.token_service_port = ports["token_service"]
@@ -611,8 +614,8 @@ class DevStack:
                 if task.done():
                     error = task.exception() if not task.cancelled() else None
                     raise DevStackError(
-                        f"{task.get_name()} stopped while waiting for {what}"
-                    ) from (error)
+                        f"{task.get_name()} stopped while waiting for {what}: {error!r}"
+                    ) from error
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise DevStackError(

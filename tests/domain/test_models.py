@@ -24,7 +24,7 @@ MODEL_BY_KIND: dict[str, type[pydantic.BaseModel]] = {
 
 def sample_documents() -> list[dict[str, Any]]:
     documents = []
-    for path in sorted(SAMPLES.glob("*.yaml")):
+    for path in sorted(SAMPLES.rglob("*.yaml")):
         documents.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
     return documents
 

@@ -180,9 +180,34 @@ def test_dev_refuses_a_port_in_use(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
-        f"agentauth dev: error: port {port} on 127.0.0.1 is in use"
+        f"agentauth dev: error: port {port} on 127.0.0.1 (API server) is in use"
     )
     assert "ready" not in result.stdout
+
+
+def test_dev_refuses_a_token_service_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                str(BIN / "agentauth"),
+                "dev",
+                "--dir",
+                str(tmp_path),
+                "--token-service-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"agentauth dev: error: port {port} on 127.0.0.1 (token service) is in use"
+    )
 
 
 def test_stack_installs_the_charts_objects(dev_stack: Stack) -> None:

@@ -66,7 +66,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
-    settings.queueing.idle_timeout = 60
 
 
 @kopf.on.login()

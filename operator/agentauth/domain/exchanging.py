@@ -329,9 +329,7 @@ def approved_until(
         if until <= now or request.metadata.deletion_timestamp is not None:
             continue
         # Exact names only: approving payments.authorize must never yield a payments.* scope.
-        if wanted in request.spec.capabilities and (
-            best is None or until > best[0]
-        ):
+        if wanted in request.spec.capabilities and (best is None or until > best[0]):
             best = (until, request.metadata.name or "")
     return best
 

@@ -277,7 +277,7 @@ def field_path(location: tuple[int | str, ...]) -> str:
 
 
 def describe_errors(error: pydantic.ValidationError) -> list[tuple[str, str]]:
-    """``(field path, message)`` for each problem, with pydantic's 'Value error, ' prefix removed."""
+    """``(field path, message)`` for each problem, without pydantic's 'Value error, ' prefix."""
     described = []
     for item in error.errors():
         message = str(item["msg"])
