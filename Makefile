@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check operator tests bench demo
-	$(BIN)/ruff format --check operator tests bench demo
+	$(BIN)/ruff check operator tests bench demo hack
+	$(BIN)/ruff format --check operator tests bench demo hack
 	$(BIN)/mypy
 	$(BIN)/mypy --strict demo
 	$(BIN)/lint-imports

@@ -63,7 +63,7 @@ def _run_controller(args: argparse.Namespace) -> int:
     except controller_settings.SettingsError as exc:
         print(f"agentauth controller: error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(verbose=True)
+    controller_main.configure_logging(settings)
 
     async def run() -> None:
         # Ours from the first moment (keys and webhook TLS come before Kopf starts); once Kopf

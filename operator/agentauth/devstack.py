@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import ipaddress
 import json
 import logging
 import signal
@@ -52,14 +51,11 @@ from typing import Any, TextIO
 
 import aiohttp
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agentauth.controller import main as controller_main
 from agentauth.controller import settings as controller_settings
 from agentauth.devcluster import server
+from agentauth.domain import pki
 from agentauth.kube import client as kube
 from agentauth.kube import config as kube_config
 from agentauth.tokenservice import app as tokenservice_app
@@ -229,40 +225,22 @@ def ensure_serving_certificate(
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise DevStackError(f"{directory / 'ca.key'} is not an EC key")
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    moment = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(moment - datetime.timedelta(minutes=5))
-        .not_valid_after(moment + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    try:
+        ca = pki.load_authority(
+            (directory / "ca.crt").read_bytes(), (directory / "ca.key").read_bytes()
         )
+    except pki.PkiError as exc:
+        raise DevStackError(f"{directory / 'ca.key'} is not an EC key") from exc
+    served = pki.issue_server_certificate(
+        ca,
+        hosts=hosts,
+        now=datetime.datetime.now(datetime.UTC),
+        lifetime=datetime.timedelta(days=365),
+        common_name=name,
     )
+    key_path.write_bytes(served.key_pem)
     key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(served.certificate_pem)
     return cert_path, key_path
 
 

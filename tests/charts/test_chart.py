@@ -38,8 +38,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "extraHosts": ["127.0.0.1"],
             "accessRequests": {"enabled": False},
         },
-        "tokenService": {"useTokenReview": True, "replicaCount": 3},
-        "controller": {"watchNamespaces": ["team-a", "team-b"]},
+        "tokenService": {
+            "useTokenReview": True,
+            "replicaCount": 3,
+            "extraArgs": ["--client-rate-limit", "5", "--log-format=text"],
+        },
+        "controller": {"watchNamespaces": ["team-a", "team-b"], "extraArgs": ["--workers=4"]},
+        "global": {"logLevel": "debug"},
         "image": {"digest": "sha256:" + "a" * 64},
     },
 }

@@ -185,7 +185,7 @@ def test_grants_added_removed_and_expired(
     assert time.monotonic() - started < 2.0
 
     # Expired: the capability stops applying at expiresAt, with an Event on the grant.
-    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3)).replace(
+    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=5)).replace(
         microsecond=0
     )
     apply(
@@ -287,3 +287,53 @@ def test_suspend_resume_and_delete(
     )
     assert get_json(kubectl, "agent", "pilot", "-n", ns) is None
     assert controller.failures == []
+
+
+def test_relabelling_an_agent_moves_it_in_and_out_of_selector_grants(
+    kubectl: Kubectl, install: Install, controller: ControllerThread
+) -> None:
+    ns = install.namespace
+    kubectl("create", "serviceaccount", "mover-sa", "-n", ns)
+    apply(
+        kubectl,
+        grant(
+            "movers",
+            ns,
+            agents={"selector": {"matchLabels": {"crew": "movers"}}},
+            capabilities=[{"name": "truck.drive"}],
+        ),
+        agent("mover", ns),
+    )
+    wait_for(
+        lambda: (
+            ready_condition(get_json(kubectl, "agent", "mover", "-n", ns))
+            == ("False", "NoCapabilities")
+        ),
+        message="no capabilities yet",
+    )
+    kubectl("label", "agent", "mover", "-n", ns, "crew=movers")
+    wait_for(
+        lambda: (
+            capabilities_of(kubectl, namespace=ns, name="mover")
+            == [("truck.drive", "movers", "Automatic")]
+        ),
+        message="selected",
+    )
+    wait_for(
+        lambda: (
+            get_json(kubectl, "capabilitygrant", "movers", "-n", ns)["status"]["matchedAgents"]
+            == ["mover"]
+        ),
+        message="grant lists it",
+    )
+    kubectl("label", "agent", "mover", "-n", ns, "crew-")
+    wait_for(
+        lambda: capabilities_of(kubectl, namespace=ns, name="mover") == [], message="deselected"
+    )
+    wait_for(
+        lambda: (
+            get_json(kubectl, "capabilitygrant", "movers", "-n", ns)["status"]["matchedAgents"]
+            == []
+        ),
+        message="grant no longer lists it",
+    )

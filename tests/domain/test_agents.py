@@ -43,7 +43,7 @@ def test_ready_agent_has_id_capabilities_and_generation() -> None:
     assert [(c.name, c.grant, c.approval) for c in status.capabilities] == [
         ("document.read", "read", "Automatic")
     ]
-    assert ready(status) == ("True", "Ready", "Agent holds 1 capabilities: document.read")
+    assert ready(status) == ("True", "Ready", "Agent holds 1 capability: document.read")
     assert status.observed_generation == 3
 
 
@@ -135,7 +135,7 @@ def test_events_on_transitions() -> None:
         agents.Event(
             "Normal", "CapabilitiesChanged", "Granted document.read (Automatic, grant read)"
         ),
-        agents.Event("Normal", "Ready", "Agent holds 1 capabilities: document.read"),
+        agents.Event("Normal", "Ready", "Agent holds 1 capability: document.read"),
     ]
     suspended = agents.agent_status(
         make_agent(suspended=True),
@@ -149,7 +149,7 @@ def test_events_on_transitions() -> None:
     ]
     assert agents.agent_events(suspended, granted) == [
         agents.Event("Normal", "Resumed", "Agent resumed"),
-        agents.Event("Normal", "Ready", "Agent holds 1 capabilities: document.read"),
+        agents.Event("Normal", "Ready", "Agent holds 1 capability: document.read"),
     ]
     first = agents.agent_events(None, granted)
     assert first == [
@@ -159,7 +159,7 @@ def test_events_on_transitions() -> None:
             "Registered as aauth:research.team@d; capabilities: document.read (Automatic, "
             "grant read)",
         ),
-        agents.Event("Normal", "Ready", "Agent holds 1 capabilities: document.read"),
+        agents.Event("Normal", "Ready", "Agent holds 1 capability: document.read"),
     ]
     revoked = agents.agent_status(
         make_agent(), [], service_account_exists=True, trust_domain="d", now=NOW
@@ -185,7 +185,11 @@ def test_grant_status_matches_expires_and_reports() -> None:
     status = agents.grant_status(by_selector, [make_agent(), other, elsewhere], now=NOW)
     assert status.matched_agents == ["research"]
     assert (status.conditions[0].status, status.conditions[0].reason) == ("True", "Active")
+    assert status.conditions[0].message == "Applies to 1 agent"
     assert agents.grant_events(None, status) == []
+    both = agents.grant_status(by_selector, [make_agent(), make_agent("second")], now=NOW)
+    assert both.matched_agents == ["research", "second"]
+    assert both.conditions[0].message == "Applies to 2 agents"
 
     expiring = make_grant("temp", caps=[{"name": "a.b"}], expiresAt=LATER.isoformat())
     live = agents.grant_status(expiring, [make_agent()], now=NOW)

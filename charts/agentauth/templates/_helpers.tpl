@@ -57,12 +57,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- default .Values.issuer.url .Values.issuer.tokenServiceURL -}}
 {{- end -}}
 
-{{/* Environment shared by both components. */}}
+{{/* Environment shared by both components (each reads every variable here). */}}
 {{- define "agentauth.commonEnv" -}}
-- name: POD_NAMESPACE
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
 - name: AGENTAUTH_CONTROLLER_NAMESPACE
   value: {{ .Release.Namespace | quote }}
 - name: AGENTAUTH_ISSUER
@@ -73,6 +69,12 @@ app.kubernetes.io/component: {{ .component }}
 - name: AGENTAUTH_TRUST_DOMAIN
   value: {{ . | quote }}
 {{- end }}
+{{- /* The token service must see every namespace the controller reconciles: one value, one
+variable, the same syntax in both. */}}
+- name: AGENTAUTH_WATCH_NAMESPACES
+  value: {{ join "," .Values.controller.watchNamespaces | quote }}
+- name: AGENTAUTH_LOG_LEVEL
+  value: {{ .Values.global.logLevel | quote }}
 {{- end -}}
 
 {{/* The webhook clientConfig for one path; call with (dict "ctx" . "path" "/mutate/pods"). */}}

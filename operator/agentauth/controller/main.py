@@ -10,6 +10,10 @@ Guarantees:
   the chart), no runtime scanning for new CRDs/namespaces, Events only for warnings and errors.
 - The issuer keys exist before anything else starts (create-if-absent), so the token service can
   sign as soon as the controller has run once.
+- Kopf's time-based event batching (``settings.batching.batch_window``) is not set: Kopf 1.45
+  removed the batching, and the setting is a deprecated no-op that only warns.
+- :func:`configure_logging` (called once by ``agentauth controller``, never by ``run``, so tests
+  and ``agentauth dev`` keep their own logging) applies ``settings.log_level``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,22 @@ def import_handlers() -> list[ModuleType]:
                 raise  # the module exists but one of its imports is missing: a real error
             logger.debug("handler module %s not present", name)
     return modules
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(
+    settings: controller_settings.Settings, *, stream: Any = None
+) -> logging.Handler:
+    """Log records at ``settings.log_level`` and above to ``stream`` (default stderr), for the
+    whole process (Kopf included). Returns the handler it installed on the root logger."""
+    root = logging.getLogger()
+    root.setLevel(settings.log_level.upper())
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    return handler
 
 
 @kopf.on.startup()

@@ -30,6 +30,7 @@ DEFAULT_WEBHOOK_SERVICE = "agentauth-controller"
 DEFAULT_MUTATING_WEBHOOK = "agentauth-pods"
 DEFAULT_VALIDATING_WEBHOOK = "agentauth-pods"
 WEBHOOK_TLS_SECRET = "agentauth-webhook-tls"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class SettingsError(ValueError):
@@ -126,6 +127,11 @@ class Settings:
     workers: int = 8
     """``--workers`` / ``AGENTAUTH_WORKERS`` (default 8): concurrent Agent status writers."""
 
+    log_level: str = "info"
+    """``--log-level`` / ``AGENTAUTH_LOG_LEVEL`` (``debug``, ``info``, ``warning`` or ``error``,
+    case-insensitive; default ``info``): the least severe record the controller (and Kopf) log on
+    stderr. Applied once at startup by ``agentauth controller``."""
+
     @property
     def token_endpoint(self) -> str:
         """What pods get as ``AGENTAUTH_TOKEN_URL``: the RFC 8693 token endpoint."""
@@ -172,6 +178,11 @@ class Settings:
                 raise SettingsError(f"--{name}: {port} is not a TCP port")
         if self.workers < 1:
             raise SettingsError("--workers / AGENTAUTH_WORKERS: must be at least 1")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(
+                f"--log-level / AGENTAUTH_LOG_LEVEL: {self.log_level!r} is not one of "
+                + ", ".join(LOG_LEVELS)
+            )
 
 
 # (flag, environment variable, field, kind); kind says how the text is parsed.
@@ -222,7 +233,13 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--health-port", "AGENTAUTH_HEALTH_PORT", "health_port", "int"),
     ("--kubeconfig", "KUBECONFIG", "kubeconfig", "str"),
     ("--workers", "AGENTAUTH_WORKERS", "workers", "int"),
+    ("--log-level", "AGENTAUTH_LOG_LEVEL", "log_level", "lower"),
 )
+
+ENVIRONMENT_VARIABLES: frozenset[str] = frozenset(
+    {env for _flag, env, _field, _kind in _OPTIONS} | {"POD_NAMESPACE"}
+)
+"""Every environment variable the controller reads."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -274,6 +291,8 @@ def _convert(raw: object, *, kind: str, flag: str, env_name: str) -> object:
             return int(text)
         if kind == "duration":
             return durations.parse_duration(text)
+        if kind == "lower":
+            return text.strip().lower()
         return text
     except ValueError as exc:
         raise SettingsError(f"{flag} / {env_name}: {exc}") from exc

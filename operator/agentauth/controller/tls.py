@@ -7,8 +7,8 @@ Guarantees:
   webhook configurations.
 - The serving certificate is re-issued (same CA) when it does not cover the configured DNS names /
   IPs or has less than 30 days left; the CA (ECDSA P-256, 10 years) is only replaced if unusable.
-- Keys are generated with ``cryptography``; nothing is written to disk except the temporary
-  files ``ssl`` needs to load a certificate chain, readable only by this user.
+- Keys and certificates come from :mod:`agentauth.domain.pki`; nothing is written to disk except
+  the temporary files ``ssl`` needs to load a certificate chain, readable only by this user.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
-import ipaddress
 import logging
 import os
 import ssl
@@ -25,16 +24,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agentauth.domain import pki
 from agentauth.kube import client as kube
 
 logger = logging.getLogger("agentauth.controller.tls")
 
-CA_LIFETIME = datetime.timedelta(days=3650)
-CERT_LIFETIME = datetime.timedelta(days=365)
+CA_COMMON_NAME = "agentauth-webhook-ca"
+CA_LIFETIME = pki.CA_LIFETIME
+CERT_LIFETIME = pki.SERVER_LIFETIME
 RENEW_BEFORE = datetime.timedelta(days=30)
 
 
@@ -64,108 +62,42 @@ class Material:
         return cls(decoded["ca.crt"], decoded["ca.key"], decoded["tls.crt"], decoded["tls.key"])
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        with tempfile.TemporaryDirectory(prefix="agentauth-webhook-") as directory:
-            cert_path = os.path.join(directory, "tls.crt")
-            key_path = os.path.join(directory, "tls.key")
-            for path, content in (
-                (cert_path, self.tls_crt + self.ca_crt),
-                (key_path, self.tls_key),
-            ):
-                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(descriptor, "wb") as handle:
-                    handle.write(content)
-            context.load_cert_chain(cert_path, key_path)
-        return context
+        return server_ssl_context(certificate_chain=self.tls_crt + self.ca_crt, key=self.tls_key)
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
+def server_ssl_context(*, certificate_chain: bytes, key: bytes) -> ssl.SSLContext:
+    """A TLS 1.2+ server context for PEM material (``ssl`` only loads chains from files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="agentauth-tls-") as directory:
+        cert_path = os.path.join(directory, "tls.crt")
+        key_path = os.path.join(directory, "tls.key")
+        for path, content in ((cert_path, certificate_chain), (key_path, key)):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(content)
+        context.load_cert_chain(cert_path, key_path)
+    return context
 
 
 def new_ca(*, now: datetime.datetime) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("agentauth-webhook-ca"))
-        .issuer_name(_name("agentauth-webhook-ca"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+    ca = pki.new_ca(CA_COMMON_NAME, now=now, lifetime=CA_LIFETIME)
+    return ca.certificate_pem, ca.key_pem
 
 
 def issue(
     *, ca_crt: bytes, ca_key: bytes, hosts: Sequence[str], now: datetime.datetime
 ) -> tuple[bytes, bytes]:
-    ca_cert = x509.load_pem_x509_certificate(ca_crt)
-    signer = serialization.load_pem_private_key(ca_key, password=None)
-    if not isinstance(signer, ec.EllipticCurvePrivateKey):
-        raise ValueError("webhook CA key is not an ECDSA key")
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CERT_LIFETIME)
-        .add_extension(_san(hosts), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(signer, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+    ca = pki.load_authority(ca_crt, ca_key)
+    served = pki.issue_server_certificate(ca, hosts=hosts, now=now, lifetime=CERT_LIFETIME)
+    return served.certificate_pem, served.key_pem
 
 
 def needs_reissue(material: Material, *, hosts: Sequence[str], now: datetime.datetime) -> bool:
     cert = x509.load_pem_x509_certificate(material.tls_crt)
     if cert.not_valid_after_utc - now < RENEW_BEFORE:
         return True
-    try:
-        present = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return True
-    wanted = set(_san(hosts))
-    return not wanted.issubset(set(present))
+    return not pki.covers(cert, hosts)
 
 
 def generate(*, hosts: Sequence[str], now: datetime.datetime) -> Material:

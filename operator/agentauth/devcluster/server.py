@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import ipaddress
 import json
 import logging
 import secrets
@@ -29,12 +28,9 @@ from typing import Any
 
 import yaml
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agentauth.devcluster import api, rbac, serviceaccounts, storage, types
+from agentauth.domain import pki
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +40,14 @@ BANNER = (
 )
 HOST = "127.0.0.1"
 USERS = ("alice", "bob")
+# The names the API server's certificate covers: loopback, plus the in-cluster service name.
+SERVING_HOSTS = ("localhost", "kubernetes.default.svc", HOST)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
 def _write_private(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     path.chmod(0o600)
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -76,67 +62,18 @@ def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
     if all(p.exists() for p in (ca_cert_path, ca_key_path, cert_path, key_path)):
         return ca_cert_path, cert_path, key_path
     moment = datetime.datetime.now(datetime.UTC)
-    ca_key = _new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentauth-dev-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(moment - datetime.timedelta(minutes=5))
-        .not_valid_after(moment + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = pki.new_ca("agentauth-dev-ca", now=moment, lifetime=datetime.timedelta(days=3650))
+    served = pki.issue_server_certificate(
+        ca,
+        hosts=SERVING_HOSTS,
+        now=moment,
+        lifetime=datetime.timedelta(days=3650),
+        common_name="kube-apiserver",
     )
-    server_key = _new_key()
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(moment - datetime.timedelta(minutes=5))
-        .not_valid_after(moment + datetime.timedelta(days=3650))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName("kubernetes.default.svc"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_private(ca_key_path, _key_pem(ca_key))
-    ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(key_path, _key_pem(server_key))
-    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(ca_key_path, ca.key_pem)
+    ca_cert_path.write_bytes(ca.certificate_pem)
+    _write_private(key_path, served.key_pem)
+    cert_path.write_bytes(served.certificate_pem)
     return ca_cert_path, cert_path, key_path
 
 

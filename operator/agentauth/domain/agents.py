@@ -95,7 +95,7 @@ def _ready_condition(
     else:
         status, reason = "True", REASON_READY
         names = ", ".join(c.name for c in held)
-        message = f"Agent holds {len(held)} capabilities: {names}"
+        message = f"Agent holds {_count(len(held), 'capability', 'capabilities')}: {names}"
     return common.Condition(
         type=READY,
         status=status,
@@ -222,7 +222,7 @@ def grant_status(
         message = "No Agent in this namespace matches spec.agents"
     else:
         status, reason = "True", REASON_ACTIVE
-        message = f"Applies to {len(matched)} agents"
+        message = f"Applies to {_count(len(matched), 'agent', 'agents')}"
     condition = common.Condition(
         type=ACTIVE,
         status=status,
@@ -275,6 +275,11 @@ def grant_events(
     if new_active.reason == REASON_INVALID:
         return [Event("Warning", "Invalid", new_active.message)]
     return []
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    """``number`` with the noun in the form English needs: "1 agent", "2 agents"."""
+    return f"{number} {singular if number == 1 else plural}"
 
 
 def _rfc3339(moment: datetime.datetime | None) -> str:

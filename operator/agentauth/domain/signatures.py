@@ -32,7 +32,10 @@ Every failure raises :class:`SignatureError` with a fixed, human-readable ``reas
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
+import functools
 import hashlib
 import hmac
 import re
@@ -43,7 +46,10 @@ from typing import Any, Literal
 
 import http_message_signatures as hms
 import http_sf
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from http_message_signatures.structures import normalize_header_value
+from http_sf.compat import InnerList, Item
 
 from agentauth.domain import errors, jose
 
@@ -129,6 +135,23 @@ def ed25519_public_key(jwk: Mapping[str, Any]) -> ed25519.Ed25519PublicKey:
     if len(raw) != 32:
         raise SignatureError("signing key JWK x member is not a 32-byte Ed25519 key")
     return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_from_x(x: str) -> tuple[ed25519.Ed25519PublicKey, str]:
+    # A pure function of ``x`` (errors are raised, never cached): the key object and its
+    # RFC 7638 thumbprint are computed once per agent key rather than once per request.
+    key = ed25519_public_key({"kty": "OKP", "crv": "Ed25519", "x": x})
+    return key, jwk_thumbprint({"kty": "OKP", "crv": "Ed25519", "x": x})
+
+
+def _public_key_and_thumbprint(jwk: Mapping[str, Any]) -> tuple[ed25519.Ed25519PublicKey, str]:
+    """:func:`ed25519_public_key` (same checks, same errors) plus the key's thumbprint."""
+    x = jwk.get("x")
+    if "d" in jwk or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(x, str):
+        ed25519_public_key(jwk)  # raises the precise SignatureError
+        raise SignatureError("signing key must be an Ed25519 OKP JWK")  # pragma: no cover
+    return _ed25519_from_x(x)
 
 
 # --------------------------------------------------------------------------- Signature-Key
@@ -222,8 +245,8 @@ def _key_from_jwt(
     jwk_dict = {str(k): str(v) for k, v in jwk.items() if k in ("kty", "crv", "x", "d")}
     jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
     if jkt is not None:
-        ed25519_public_key(jwk_dict)  # validate the key type before hashing it
-        if not isinstance(jkt, str) or not hmac.compare_digest(jkt, jwk_thumbprint(jwk_dict)):
+        _, thumbprint = _public_key_and_thumbprint(jwk_dict)  # validates the key type first
+        if not isinstance(jkt, str) or not hmac.compare_digest(jkt, thumbprint):
             raise SignatureError("token cnf.jkt does not match cnf.jwk")
     return jwk_dict, vouched, jkt
 
@@ -283,19 +306,6 @@ def _field_lines(headers: HeaderInput) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- signing
-
-
-class _SingleKey(hms.HTTPSignatureKeyResolver):
-    """The one key a request is verified with (it came from ``Signature-Key``)."""
-
-    def __init__(self, public_key: ed25519.Ed25519PublicKey) -> None:
-        self._public_key = public_key
-
-    def resolve_public_key(self, key_id: str) -> ed25519.Ed25519PublicKey:
-        return self._public_key
-
-    def resolve_private_key(self, key_id: str) -> ed25519.Ed25519PrivateKey:
-        raise SignatureError("verification keys cannot sign")
 
 
 def content_digest(body: bytes) -> str:
@@ -376,34 +386,107 @@ def sign_request(
 
 # --------------------------------------------------------------------------- verification
 
+# The library's handler; only its signature-base builder is used (it is stateless).
+_BASE_BUILDER = hms.HTTPMessageVerifier(
+    signature_algorithm=hms.algorithms.ED25519, key_resolver=None
+)
+_ALGORITHM_ID = hms.algorithms.ED25519.algorithm_id
 
-class _Verifier(hms.HTTPMessageVerifier):
-    """The library verifier with the clock and window supplied by the caller."""
+# Fast paths for the single-signature form every RFC 9421 signer emits for one label:
+# ``sig=("@method" ...);created=1;keyid="..."`` and ``sig=:<base64>:``.  A match yields
+# exactly the values the Structured Fields parser returns for the same text (plain strings
+# without escapes, integers, no bare-boolean parameters; duplicates are detected below), so
+# the outcome cannot differ; anything else -- several members, inner-list parameters on
+# components, escapes -- goes through the library's parser.
+_SF_KEY = r"[a-z*][a-z0-9_.*-]*"
+_SF_COMPONENT = r'"[a-z0-9@_.-]+"'
+_SIGNATURE_INPUT_MEMBER = re.compile(
+    rf"({_SF_KEY})=\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)"
+    rf'((?:;{_SF_KEY}=(?:-?[0-9]{{1,15}}|"[ !#-\[\]-~]*"))*)'
+)
+_SIGNATURE_PARAM = re.compile(rf'({_SF_KEY})=(?:(-?[0-9]+)|"([^"]*)")')
+_SIGNATURE_MEMBER = re.compile(rf"({_SF_KEY})=:([A-Za-z0-9+/]+={{0,2}}):")
 
-    require_created = True
 
-    def __init__(self, *, public_key: ed25519.Ed25519PublicKey, now: float, max_age: int) -> None:
-        super().__init__(
-            signature_algorithm=hms.algorithms.ED25519,
-            key_resolver=_SingleKey(public_key),
-        )
-        self._now = now
-        self._max_age = max_age
+@dataclass(frozen=True, slots=True)
+class _SignatureInput:
+    label: str
+    components: InnerList
+    signature: bytes
 
-    def validate_created_and_expires(self, sig_input: Any, max_age: Any = None) -> None:
-        params = sig_input.params
-        created = params.get("created")
-        if created is None:
-            raise hms.InvalidSignature('signature is missing the "created" parameter')
-        if type(created) is not int:
-            raise hms.InvalidSignature('signature "created" parameter must be an integer')
-        if created > self._now + MAX_CLOCK_SKEW:
-            raise hms.InvalidSignature('signature "created" is in the future')
-        if created < self._now - self._max_age:
-            raise hms.InvalidSignature(f"signature expired: created more than {self._max_age}s ago")
-        expires = params.get("expires")
-        if expires is not None and (type(expires) is not int or expires < self._now):
-            raise hms.InvalidSignature('signature "expires" has passed')
+
+def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInput | None:
+    members = _SIGNATURE_INPUT_MEMBER.fullmatch(signature_input)
+    sig = _SIGNATURE_MEMBER.fullmatch(signature)
+    if members is None or sig is None or sig.group(1) != members.group(1):
+        return None
+    try:
+        raw_signature = base64.b64decode(sig.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    components = InnerList(Item(name[1:-1]) for name in members.group(2).split(" ") if name)
+    found = _SIGNATURE_PARAM.findall(members.group(3))
+    for name, integer, string in found:
+        components.params[name] = int(integer) if integer else string
+    if len(components.params) != len(found):
+        return None  # duplicate parameter: let the full parser decide
+    return _SignatureInput(members.group(1), components, raw_signature)
+
+
+def _parse_signature_input(signature_input: str, signature: str, *, label: str) -> _SignatureInput:
+    """The one signature of a request, from ``Signature-Input`` and ``Signature``."""
+    fast = _fast_signature_input(signature_input, signature)
+    if fast is not None:
+        parsed = fast
+    else:
+        try:
+            inputs = _BASE_BUILDER._parse_signature_dictionary(signature_input)
+        except Exception:
+            raise SignatureError('Malformed structured header field "Signature-Input"') from None
+        try:
+            values = _BASE_BUILDER._parse_signature_dictionary(signature)
+        except Exception:
+            raise SignatureError('Malformed structured header field "Signature"') from None
+        if len(inputs) == 0 or len(values) == 0:
+            raise SignatureError("No signatures found in the message")
+        if len(inputs) > 1 or len(values) > 1:
+            raise SignatureError("request must carry exactly one signature")
+        if inputs.keys() != values.keys():
+            raise SignatureError("Signature-Input and Signature headers have different labels")
+        found_label = next(iter(inputs))
+        components, value = inputs[found_label], values[found_label]
+        if not isinstance(components, InnerList):
+            raise SignatureError(f'Signature-Input member "{found_label}" must be an Inner List')
+        if not isinstance(value, Item) or not isinstance(value.value, bytes):
+            raise SignatureError(f'Signature member "{found_label}" must be a Byte Sequence')
+        parsed = _SignatureInput(found_label, components, value.value)
+    if parsed.label != label:
+        raise SignatureError(f"request must carry exactly one signature labelled {label!r}")
+    return parsed
+
+
+def _check_signature_parameters(params: Mapping[str, Any], *, now: float, max_age: int) -> int:
+    """RFC 9421 section 3.2 policy checks on the signed metadata; returns ``created``."""
+    created = params.get("created")
+    if created is None:
+        raise SignatureError('signature is missing the "created" parameter')
+    if type(created) is not int:
+        raise SignatureError('signature "created" parameter must be an integer')
+    if created > now + MAX_CLOCK_SKEW:
+        raise SignatureError('signature "created" is in the future')
+    if created < now - max_age:
+        raise SignatureError(f"signature expired: created more than {max_age}s ago")
+    expires = params.get("expires")
+    if expires is not None and (type(expires) is not int or expires < now):
+        raise SignatureError('signature "expires" has passed')
+    if "alg" in params and params["alg"] != _ALGORITHM_ID:
+        raise SignatureError("Unexpected algorithm specified in the signature")
+    if "keyid" not in params:
+        raise SignatureError('Signature is missing a required "keyid" parameter')
+    for name in params:
+        if name not in _BASE_BUILDER.signature_metadata_parameters:
+            raise SignatureError(f'Unexpected signature metadata parameter "{name}"')
+    return created
 
 
 def _component_name(serialized: str) -> str:
@@ -432,12 +515,18 @@ def verify_request(
     str/bytes to keep repeated lines).  ``now`` is the verifier's clock in epoch seconds.
     ``token_verifier`` verifies the ``sig=jwt`` token and returns its claims; exceptions it
     raises propagate unchanged (so an ``OAuthError`` from token checks stays an OAuthError).
+
+    The three signature fields are read once; the library builds the signature base once
+    (``_build_signature_base``, the routine its own ``verify()`` uses), and the Ed25519 check
+    runs on the key object taken from ``Signature-Key``.
     """
-    message = _Request(method=method.upper(), url=url, headers=_FieldLines(_field_lines(headers)))
-    signature_key_value = message.headers.get("signature-key")
+    lines = _field_lines(headers)
+    signature_key_value = _combined(lines, "signature-key")
     if signature_key_value is None:
         raise SignatureError("request has no Signature-Key header")
-    if message.headers.get("signature-input") is None or message.headers.get("signature") is None:
+    signature_input_value = _combined(lines, "signature-input")
+    signature_value = _combined(lines, "signature")
+    if signature_input_value is None or signature_value is None:
         raise SignatureError("request is not signed (no Signature-Input/Signature headers)")
     signature_key = _parse_signature_key(signature_key_value, label=label)
 
@@ -452,44 +541,65 @@ def verify_request(
     else:
         known_jkt = None
         jwk = {k: str(v) for k, v in signature_key.params.items() if k in ("kty", "crv", "x", "d")}
-    public_key = ed25519_public_key(jwk)
+    public_key, thumbprint = _public_key_and_thumbprint(jwk)
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
 
-    verifier = _Verifier(public_key=public_key, now=now, max_age=max_age)
+    signed = _parse_signature_input(signature_input_value, signature_value, label=label)
+    params = signed.components.params
+    created = _check_signature_parameters(params, now=now, max_age=max_age)
+    # Only the covered fields reach the library's component resolver (it indexes every
+    # line it is given); the values it sees for them are unchanged.
+    covered_fields = {str(c.value) for c in signed.components if not str(c.value).startswith("@")}
+    message = _Request(
+        method=method.upper(),
+        url=url,
+        headers=_FieldLines([(n, v) for n, v in lines if n.lower() in covered_fields]),
+    )
     try:
-        results = verifier.verify(message, max_age=None)
-        if len(results) != 1 or results[0].label != label:
-            raise SignatureError(f"request must carry exactly one signature labelled {label!r}")
-        result = results[0]
-        _check_body(result.covered_components, body or b"")
+        base, _, covered_values = _BASE_BUILDER._build_signature_base(
+            message, covered_component_ids=list(signed.components), signature_params=params
+        )
+        signature_base = base.encode("ascii")
+    except (hms.HTTPMessageSignaturesException, ValueError, TypeError) as exc:
+        raise SignatureError(_reason(exc)) from None
+    try:
+        public_key.verify(signed.signature, signature_base)
+    except InvalidSignature:
+        raise SignatureError("signature does not verify with the presented key") from None
+    try:
+        _check_body(covered_values, body or b"")
     except hms.HTTPMessageSignaturesException as exc:
         raise SignatureError(_reason(exc)) from None
-    covered = tuple(
-        _component_name(c) for c in result.covered_components if c != '"@signature-params"'
-    )
+    covered = tuple(_component_name(c) for c in covered_values if c != '"@signature-params"')
     for component in required_components:
         if component not in covered:
             raise SignatureError(f"signature does not cover required component {component!r}")
     if body and "content-digest" not in covered:
         raise SignatureError("signature does not cover content-digest for a request with a body")
-    # Replay identity: a digest of the signed base (covered values plus the signed
-    # parameters, including created and nonce).  Re-encoding the Signature header (e.g. adding
-    # parameters to its member) cannot change it, and nothing else must be parsed again.
-    signed_base = "\n".join(f"{k}: {v}" for k, v in result.covered_components.items())
-    replay_id = hashlib.sha256(signed_base.encode("ascii")).digest()
-    created = result.parameters.get("created")
     return VerifiedRequest(
         scheme=signature_key.scheme,
         public_jwk=jwk,
-        jkt=known_jkt if known_jkt is not None else jwk_thumbprint(jwk),
+        jkt=known_jkt if known_jkt is not None else thumbprint,
         token=token,
         token_claims=claims,
-        label=result.label,
-        keyid=str(result.parameters.get("keyid", "")),
-        created=created if isinstance(created, int) else 0,
+        label=signed.label,
+        keyid=str(params.get("keyid", "")),
+        created=created,
         covered_components=covered,
-        replay_id=replay_id,
+        # Replay identity: a digest of the signed base (covered values plus the signed
+        # parameters, including created and nonce).  Re-encoding the Signature header cannot
+        # change it.
+        replay_id=hashlib.sha256(signature_base).digest(),
     )
+
+
+def _combined(lines: Sequence[tuple[str, str]], name: str) -> str | None:
+    """All lines of one field, normalised and joined as RFC 9110 section 5.3 combines them."""
+    values = [normalize_header_value(v) for n, v in lines if n.lower() == name]
+    return ", ".join(values) if values else None
+
+
+_SHA256_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/]{43}=):")
 
 
 def _check_body(covered: Mapping[str, str], body: bytes) -> None:
@@ -500,6 +610,15 @@ def _check_body(covered: Mapping[str, str], body: bytes) -> None:
     """
     value = covered.get('"content-digest"')
     if value is not None:
+        # The form every signer emits, one sha-256 member, is compared here; any other
+        # shape (several members, sha-512, bad syntax) goes to the library.
+        fast = _SHA256_DIGEST.fullmatch(value)
+        if fast is not None:
+            expected = base64.b64decode(fast.group(1))
+            if len(expected) == hashlib.sha256().digest_size:
+                if not hmac.compare_digest(expected, hashlib.sha256(body).digest()):
+                    raise hms.InvalidSignature("Content-Digest does not match the message body")
+                return
         hms.ContentDigest.verify(value, body)
         return
     parameterised = any(name.startswith('"content-digest"') for name in covered)

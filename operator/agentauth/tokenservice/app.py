@@ -185,6 +185,15 @@ class TokenService:
         self.buckets = ratelimit.TokenBuckets(
             rate=self.settings.rate_limit_per_second, burst=self.settings.rate_limit_burst
         )
+        self.client_buckets = (
+            ratelimit.TokenBuckets(
+                rate=self.settings.client_rate_limit_per_second,
+                burst=self.settings.client_rate_limit_burst,
+                refusal="too many token requests from {key}",
+            )
+            if self.settings.client_rate_limit_per_second > 0
+            else None
+        )
         self.federation = _optional("agentauth.tokenservice.federation")
         self.federation_matching = _optional("agentauth.domain.federation.matching")
         self.signatures = _optional("agentauth.domain.signatures")
@@ -213,6 +222,15 @@ class TokenService:
         started = time.perf_counter()
         subject_type = "unknown"
         fields: dict[str, Any] = {"client_ip": request.remote}
+        if self.client_buckets is not None:
+            # Before the body is read or any token looked at: refusing is cheap, and a refused
+            # request is counted in the metrics but not audited (an audit line per request of a
+            # flood would be the amplification the limit is there to stop).
+            try:
+                self.client_buckets.take(request.remote or "unknown")
+            except errors.RateLimited as exc:
+                self.metrics.exchange_done(result=exc.error, subject_type=subject_type, seconds=0.0)
+                raise
         try:
             form = await self._form(request)
             grant_type = (form.get("grant_type") or [""])[0]
@@ -762,13 +780,18 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(settings: settings_module.Settings) -> None:
-    """Logs on stderr (JSON lines for ``log_format=json``); audit lines, already JSON, on
-    stdout, one per decision."""
-    handler = logging.StreamHandler()
+def configure_logging(settings: settings_module.Settings, *, stream: Any = None) -> logging.Handler:
+    """Logs at ``settings.log_level`` and above on ``stream`` (default stderr; JSON lines for
+    ``log_format=json``), for the whole process; called once, by ``run``. Audit lines, already
+    JSON, go to stdout through their own logger (``observability.install_audit_sink``), one per
+    decision at any level. Returns the handler installed on the root logger."""
+    handler = logging.StreamHandler(stream)
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    root = logging.getLogger()
+    root.setLevel(settings.log_level.upper())
+    root.addHandler(handler)
+    return handler
 
 
 def run(settings: settings_module.Settings) -> int:

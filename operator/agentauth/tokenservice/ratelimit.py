@@ -1,8 +1,11 @@
-"""Per-key token buckets (the token service limits each agent's token requests).
+"""Per-key token buckets. The token service keeps two sets: one per client address, taken before a
+token request is even parsed (so a flood of garbage is limited as well as a flood of valid
+requests), and one per agent, taken once the request names an agent.
 
 Guarantees: each key may spend ``burst`` requests at once and ``rate`` per second sustained;
-``take`` raises ``errors.RateLimited`` with a whole-second ``Retry-After`` when the bucket is
-empty. Memory stays bounded: idle, full buckets are dropped once there are ``max_keys``.
+``take`` raises ``errors.RateLimited`` (429, RFC 6749-shaped body) with a whole-second
+``Retry-After`` when the bucket is empty. Memory stays bounded: idle, full buckets are dropped
+once there are ``max_keys``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ class TokenBuckets:
         burst: int,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        refusal: str = "too many token requests for {key}",
     ) -> None:
+        """``refusal`` is the ``error_description`` of a 429, formatted with ``key``."""
         self.rate = rate
+        self.refusal = refusal
         self.burst = float(burst)
         self.max_keys = max_keys
         self._clock = clock
@@ -37,7 +43,7 @@ class TokenBuckets:
             retry_after = max(1, math.ceil((1.0 - tokens) / self.rate))
             self._buckets[key] = (tokens, now)
             raise errors.RateLimited(
-                f"too many token requests for {key}; retry in {retry_after} s",
+                f"{self.refusal.format(key=key)}; retry in {retry_after} s",
                 retry_after=retry_after,
             )
         self._buckets[key] = (tokens - 1.0, now)

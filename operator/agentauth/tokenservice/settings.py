@@ -3,6 +3,12 @@
 Guarantees: every field has one environment variable (``AGENTAUTH_*``) and one flag, a flag wins
 over the environment which wins over the default; values are validated when the object is built
 (``SettingsError`` names the flag and variable) before anything listens or connects.
+:data:`ENVIRONMENT_VARIABLES` is the complete set of variables read (the chart test holds the
+Deployment to it). The watched namespaces use the controller's variable and list syntax
+(``AGENTAUTH_WATCH_NAMESPACES``, comma-separated), so one chart value feeds both components and the
+token service sees every namespace the controller reconciles; the retired singular
+``AGENTAUTH_WATCH_NAMESPACE`` is refused rather than ignored (ignoring it would silently widen the
+caches to the whole cluster).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from agentauth.domain import delegation, keys
 
 DEFAULT_NAMESPACE = "agentauth-system"
 DEFAULT_CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+RETIRED_WATCH_NAMESPACE = "AGENTAUTH_WATCH_NAMESPACE"
 
 
 class SettingsError(ValueError):
@@ -57,9 +66,11 @@ class Settings:
     """``--controller-namespace`` / ``AGENTAUTH_CONTROLLER_NAMESPACE``: where the issuer-key
     Secret ``agentauth-issuer-keys`` (data key ``keys.json``) lives."""
 
-    watch_namespace: str | None = None
-    """``--watch-namespace`` / ``AGENTAUTH_WATCH_NAMESPACE``: restrict the caches to one
-    namespace (default: the whole cluster)."""
+    watch_namespaces: tuple[str, ...] = ()
+    """``--watch-namespace NS`` (repeatable) / ``AGENTAUTH_WATCH_NAMESPACES`` (comma-separated,
+    the controller's variable): restrict the Agent, grant, AccessRequest, ToolServer and pod
+    caches to these namespaces (default: the whole cluster). The chart passes
+    ``controller.watchNamespaces`` to both components."""
 
     kubeconfig: Path | None = None
     """``--kubeconfig`` / ``KUBECONFIG``: default in-cluster, then ``~/.kube/config``."""
@@ -93,6 +104,15 @@ class Settings:
     rate_limit_burst: int = 40
     """``--rate-limit-burst`` / ``AGENTAUTH_RATE_LIMIT_BURST``: bucket size per agent."""
 
+    client_rate_limit_per_second: float = 50.0
+    """``--client-rate-limit`` / ``AGENTAUTH_CLIENT_RATE_LIMIT``: token-endpoint requests per
+    client address per second, counted before the request is parsed (so a flood of bad tokens is
+    limited too); ``0`` turns this limit off (e.g. behind a proxy that hides client addresses)."""
+
+    client_rate_limit_burst: int = 100
+    """``--client-rate-limit-burst`` / ``AGENTAUTH_CLIENT_RATE_LIMIT_BURST``: bucket size per
+    client address."""
+
     max_body_bytes: int = 64 * 1024
     """``--max-body-bytes`` / ``AGENTAUTH_MAX_BODY_BYTES``: larger requests get 413."""
 
@@ -105,6 +125,11 @@ class Settings:
 
     log_format: Literal["json", "text"] = "json"
     """``--log-format`` / ``AGENTAUTH_LOG_FORMAT``."""
+
+    log_level: LogLevel = "info"
+    """``--log-level`` / ``AGENTAUTH_LOG_LEVEL`` (``debug``, ``info``, ``warning``, ``error``;
+    case-insensitive): the least severe log record written to stderr. Audit lines (stdout) are
+    not affected: every decision is audited at any level."""
 
     def __post_init__(self) -> None:
         parsed = urllib.parse.urlsplit(self.issuer)
@@ -122,6 +147,15 @@ class Settings:
             raise SettingsError("--tls-cert and --tls-key must be given together")
         if self.rate_limit_per_second <= 0 or self.rate_limit_burst < 1:
             raise SettingsError("--rate-limit must be > 0 and --rate-limit-burst >= 1")
+        if self.client_rate_limit_per_second < 0 or self.client_rate_limit_burst < 1:
+            raise SettingsError(
+                "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(
+                f"--log-level / AGENTAUTH_LOG_LEVEL: {self.log_level!r} is not one of "
+                + ", ".join(LOG_LEVELS)
+            )
 
     @property
     def token_endpoint(self) -> str:
@@ -166,7 +200,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "tls_cert": ("--tls-cert", "AGENTAUTH_TLS_CERT"),
     "tls_key": ("--tls-key", "AGENTAUTH_TLS_KEY"),
     "namespace": ("--controller-namespace", "AGENTAUTH_CONTROLLER_NAMESPACE"),
-    "watch_namespace": ("--watch-namespace", "AGENTAUTH_WATCH_NAMESPACE"),
+    "watch_namespaces": ("--watch-namespace", "AGENTAUTH_WATCH_NAMESPACES"),
     "kubeconfig": ("--kubeconfig", "KUBECONFIG"),
     "cluster_issuer": ("--cluster-issuer", "AGENTAUTH_CLUSTER_ISSUER"),
     "cluster_jwks_url": ("--cluster-jwks-url", "AGENTAUTH_CLUSTER_JWKS_URL"),
@@ -175,17 +209,32 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "trusted_ca_file": ("--trusted-ca-file", "AGENTAUTH_TRUSTED_CA_FILE"),
     "rate_limit_per_second": ("--rate-limit", "AGENTAUTH_RATE_LIMIT"),
     "rate_limit_burst": ("--rate-limit-burst", "AGENTAUTH_RATE_LIMIT_BURST"),
+    "client_rate_limit_per_second": ("--client-rate-limit", "AGENTAUTH_CLIENT_RATE_LIMIT"),
+    "client_rate_limit_burst": (
+        "--client-rate-limit-burst",
+        "AGENTAUTH_CLIENT_RATE_LIMIT_BURST",
+    ),
     "max_body_bytes": ("--max-body-bytes", "AGENTAUTH_MAX_BODY_BYTES"),
     "aws_sts_test_endpoint": ("--aws-sts-test-endpoint", "AGENTAUTH_AWS_STS_TEST_ENDPOINT"),
     "gcp_certs_url": ("--gcp-certs-url", "AGENTAUTH_GCP_CERTS_URL"),
     "log_format": ("--log-format", "AGENTAUTH_LOG_FORMAT"),
+    "log_level": ("--log-level", "AGENTAUTH_LOG_LEVEL"),
 }
+_LISTS = frozenset({"watch_namespaces"})
+
+ENVIRONMENT_VARIABLES: frozenset[str] = frozenset(env for _flag, env in _FIELDS.values())
+"""Every environment variable the token service reads."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting (all optional; the environment supplies the rest)."""
     for name, (flag, env) in _FIELDS.items():
-        parser.add_argument(flag, dest=name, default=None, help=f"(env {env})")
+        if name in _LISTS:
+            parser.add_argument(
+                flag, dest=name, action="append", default=None, help=f"repeatable (env {env})"
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=f"(env {env})")
 
 
 def from_sources(
@@ -193,9 +242,16 @@ def from_sources(
 ) -> Settings:
     """Build ``Settings`` from parsed flags over environment over defaults."""
     env = os.environ if environ is None else environ
+    if env.get(RETIRED_WATCH_NAMESPACE):
+        raise SettingsError(
+            f"{RETIRED_WATCH_NAMESPACE} is no longer read: set AGENTAUTH_WATCH_NAMESPACES "
+            "(comma-separated, as for the controller) or --watch-namespace (repeatable)"
+        )
     raw: dict[str, str] = {}
     for name, (_flag, variable) in _FIELDS.items():
         value = getattr(args, name, None) if args is not None else None
+        if isinstance(value, list):  # a repeatable flag: joined like its variable
+            value = ",".join(value)
         if value is None:
             value = env.get(variable)
         if name == "kubeconfig" and value and os.pathsep in value:
@@ -207,9 +263,14 @@ def from_sources(
     converted: dict[str, object] = {}
     try:
         for name, value in raw.items():
-            if name in ("listen_port", "rate_limit_burst", "max_body_bytes"):
+            if name in (
+                "listen_port",
+                "rate_limit_burst",
+                "client_rate_limit_burst",
+                "max_body_bytes",
+            ):
                 converted[name] = int(value)
-            elif name == "rate_limit_per_second":
+            elif name in ("rate_limit_per_second", "client_rate_limit_per_second"):
                 converted[name] = float(value)
             elif name in ("tls_cert", "tls_key", "kubeconfig", "trusted_ca_file"):
                 converted[name] = Path(value)
@@ -217,6 +278,10 @@ def from_sources(
                 converted[name] = _bool(value)
             elif name == "trusted_issuers":
                 converted[name] = _parse_trusted(value)
+            elif name in _LISTS:
+                converted[name] = tuple(p.strip() for p in value.split(",") if p.strip())
+            elif name == "log_level":
+                converted[name] = value.lower()
             elif name == "log_format":
                 if value not in ("json", "text"):
                     raise SettingsError("--log-format must be json or text")

@@ -9,6 +9,9 @@ Guarantees:
 - ``snapshot()`` is rebuilt only when some cache changed, so handlers get a consistent view at
   the cost of one revision comparison per request.
 - ``is_ready()`` is true only once every cache has synced and a usable signing key exists.
+- ``KubeState`` watches the namespaces in ``settings.watch_namespaces`` (one list+watch per
+  namespace and resource, merged into one snapshot), or the whole cluster when there are none:
+  the same scope as the controller, which the chart configures from the same value.
 - Remote JWKS (cluster, trusted issuers) are cached; an unknown ``kid`` triggers a refetch at most
   once per ``MIN_REFETCH_INTERVAL`` seconds per source, so a stream of forged ``kid``s cannot turn
   the service into a fetch amplifier.
@@ -22,7 +25,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -167,6 +170,14 @@ class MemoryState:
         raise errors.TemporarilyUnavailable("TokenReview needs a Kubernetes API")
 
 
+T = TypeVar("T")
+
+
+def _merged(scoped: list[caches.Cache[T]]) -> list[T]:
+    """The items of one resource's caches (one per watched namespace), as one list."""
+    return [item for cache in scoped for item in cache.items()]
+
+
 def _parse_secret(obj: dict[str, Any]) -> keys.KeySet:
     return keys.KeySet.from_secret_data(obj.get("data") or {})
 
@@ -177,24 +188,42 @@ class KubeState:
     def __init__(self, api: kubeclient.KubeClient, settings: settings_module.Settings) -> None:
         self.api = api
         self.settings = settings
-        ns = settings.watch_namespace
-        self.agents = caches.Cache(api, kubeclient.AGENTS, parse=Agent.model_validate, namespace=ns)
-        self.grants = caches.Cache(
-            api, kubeclient.CAPABILITY_GRANTS, parse=CapabilityGrant.model_validate, namespace=ns
-        )
-        self.access_requests = caches.Cache(
-            api, kubeclient.ACCESS_REQUESTS, parse=AccessRequest.model_validate, namespace=ns
-        )
-        self.tool_servers = caches.Cache(
-            api, kubeclient.TOOL_SERVERS, parse=ToolServer.model_validate, namespace=ns
-        )
-        self.pods = caches.Cache(
-            api,
-            kubeclient.PODS,
-            parse=exchanging.Pod.from_api,
-            namespace=ns,
-            label_selector=AGENT_LABEL,
-        )
+        scopes: tuple[str | None, ...] = settings.watch_namespaces or (None,)
+        self.agents = [
+            caches.Cache(api, kubeclient.AGENTS, parse=Agent.model_validate, namespace=ns)
+            for ns in scopes
+        ]
+        self.grants = [
+            caches.Cache(
+                api,
+                kubeclient.CAPABILITY_GRANTS,
+                parse=CapabilityGrant.model_validate,
+                namespace=ns,
+            )
+            for ns in scopes
+        ]
+        self.access_requests = [
+            caches.Cache(
+                api, kubeclient.ACCESS_REQUESTS, parse=AccessRequest.model_validate, namespace=ns
+            )
+            for ns in scopes
+        ]
+        self.tool_servers = [
+            caches.Cache(
+                api, kubeclient.TOOL_SERVERS, parse=ToolServer.model_validate, namespace=ns
+            )
+            for ns in scopes
+        ]
+        self.pods = [
+            caches.Cache(
+                api,
+                kubeclient.PODS,
+                parse=exchanging.Pod.from_api,
+                namespace=ns,
+                label_selector=AGENT_LABEL,
+            )
+            for ns in scopes
+        ]
         secret_ns, secret_name = settings.key_secret
         self.secret = caches.Cache(
             api,
@@ -204,11 +233,11 @@ class KubeState:
             field_selector=f"metadata.name={secret_name}",
         )
         self._all: list[caches.Cache[Any]] = [
-            self.agents,
-            self.grants,
-            self.access_requests,
-            self.tool_servers,
-            self.pods,
+            *self.agents,
+            *self.grants,
+            *self.access_requests,
+            *self.tool_servers,
+            *self.pods,
             self.secret,
         ]
         self.changed = asyncio.Condition()
@@ -259,12 +288,12 @@ class KubeState:
             self._snapshot = exchanging.Snapshot(
                 agents={
                     (a.metadata.namespace or "", a.metadata.name or ""): a
-                    for a in self.agents.items()
+                    for a in _merged(self.agents)
                 },
-                grants=self.grants.items(),
-                access_requests=self.access_requests.items(),
-                tool_servers=self.tool_servers.items(),
-                pods={(p.namespace, p.name): p for p in self.pods.items()},
+                grants=_merged(self.grants),
+                access_requests=_merged(self.access_requests),
+                tool_servers=_merged(self.tool_servers),
+                pods={(p.namespace, p.name): p for p in _merged(self.pods)},
             )
             self._revisions = revisions
         return self._snapshot
@@ -277,7 +306,10 @@ class KubeState:
         return all(c.synced.is_set() for c in self._all) and self.keyset() is not None
 
     def cache_sizes(self) -> dict[str, int]:
-        return {c.resource.plural: len(c) for c in self._all}
+        sizes: dict[str, int] = {}
+        for cache in self._all:
+            sizes[cache.resource.plural] = sizes.get(cache.resource.plural, 0) + len(cache)
+        return sizes
 
     @property
     def http(self) -> aiohttp.ClientSession:

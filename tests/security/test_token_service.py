@@ -1,0 +1,319 @@
+"""Security review of the token service over real HTTP on loopback (real keys, real tokens).
+
+Tests marked ``xfail(strict=True)`` demonstrate open findings: each asserts the intended (fail
+closed) behaviour and fails today; the lead removes the mark with the fix. The unmarked tests pin
+checks the review verified to be correct.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agentauth.domain import keys
+from tests.domain import tokenkit
+from tests.tokenservice import test_app as http_kit
+
+TOOL_POD = {"service_account": "tool-sa", "pod": "tool-0", "pod_uid": "tool-pod-uid"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> tokenkit.ClusterIssuer:
+    return tokenkit.ClusterIssuer()
+
+
+@pytest.fixture(scope="module")
+def idp() -> tokenkit.ClusterIssuer:
+    return tokenkit.ClusterIssuer(issuer=http_kit.USER_ISSUER)
+
+
+@pytest.fixture(scope="module")
+def keyset() -> keys.KeySet:
+    return keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
+
+
+@pytest.fixture
+async def service(
+    keyset: keys.KeySet, cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer
+) -> AsyncIterator[http_kit.Service]:
+    runner, svc = await http_kit.start(keyset=keyset, cluster=cluster, idp=idp)
+    yield svc
+    await svc.http.close()
+    await runner.cleanup()
+
+
+async def bound_token(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer, **pod: str
+) -> str:
+    """An agent token bound (``cnf``) to a key the test then 'loses' to an attacker."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    status, _, body = await http_kit.signed_exchange(
+        service, http_kit.sa_token(cluster, **pod), key
+    )
+    assert status == 200, body
+    token: str = body["access_token"]
+    assert "cnf" in jwt.decode(token, options={"verify_signature": False})
+    return token
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def nested_json_token(depth: int = 5000) -> str:
+    """A well-formed, small (< 16 KiB) JWS whose payload nests ``depth`` JSON arrays."""
+    header = _b64(json.dumps({"alg": "RS256", "kid": "k"}).encode())
+    payload = _b64(b"[" * depth + b"]" * depth)
+    return f"{header}.{payload}.{_b64(b'sig')}"
+
+
+# -- findings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: ServiceContext.authenticate accepts a cnf-bound agent token as a plain bearer "
+    "token (no RFC 9421 proof of possession) at /v1/ask",
+)
+async def test_bound_token_is_refused_as_plain_bearer_at_ask(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    stolen = await bound_token(service, cluster)
+    status, _, body = await service.post(
+        "/v1/ask",
+        json={"action": "document.read"},
+        headers={"Authorization": f"Bearer {stolen}"},
+    )
+    assert status == 401, body
+    assert body["error"] == "invalid_token"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: ServiceContext.authenticate accepts a cnf-bound agent token as a plain bearer "
+    "token at /v1/access-requests (a thief can file requests in the agent's name)",
+)
+async def test_bound_token_is_refused_as_plain_bearer_at_access_requests(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    stolen = await bound_token(service, cluster)
+    status, _, body = await service.post(
+        "/v1/access-requests",
+        json={"capabilities": ["payments.authorize"], "justification": "close the quarter"},
+        headers={"Authorization": f"Bearer {stolen}"},
+    )
+    # today: authentication passes and the request only fails later (503, no Kubernetes API here)
+    assert status == 401, body
+    assert body["error"] == "invalid_token"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: a stolen cnf-bound agent token is accepted as subject_token of a delegation "
+    "without proof of possession and yields a fresh, UNBOUND token with sub = the victim agent",
+)
+async def test_bound_subject_token_cannot_be_laundered_through_delegation(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    stolen = await bound_token(service, cluster, **TOOL_POD)  # agent team-a/tool
+    attacker = await http_kit.agent_token(service, cluster)  # team-a/research, may delegate
+    status, _, body = await http_kit.delegate(service, stolen, attacker)
+    if status == 200:  # show what was obtained before failing
+        claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+        assert "cnf" not in claims
+        assert claims["sub"] == "aauth:tool.team-a@agentauth.example.test"
+    assert status == 400, body
+    assert body["error"] == "invalid_grant"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: a stolen cnf-bound agent token is accepted as actor_token without proof of "
+    "possession",
+)
+async def test_bound_actor_token_needs_proof_of_possession(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer
+) -> None:
+    stolen_actor = await bound_token(service, cluster)  # team-a/research, may delegate
+    status, _, body = await http_kit.delegate(service, http_kit.user_token(idp), stolen_actor)
+    assert status == 400, body
+    assert body["error"] == "invalid_grant"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MEDIUM: deeply nested JSON in a JWT raises RecursionError (not ValueError) in "
+    "jose._json_object; the token endpoint answers 500 server_error instead of invalid_grant",
+)
+async def test_deeply_nested_subject_token_is_invalid_grant(service: http_kit.Service) -> None:
+    token = nested_json_token()
+    assert len(token) < 16 * 1024
+    status, _, body = await service.exchange(token)
+    assert status == 400, body
+    assert body["error"] == "invalid_grant"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MEDIUM: deeply nested JSON in a delegation subject_token (peek_issuer) answers 500",
+)
+async def test_deeply_nested_delegation_subject_is_invalid_grant(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    actor = await http_kit.agent_token(service, cluster)
+    status, _, body = await http_kit.delegate(service, nested_json_token(), actor)
+    assert status == 400, body
+    assert body["error"] == "invalid_grant"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MEDIUM: a deeply nested JSON body at /v1/ask raises RecursionError from "
+    "request.json(); answered 500 instead of invalid_request",
+)
+async def test_deeply_nested_ask_body_is_invalid_request(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    token = await http_kit.agent_token(service, cluster)
+    status, _, body = await service.post(
+        "/v1/ask",
+        data=b"[" * 5000 + b"]" * 5000,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert (status, body) == (
+        400,
+        {"error": "invalid_request", "error_description": "the request body must be JSON"},
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LOW: exchanging.parse_target: str.isdigit() accepts non-ASCII digits ('²') that "
+    "int() rejects -> ValueError -> 500",
+)
+async def test_expires_in_with_unicode_digits_is_invalid_request(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    status, _, body = await service.exchange(http_kit.sa_token(cluster), expires_in="²")
+    assert (status, body) == (
+        400,
+        {
+            "error": "invalid_request",
+            "error_description": "expires_in must be a positive number of seconds",
+        },
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LOW: exchanging.parse_target: a huge expires_in overflows timedelta "
+    "(OverflowError) -> 500",
+)
+async def test_huge_expires_in_is_not_a_server_error(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    status, _, body = await service.exchange(http_kit.sa_token(cluster), expires_in="9" * 30)
+    # either clamped to the agent's TTL (200) or refused as invalid_request: never a 500
+    assert status in (200, 400), body
+    if status == 400:
+        assert body["error"] == "invalid_request"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LOW: ServiceContext.authenticate interpolates the error description (which echoes "
+    "the attacker's kid) into WWW-Authenticate unescaped, so a crafted kid injects challenge "
+    "parameters",
+)
+async def test_www_authenticate_challenge_cannot_be_injected_through_kid(
+    service: http_kit.Service,
+) -> None:
+    header = _b64(
+        json.dumps({"alg": "EdDSA", "kid": 'x", scope="admin", y="', "typ": "at+jwt"}).encode()
+    )
+    token = f"{header}.{_b64(b'{}')}.{_b64(b'sig')}"
+    async with service.http.post(
+        service.base + "/v1/ask",
+        json={"action": "document.read"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        assert response.status == 401
+        challenge = response.headers["WWW-Authenticate"]
+    assert 'scope="admin"' not in challenge, challenge
+
+
+# -- verified correct --------------------------------------------------------------------------
+
+
+async def test_bound_token_exchange_needs_a_signature_over_the_body(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    status, _, body = await http_kit.signed_exchange(
+        service, http_kit.sa_token(cluster), key, tamper=True
+    )
+    assert status == 400
+    assert body["error"] == "invalid_request"
+
+
+async def test_pod_labelled_as_another_agent_cannot_act_as_it(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    # pod wrong-0 runs as research-sa but is labelled agentauth.dev/agent=tool (tool-sa)
+    token = http_kit.sa_token(cluster, pod="wrong-0", pod_uid="wrong-uid")
+    status, _, body = await service.exchange(token)
+    assert (status, body) == (
+        400,
+        {
+            "error": "invalid_grant",
+            "error_description": (
+                "service account research-sa is not the service account of agent team-a/tool"
+            ),
+        },
+    )
+
+
+async def test_deleted_and_recreated_pod_is_refused(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    token = http_kit.sa_token(cluster, pod_uid="uid-of-the-deleted-pod")
+    status, _, body = await service.exchange(token)
+    assert (status, body) == (
+        400,
+        {
+            "error": "invalid_grant",
+            "error_description": "pod team-a/research-0 bound to the token no longer exists",
+        },
+    )
+
+
+async def test_delegated_token_cannot_be_an_actor(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer
+) -> None:
+    actor = await http_kit.agent_token(service, cluster)
+    status, _, body = await http_kit.delegate(service, http_kit.user_token(idp), actor)
+    assert status == 200, body
+    delegated = body["access_token"]
+    status, _, body = await http_kit.delegate(service, http_kit.user_token(idp), delegated)
+    assert (status, body) == (
+        400,
+        {
+            "error": "invalid_grant",
+            "error_description": ("actor_token must be the actor's own token, not a delegated one"),
+        },
+    )
+
+
+async def test_scope_cannot_escalate_to_an_unapproved_required_capability(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    status, _, body = await service.exchange(http_kit.sa_token(cluster), scope="payments.authorize")
+    assert (status, body["error"]) == (400, "invalid_scope")
+    status, _, body = await service.exchange(http_kit.sa_token(cluster), scope="payments.*")
+    assert (status, body["error"]) == (400, "invalid_scope")
