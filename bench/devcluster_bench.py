@@ -227,6 +227,8 @@ async def run(
         "list_objects": arguments.objects,
         "list_10k_seconds": round(list_seconds, 3),
         "load_average_1m": os.getloadavg()[0],
+        # The raw samples go only to bench/run.py, which plots them (bench/plots/*.png).
+        "distributions": {"write_to_watcher_ms_paced_200_per_s": [round(v, 2) for v in paced]},
     }
 
 

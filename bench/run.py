@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 HERE = pathlib.Path(__file__).parent
+PLOTS = HERE / "plots"
 
 
 def machine() -> dict[str, Any]:
@@ -48,6 +49,39 @@ def flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
     return [(prefix, str(value))]
 
 
+def plot(benchmark: str, distributions: dict[str, list[float]]) -> list[str]:
+    """One histogram PNG per distribution (``bench/plots/``), marked with its p50 and p99."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        return ["matplotlib not installed (pip install -e '.[bench]'): no plots"]
+    PLOTS.mkdir(exist_ok=True)
+    written = []
+    for label, samples in distributions.items():
+        if not samples:
+            continue
+        ordered = sorted(samples)
+        p50 = ordered[len(ordered) // 2]
+        p99 = ordered[int(0.99 * (len(ordered) - 1))]
+        figure, axes = pyplot.subplots(figsize=(7, 4))
+        axes.hist(ordered, bins=60, color="#4477aa")
+        for value, text in ((p50, "p50"), (p99, "p99")):
+            axes.axvline(value, color="#cc3311", linestyle="--")
+            axes.annotate(f"{text} {value:.1f}", (value, 0), rotation=90, va="bottom")
+        axes.set_xlabel(label)
+        axes.set_ylabel("count")
+        axes.set_title(f"{benchmark}: {label} (n={len(ordered)})")
+        figure.tight_layout()
+        path = PLOTS / f"{benchmark.removesuffix('.py')}-{label}.png"
+        figure.savefig(path, dpi=100)
+        pyplot.close(figure)
+        written.append(str(path.relative_to(HERE.parent)))
+    return written
+
+
 def main(argv: list[str]) -> int:
     selected = argv or sorted(path.name for path in HERE.glob("*_bench.py"))
     results: dict[str, Any] = {"machine": machine(), "started": time.time(), "benchmarks": {}}
@@ -71,6 +105,9 @@ def main(argv: list[str]) -> int:
             continue
         figures = json.loads(lines[-1])
         figures["wall_seconds"] = round(time.monotonic() - started, 1)
+        distributions = figures.pop("distributions", {})
+        if distributions:
+            figures["plots"] = plot(name, distributions)
         results["benchmarks"][name] = figures
         print(json.dumps(figures, indent=2))
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -162,6 +162,7 @@ async def _serve(info_path: Path) -> None:
         cluster_issuer=tokenkit.CLUSTER_ISSUER,
         rate_limit_per_second=1e9,
         rate_limit_burst=10**9,
+        client_rate_limit_per_second=0,  # one load generator: the per-address limit is off
     )
     state = state_module.MemoryState(
         snapshot=snapshot,
@@ -313,6 +314,7 @@ async def _open_loop(
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "max_ms": 1000 * latencies[-1],
         "failures": failures,
+        "samples_ms": [round(1000 * value, 3) for value in latencies],
     }
 
 
@@ -358,7 +360,12 @@ def main() -> None:
     results: dict[str, Any] = {"cpu_count": os.cpu_count(), "in_process": in_process(args.seconds)}
     if not args.skip_http:
         results["http"] = over_http(args.seconds)
+        samples = results["http"]["at_500_rps"].pop("samples_ms")
+    else:
+        samples = []
     print(json.dumps(results, indent=2), file=sys.stderr)
+    # The raw samples go only to bench/run.py, which plots them (bench/plots/*.png).
+    results["distributions"] = {"http_exchange_latency_at_500_rps_ms": samples}
     print(json.dumps(results))  # bench/run.py reads the last stdout line
 
 

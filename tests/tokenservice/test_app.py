@@ -578,6 +578,70 @@ async def test_per_agent_rate_limit(
         await runner.cleanup()
 
 
+async def test_per_client_rate_limit_counts_requests_that_reach_no_decision(
+    cluster: tokenkit.ClusterIssuer,
+    idp: tokenkit.ClusterIssuer,
+    keyset: keys.KeySet,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner, svc = await start(
+        keyset=keyset,
+        cluster=cluster,
+        idp=idp,
+        client_rate_limit_per_second=0.25,
+        client_rate_limit_burst=3,
+    )
+    try:
+        # Garbage that is refused before any agent is known still spends the client's budget.
+        refused = [(await svc.exchange("not-a-jwt"))[2]["error"] for _ in range(2)]
+        assert refused == ["invalid_grant", "invalid_grant"]
+        garbage = await svc.post(
+            "/oauth2/token", data="%%%", headers={"Content-Type": "text/plain"}
+        )
+        assert garbage[0] == 400
+        with caplog.at_level(logging.INFO, logger="agentauth.audit"):
+            status, headers, body = await svc.exchange("not-a-jwt")
+            # A valid request from the same address is limited too: the limit is per address.
+            valid = await svc.exchange(sa_token(cluster))
+        assert (status, body) == (
+            429,
+            {
+                "error": "rate_limited",
+                "error_description": "too many token requests from 127.0.0.1; retry in 4 s",
+            },
+        )
+        assert headers["Retry-After"] == "4"
+        assert headers["Cache-Control"] == "no-store"
+        assert headers["Content-Type"].startswith("application/json")
+        assert valid[0] == 429
+        # Refusals are counted, never audited (a line per request of a flood is amplification).
+        assert [r for r in caplog.records if r.name == "agentauth.audit"] == []
+        _, _, metrics = await svc.get("/metrics")
+        assert (
+            'agentauth_token_exchanges_total{result="rate_limited",subject_type="unknown"} 2.0'
+            in metrics
+        )
+        # Only the token endpoint is limited this way.
+        assert (await svc.get("/jwks"))[0] == 200
+    finally:
+        await svc.http.close()
+        await runner.cleanup()
+
+
+async def test_per_client_rate_limit_can_be_turned_off(
+    cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer, keyset: keys.KeySet
+) -> None:
+    runner, svc = await start(
+        keyset=keyset, cluster=cluster, idp=idp, client_rate_limit_per_second=0
+    )
+    try:
+        statuses = {(await svc.exchange("not-a-jwt"))[0] for _ in range(120)}
+        assert statuses == {400}
+    finally:
+        await svc.http.close()
+        await runner.cleanup()
+
+
 async def test_issued_tokens_verify_with_our_own_verifier(
     service: Service, cluster: tokenkit.ClusterIssuer, keyset: keys.KeySet
 ) -> None:

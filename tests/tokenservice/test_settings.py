@@ -35,6 +35,35 @@ def test_flags_win_over_environment_and_defaults_fill_the_rest() -> None:
     assert built.kubeconfig == Path("/tmp/a")
 
 
+def test_watched_namespaces_log_level_and_client_limit() -> None:
+    base = {"AGENTAUTH_ISSUER": "https://x"}
+    defaults = settings.from_sources(environ=base)
+    assert defaults.watch_namespaces == ()
+    assert defaults.log_level == "info"
+    assert (defaults.client_rate_limit_per_second, defaults.client_rate_limit_burst) == (50.0, 100)
+    env = {
+        **base,
+        "AGENTAUTH_WATCH_NAMESPACES": "team-a, team-b,",
+        "AGENTAUTH_LOG_LEVEL": "WARNING",
+        "AGENTAUTH_CLIENT_RATE_LIMIT": "0",
+        "AGENTAUTH_CLIENT_RATE_LIMIT_BURST": "7",
+    }
+    from_env = settings.from_sources(environ=env)
+    assert from_env.watch_namespaces == ("team-a", "team-b")
+    assert from_env.log_level == "warning"
+    assert (from_env.client_rate_limit_per_second, from_env.client_rate_limit_burst) == (0.0, 7)
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    args = parser.parse_args(
+        ["--watch-namespace", "c", "--watch-namespace", "d", "--log-level", "debug"]
+    )
+    from_flags = settings.from_sources(args=args, environ=env)
+    assert from_flags.watch_namespaces == ("c", "d")  # the flag wins over the variable
+    assert from_flags.log_level == "debug"
+    assert "AGENTAUTH_WATCH_NAMESPACES" in settings.ENVIRONMENT_VARIABLES
+    assert "AGENTAUTH_WATCH_NAMESPACE" not in settings.ENVIRONMENT_VARIABLES
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -58,6 +87,28 @@ def test_flags_win_over_environment_and_defaults_fill_the_rest() -> None:
         (
             {"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_TRUSTED_ISSUERS": "[{}]"},
             "--trusted-issuers / AGENTAUTH_TRUSTED_ISSUERS must be a JSON list",
+        ),
+        (
+            {"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_WATCH_NAMESPACE": "team-a"},
+            "AGENTAUTH_WATCH_NAMESPACE is no longer read: set AGENTAUTH_WATCH_NAMESPACES "
+            "(comma-separated, as for the controller) or --watch-namespace (repeatable)",
+        ),
+        (
+            {"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_LOG_LEVEL": "verbose"},
+            "--log-level / AGENTAUTH_LOG_LEVEL: 'verbose' is not one of debug, info, warning, "
+            "error",
+        ),
+        (
+            {"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_CLIENT_RATE_LIMIT": "-1"},
+            "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1",
+        ),
+        (
+            {"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_CLIENT_RATE_LIMIT_BURST": "0"},
+            "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1",
+        ),
+        (
+            {"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_CLIENT_RATE_LIMIT": "lots"},
+            "--client-rate-limit / AGENTAUTH_CLIENT_RATE_LIMIT: 'lots' is not valid",
         ),
     ],
 )
