@@ -4,12 +4,17 @@ Measures, in one run and on one core:
 
 - ``raw``: the crypto floor -- one Ed25519 verification of the agent token's JWS plus one
   Ed25519 verification of the request's RFC 9421 signature base (``cryptography``);
-- ``verify``: what a resource server does per request, ``ResourceVerifier.verify_with_keys``:
+- ``verify cold``: what a resource server does per request, ``ResourceVerifier.verify_with_keys``:
   JWT parse/verify/claims, ``Signature-Key`` parse, RFC 9421 base (http-message-signatures),
-  digest, replay cache, audience and capability check -- over distinct pre-signed requests;
+  digest, replay cache, audience and capability check.  Every request carries a distinct
+  token bound to a distinct agent key, so neither the verified-token cache nor the per-key
+  caches help: this is the figure the target is about;
+- ``verify warm``: the same, but every request presents the same (already verified) token,
+  as one agent does between token refreshes: the verified-token cache skips the token's
+  signature and claim checks (the request signature, digest and replay checks still run);
 - ``sign``: ``signatures.sign_request`` for the same request (what the SDK adds per request).
 
-Target (issue 10): verify <= 1.5 x raw.  Run: ``.venv/bin/python bench/signatures_bench.py``.
+Target (issue 10): verify cold <= 1.5 x raw.  Run: ``.venv/bin/python bench/signatures_bench.py``.
 """
 
 from __future__ import annotations
@@ -60,23 +65,25 @@ def main() -> None:
 
     now = datetime.now(tz=UTC)
     keyset = keys.generate_keyset(now=now)
-    agent_key = ed25519.Ed25519PrivateKey.generate()
-    token = tokens.issue(
-        keyset=keyset,
-        issuer=ISSUER,
-        subject="aauth:reporter.team-a@cluster.local",
-        agent=tokens.AgentRef(name="reporter", namespace="team-a", uid="u1"),
-        audience=AUDIENCE,
-        scope=["document.read", "document.write"],
-        lifetime=timedelta(minutes=5),
-        now=now,
-        client_id="aauth:reporter.team-a@cluster.local",
-        cnf_jwk=signatures.public_jwk(agent_key),
-    ).token
-    signature_key = signatures.signature_key_jwt(token)
+    public_keys = keyset.public_keys()
+
+    def bound_token(agent_key: ed25519.Ed25519PrivateKey) -> str:
+        return tokens.issue(
+            keyset=keyset,
+            issuer=ISSUER,
+            subject="aauth:reporter.team-a@cluster.local",
+            agent=tokens.AgentRef(name="reporter", namespace="team-a", uid="u1"),
+            audience=AUDIENCE,
+            scope=["document.read", "document.write"],
+            lifetime=timedelta(minutes=5),
+            now=now,
+            client_id="aauth:reporter.team-a@cluster.local",
+            cnf_jwk=signatures.public_jwk(agent_key),
+        ).token
+
     base_headers = {"Content-Type": "application/json"}
 
-    def sign_once() -> dict[str, str]:
+    def sign_with(agent_key: ed25519.Ed25519PrivateKey, signature_key: str) -> dict[str, str]:
         return signatures.sign_request(
             method="POST",
             url=URL,
@@ -88,15 +95,23 @@ def main() -> None:
 
     # Distinct requests (each signature is accepted once by the replay cache).
     total = count * rounds + 10
-    requests = [{**base_headers, **sign_once()} for _ in range(total)]
-    public_keys = keyset.public_keys()
+    agent_key = ed25519.Ed25519PrivateKey.generate()
+    token = bound_token(agent_key)
+    signature_key = signatures.signature_key_jwt(token)
+    warm_requests = [{**base_headers, **sign_with(agent_key, signature_key)} for _ in range(total)]
+    cold_requests = []
+    for _ in range(total):
+        key = ed25519.Ed25519PrivateKey.generate()
+        cold_requests.append(
+            {**base_headers, **sign_with(key, signatures.signature_key_jwt(bound_token(key)))}
+        )
     verifier = ResourceVerifier(
         issuer=ISSUER, audience=AUDIENCE, jwks=JwksCache(jwks=keyset.public_jwks())
     )
     principal = verifier.verify_with_keys(
         method="POST",
         url=URL,
-        headers=requests[-1],
+        headers=warm_requests[-1],
         body=BODY,
         keys=public_keys,
         required=["document.write"],
@@ -110,7 +125,7 @@ def main() -> None:
     issuer_key = public_keys.get(str(parsed.header["kid"]))
     assert isinstance(issuer_key, ed25519.Ed25519PublicKey)
     agent_public = agent_key.public_key()
-    sample = requests[-2]
+    sample = warm_requests[-2]
     request_signature = base64.b64decode(sample["Signature"].split(":")[1])
     base_lines = [
         '"@method": POST',
@@ -129,18 +144,21 @@ def main() -> None:
             issuer_key.verify(parsed.signature, parsed.signing_input)
             agent_public.verify(request_signature, signature_base)
 
-    cursor = iter(requests)
+    def verifying(requests: list[dict[str, str]]) -> Callable[[int], None]:
+        cursor = iter(requests)
 
-    def verify(n: int) -> None:
-        for _ in range(n):
-            verifier.verify_with_keys(
-                method="POST",
-                url=URL,
-                headers=next(cursor),
-                body=BODY,
-                keys=public_keys,
-                required=["document.write"],
-            )
+        def run(n: int) -> None:
+            for _ in range(n):
+                verifier.verify_with_keys(
+                    method="POST",
+                    url=URL,
+                    headers=next(cursor),
+                    body=BODY,
+                    keys=public_keys,
+                    required=["document.write"],
+                )
+
+        return run
 
     class _AgentKey(hms.HTTPSignatureKeyResolver):
         def resolve_public_key(self, key_id: str) -> ed25519.Ed25519PublicKey:
@@ -164,26 +182,32 @@ def main() -> None:
 
     def sign(n: int) -> None:
         for _ in range(n):
-            sign_once()
+            sign_with(agent_key, signature_key)
 
     best = _interleaved(
         rounds,
         count,
         {
             "raw": raw,
-            "verify": verify,
+            "cold": verifying(cold_requests),
+            "warm": verifying(warm_requests),
             "sign": sign,
             "library": library_only,
             "token": token_only,
         },
     )
-    raw_us, verify_us, sign_us = best["raw"], best["verify"], best["sign"]
-    ratio = verify_us / raw_us
+    raw_us, cold_us, warm_us, sign_us = best["raw"], best["cold"], best["warm"], best["sign"]
+    cold, warm = cold_us / raw_us, warm_us / raw_us
     print(f"requests per loop: {count}, loops: {rounds} (best CPU-time loop reported)")
-    print(f"raw floor (2 x Ed25519 verify): {raw_us:8.1f} us/request")
-    print(f"verify bound request (JWT+9421): {verify_us:8.1f} us/request  -> {ratio:.2f}x floor")
-    print(f"sign request (9421, jwt key):    {sign_us:8.1f} us/request")
-    print(f"target verify <= 1.5x floor: {'MET' if ratio <= 1.5 else 'MISSED'}")
+    print(f"raw floor (2 x Ed25519 verify):          {raw_us:8.1f} us/request")
+    print(
+        f"verify cold (distinct token + key):      {cold_us:8.1f} us/request  -> {cold:.2f}x floor"
+    )
+    print(
+        f"verify warm (same token, cache hit):     {warm_us:8.1f} us/request  -> {warm:.2f}x floor"
+    )
+    print(f"sign request (9421, jwt key):            {sign_us:8.1f} us/request")
+    print(f"target verify cold <= 1.5x floor: {'MET' if cold <= 1.5 else 'MISSED'}")
     print("where the time goes (same run):")
     print(f"  http-message-signatures verify() alone (1 Ed25519 inside): {best['library']:8.1f} us")
     print(f"  agent-token verification alone (1 Ed25519 inside):         {best['token']:8.1f} us")

@@ -187,10 +187,9 @@ class Servers:
                     {"payment": f"PAY-{self.payments:04d}", "invoice": body.get("invoice")}
                 )
 
-            # agentauth.verify's Middleware alias is a plain Callable, which mypy does not match
-            # with aiohttp's keyword-capable Middleware protocol; the object is the same.
-            checked: Any = verify_aiohttp.middleware(verifier, requirements=required)
-            app = web.Application(middlewares=[checked])
+            app = web.Application(
+                middlewares=[verify_aiohttp.middleware(verifier, requirements=required)]
+            )
             app.router.add_get("/documents/{name}", document)
             app.router.add_post("/payments", pay)
             return await self._serve(app)

@@ -9,19 +9,19 @@ is an official ``kubernetes`` client configured as the admin.
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from agentauth.devcluster import server
+from tests import stack
 
-KUBECTL = Path(sys.executable).parent / "kubectl"
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+# Suites import these from here (tests.stack holds the one copy).
+from tests.stack import KUBECTL as KUBECTL
+from tests.stack import Kubectl as Kubectl
+from tests.stack import client_configuration as client_configuration
 
 
 @pytest.fixture(scope="session")
@@ -29,17 +29,6 @@ def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.Dev
     directory = tmp_path_factory.mktemp("devcluster")
     with server.running_cluster(directory, bookmark_interval=1.0) as cluster:
         yield cluster
-
-
-def client_configuration(cluster: server.DevCluster, token: str) -> Any:
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = cluster.url
-    configuration.ssl_ca_cert = str(cluster.ca_path)
-    configuration.api_key = {"BearerToken": token}
-    configuration.api_key_prefix = {"BearerToken": "Bearer"}
-    return configuration
 
 
 @pytest.fixture(scope="session")
@@ -54,30 +43,10 @@ def kube_api(dev_cluster: server.DevCluster) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def kubectl(dev_cluster: server.DevCluster) -> Kubectl:
-    def run(
-        *args: str,
-        context: str = "admin",
-        check: bool = True,
-        input: str | None = None,
-        timeout: float = 60,
-    ) -> subprocess.CompletedProcess[str]:
-        command = [
-            str(KUBECTL),
-            "--kubeconfig",
-            str(dev_cluster.kubeconfig_path),
-            "--context",
-            context,
-            *args,
-        ]
-        result = subprocess.run(
-            command, capture_output=True, text=True, input=input, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
-                f"{result.stderr}"
-            )
-        return result
+    """Real kubectl against ``dev_cluster`` as ``context`` (admin unless given)."""
+
+    def run(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return stack.run_kubectl(*args, kubeconfig=dev_cluster.kubeconfig_path, **options)
 
     return run
 

@@ -83,7 +83,7 @@ def wait_phase(
         lambda: (lambda obj: obj if (obj.get("status") or {}).get("phase") == phase else None)(
             read(api, setup, name)
         ),
-        what=f"{name} {phase}",
+        message=f"{name} {phase}",
     )
     return result
 
@@ -150,7 +150,7 @@ def test_create_stamps_requester_goes_pending_and_posts_events(
         found = core.list_namespaced_event(agent.namespace).items
         return [e for e in found if e.reason == "AccessRequested"] if len(found) >= 2 else []
 
-    requested = jitkit.wait_for(events, what="AccessRequested events")
+    requested = jitkit.wait_for(events, message="AccessRequested events")
     by_kind = {event.involved_object.kind: event for event in requested}
     assert set(by_kind) == {"AccessRequest", "Agent"}
     message = by_kind["AccessRequest"].message
@@ -339,7 +339,7 @@ def test_quorum_of_two_through_rbac_verb_approve(
         lambda: (
             lambda obj: obj if "1 of 2" in obj["status"]["conditions"][0]["message"] else None
         )(read(env.api, agent, name)),
-        what="1 of 2 approvals",
+        message="1 of 2 approvals",
     )
     assert pending["status"]["phase"] == "Pending"
     code, message = refused(lambda: decide(users["alice"], agent, name))

@@ -32,12 +32,12 @@ def test_two_controllers_starting_together_end_with_one_keyset(
     )
     first = ControllerThread(install.settings)
     second = ControllerThread(dataclasses.replace(install.settings, webhook_port=free_port()))
-    first._thread.start()
-    second._thread.start()
+    first.launch()
+    second.launch()
     try:
         for running in (first, second):
-            assert running._ready.wait(30)
-            assert running._errors == []
+            assert running.wait_ready(30)
+            assert running.errors == []
         keyset = stored_keyset(kubectl, install.system_namespace)
         assert len(keyset.keys) == 1
         tls = get_json(kubectl, "secret", "agentauth-webhook-tls", "-n", install.system_namespace)

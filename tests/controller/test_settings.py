@@ -104,6 +104,10 @@ def test_flags_win_over_environment_which_wins_over_defaults() -> None:
             {"AGENTAUTH_ISSUER": "https://i.example", "AGENTAUTH_WORKERS": "0"},
             "--workers / AGENTAUTH_WORKERS: must be at least 1",
         ),
+        (
+            {"AGENTAUTH_ISSUER": "https://i.example", "AGENTAUTH_LOG_LEVEL": "trace"},
+            "--log-level / AGENTAUTH_LOG_LEVEL: 'trace' is not one of debug, info, warning, error",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_flag_and_variable(

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from agentauth.domain import errors, exchanging, keys, serviceaccounts
+from agentauth.domain.models import AccessRequest, Agent
 from tests.domain import tokenkit
 from tests.domain.tokenkit import ISSUER, NOW, TRUST_DOMAIN
 
@@ -147,6 +148,26 @@ def test_token_of_a_deleted_pod() -> None:
     )
 
 
+def test_token_of_a_terminating_pod() -> None:
+    terminating = exchanging.Pod.from_api(
+        {
+            "metadata": {
+                "namespace": "team-a",
+                "name": "research-0",
+                "uid": "pod-uid-1",
+                "labels": {"agentauth.dev/agent": "research"},
+                "deletionTimestamp": "2026-11-28T12:00:00Z",
+            },
+            "spec": {"serviceAccountName": "research-sa"},
+        }
+    )
+    assert terminating.terminating
+    assert (
+        refused(errors.InvalidGrant, tokenkit.snapshot(pods=[terminating]))
+        == "pod team-a/research-0 bound to the token is being deleted"
+    )
+
+
 def test_pod_without_the_agent_label() -> None:
     snapshot = tokenkit.snapshot(pods=[tokenkit.pod(agent_label=None)])
     assert (
@@ -254,6 +275,37 @@ def test_approved_access_request_adds_the_capability_and_bounds_exp() -> None:
     assert default.lifetime == timedelta(minutes=2)
 
 
+def test_approvals_of_a_deleted_agent_do_not_pass_to_its_namesake() -> None:
+    until = NOW + timedelta(minutes=2)
+
+    def filed(name: str, **metadata: object) -> AccessRequest:
+        body = tokenkit.access_request(
+            name, capabilities=["payments.authorize"], granted_until=until
+        ).to_api()
+        body["metadata"].update(metadata)
+        return AccessRequest.model_validate(body)
+
+    owned = filed(
+        "ar-owned",
+        ownerReferences=[{"kind": "Agent", "name": "research", "uid": "old-agent-uid"}],
+    )
+    unowned = filed("ar-kubectl", creationTimestamp=(NOW - timedelta(hours=1)).isoformat())
+    successor_body = tokenkit.agent(uid="new-agent-uid").to_api()
+    successor_body["metadata"]["creationTimestamp"] = (NOW - timedelta(minutes=1)).isoformat()
+    successor = Agent.model_validate(successor_body)
+    snapshot = tokenkit.snapshot(agents=[successor], access_requests=[owned, unowned])
+    assert snapshot.access_requests_of(successor) == []
+    assert refused(errors.InvalidScope, snapshot, scope=("payments.authorize",)) == (
+        "capability payments.authorize requires approval: file an AccessRequest for agent "
+        "team-a/research"
+    )
+    same = tokenkit.agent(uid="old-agent-uid")
+    assert [r.metadata.name for r in snapshot.access_requests_of(same)] == [
+        "ar-owned",
+        "ar-kubectl",
+    ]
+
+
 @pytest.mark.parametrize(
     "request_",
     [
@@ -326,8 +378,8 @@ def test_unknown_audience_is_invalid_target() -> None:
     description = refused(
         errors.InvalidTarget, tokenkit.snapshot(), audience="https://nowhere.example"
     )
-    assert (
-        description == "https://nowhere.example is not the resource URI of a registered ToolServer"
+    assert description == (
+        "https://nowhere.example is not the resource URI of a ToolServer in namespace team-a"
     )
 
 

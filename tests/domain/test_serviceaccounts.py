@@ -128,19 +128,34 @@ def test_missing_exp_is_refused(cluster: tokenkit.ClusterIssuer, jwks: jose.Publ
     assert caught.value.description == "token has no exp claim"
 
 
+REVIEWED = {
+    "authenticated": True,
+    "audiences": ["https://agentauth.example"],
+    "user": {
+        "username": "system:serviceaccount:team-a:research-sa",
+        "uid": "sa-uid-1",
+        "extra": {
+            serviceaccounts.POD_NAME_EXTRA: ["research-0"],
+            serviceaccounts.POD_UID_EXTRA: ["pod-uid-1"],
+        },
+    },
+}
+
+
+def test_token_review_must_confirm_our_audience() -> None:
+    for audiences in (None, [], ["https://other.example"]):
+        status = {**REVIEWED, "audiences": audiences}
+        with pytest.raises(errors.InvalidGrant) as caught:
+            serviceaccounts.identity_from_token_review(status, audience="https://agentauth.example")
+        assert caught.value.description == (
+            "the cluster did not confirm that the service-account token is meant for "
+            "https://agentauth.example"
+        )
+
+
 def test_token_review_status_gives_the_same_identity() -> None:
     identity = serviceaccounts.identity_from_token_review(
-        {
-            "authenticated": True,
-            "user": {
-                "username": "system:serviceaccount:team-a:research-sa",
-                "uid": "sa-uid-1",
-                "extra": {
-                    serviceaccounts.POD_NAME_EXTRA: ["research-0"],
-                    serviceaccounts.POD_UID_EXTRA: ["pod-uid-1"],
-                },
-            },
-        }
+        REVIEWED, audience="https://agentauth.example"
     )
     assert (identity.namespace, identity.service_account, identity.pod_uid) == (
         "team-a",
@@ -148,4 +163,6 @@ def test_token_review_status_gives_the_same_identity() -> None:
         "pod-uid-1",
     )
     with pytest.raises(errors.InvalidGrant, match="the cluster rejected the service-account token"):
-        serviceaccounts.identity_from_token_review({"authenticated": False})
+        serviceaccounts.identity_from_token_review(
+            {"authenticated": False}, audience="https://agentauth.example"
+        )

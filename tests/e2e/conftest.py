@@ -26,14 +26,10 @@ What the fixture gives (an :class:`Stack`):
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
-import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,45 +40,31 @@ import yaml
 
 from agentauth import devstack
 from agentauth.devcluster import server
+from tests import stack
 
-BIN = Path(sys.executable).parent
-KUBECTL = BIN / "kubectl"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+# test_dev_stack imports these from here; tests.stack holds the one copy.
+from tests.stack import BIN as BIN
+from tests.stack import KUBECTL as KUBECTL
+from tests.stack import wait_for as wait_for
+
 USERS = ("admin", "alice", "bob")
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy, with a deadline (never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        threading.Event().wait(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class Stack:
     """Helpers over a running :class:`~agentauth.devstack.DevStack` (see the module docstring)."""
 
-    def __init__(self, stack: devstack.DevStack) -> None:
-        self.stack = stack
-        self.cluster: server.DevCluster = stack.cluster
-        self.kubeconfig_path: Path = stack.kubeconfig_path
-        self.ca_path: Path = stack.ca_path
-        self.issuer = stack.issuer
-        self.token_service_url = stack.token_service_url
-        self.token_url = stack.token_url
-        self.env = {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "KUBECONFIG": str(self.kubeconfig_path),
-            "COLUMNS": "200",
-        }
+    def __init__(self, running: devstack.DevStack) -> None:
+        self.stack = running
+        self.cluster: server.DevCluster = running.cluster
+        self.kubeconfig_path: Path = running.kubeconfig_path
+        self.ca_path: Path = running.ca_path
+        self.issuer = running.issuer
+        self.token_service_url = running.token_service_url
+        self.token_url = running.token_url
+        self.env = stack.plugin_environment(self.kubeconfig_path)
         trust = ssl.create_default_context(cafile=str(self.ca_path))
         self.http = httpx.Client(verify=trust, timeout=30)
+        self.kube_api = stack.user_api(self.cluster, self.cluster.admin_token)
         self.api = httpx.Client(
             base_url=self.cluster.url,
             verify=trust,
@@ -93,6 +75,7 @@ class Stack:
     def close(self) -> None:
         self.http.close()
         self.api.close()
+        self.kube_api.close()
 
     # -- kubectl --------------------------------------------------------------------------------
 
@@ -110,22 +93,15 @@ class Stack:
         ``kubectl agentauth ...`` takes ``--context`` among its own arguments."""
         if user is not None and user not in USERS:
             raise ValueError(f"unknown user {user!r}; the dev kubeconfig has {USERS}")
-        context = ["--context", user] if user is not None else []
-        result = subprocess.run(
-            [str(KUBECTL), *context, *args],
-            capture_output=True,
-            text=True,
+        return stack.run_kubectl(
+            *args,
+            kubeconfig=self.kubeconfig_path,
+            context=user,
+            check=check,
             input=input,
             timeout=timeout,
             env=self.env,
-            check=False,
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl --context {user} {' '.join(args)} failed ({result.returncode}):\n"
-                f"{result.stdout}\n{result.stderr}"
-            )
-        return result
 
     def admin(self, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
         return self.kubectl(*args, user="admin", **options)
@@ -222,27 +198,14 @@ class Stack:
         if not sources:
             raise AssertionError(f"pod {namespace}/{pod} has no projected service-account token")
         projection = sources[0]
-        account = stored["spec"].get("serviceAccountName") or "default"
-        response = self.api.post(
-            f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
-            json={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {
-                    "audiences": [projection["audience"]],
-                    "expirationSeconds": projection.get("expirationSeconds", 3600),
-                    "boundObjectRef": {
-                        "kind": "Pod",
-                        "apiVersion": "v1",
-                        "name": pod,
-                        "uid": stored["metadata"]["uid"],
-                    },
-                },
-            },
+        return stack.request_token(
+            self.kube_api,
+            namespace=namespace,
+            account=stored["spec"].get("serviceAccountName") or "default",
+            audience=projection["audience"],
+            pod=pod,
+            expiration_seconds=projection.get("expirationSeconds", 3600),
         )
-        response.raise_for_status()
-        token: str = response.json()["status"]["token"]
-        return token
 
     def plugin(self, *args: str, user: str, **options: Any) -> subprocess.CompletedProcess[str]:
         """``kubectl agentauth ARGS --context USER`` (the plugin of this virtualenv)."""
@@ -252,15 +215,7 @@ class Stack:
 
     def exchange(self, subject_token: str, **form: str) -> httpx.Response:
         """RFC 8693 exchange of a projected token at the token service."""
-        return self.http.post(
-            self.token_url,
-            data={
-                "grant_type": TOKEN_EXCHANGE,
-                "subject_token": subject_token,
-                "subject_token_type": JWT_TOKEN_TYPE,
-                **form,
-            },
-        )
+        return self.http.post(self.token_url, data=stack.exchange_form(subject_token, **form))
 
     def decode(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
         """Verify an agent token (EdDSA, our issuer's JWKS, ``iss``/``aud``/``exp``)."""

@@ -1,7 +1,8 @@
 """Test kit for just-in-time approval: a real controller and token service on the dev cluster.
 
-:class:`Background` runs one component's asyncio main on its own thread and event loop, so a test
-can stop it and start a fresh one (a restart: new process state, same cluster). :class:`JitEnv`
+The controller and the token service run on their own threads and event loops
+(:class:`tests.stack.ControllerThread`, :class:`tests.stack.TokenServiceThread`), so a test can
+stop one and start a fresh one (a restart: new process state, same cluster). :class:`JitEnv`
 wires the controller (with its admission webhooks registered in the API server) and the token
 service together; :func:`setup_agent` creates an agent with a pod, a Required capability and
 approver RBAC in a namespace; :class:`Agent` plays the agent over HTTP (exchange, file, poll).
@@ -9,13 +10,9 @@ approver RBAC in a namespace; :class:`Agent` plays the agent over HTTP (exchange
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import socket
+import datetime
 import ssl
-import threading
-import time
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,79 +20,19 @@ import httpx
 from kubernetes import client
 from kubernetes.client import exceptions as k8s_exceptions
 
-from agentauth.controller import main as controller_main
 from agentauth.controller import settings as controller_settings
 from agentauth.devcluster import server
-from agentauth.tokenservice import app as tokenservice_app
 from agentauth.tokenservice import settings as tokenservice_settings
+from tests import stack
+
+# The suites using this kit call these as jitkit.*; tests.stack holds the one copy.
+from tests.stack import free_port as free_port
+from tests.stack import user_api as user_api
+from tests.stack import wait_for as wait_for
 
 SYSTEM_NAMESPACE = "agentauth-system"
 WEBHOOK_CONFIGURATION = "agentauth-jit-tests"
 GROUP, VERSION = "agentauth.dev", "v1alpha1"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-
-Main = Callable[[asyncio.Event, Callable[[], None]], Coroutine[Any, Any, None]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy, with a deadline (never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        threading.Event().wait(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class Background:
-    """Run ``main(stop, ready)`` on a dedicated thread and event loop."""
-
-    def __init__(self, name: str, main: Main) -> None:
-        self.name = name
-        self._main = main
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def start(self, *, timeout: float = 60.0) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        async def runner() -> None:
-            self._stop = asyncio.Event()
-            try:
-                await self._main(self._stop, ready.set)
-            except BaseException as error:
-                failure.append(error)
-                ready.set()
-
-        self._thread = threading.Thread(
-            target=loop.run_until_complete, args=(runner(),), name=self.name, daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(timeout):
-            raise AssertionError(f"{self.name} did not start within {timeout}s")
-        if failure:
-            raise AssertionError(f"{self.name} failed to start: {failure[0]!r}") from failure[0]
-
-    def stop(self) -> None:
-        if self._loop is None or self._stop is None or self._thread is None:
-            return
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
-        self._loop.close()
-        self._loop = self._thread = self._stop = None
 
 
 class JitEnv:
@@ -112,15 +49,13 @@ class JitEnv:
         self.ca = str(cluster.ca_path)
         self.tls = ssl.create_default_context(cafile=self.ca)
         self.access_request_expiry = 600.0
-        self.controller = Background("agentauth-controller", self._controller_main)
-        self.token_service = Background("agentauth-token-service", self._token_service_main)
+        self.controller: stack.ControllerThread | None = None
+        self.token_service: stack.TokenServiceThread | None = None
         self.webhook_ca: bytes | None = None
 
     # -- components --------------------------------------------------------------------------
 
     def controller_settings(self) -> controller_settings.Settings:
-        import datetime
-
         return controller_settings.Settings(
             issuer=self.issuer,
             token_service_url=self.issuer,
@@ -137,28 +72,8 @@ class JitEnv:
             workers=4,
         )
 
-    async def _controller_main(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
-        started = asyncio.Event()
-
-        def on_started(ctl: Any) -> None:
-            self.webhook_ca = ctl.webhook_ca
-
-        task = asyncio.create_task(
-            controller_main.run(
-                self.controller_settings(), stop=stop, ready=started, on_started=on_started
-            )
-        )
-        waiter = asyncio.create_task(started.wait())
-        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            waiter.cancel()
-            await task  # raises the startup failure
-            return
-        ready()
-        await task
-
-    async def _token_service_main(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
-        settings = tokenservice_settings.Settings(
+    def token_service_settings(self) -> tokenservice_settings.Settings:
+        return tokenservice_settings.Settings(
             issuer=self.issuer,
             listen_host="127.0.0.1",
             listen_port=self.token_port,
@@ -169,7 +84,6 @@ class JitEnv:
             tls_cert=self.cluster.directory / "server.crt",
             tls_key=self.cluster.directory / "server.key",
         )
-        await tokenservice_app.serve(settings, stop=stop, started=lambda _url: ready())
 
     def start(self) -> None:
         self.ensure_namespace(SYSTEM_NAMESPACE)
@@ -177,12 +91,19 @@ class JitEnv:
         self.start_token_service()
 
     def start_controller(self) -> None:
-        self.controller.start()
+        self._run_controller()
         self.install_webhooks()
 
+    def _run_controller(self) -> None:
+        self.controller = stack.ControllerThread(self.controller_settings()).start(timeout=60)
+        assert self.controller.controller is not None
+        self.webhook_ca = self.controller.controller.webhook_ca
+
     def start_token_service(self) -> None:
-        self.token_service.start()
-        wait_for(self._ready, timeout=30, what="token service /readyz")
+        self.token_service = stack.TokenServiceThread(self.token_service_settings()).start(
+            timeout=60
+        )
+        wait_for(self._ready, timeout=30, message="token service /readyz")
 
     def _ready(self) -> bool:
         try:
@@ -191,28 +112,34 @@ class JitEnv:
             return False
 
     def stop(self) -> None:
-        self.token_service.stop()
-        self.controller.stop()
-        # Without its controller the webhook would refuse every AccessRequest write
-        # (failurePolicy Fail): leave the cluster as we found it for other suites.
-        admission = client.AdmissionregistrationV1Api(self.api)
-        for delete in (
-            admission.delete_mutating_webhook_configuration,
-            admission.delete_validating_webhook_configuration,
-        ):
-            try:
-                delete(WEBHOOK_CONFIGURATION)
-            except k8s_exceptions.ApiException as error:
-                if error.status != 404:
-                    raise
+        try:
+            if self.token_service is not None:
+                self.token_service.stop()
+            if self.controller is not None:
+                self.controller.stop()
+        finally:
+            # Without its controller the webhook would refuse every AccessRequest write
+            # (failurePolicy Fail): leave the cluster as we found it for other suites.
+            admission = client.AdmissionregistrationV1Api(self.api)
+            for delete in (
+                admission.delete_mutating_webhook_configuration,
+                admission.delete_validating_webhook_configuration,
+            ):
+                try:
+                    delete(WEBHOOK_CONFIGURATION)
+                except k8s_exceptions.ApiException as error:
+                    if error.status != 404:
+                        raise
 
     def restart_controller(self, *, access_request_expiry: float | None = None) -> None:
+        assert self.controller is not None
         self.controller.stop()
         if access_request_expiry is not None:
             self.access_request_expiry = access_request_expiry
-        self.controller.start()
+        self._run_controller()
 
     def restart_token_service(self) -> None:
+        assert self.token_service is not None
         self.token_service.stop()
         self.start_token_service()
 
@@ -284,16 +211,6 @@ class JitEnv:
                 current = read(WEBHOOK_CONFIGURATION)
                 body["metadata"]["resourceVersion"] = current.metadata.resource_version
                 replace(WEBHOOK_CONFIGURATION, body)
-
-
-def user_api(cluster: server.DevCluster, token: str) -> client.ApiClient:
-    """An official-client ApiClient authenticated with ``token`` (alice, bob, a ServiceAccount)."""
-    configuration = client.Configuration()
-    configuration.host = cluster.url
-    configuration.ssl_ca_cert = str(cluster.ca_path)
-    configuration.api_key = {"BearerToken": token}
-    configuration.api_key_prefix = {"BearerToken": "Bearer"}
-    return client.ApiClient(configuration)
 
 
 @dataclass
@@ -423,22 +340,13 @@ def service_account_token(
     bind_pod: bool = False,
 ) -> str:
     """A TokenRequest token for the agent's ServiceAccount (optionally pod-bound)."""
-    core = client.CoreV1Api(api)
-    spec: dict[str, Any] = {"expirationSeconds": 3600}
-    if audience is not None:
-        spec["audiences"] = [audience]
-    if bind_pod:
-        pod = core.read_namespaced_pod(setup.pod, setup.namespace)
-        spec["boundObjectRef"] = {
-            "kind": "Pod",
-            "apiVersion": "v1",
-            "name": setup.pod,
-            "uid": pod.metadata.uid,
-        }
-    result = core.create_namespaced_service_account_token(
-        setup.service_account, setup.namespace, {"spec": spec}
+    return stack.request_token(
+        api,
+        namespace=setup.namespace,
+        account=setup.service_account,
+        audience=audience,
+        pod=setup.pod if bind_pod else None,
     )
-    return str(result.status.token)
 
 
 class AgentClient:
@@ -450,13 +358,9 @@ class AgentClient:
         self.pod_token = service_account_token(env.api, setup, audience=env.issuer, bind_pod=True)
 
     def exchange(self, *, scope: str | None = None) -> httpx.Response:
-        form = {
-            "grant_type": TOKEN_EXCHANGE,
-            "subject_token": self.pod_token,
-            "subject_token_type": JWT_TYPE,
-        }
-        if scope is not None:
-            form["scope"] = scope
+        form = stack.exchange_form(
+            self.pod_token, **({"scope": scope} if scope is not None else {})
+        )
         return httpx.post(
             f"{self.env.issuer}/oauth2/token", data=form, timeout=10, verify=self.env.tls
         )
@@ -488,4 +392,4 @@ class AgentClient:
 
     def wait_ready(self) -> None:
         """Until the controller made the Agent Ready and the token service sees it."""
-        wait_for(lambda: self.exchange().status_code == 200, timeout=20, what="agent token")
+        wait_for(lambda: self.exchange().status_code == 200, timeout=20, message="agent token")

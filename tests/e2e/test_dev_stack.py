@@ -28,7 +28,8 @@ import pytest
 import yaml
 
 from agentauth import devstack
-from tests.e2e.conftest import BIN, KUBECTL, Stack, wait_for
+from tests import stack
+from tests.e2e.conftest import BIN, Stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -93,13 +94,7 @@ class DevProcess:
 
 
 def run_kubectl(kubeconfig: Path, *args: str, user: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(kubeconfig), "--context", user, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return stack.run_kubectl(*args, kubeconfig=kubeconfig, context=user, check=False)
 
 
 def port_open(port: int) -> bool:
@@ -453,7 +448,7 @@ def test_token_service_command_serves_until_sigterm(dev_stack: Stack) -> None:
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, timeout=60, what="agentauth token-service /readyz")
+        wait_for(ready, timeout=60, message="agentauth token-service /readyz")
         metadata = dev_stack.http.get(
             f"https://127.0.0.1:{port}/.well-known/oauth-authorization-server"
         ).json()
@@ -497,7 +492,7 @@ def test_controller_command_runs_until_sigterm(dev_stack: Stack) -> None:
             )
             return found.returncode == 0
 
-        wait_for(keys_created, timeout=60, what="the controller's issuer keys")
+        wait_for(keys_created, timeout=60, message="the controller's issuer keys")
     finally:
         code, stderr = stop_with_sigterm(process)
     assert code == 0, stderr

@@ -11,14 +11,11 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import os
 import ssl
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -27,10 +24,9 @@ import yaml
 from kubernetes import client
 
 from agentauth.devcluster import server
+from tests import stack
 from tests.e2e import jitkit
 
-BIN = Path(sys.executable).parent
-KUBECTL = BIN / "kubectl"
 PAYMENT = {
     "capabilities": ["payments.authorize"],
     "justification": "Pay invoice INV-42 (120 EUR) to ACME",
@@ -49,42 +45,27 @@ def env(dev_cluster: server.DevCluster, kube_api: client.ApiClient) -> Iterator[
     environment.stop()
 
 
-class Kubectl:
-    """Real kubectl with this virtualenv's bin first on PATH, so ``kubectl agentauth`` is ours."""
-
-    def __init__(self, cluster: server.DevCluster) -> None:
-        self.cluster = cluster
-        self.env = {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "KUBECONFIG": str(cluster.kubeconfig_path),
-            "COLUMNS": "200",
-        }
-
-    def __call__(
-        self, *args: str, context: str | None = "admin", stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        command = [str(KUBECTL), *args]
-        if context is None:
-            pass
-        elif args and args[0] == "agentauth":
-            command += ["--context", context]  # plugins take connection flags after their name
-        else:
-            command[1:1] = ["--context", context]
-        return subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=60,
-            input=stdin,
-            check=False,
-        )
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
 def kubectl(dev_cluster: server.DevCluster) -> Kubectl:
-    return Kubectl(dev_cluster)
+    """Real kubectl (``kubectl agentauth`` is this virtualenv's plugin) as ``context``; tests
+    check the exit status themselves (``ok``/``refused``)."""
+
+    def run(
+        *args: str, context: str | None = "admin", stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return stack.run_kubectl(
+            *args,
+            kubeconfig=dev_cluster.kubeconfig_path,
+            context=context,
+            check=False,
+            input=stdin,
+            env=stack.plugin_environment(dev_cluster.kubeconfig_path),
+        )
+
+    return run
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -101,7 +82,7 @@ def file_request(agent: jitkit.AgentClient, **overrides: Any) -> str:
     response = agent.file({**PAYMENT, **overrides})
     assert response.status_code == 201, response.text
     name = str(response.json()["name"])
-    jitkit.wait_for(lambda: agent.poll(name).json().get("expiresAt"), what=f"{name} Pending")
+    jitkit.wait_for(lambda: agent.poll(name).json().get("expiresAt"), message=f"{name} Pending")
     return name
 
 
@@ -144,7 +125,7 @@ def test_approval_flow_with_people_agent_and_events(
         lambda: (lambda out: out if out.count("AccessRequested") >= 2 else None)(
             ok(kubectl("get", "events", "-n", namespace))
         ),
-        what="AccessRequested events",
+        message="AccessRequested events",
     )
     assert "Pay invoice INV-42 (120 EUR) to ACME" in listed
     assert command in ok(kubectl("get", "events", "-n", namespace, "-o", "json"))
@@ -387,13 +368,13 @@ def test_grant_window_ends(env: jitkit.JitEnv, kubectl: Kubectl, namespace: str)
     assert introspect()
     ended = jitkit.wait_for(
         lambda: (lambda body: body if body["phase"] == "Expired" else None)(phase_of(agent, name)),
-        what="end of the grant window",
+        message="end of the grant window",
     )
     assert ended["grantedUntil"] == approved["grantedUntil"]
     response = agent.exchange(scope="payments.authorize")
     assert (response.status_code, response.json()["error"]) == (400, "invalid_scope")
     assert "payments.authorize" not in claims_of(agent.token())["scope"].split()
-    jitkit.wait_for(lambda: not introspect(), what="token inactive after exp")
+    jitkit.wait_for(lambda: not introspect(), message="token inactive after exp")
     assert "AccessEnded" in {e.reason for e in events_of(env.api, namespace, name)}
 
 
@@ -404,7 +385,7 @@ def test_controller_restart_while_pending_loses_and_repeats_nothing(
     agent = jitkit.AgentClient(env, setup)
     agent.wait_ready()
     name = file_request(agent)
-    jitkit.wait_for(lambda: len(events_of(env.api, namespace, name)) >= 2, what="events")
+    jitkit.wait_for(lambda: len(events_of(env.api, namespace, name)) >= 2, message="events")
     before = phase_of(agent, name)
     env.restart_controller()
     ok(kubectl("agentauth", "approve", name, "-n", namespace, context="alice"))
@@ -413,7 +394,7 @@ def test_controller_restart_while_pending_loses_and_repeats_nothing(
     assert after["expiresAt"] == before["expiresAt"]
     jitkit.wait_for(
         lambda: sum(e.reason == "AccessApproved" for e in events_of(env.api, namespace, name)) == 2,
-        what="AccessApproved events",
+        message="AccessApproved events",
     )
     reasons = sorted(e.reason for e in events_of(env.api, namespace, name))
     assert reasons == [

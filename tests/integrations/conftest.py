@@ -2,8 +2,9 @@
 
 ``agentauth_stack`` brings up, on the shared embedded control plane (``dev_cluster``):
 
-* the chart (real Helm render, applied with real kubectl), with the AccessRequest admission
-  webhooks on (requester stamping, approver checks) but limited to this suite's namespace;
+* the chart (:func:`tests.stack.install_chart`: real Helm render, applied with real kubectl),
+  with the AccessRequest admission webhooks on (requester stamping, approver checks) but limited
+  to this suite's namespace;
 * the controller (``agentauth.controller.main.run``) as the chart's ServiceAccount;
 * the token service (``agentauth.tokenservice.app.serve``, JIT routes included) on loopback, as
   the chart's token-service ServiceAccount, with the settings the chart's Deployment gives it;
@@ -27,36 +28,25 @@ tracing off).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import io
 import os
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agentauth import kubectl_plugin
 from agentauth.devcluster import server
 from agentauth.sdk import AgentClient, ServiceAccountTokenFile
-from agentauth.tokenservice import app as token_app
 from agentauth.tokenservice import settings as token_settings
-from tests.charts import chart
+from tests import stack
 from tests.conftest import Kubectl
-from tests.controller.conftest import (
-    ISSUER,
-    ControllerThread,
-    free_port,
-    service_account_kubeconfig,
-    settings_from_deployment,
-    wait_for,
-)
+from tests.stack import ISSUER, ControllerThread, TokenServiceThread, free_port, wait_for
 
 # No framework may phone home from a test (no network here anyway): telemetry and tracing off,
 # and CrewAI's first-run "view your traces?" prompt (a 20 s stdin wait) disabled.
@@ -79,49 +69,6 @@ for _name, _value in OFFLINE_ENVIRONMENT.items():
 APPROVER = "alice"
 
 
-class TokenServiceThread:
-    """``tokenservice.app.serve`` on its own thread and event loop, as the CLI runs it."""
-
-    def __init__(self, settings: token_settings.Settings) -> None:
-        self.settings = settings
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._main, daemon=True, name="token-service")
-
-    def _main(self) -> None:
-        async def body() -> None:
-            self._stop = asyncio.Event()
-            try:
-                await token_app.serve(self.settings, stop=self._stop, started=self._listening)
-            except BaseException as exc:
-                self._errors.append(exc)
-            finally:
-                self._started.set()
-
-        self._loop.run_until_complete(body())
-        self._loop.close()
-
-    def _listening(self, url: str) -> None:
-        self.url = url
-        self._started.set()
-
-    def start(self, timeout: float = 30.0) -> TokenServiceThread:
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise AssertionError("token service did not start listening")
-        if self._errors:
-            raise self._errors[0]
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
-
-
 @dataclasses.dataclass
 class Stack:
     namespace: str
@@ -136,32 +83,20 @@ class Stack:
         """A new Agent ``name`` (own ServiceAccount, pod and pod-bound token) that the shared
         grant selects; each test module enrolls its own, so approvals never leak between them."""
         account = f"{name}-sa"
-        self.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=yaml.safe_dump_all(
-                _agent_manifests(name=name, account=account, namespace=self.namespace)
-            ),
+        stack.apply(
+            self.kubectl, _agent_manifests(name=name, account=account, namespace=self.namespace)
         )
         pod = f"{name}-0"
-        uid = self.kubectl(
-            "get", "pod", pod, "-n", self.namespace, "-o", "jsonpath={.metadata.uid}"
-        ).stdout
         token_file = self.directory / f"{name}.token"
         token_file.write_text(
-            self.kubectl(
-                "create",
-                "token",
-                account,
-                "-n",
-                self.namespace,
-                f"--audience={ISSUER}",
-                "--bound-object-kind=Pod",
-                f"--bound-object-name={pod}",
-                f"--bound-object-uid={uid}",
-                "--duration=2h",
-            ).stdout.strip()
+            stack.request_token(
+                self.kube_api,
+                namespace=self.namespace,
+                account=account,
+                audience=ISSUER,
+                pod=pod,
+                expiration_seconds=7200,
+            )
         )
         agent = EnrolledAgent(name=name, stack=self, token_file=token_file)
         probe = agent.client()
@@ -297,16 +232,6 @@ class Approver(threading.Thread):
         super().join(self.timeout + 60 if timeout is None else timeout)
 
 
-def _isolate_access_request_webhooks(objects: list[dict[str, Any]], release: str) -> None:
-    """The chart registers the AccessRequest webhooks for every namespace; in a shared test
-    cluster they must only see this suite's namespace (other suites run their own)."""
-    for obj in objects:
-        if obj["kind"] not in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-            continue
-        for webhook in obj["webhooks"]:
-            webhook["namespaceSelector"] = {"matchLabels": {"agentauth.dev/test-release": release}}
-
-
 def _grant(namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "agentauth.dev/v1alpha1",
@@ -412,91 +337,48 @@ def agentauth_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("integrations")
-    release = f"i{uuid.uuid4().hex[:8]}"
-    system = f"{release}-system"
-    apps = f"{release}-apps"
-    port = free_port()
-    values: dict[str, Any] = {
-        "fullnameOverride": release,
-        "issuer": {"url": ISSUER},
-        "controller": {
-            "watchNamespaces": [apps],
-            "service": {"annotations": {"agentauth.dev/dev-endpoint": f"127.0.0.1:{port}"}},
-        },
-        "webhook": {
-            "namespaceSelector": {"matchLabels": {"agentauth.dev/test-release": release}},
-            "accessRequests": {"enabled": True},
-        },
-        "tokenService": {"podDisruptionBudget": {"enabled": False}},
-    }
-    objects = chart.render(values, release=release, namespace=system)
-    _isolate_access_request_webhooks(objects, release)
-    kubectl("create", "namespace", system)
-    kubectl("create", "namespace", apps)
-    kubectl("label", "namespace", apps, f"agentauth.dev/test-release={release}")
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
-    controller_kubeconfig = service_account_kubeconfig(
-        kubectl,
-        dev_cluster,
-        namespace=system,
-        account=f"{release}-controller",
-        path=directory / "controller.kubeconfig",
-    )
-    token_kubeconfig = service_account_kubeconfig(
-        kubectl,
-        dev_cluster,
-        namespace=system,
-        account=f"{release}-token-service",
-        path=directory / "token-service.kubeconfig",
-    )
-    controller = ControllerThread(
-        settings_from_deployment(
-            objects,
-            release=release,
-            namespace=system,
-            kubeconfig=str(controller_kubeconfig),
-            webhook_host="127.0.0.1",
-            webhook_port=port,
-            health_port=0,
+    with stack.install_chart(
+        kubectl, dev_cluster, directory, access_request_webhooks=True, prefix="i"
+    ) as install:
+        token_kubeconfig = stack.service_account_kubeconfig(
+            kubectl,
+            dev_cluster,
+            namespace=install.system_namespace,
+            account=f"{install.release}-token-service",
+            path=directory / "token-service.kubeconfig",
         )
-    ).start()
-    tokens: TokenServiceThread | None = None
-    try:
-        deployment = chart.one(objects, "Deployment", f"{release}-token-service")
-        environ = {
-            e["name"]: e["value"]
-            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-            if "value" in e
-        }
-        token_port = free_port()
-        settings = dataclasses.replace(
-            token_settings.from_sources(environ=environ),
-            # Clients sign @authority: the public URL must be the one they really call.
-            public_url=f"http://127.0.0.1:{token_port}",
-            listen_host="127.0.0.1",
-            listen_port=token_port,
-            kubeconfig=token_kubeconfig,
-            cluster_issuer=dev_cluster.issuer,
-            log_format="text",
-        )
-        tokens = TokenServiceThread(settings).start()
-        kubectl("apply", "-f", "-", input=yaml.safe_dump_all([_grant(apps), *_approver_rbac(apps)]))
-        yield Stack(
-            namespace=apps,
-            system_namespace=system,
-            token_url=tokens.url,
-            kubectl=kubectl,
-            kube_api=kube_api,
-            kubeconfig=dev_cluster.kubeconfig_path,
-            directory=directory,
-        )
-    finally:
-        if tokens is not None:
-            tokens.stop()
-        controller.stop()
-        cluster_scoped = [o for o in objects if "namespace" not in o["metadata"]]
-        kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(cluster_scoped))
-        kubectl("delete", "namespace", system, apps, "--wait=false")
+        controller = ControllerThread(install.settings).start()
+        tokens: TokenServiceThread | None = None
+        try:
+            environ = stack.deployment_environment(
+                install.objects, f"{install.release}-token-service"
+            )
+            token_port = free_port()
+            settings = dataclasses.replace(
+                token_settings.from_sources(environ=environ),
+                # Clients sign @authority: the public URL must be the one they really call.
+                public_url=f"http://127.0.0.1:{token_port}",
+                listen_host="127.0.0.1",
+                listen_port=token_port,
+                kubeconfig=token_kubeconfig,
+                cluster_issuer=dev_cluster.issuer,
+                log_format="text",
+            )
+            tokens = TokenServiceThread(settings).start()
+            stack.apply(kubectl, [_grant(install.namespace), *_approver_rbac(install.namespace)])
+            yield Stack(
+                namespace=install.namespace,
+                system_namespace=install.system_namespace,
+                token_url=tokens.url,
+                kubectl=kubectl,
+                kube_api=kube_api,
+                kubeconfig=dev_cluster.kubeconfig_path,
+                directory=directory,
+            )
+        finally:
+            if tokens is not None:
+                tokens.stop()
+            controller.stop()
 
 
 def _exchanges(client: AgentClient, failures: list[str]) -> bool:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.controller.conftest import ISSUER
 from tests.integrations import scripted
 from tests.integrations.conftest import Stack
+from tests.stack import ISSUER
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrations"
 MARK = "<!-- tested: tests/integrations/test_docs.py -->"

@@ -15,8 +15,8 @@ import pytest
 
 from agentauth.integrations import guard as guard_module
 from agentauth.sdk import AgentClient, ServiceAccountTokenFile
-from tests.controller.conftest import ISSUER, free_port, wait_for
 from tests.integrations.conftest import EnrolledAgent, Stack
+from tests.stack import ISSUER, free_port, wait_for
 
 PAY = guard_module.ToolPolicy(capability="payments.authorize", jit=True)
 JUSTIFICATION = "Invoice INV-7 is due today."

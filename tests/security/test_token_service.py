@@ -192,11 +192,6 @@ async def test_deeply_nested_ask_body_is_invalid_request(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW: exchanging.parse_target: str.isdigit() accepts non-ASCII digits ('²') that "
-    "int() rejects -> ValueError -> 500",
-)
 async def test_expires_in_with_unicode_digits_is_invalid_request(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer
 ) -> None:
@@ -210,11 +205,6 @@ async def test_expires_in_with_unicode_digits_is_invalid_request(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW: exchanging.parse_target: a huge expires_in overflows timedelta "
-    "(OverflowError) -> 500",
-)
 async def test_huge_expires_in_is_not_a_server_error(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer
 ) -> None:

@@ -308,7 +308,7 @@ async def test_token_just_over_the_jwt_size_bound(service: Service) -> None:
             {"audience": "https://unknown.example"},
             400,
             "invalid_target",
-            "https://unknown.example is not the resource URI of a registered ToolServer",
+            "https://unknown.example is not the resource URI of a ToolServer in namespace team-a",
         ),
     ],
 )
@@ -524,6 +524,79 @@ async def test_ask_answers_and_audits(
         "/v1/ask", json={"question": "restart the cluster"}, headers=auth
     )
     assert (body["allowed"], body["capability"]) == (False, None)
+
+
+async def test_ask_records_the_context_in_the_audit_line(
+    service: Service, cluster: tokenkit.ClusterIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await agent_token(service, cluster)
+    auth = {"Authorization": f"Bearer {token}"}
+    context = {"invoice": "INV-42", "amount": "120 EUR"}
+    with caplog.at_level(logging.INFO, logger="agentauth.audit"):
+        status, _, body = await service.post(
+            "/v1/ask", json={"action": "payments.authorize", "context": context}, headers=auth
+        )
+        _, _, plain = await service.post(
+            "/v1/ask", json={"action": "payments.authorize"}, headers=auth
+        )
+    assert status == 200
+    # The answer does not depend on the context (capabilities are not conditional).
+    assert {k: v for k, v in body.items() if k != "audit_id"} == {
+        k: v for k, v in plain.items() if k != "audit_id"
+    }
+    audit = {
+        line["audit_id"]: line
+        for line in (json.loads(r.message) for r in caplog.records if r.name == "agentauth.audit")
+    }
+    assert audit[body["audit_id"]]["context"] == context
+    assert audit[body["audit_id"]]["action"] == "payments.authorize"
+    assert "context" not in audit[plain["audit_id"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "description"),
+    [
+        ([1, 2], "the request body must be a JSON object"),
+        ({}, 'give either "question" or "action"'),
+        ({"question": "   "}, 'give either "question" or "action"'),
+        ({"action": "Document.Read"}, "action 'Document.Read' is not a capability name"),
+        ({"question": "x" * 2001}, "question exceeds 2000 characters"),
+        (
+            {"actoin": "document.read"},
+            'unknown field \'actoin\': the body has "question" or "action", and optionally '
+            '"context"',
+        ),
+        (
+            {"action": "document.read", "context": ["invoice"]},
+            '"context" must be an object of strings',
+        ),
+        (
+            {"action": "document.read", "context": {"amount": 120}},
+            "context value for 'amount' must be a string",
+        ),
+        (
+            {"action": "document.read", "context": {"bad key": "x"}},
+            "context key 'bad key' is invalid: use at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
+        ),
+        (
+            {"action": "document.read", "context": {f"k{i}": "v" for i in range(17)}},
+            "context has 17 entries, at most 16 are allowed",
+        ),
+        (
+            {"action": "document.read", "context": {"note": "x" * 257}},
+            "context value for 'note' must be plain text of at most 256 characters",
+        ),
+    ],
+)
+async def test_ask_refuses_bad_bodies(
+    service: Service, cluster: tokenkit.ClusterIssuer, body: Any, description: str
+) -> None:
+    token = await agent_token(service, cluster)
+    status, _, answer = await service.post(
+        "/v1/ask", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (status, answer) == (400, {"error": "invalid_request", "error_description": description})
 
 
 # -- probes, metrics, rate limit ---------------------------------------------------------

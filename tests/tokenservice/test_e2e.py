@@ -131,7 +131,7 @@ async def start(
         cluster_issuer=dev_cluster.issuer,
         kubeconfig=dev_cluster.kubeconfig_path,
         namespace=namespace,
-        watch_namespace=namespace,
+        watch_namespaces=(namespace,),
         **extra,
     )
     api = kubeclient.KubeClient(config.from_kubeconfig(dev_cluster.kubeconfig_path))
@@ -260,7 +260,7 @@ async def test_serve_becomes_ready_once_caches_sync_and_stops_cleanly(
         cluster_issuer=dev_cluster.issuer,
         kubeconfig=dev_cluster.kubeconfig_path,
         namespace=svc.namespace,
-        watch_namespace=svc.namespace,
+        watch_namespaces=(svc.namespace,),
         listen_host="127.0.0.1",
         listen_port=0,
     )
@@ -282,3 +282,47 @@ async def test_serve_becomes_ready_once_caches_sync_and_stops_cleanly(
         assert (await response.json())["keys"][0]["kid"] == svc.keyset.signing_key().kid
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_state_watches_exactly_the_listed_namespaces(dev_cluster: server.DevCluster) -> None:
+    """``watch_namespaces`` (the chart passes ``controller.watchNamespaces``) covers every listed
+    namespace, merged into one snapshot, and nothing else."""
+    suffix = int(time.time() * 1000) % 10**9
+    watched, unwatched = (f"tw-{suffix}-a", f"tw-{suffix}-b"), f"tw-{suffix}-c"
+    api = kubeclient.KubeClient(config.from_kubeconfig(dev_cluster.kubeconfig_path))
+    settings = settings_module.Settings(
+        issuer=ISSUER,
+        cluster_issuer=dev_cluster.issuer,
+        namespace=watched[0],
+        watch_namespaces=watched,
+    )
+    state = state_module.KubeState(api, settings)
+    try:
+        for namespace in (*watched, unwatched):
+            await api.create(kubeclient.NAMESPACES, {"metadata": {"name": namespace}})
+            await api.create(
+                kubeclient.AGENTS,
+                {
+                    "apiVersion": "agentauth.dev/v1alpha1",
+                    "kind": "Agent",
+                    "metadata": {"name": "scout"},
+                    "spec": {"serviceAccountName": "scout-sa"},
+                },
+                namespace=namespace,
+            )
+        await state.start()
+        await state.wait_synced(10)
+        assert sorted(state.snapshot().agents) == [(watched[0], "scout"), (watched[1], "scout")]
+        assert state.cache_sizes()["agents"] == 2
+        # A change in a watched namespace arrives through that namespace's watch.
+        await api.delete(kubeclient.AGENTS, "scout", namespace=watched[1])
+
+        async def gone() -> bool:
+            return sorted(state.snapshot().agents) == [(watched[0], "scout")]
+
+        await eventually(gone, within=5.0)
+    finally:
+        await state.stop()
+        for namespace in (*watched, unwatched):
+            await api.delete(kubeclient.NAMESPACES, namespace)
+        await api.close()

@@ -16,6 +16,13 @@ How a question is matched (no model, no randomness; the same input always gives 
 
 Fail closed: below ``CONFIDENCE_THRESHOLD`` the answer is never ``allowed``; it names the closest
 candidates instead. A structured ``action`` (an exact capability name) skips matching.
+
+The request body (:func:`parse_request`) has ``question`` or ``action`` and optionally
+``context``; any other field is refused (a misspelt ``"actoin"`` must not silently turn into a
+question-less request). ``context`` follows the AccessRequest rules (at most 16 plain-text
+string values, bounded keys) so an agent can carry it on into an AccessRequest unchanged. It never
+changes the answer, because capabilities are not conditional: it is recorded in the audit line
+of the question, so a reviewer sees what the agent said it was about to do.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agentauth.domain import capabilities, exchanging
+from agentauth.domain import approvals, capabilities, exchanging
 from agentauth.domain.models import AccessRequest, CapabilityGrant, EffectiveCapability
 
 CONFIDENCE_THRESHOLD = 0.5
@@ -419,6 +426,59 @@ def match(question: str, catalog: Sequence[CatalogEntry]) -> Match:
         names = ", ".join(c.capability for c in top)
         return Match(None, confidence, top, f"no confident match; closest: {names}")
     return Match(best.capability, confidence, top, f"matched {best.capability}")
+
+
+REQUEST_FIELDS = ("question", "action", "context")
+
+
+class InvalidAsk(ValueError):
+    """The Ask request body has a shape the API does not accept; ``message`` says what to fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class AskRequest:
+    """A parsed Ask body: exactly one of ``action`` (wins when both are given) and
+    ``question``, and the validated ``context``."""
+
+    question: str | None
+    action: str | None
+    context: dict[str, str]
+
+
+def parse_request(body: object) -> AskRequest:
+    """The Ask request in ``body`` (decoded JSON), or :class:`InvalidAsk`."""
+    if not isinstance(body, dict):
+        raise InvalidAsk("the request body must be a JSON object")
+    unknown = sorted(str(key) for key in body if key not in REQUEST_FIELDS)
+    if unknown:
+        raise InvalidAsk(
+            f'unknown field {unknown[0]!r}: the body has "question" or "action", and '
+            'optionally "context"'
+        )
+    raw_context = body.get("context")
+    if raw_context is None:
+        context: dict[str, str] = {}
+    elif not isinstance(raw_context, dict):
+        raise InvalidAsk('"context" must be an object of strings')
+    else:
+        try:
+            context = approvals.validate_context(raw_context)
+        except approvals.InvalidAccessRequest as error:
+            raise InvalidAsk(error.message) from None
+    question, action = body.get("question"), body.get("action")
+    if isinstance(action, str) and action:
+        if not capabilities.is_capability_name(action):
+            raise InvalidAsk(f"action {action!r} is not a capability name")
+        return AskRequest(question=None, action=action, context=context)
+    if isinstance(question, str) and question.strip():
+        if len(question) > MAX_QUESTION_CHARS:
+            raise InvalidAsk(f"question exceeds {MAX_QUESTION_CHARS} characters")
+        return AskRequest(question=question, action=None, context=context)
+    raise InvalidAsk('give either "question" or "action"')
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,10 @@ def decide(
     if subject.sub == actor.subject:
         raise errors.InvalidRequest("subject and actor are the same identity")
     audience, server = exchanging.resolve_audience(
-        target.audience, issuer=issuer, tool_servers=snapshot.tool_servers
+        target.audience,
+        issuer=issuer,
+        tool_servers=snapshot.tool_servers,
+        namespace=agent.metadata.namespace or "",
     )
     usable = exchanging.select_scope(
         agent=agent,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,9 @@ def _one(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+_SECONDS = re.compile(r"[0-9]{1,9}")
+
+
 def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
     """``scope``, ``audience``/``resource`` (RFC 8707) and ``expires_in`` of a token request."""
     for name in ("scope", "audience", "expires_in"):
@@ -164,9 +168,10 @@ def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
     lifetime = None
     raw_lifetime = _one(form, "expires_in")
     if raw_lifetime is not None:
-        if not raw_lifetime.isdigit() or int(raw_lifetime) <= 0:
+        # ASCII digits only (str.isdigit accepts '²'), and bounded before timedelta sees it.
+        if _SECONDS.fullmatch(raw_lifetime) is None or int(raw_lifetime) <= 0:
             raise errors.InvalidRequest("expires_in must be a positive number of seconds")
-        lifetime = timedelta(seconds=int(raw_lifetime))
+        lifetime = min(timedelta(seconds=int(raw_lifetime)), tokens.MAX_LIFETIME)
     return Target(
         scope=scope, audience=targets[0] if targets else None, requested_lifetime=lifetime
     )
@@ -184,6 +189,7 @@ class Pod:
     uid: str
     labels: Mapping[str, str]
     service_account: str
+    terminating: bool = False
 
     @classmethod
     def from_api(cls, obj: Mapping[str, Any]) -> Pod:
@@ -196,6 +202,7 @@ class Pod:
             service_account=str(
                 spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
             ),
+            terminating=meta.get("deletionTimestamp") is not None,
         )
 
 
@@ -244,9 +251,27 @@ class Snapshot:
         return result
 
     def access_requests_of(self, agent: Agent) -> list[AccessRequest]:
-        return self._requests_by_agent.get(
+        """The access requests of this Agent: same name, and the same incarnation of it.
+
+        An Agent deleted and created again under its name must not inherit approvals given to
+        its predecessor: a request owned by an Agent (ownerReference) counts only for that uid,
+        and an unowned one (filed with kubectl) only if it is not older than the Agent.
+        """
+        named = self._requests_by_agent.get(
             (agent.metadata.namespace or "", agent.metadata.name or ""), []
         )
+        return [request for request in named if _same_incarnation(request, agent)]
+
+
+def _same_incarnation(request: AccessRequest, agent: Agent) -> bool:
+    owners = (request.metadata.model_extra or {}).get("ownerReferences") or []
+    agent_owners = [
+        owner for owner in owners if isinstance(owner, Mapping) and owner.get("kind") == "Agent"
+    ]
+    if agent_owners:
+        return any(owner.get("uid") == agent.metadata.uid for owner in agent_owners)
+    filed, created = request.metadata.creation_timestamp, agent.metadata.creation_timestamp
+    return filed is None or created is None or _aware(filed) >= _aware(created)
 
 
 def agent_label(agent: Agent) -> str:
@@ -264,6 +289,9 @@ def bind_pod(
     pod = snapshot.pods.get((identity.namespace, identity.pod_name))
     if pod is None or pod.uid != identity.pod_uid:
         raise errors.InvalidGrant(f"pod {where} bound to the token no longer exists")
+    if pod.terminating:
+        # Kubernetes stops accepting the pod's bound tokens at deletion too (authn rechecks it).
+        raise errors.InvalidGrant(f"pod {where} bound to the token is being deleted")
     agent_name = pod.labels.get(AGENT_LABEL)
     if not agent_name:
         raise errors.InvalidGrant(f"pod {where} has no {AGENT_LABEL} label")
@@ -411,16 +439,26 @@ def token_lifetime(
 
 
 def resolve_audience(
-    audience: str | None, *, issuer: str, tool_servers: Iterable[ToolServer]
+    audience: str | None, *, issuer: str, tool_servers: Iterable[ToolServer], namespace: str
 ) -> tuple[str, ToolServer | None]:
-    """Our issuer by default; otherwise the ToolServer whose ``resourceURI`` is named."""
+    """Our issuer by default; otherwise the ToolServer in ``namespace`` whose ``resourceURI``
+    is named.
+
+    Only the agent's own namespace counts: capability names are not namespaced, so a grant in
+    one namespace must never open another namespace's ToolServer.
+    """
     if audience is None or audience.rstrip("/") == issuer.rstrip("/"):
         return issuer, None
     wanted = audience.rstrip("/")
     for server in tool_servers:
-        if server.spec.resource_uri.rstrip("/") == wanted:
+        if (
+            server.metadata.namespace == namespace
+            and server.spec.resource_uri.rstrip("/") == wanted
+        ):
             return server.spec.resource_uri, server
-    raise errors.InvalidTarget(f"{audience} is not the resource URI of a registered ToolServer")
+    raise errors.InvalidTarget(
+        f"{audience} is not the resource URI of a ToolServer in namespace {namespace}"
+    )
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -454,7 +492,10 @@ def decide_for_agent(
     """Decide a token for ``agent`` acting as itself (pod, cloud or registered-key identity)."""
     check_agent_usable(agent)
     audience, server = resolve_audience(
-        target.audience, issuer=issuer, tool_servers=snapshot.tool_servers
+        target.audience,
+        issuer=issuer,
+        tool_servers=snapshot.tool_servers,
+        namespace=agent.metadata.namespace or "",
     )
     scope = select_scope(
         agent=agent,

@@ -102,11 +102,22 @@ POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 
 
-def identity_from_token_review(status: dict[str, Any]) -> ServiceAccountIdentity:
-    """The identity of a TokenReview ``status`` (``authenticated`` must be true, the user a
-    service account, and the token bound to a pod)."""
+def identity_from_token_review(status: dict[str, Any], *, audience: str) -> ServiceAccountIdentity:
+    """The identity of a TokenReview ``status`` (``authenticated`` must be true, ``audience``
+    among the audiences the API server confirmed, the user a service account, and the token bound
+    to a pod).
+
+    The review asks for ``audience`` in ``spec.audiences``; the confirmed ``status.audiences`` is
+    checked as well, so an authenticator that ignores requested audiences cannot make a token
+    minted for another service acceptable here.
+    """
     if status.get("authenticated") is not True:
         raise errors.InvalidGrant("the cluster rejected the service-account token")
+    confirmed = status.get("audiences")
+    if not isinstance(confirmed, list) or audience not in confirmed:
+        raise errors.InvalidGrant(
+            f"the cluster did not confirm that the service-account token is meant for {audience}"
+        )
     user = status.get("user") or {}
     username = str(user.get("username", ""))
     parts = username.split(":")

@@ -148,7 +148,12 @@ def _ed25519_from_x(x: str) -> tuple[ed25519.Ed25519PublicKey, str]:
 def _public_key_and_thumbprint(jwk: Mapping[str, Any]) -> tuple[ed25519.Ed25519PublicKey, str]:
     """:func:`ed25519_public_key` (same checks, same errors) plus the key's thumbprint."""
     x = jwk.get("x")
-    if "d" in jwk or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(x, str):
+    if (
+        "d" in jwk
+        or jwk.get("kty") != "OKP"
+        or jwk.get("crv") != "Ed25519"
+        or not isinstance(x, str)
+    ):
         ed25519_public_key(jwk)  # raises the precise SignatureError
         raise SignatureError("signing key must be an Ed25519 OKP JWK")  # pragma: no cover
     return _ed25519_from_x(x)

@@ -60,7 +60,6 @@ from aiohttp import web
 
 from agentauth.domain import (
     asking,
-    capabilities,
     delegation,
     errors,
     exchanging,
@@ -567,31 +566,26 @@ class TokenService:
             body = await request.json()
         except ValueError:
             raise errors.InvalidRequest("the request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise errors.InvalidRequest("the request body must be a JSON object")
-        question, action = body.get("question"), body.get("action")
+        try:
+            asked = asking.parse_request(body)
+        except asking.InvalidAsk as exc:
+            raise errors.InvalidRequest(exc.message) from None
+        question, action = asked.question, asked.action
         snapshot = self.state.snapshot()
         agent = caller.agent
         now = self.context.now()
-        if isinstance(action, str) and action:
-            if not capabilities.is_capability_name(action):
-                raise errors.InvalidRequest(f"action {action!r} is not a capability name")
+        if action is not None:
             capability: str | None = action
             confidence, explanation = 1.0, f"asked for {action}"
             candidates: tuple[asking.Candidate, ...] = ()
-        elif isinstance(question, str) and question.strip():
-            if len(question) > asking.MAX_QUESTION_CHARS:
-                raise errors.InvalidRequest(
-                    f"question exceeds {asking.MAX_QUESTION_CHARS} characters"
-                )
+        else:
+            assert question is not None  # noqa: S101 - parse_request gives one of the two
             catalog = asking.catalog_from_grants(
                 g for g in snapshot.grants if g.metadata.namespace == agent.metadata.namespace
             )
             matched = asking.match(question, catalog)
             capability, confidence = matched.capability, matched.confidence
             candidates, explanation = matched.candidates, matched.explanation
-        else:
-            raise errors.InvalidRequest('give either "question" or "action"')
         answer = asking.decide(
             capability=capability,
             confidence=confidence,
@@ -615,8 +609,9 @@ class TokenService:
             agent=caller.claims.agent.claim(),
             sub=caller.claims.subject,
             jti=caller.claims.claims.get("jti"),
-            question=question if isinstance(question, str) else None,
-            action=action if isinstance(action, str) else None,
+            question=question,
+            action=action,
+            context=asked.context or None,
             capability=answer.capability,
             outcome=outcome,
             confidence=answer.confidence,

@@ -360,4 +360,6 @@ class KubeState:
             )
         except kubeclient.ApiError as exc:
             raise errors.TemporarilyUnavailable("the TokenReview API call failed") from exc
-        return serviceaccounts.identity_from_token_review(review.get("status") or {})
+        return serviceaccounts.identity_from_token_review(
+            review.get("status") or {}, audience=self.settings.issuer
+        )

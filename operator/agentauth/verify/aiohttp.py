@@ -10,16 +10,18 @@ a 403 ``insufficient_scope`` naming it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from aiohttp import web
+from aiohttp import typedefs, web
 
 from agentauth.domain import errors
 from agentauth.verify.verifier import Principal, ResourceVerifier, request_url, www_authenticate
 
 REQUEST_KEY = web.RequestKey("agentauth", Principal)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+Handler = typedefs.Handler
+# aiohttp's own middleware protocol (its parameters are named ``request`` and ``handler``), so
+# ``web.Application(middlewares=[middleware(verifier)])`` type-checks under ``mypy --strict``.
+Middleware = typedefs.Middleware
 
 
 def error_response(exc: errors.OAuthError, *, resource_metadata: str | None = None) -> web.Response:

@@ -15,6 +15,11 @@ Guarantees of :meth:`ResourceVerifier.verify` (every refusal raises an ``OAuthEr
 - Required capabilities must be in the token's ``scope`` (a ``<prefix>.*`` scope entry covers
   ``<prefix>.<anything>``); otherwise :class:`MissingCapability` (403 ``insufficient_scope``
   naming the capability).
+- Verified tokens may be remembered (``token_cache_size``, default 1024, 0 disables) by
+  their exact string, never past ``exp`` (+ ``leeway``), only while the issuer key that
+  verified them is still the one in the key set, and only for the same issuer/audience; a
+  hit re-decodes the claims from the token, so no two requests share claim objects.  Only
+  successes are remembered.  The request signature, replay and scope checks run every time.
 - 401s are ``invalid_token`` (or no error code at all when no credentials were presented,
   RFC 6750 section 3.1); :func:`www_authenticate` renders the challenge header.
 """
@@ -22,7 +27,10 @@ Guarantees of :meth:`ResourceVerifier.verify` (every refusal raises an ``OAuthEr
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +187,48 @@ class JwksCache:
             return True
 
 
+@dataclass(frozen=True, slots=True)
+class _VerifiedToken:
+    kid: str
+    key: jose.PublicKey
+    issuer: str
+    audience: str
+    not_before: float
+    expires_at: float
+
+
+class VerifiedTokenCache:
+    """Tokens that passed full verification, by exact string (bounded, least recently used
+    evicted first; thread-safe).  An entry is only a shortcut past the token's signature and
+    claim checks; :meth:`ResourceVerifier._verify_token` decides when it still applies."""
+
+    def __init__(self, *, max_entries: int) -> None:
+        self._entries: collections.OrderedDict[str, _VerifiedToken] = collections.OrderedDict()
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> _VerifiedToken | None:
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is not None:
+                self._entries.move_to_end(token)
+            return entry
+
+    def put(self, token: str, entry: _VerifiedToken) -> None:
+        with self._lock:
+            self._entries[token] = entry
+            self._entries.move_to_end(token)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def discard(self, token: str) -> None:
+        with self._lock:
+            self._entries.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class ResourceVerifier:
     """Verifies requests to one protected resource (``audience``) from one issuer."""
 
@@ -192,6 +242,7 @@ class ResourceVerifier:
         max_signature_age: int = signatures.MAX_AGE_SECONDS,
         replay_cache: assertions.ReplayCache | None = None,
         allow_unbound_bearer: bool = True,
+        token_cache_size: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
@@ -203,10 +254,30 @@ class ResourceVerifier:
             replay_cache if replay_cache is not None else (assertions.InMemoryReplayCache())
         )
         self.allow_unbound_bearer = allow_unbound_bearer
+        self.token_cache = (
+            VerifiedTokenCache(max_entries=token_cache_size) if token_cache_size > 0 else None
+        )
         self._clock = clock
 
     # The synchronous core; the async wrapper only adds the JWKS (re)fetch.
     def _verify_token(self, token: str, keys: jose.PublicKeySet, now: float) -> dict[str, Any]:
+        cache = self.token_cache
+        if cache is not None:
+            hit = cache.get(token)
+            if hit is not None:
+                if (
+                    hit.kid in keys
+                    and keys.get(hit.kid) is hit.key  # the same JWKS generation
+                    and hit.issuer == self.issuer
+                    and hit.audience == self.audience
+                    and hit.not_before <= now + self.leeway
+                    and now < hit.expires_at + self.leeway
+                ):
+                    # Fresh objects for every request, exactly what full verification
+                    # returns (the payload segment already verified with this token).
+                    claims: dict[str, Any] = json.loads(jose.b64url_decode(token.split(".", 2)[1]))
+                    return claims
+                cache.discard(token)
         try:
             verified = tokens.verify(
                 token,
@@ -224,6 +295,22 @@ class ResourceVerifier:
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if self.audience not in audiences:
             raise errors.InvalidToken(f"token audience does not include {self.audience}")
+        if cache is not None:
+            nbf, iat = claims.get("nbf"), claims.get("iat")
+            cache.put(
+                token,
+                _VerifiedToken(
+                    kid=verified.kid,
+                    key=keys.get(verified.kid),
+                    issuer=self.issuer,
+                    audience=self.audience,
+                    not_before=max(
+                        (float(v) for v in (nbf, iat) if isinstance(v, int | float)),
+                        default=float("-inf"),
+                    ),
+                    expires_at=float(verified.expires_at),
+                ),
+            )
         return claims
 
     def verify_with_keys(
