@@ -441,10 +441,16 @@ def install_chart(
     objects = chart.render(chart_values, release=release, namespace=system)
     if access_request_webhooks:
         _isolate_access_request_webhooks(objects, release)
-    kubectl("create", "namespace", system)
-    kubectl("create", "namespace", apps)
-    kubectl("label", "namespace", apps, f"agentauth.dev/test-release={release}")
-    apply(kubectl, objects)
+    namespaces: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}},
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": apps, "labels": {"agentauth.dev/test-release": release}},
+        },
+    ]
+    # One kubectl run for the namespaces and the chart (kubectl applies in order).
+    apply(kubectl, [*namespaces, *objects])
     try:
         kubeconfig = service_account_kubeconfig(
             kubectl,

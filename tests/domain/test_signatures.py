@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -429,3 +430,74 @@ def test_cnf_jkt_must_match_cnf_jwk(
 def test_library_is_what_builds_the_base() -> None:
     # Guard: the module must delegate to http-message-signatures (issue requirement).
     assert signatures.hms is hms
+
+
+# ------------------------------------------------------------ fast paths agree with the library
+# verify_request reads the common one-signature form with a strict pattern and hands anything
+# else to the library's Structured Fields parser; both must reach the same verdict.
+
+
+def test_non_canonical_signature_fields_take_the_library_parser(
+    agent_key: ed25519.Ed25519PrivateKey,
+) -> None:
+    headers = _signed(agent_key, signature_key=signatures.signature_key_hwk(agent_key))
+    canonical = _verify(headers=headers)
+    label, _, value = headers["Signature"].partition("=")
+    unpadded = value.rstrip(":").rstrip("=") + ":"
+    spaced = {
+        **headers,
+        # Two spaces between inner-list members and an unpadded byte sequence: both valid
+        # Structured Fields, neither what the fast path accepts.
+        "Signature-Input": headers["Signature-Input"].replace('" "', '"  "'),
+        "Signature": f"{label}={unpadded}",
+    }
+    assert spaced["Signature-Input"] != headers["Signature-Input"]
+    assert spaced["Signature"] != headers["Signature"]
+    relaxed = _verify(headers=spaced)
+    assert relaxed.replay_id == canonical.replay_id  # the same signed base
+    assert relaxed.covered_components == canonical.covered_components
+
+
+def test_second_signature_is_refused_on_the_library_path(
+    agent_key: ed25519.Ed25519PrivateKey,
+) -> None:
+    headers = _signed(agent_key, signature_key=signatures.signature_key_hwk(agent_key))
+    _, _, params = headers["Signature-Input"].partition("=")
+    _, _, value = headers["Signature"].partition("=")
+    doubled = {
+        **headers,
+        "Signature-Input": f"{headers['Signature-Input']}, other={params}",
+        "Signature": f"{headers['Signature']}, other={value}",
+    }
+    assert _reason(doubled) == "request must carry exactly one signature"
+    relabelled = {**headers, "Signature": f"other={value}"}
+    assert _reason(relabelled) == "Signature-Input and Signature headers have different labels"
+
+
+def test_duplicate_signature_parameter_is_read_as_the_library_reads_it(
+    agent_key: ed25519.Ed25519PrivateKey,
+) -> None:
+    headers = _signed(agent_key, signature_key=signatures.signature_key_hwk(agent_key))
+    canonical = _verify(headers=headers)
+    # Structured Fields: a repeated parameter keeps its first position and takes the last
+    # value.  Repeating created with its own value leaves the signed base unchanged...
+    same = {**headers, "Signature-Input": headers["Signature-Input"] + f";created={NOW}"}
+    assert _verify(headers=same).replay_id == canonical.replay_id
+    # ...and with another value changes the base, so the signature no longer verifies.
+    other = {**headers, "Signature-Input": headers["Signature-Input"] + f";created={NOW - 1}"}
+    assert _reason(other) == "signature does not verify with the presented key"
+
+
+def test_sha512_content_digest_takes_the_library_digest_check(
+    agent_key: ed25519.Ed25519PrivateKey,
+) -> None:
+    digest = base64.b64encode(hashlib.sha512(BODY).digest()).decode()
+    headers = _signed(
+        agent_key,
+        signature_key=signatures.signature_key_hwk(agent_key),
+        extra={"Content-Digest": f"sha-512=:{digest}:"},
+    )
+    assert "content-digest" in _verify(headers=headers).covered_components
+    assert _reason(headers, body=b'{"title": "forged"}') == (
+        "Content-Digest does not match the message body"
+    )

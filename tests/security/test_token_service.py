@@ -76,11 +76,6 @@ def nested_json_token(depth: int = 5000) -> str:
 # -- findings ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: ServiceContext.authenticate accepts a cnf-bound agent token as a plain bearer "
-    "token (no RFC 9421 proof of possession) at /v1/ask",
-)
 async def test_bound_token_is_refused_as_plain_bearer_at_ask(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer
 ) -> None:
@@ -94,11 +89,6 @@ async def test_bound_token_is_refused_as_plain_bearer_at_ask(
     assert body["error"] == "invalid_token"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: ServiceContext.authenticate accepts a cnf-bound agent token as a plain bearer "
-    "token at /v1/access-requests (a thief can file requests in the agent's name)",
-)
 async def test_bound_token_is_refused_as_plain_bearer_at_access_requests(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer
 ) -> None:
@@ -132,11 +122,6 @@ async def test_bound_subject_token_cannot_be_laundered_through_delegation(
     assert body["error"] == "invalid_grant"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: a stolen cnf-bound agent token is accepted as actor_token without proof of "
-    "possession",
-)
 async def test_bound_actor_token_needs_proof_of_possession(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer
 ) -> None:
@@ -172,11 +157,6 @@ async def test_deeply_nested_delegation_subject_is_invalid_grant(
     assert body["error"] == "invalid_grant"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: a deeply nested JSON body at /v1/ask raises RecursionError from "
-    "request.json(); answered 500 instead of invalid_request",
-)
 async def test_deeply_nested_ask_body_is_invalid_request(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer
 ) -> None:
@@ -215,12 +195,6 @@ async def test_huge_expires_in_is_not_a_server_error(
         assert body["error"] == "invalid_request"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW: ServiceContext.authenticate interpolates the error description (which echoes "
-    "the attacker's kid) into WWW-Authenticate unescaped, so a crafted kid injects challenge "
-    "parameters",
-)
 async def test_www_authenticate_challenge_cannot_be_injected_through_kid(
     service: http_kit.Service,
 ) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from agentauth.devcluster import server
-from tests.controller.conftest import free_port, wait_for
+from tests.stack import free_port, wait_for
 
 AGENTAUTH = Path(sys.executable).parent / "agentauth"
 

@@ -10,8 +10,9 @@ Guarantees:
   the chart), no runtime scanning for new CRDs/namespaces, Events only for warnings and errors.
 - The issuer keys exist before anything else starts (create-if-absent), so the token service can
   sign as soon as the controller has run once.
-- Kopf's time-based event batching (``settings.batching.batch_window``) is not set: Kopf 1.45
-  removed the batching, and the setting is a deprecated no-op that only warns.
+- Kopf's time-based event batching (``settings.queueing.batch_window``) is not set: the Kopf we
+  run has removed the batching (the setting is a deprecated no-op that only warns), so it adds
+  nothing to the decision-to-agent latency; ``tests/controller/test_kopf_settings.py`` checks.
 - :func:`configure_logging` (called once by ``agentauth controller``, never by ``run``, so tests
   and ``agentauth dev`` keep their own logging) applies ``settings.log_level``.
 """

@@ -142,7 +142,10 @@ def _ed25519_from_x(x: str) -> tuple[ed25519.Ed25519PublicKey, str]:
     # A pure function of ``x`` (errors are raised, never cached): the key object and its
     # RFC 7638 thumbprint are computed once per agent key rather than once per request.
     key = ed25519_public_key({"kty": "OKP", "crv": "Ed25519", "x": x})
-    return key, jwk_thumbprint({"kty": "OKP", "crv": "Ed25519", "x": x})
+    # RFC 7638 canonical JSON of the required members; x just decoded as strict base64url,
+    # so it needs no JSON escaping and this is byte-for-byte what jose.jwk_thumbprint hashes.
+    canonical = f'{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}'
+    return key, jose.b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 def _public_key_and_thumbprint(jwk: Mapping[str, Any]) -> tuple[ed25519.Ed25519PublicKey, str]:
@@ -429,7 +432,8 @@ def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInp
         raw_signature = base64.b64decode(sig.group(2), validate=True)
     except (binascii.Error, ValueError):
         return None
-    components = InnerList(Item(name[1:-1]) for name in members.group(2).split(" ") if name)
+    components = InnerList()
+    components.data = [Item(name[1:-1]) for name in members.group(2).split(" ") if name]
     found = _SIGNATURE_PARAM.findall(members.group(3))
     for name, integer, string in found:
         components.params[name] = int(integer) if integer else string
@@ -526,11 +530,12 @@ def verify_request(
     runs on the key object taken from ``Signature-Key``.
     """
     lines = _field_lines(headers)
-    signature_key_value = _combined(lines, "signature-key")
+    fields = _signature_fields(lines)
+    signature_key_value = fields.get("signature-key")
     if signature_key_value is None:
         raise SignatureError("request has no Signature-Key header")
-    signature_input_value = _combined(lines, "signature-input")
-    signature_value = _combined(lines, "signature")
+    signature_input_value = fields.get("signature-input")
+    signature_value = fields.get("signature")
     if signature_input_value is None or signature_value is None:
         raise SignatureError("request is not signed (no Signature-Input/Signature headers)")
     signature_key = _parse_signature_key(signature_key_value, label=label)
@@ -552,9 +557,10 @@ def verify_request(
     signed = _parse_signature_input(signature_input_value, signature_value, label=label)
     params = signed.components.params
     created = _check_signature_parameters(params, now=now, max_age=max_age)
+
     # Only the covered fields reach the library's component resolver (it indexes every
     # line it is given); the values it sees for them are unchanged.
-    covered_fields = {str(c.value) for c in signed.components if not str(c.value).startswith("@")}
+    covered_fields = {str(c.value).lower() for c in signed.components}
     message = _Request(
         method=method.upper(),
         url=url,
@@ -598,10 +604,18 @@ def verify_request(
     )
 
 
-def _combined(lines: Sequence[tuple[str, str]], name: str) -> str | None:
-    """All lines of one field, normalised and joined as RFC 9110 section 5.3 combines them."""
-    values = [normalize_header_value(v) for n, v in lines if n.lower() == name]
-    return ", ".join(values) if values else None
+_SIGNATURE_FIELDS = frozenset({"signature-key", "signature-input", "signature"})
+
+
+def _signature_fields(lines: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The three signature fields, each line normalised and the lines of one field joined
+    as RFC 9110 section 5.3 combines them (what the library does for any field)."""
+    found: dict[str, list[str]] = {}
+    for name, value in lines:
+        lowered = name.lower()
+        if lowered in _SIGNATURE_FIELDS:
+            found.setdefault(lowered, []).append(normalize_header_value(value))
+    return {name: ", ".join(values) for name, values in found.items()}
 
 
 _SHA256_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/]{43}=):")

@@ -114,7 +114,7 @@ class _Handlers:
             raise errors.InvalidRequest(f"the request body exceeds {MAX_BODY_BYTES} bytes")
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise errors.InvalidRequest("the request body must be JSON") from None
         if not isinstance(body, dict):
             raise errors.InvalidRequest("the request body must be a JSON object")

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import importlib
 import json
 import logging
@@ -60,12 +61,14 @@ from aiohttp import web
 
 from agentauth.domain import (
     asking,
+    assertions,
     delegation,
     errors,
     exchanging,
     jose,
     keys,
     serviceaccounts,
+    signatures,
     tokens,
 )
 from agentauth.domain.models import Agent
@@ -118,6 +121,8 @@ class ServiceContext:
         self.state = state
         self.kube = kube
         self.metrics = metrics
+        # Every request signature is accepted once (within its 60 s window), per replica.
+        self.signature_replay = assertions.InMemoryReplayCache()
 
     @staticmethod
     def now() -> datetime:
@@ -128,6 +133,54 @@ class ServiceContext:
         if keyset is None:
             raise errors.TemporarilyUnavailable("the issuer signing keys are not loaded yet")
         return keyset
+
+    async def verify_signed_request(
+        self, request: web.Request, *, now: datetime
+    ) -> signatures.VerifiedRequest | None:
+        """The RFC 9421 signature of ``request`` (verified, accepted once); None if unsigned."""
+        if "Signature-Input" not in request.headers and "Signature" not in request.headers:
+            return None
+        try:
+            verified = signatures.verify_request(
+                method=request.method,
+                url=self.settings.public_url + request.rel_url.path_qs,
+                headers=[(k, v) for k, v in request.raw_headers],
+                body=await request.read(),
+                now=now.timestamp(),
+            )
+        except signatures.SignatureError as exc:
+            raise errors.InvalidRequest(f"request signature is invalid: {exc.reason}") from None
+        try:
+            self.signature_replay.remember(
+                "sig|" + verified.replay_id.hex(),
+                expires_at=now.timestamp() + 2 * signatures.MAX_AGE_SECONDS,
+                now=now.timestamp(),
+            )
+        except assertions.Replayed:
+            raise errors.InvalidRequest("request signature was already used (replay)") from None
+        return verified
+
+    @staticmethod
+    def require_possession(
+        claims: Mapping[str, Any], signed: signatures.VerifiedRequest | None, *, what: str
+    ) -> None:
+        """A key-bound token (``cnf``) counts only with a request signed by its key.
+
+        Raises ``InvalidGrant`` naming ``what`` (the token's role) otherwise, so a stolen bound
+        token is worth nothing without the private key it is bound to.
+        """
+        cnf = claims.get("cnf")
+        if cnf is None:
+            return
+        jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+        if not isinstance(jkt, str) or not jkt:
+            raise errors.InvalidGrant(f"{what} has a malformed cnf claim")
+        if signed is None:
+            raise errors.InvalidGrant(
+                f"{what} is bound to a key (cnf): sign the request with that key (RFC 9421)"
+            )
+        if not hmac.compare_digest(signed.jkt, jkt):
+            raise errors.InvalidGrant(f"the request is not signed by the key {what} is bound to")
 
     async def authenticate(self, request: web.Request) -> Authenticated:
         """Verify ``Authorization: Bearer <agent token>``; ``InvalidToken`` (401) otherwise."""
@@ -149,15 +202,30 @@ class ServiceContext:
                 leeway=0,
             )
             agent = exchanging.check_token_current(claims, snapshot=self.state.snapshot(), now=now)
+            self.require_possession(
+                claims.claims,
+                await self.verify_signed_request(request, now=now),
+                what="the agent token",
+            )
         except (errors.InvalidGrant, errors.InvalidRequest) as exc:
             raise errors.InvalidToken(
                 exc.description,
                 headers={
-                    "WWW-Authenticate": f'Bearer realm="agentauth", error="invalid_token", '
-                    f'error_description="{exc.description}"'
+                    "WWW-Authenticate": 'Bearer realm="agentauth", error="invalid_token", '
+                    f'error_description="{_header_safe(exc.description)}"'
                 },
             ) from None
         return Authenticated(claims=claims, agent=agent, token=token.strip())
+
+
+def _header_safe(text: str) -> str:
+    """``text`` as RFC 6749 allows in ``error_description`` (%x20-21 / %x23-5B / %x5D-7E).
+
+    Descriptions can echo attacker input (a token's ``kid``); anything else, quotes and
+    backslashes included, becomes '?', so it can never close the quoted string and add
+    parameters to the challenge.
+    """
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
 
 
 def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -195,7 +263,6 @@ class TokenService:
         )
         self.federation = _optional("agentauth.tokenservice.federation")
         self.federation_matching = _optional("agentauth.domain.federation.matching")
-        self.signatures = _optional("agentauth.domain.signatures")
         self.assertions = _optional("agentauth.domain.assertions")
         self._federation_settings: Any = None
         self._aws_replay: Any = None
@@ -240,14 +307,17 @@ class TokenService:
             keyset = self.context.keyset()
             snapshot = self.state.snapshot()
             # a signed request is checked before anything in it is acted upon
-            cnf = await self._proof_of_possession(request, now=now)
+            signed = await self.context.verify_signed_request(request, now=now)
+            cnf = signed.public_jwk if signed is not None else None
             if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS and self.assertions is not None:
                 decision = self._client_assertion(form, snapshot=snapshot, now=now)
             else:
                 if self.assertions is not None:
                     self.assertions.reject_grant_type(grant_type)
                 exchange = exchanging.parse_request(form)
-                decision = await self._exchange(exchange, snapshot=snapshot, now=now, fields=fields)
+                decision = await self._exchange(
+                    exchange, snapshot=snapshot, now=now, fields=fields, signed=signed
+                )
             fields["agent_name"] = exchanging.agent_label(decision.agent)
             self.buckets.take(fields["agent_name"])
             issued = exchanging.mint(
@@ -296,11 +366,12 @@ class TokenService:
         snapshot: exchanging.Snapshot,
         now: datetime,
         fields: dict[str, Any],
+        signed: signatures.VerifiedRequest | None,
     ) -> exchanging.Decision:
         kind = exchange.subject_token_type
         fields["subject"] = exchanging.audit_fingerprint(exchange.subject_token)
         if exchange.actor_token is not None:
-            return await self._delegate(exchange, snapshot=snapshot, now=now)
+            return await self._delegate(exchange, snapshot=snapshot, now=now, signed=signed)
         if kind == exchanging.TOKEN_TYPE_JWT:
             try:
                 identity = await self._service_account(exchange.subject_token, now=now)
@@ -392,7 +463,12 @@ class TokenService:
         return agent
 
     async def _delegate(
-        self, exchange: exchanging.ExchangeRequest, *, snapshot: exchanging.Snapshot, now: datetime
+        self,
+        exchange: exchanging.ExchangeRequest,
+        *,
+        snapshot: exchanging.Snapshot,
+        now: datetime,
+        signed: signatures.VerifiedRequest | None,
     ) -> exchanging.Decision:
         if exchange.subject_token_type != exchanging.TOKEN_TYPE_ACCESS_TOKEN:
             raise errors.InvalidRequest(
@@ -411,6 +487,8 @@ class TokenService:
             )
         except errors.OAuthError as exc:
             raise type(exc)(f"actor_token: {exc.description}") from None
+        # The actor is who presents this request: a bound actor token needs its key's signature.
+        self.context.require_possession(actor.claims, signed, what="actor_token")
         subject_issuer = delegation.peek_issuer(exchange.subject_token)
         trusted_keys: dict[str, jose.PublicKeySet] = {}
         if subject_issuer != self.settings.issuer:
@@ -484,27 +562,6 @@ class TokenService:
             now=now,
         )
 
-    async def _proof_of_possession(
-        self, request: web.Request, *, now: datetime
-    ) -> dict[str, Any] | None:
-        """The key that signed the token request (RFC 9421), for ``cnf``; None if unsigned."""
-        if "Signature-Input" not in request.headers and "Signature" not in request.headers:
-            return None
-        if self.signatures is None:
-            raise errors.InvalidRequest("signed token requests are not supported")
-        try:
-            verified = self.signatures.verify_request(
-                method=request.method,
-                url=self.settings.public_url + request.rel_url.path_qs,
-                headers=[(k, v) for k, v in request.raw_headers],
-                body=await request.read(),
-                now=now.timestamp(),
-            )
-        except self.signatures.SignatureError as exc:
-            raise errors.InvalidRequest(f"request signature is invalid: {exc.reason}") from None
-        jwk: dict[str, Any] = verified.public_jwk
-        return jwk
-
     # -- discovery, keys, introspection ------------------------------------------------------
 
     def metadata_document(self) -> dict[str, Any]:
@@ -564,7 +621,7 @@ class TokenService:
         caller = await self.context.authenticate(request)
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise errors.InvalidRequest("the request body must be JSON") from None
         try:
             asked = asking.parse_request(body)

@@ -296,7 +296,8 @@ class ResourceVerifier:
         if self.audience not in audiences:
             raise errors.InvalidToken(f"token audience does not include {self.audience}")
         if cache is not None:
-            nbf, iat = claims.get("nbf"), claims.get("iat")
+            # nbf/iat were checked above (numbers when present); a hit re-checks the later.
+            times = [v for v in (claims.get("nbf"), claims.get("iat")) if v is not None]
             cache.put(
                 token,
                 _VerifiedToken(
@@ -304,10 +305,7 @@ class ResourceVerifier:
                     key=keys.get(verified.kid),
                     issuer=self.issuer,
                     audience=self.audience,
-                    not_before=max(
-                        (float(v) for v in (nbf, iat) if isinstance(v, int | float)),
-                        default=float("-inf"),
-                    ),
+                    not_before=float(max(times)) if times else float("-inf"),
                     expires_at=float(verified.expires_at),
                 ),
             )
