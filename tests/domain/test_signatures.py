@@ -501,3 +501,20 @@ def test_sha512_content_digest_takes_the_library_digest_check(
     assert _reason(headers, body=b'{"title": "forged"}') == (
         "Content-Digest does not match the message body"
     )
+
+
+def test_malformed_signature_fields(agent_key: ed25519.Ed25519PrivateKey) -> None:
+    headers = _signed(agent_key, signature_key=signatures.signature_key_hwk(agent_key))
+    assert _reason({**headers, "Signature-Input": 'sig=("@method"'}) == (
+        'Malformed structured header field "Signature-Input"'
+    )
+    assert _reason({**headers, "Signature": "sig=:not base64:"}) == (
+        'Malformed structured header field "Signature"'
+    )
+    assert _reason({**headers, "Signature-Input": ""}) == "No signatures found in the message"
+    assert _reason({**headers, "Signature": 'sig="text"'}) == (
+        'Signature member "sig" must be a Byte Sequence'
+    )
+    assert _reason({**headers, "Signature-Input": 'sig="@method"'}) == (
+        'Signature-Input member "sig" must be an Inner List'
+    )

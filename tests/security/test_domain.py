@@ -41,11 +41,6 @@ def registered(key: ed25519.Ed25519PrivateKey) -> dict[str, object]:
 # -- findings ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW: jose.check_registered_claims accepts exp=NaN (every comparison with NaN is "
-    "False), so a signed token with a NaN exp never expires; json.loads accepts NaN literals",
-)
 def test_nan_exp_is_refused() -> None:
     claims = {"iss": ISSUER, "aud": ISSUER, "exp": math.nan}
     with pytest.raises(errors.InvalidGrant):
@@ -54,12 +49,6 @@ def test_nan_exp_is_refused() -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW: verify_client_assertion with exp=NaN passes every time check, poisons the "
-    "replay cache with a NaN expiry (replay check disabled for that jti) and then crashes "
-    "on int(NaN) -> ValueError -> HTTP 500",
-)
 def test_client_assertion_with_nan_exp_is_invalid_client() -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     now = time.time()
@@ -85,11 +74,6 @@ def test_client_assertion_with_nan_exp_is_invalid_client() -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: jose.parse lets RecursionError escape for deeply nested JSON instead of "
-    "raising InvalidGrant (every verifier built on it answers 500)",
-)
 def test_deeply_nested_payload_is_invalid_grant() -> None:
     header = jose.b64url_encode(b'{"alg":"EdDSA","kid":"k"}')
     payload = jose.b64url_encode(b"[" * 5000 + b"]" * 5000)

@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agentauth.domain import errors
+from agentauth.domain import errors, strictjson
 
 MAX_TOKEN_BYTES = 16 * 1024
 """Upper bound for any JWT we parse; Kubernetes, cloud and our own tokens are a few KiB."""
@@ -87,7 +88,7 @@ class ParsedJWS:
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = strictjson.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise errors.InvalidGrant(f"token {what} is not valid JSON") from exc
     if not isinstance(value, dict):
@@ -267,13 +268,19 @@ def check_registered_claims(
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise errors.InvalidGrant("token has no exp claim")
+    if not math.isfinite(exp):  # NaN compares false with everything: it would never expire
+        raise errors.InvalidGrant("token exp claim is not a finite number")
     if now >= exp + leeway:
         raise errors.InvalidGrant("token has expired")
     for name in ("nbf", "iat"):
         value = claims.get(name)
         if value is None:
             continue
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
             raise errors.InvalidGrant(f"token {name} claim is not a number")
         if value > now + leeway:
             raise errors.InvalidGrant("token is not yet valid")

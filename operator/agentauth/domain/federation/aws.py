@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from xml.etree import ElementTree
 
-from agentauth.domain import errors
+from agentauth.domain import errors, strictjson
 
 SUBJECT_TOKEN_TYPE = "urn:agentauth:params:token-type:aws-signed-request"
 SERVER_ID_HEADER = "X-AgentAuth-Server-ID"
@@ -195,7 +195,7 @@ def decode_subject_token(token: str) -> dict[str, Any]:
         raise errors.InvalidRequest("the AWS signed request is not base64url")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        envelope = json.loads(raw)
+        envelope = strictjson.loads(raw)
     except (binascii.Error, ValueError):
         raise errors.InvalidRequest(
             "the AWS signed request is not base64url-encoded JSON"
@@ -460,7 +460,7 @@ def parse_caller_identity(body: bytes, *, content_type: str) -> CallerIdentity:
 
 def _json_caller_identity(body: bytes) -> dict[str, str]:
     try:
-        document = json.loads(body)
+        document = strictjson.loads(body)
         result = document["GetCallerIdentityResponse"]["GetCallerIdentityResult"]
     except (ValueError, KeyError, TypeError):
         raise errors.InvalidGrant(

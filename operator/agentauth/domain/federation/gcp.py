@@ -22,12 +22,11 @@ import base64
 import binascii
 import dataclasses
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from agentauth.domain import errors
+from agentauth.domain import errors, strictjson
 
 SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -77,7 +76,7 @@ def check_token_shape(token: str) -> None:
         raise errors.InvalidGrant("the GCP ID token is not a JWT")
     encoded_header = shape.group(1)
     try:
-        header = json.loads(
+        header = strictjson.loads(
             base64.urlsafe_b64decode(encoded_header + "=" * (-len(encoded_header) % 4))
         )
     except (binascii.Error, ValueError):
