@@ -11,12 +11,13 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agentauth.domain import keys
+from agentauth.domain import keys, signatures
 from tests.domain import tokenkit
 from tests.tokenservice import test_app as http_kit
 
@@ -103,23 +104,60 @@ async def test_bound_token_is_refused_as_plain_bearer_at_access_requests(
     assert body["error"] == "invalid_token"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: a stolen cnf-bound agent token is accepted as subject_token of a delegation "
-    "without proof of possession and yields a fresh, UNBOUND token with sub = the victim agent",
-)
 async def test_bound_subject_token_cannot_be_laundered_through_delegation(
     service: http_kit.Service, cluster: tokenkit.ClusterIssuer
 ) -> None:
     stolen = await bound_token(service, cluster, **TOOL_POD)  # agent team-a/tool
     attacker = await http_kit.agent_token(service, cluster)  # team-a/research, may delegate
     status, _, body = await http_kit.delegate(service, stolen, attacker)
-    if status == 200:  # show what was obtained before failing
-        claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-        assert "cnf" not in claims
-        assert claims["sub"] == "aauth:tool.team-a@agentauth.example.test"
-    assert status == 400, body
-    assert body["error"] == "invalid_grant"
+    assert (status, body) == (
+        400,
+        {
+            "error": "invalid_grant",
+            "error_description": "the subject token is bound to a key (cnf): it can be the "
+            "subject of a delegation only when its may_act names the actor or the request is "
+            "signed with that key",
+        },
+    )
+
+
+async def test_bound_subject_token_naming_the_actor_in_may_act_can_be_delegated(
+    service: http_kit.Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    """The holder of a bound token consents to one actor with ``may_act`` (tool -> agent)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    research = "aauth:research.team-a@agentauth.example.test"
+    body = urlencode(
+        {
+            "grant_type": http_kit.EXCHANGE,
+            "subject_token": http_kit.sa_token(cluster, **TOOL_POD),
+            "subject_token_type": http_kit.JWT,
+            "may_act": research,
+        }
+    ).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    headers.update(
+        signatures.sign_request(
+            method="POST",
+            url=f"{http_kit.ISSUER}/oauth2/token",
+            headers=headers,
+            body=body,
+            private_key=key,
+            signature_key_header=signatures.signature_key_hwk(key),
+        )
+    )
+    status, _, issued = await service.post("/oauth2/token", data=body, headers=headers)
+    assert status == 200, issued
+    consented = issued["access_token"]
+    claims = jwt.decode(consented, options={"verify_signature": False})
+    assert claims["may_act"] == {"sub": research}
+    assert "cnf" in claims
+    actor = await http_kit.agent_token(service, cluster)  # team-a/research
+    status, _, delegated = await http_kit.delegate(service, consented, actor)
+    assert status == 200, delegated
+    result = jwt.decode(delegated["access_token"], options={"verify_signature": False})
+    assert result["sub"] == "aauth:tool.team-a@agentauth.example.test"
+    assert result["act"] == {"sub": research}
 
 
 async def test_bound_actor_token_needs_proof_of_possession(

@@ -8,6 +8,10 @@ Guarantees (each failure raises a typed ``errors.OAuthError``):
   its Agent must be usable and allow delegation (``unauthorized_client`` otherwise).
 - Depth: the new ``act`` chain may be at most the actor Agent's ``delegation.maxDepth`` deep.
 - ``may_act`` in the subject token, when present, must name the actor's ``sub``.
+- A key-bound subject token (``cnf``) counts only with proof that its holder consents: the
+  request is signed by the bound key, or the token's ``may_act`` names the actor (its holder
+  asked for that with the ``may_act`` request parameter). A stolen bound token therefore cannot be
+  presented as the subject by another agent.
 - Scope = subject scope ∩ actor's usable capabilities ∩ requested; a requested capability outside
   that intersection is ``invalid_scope``. A user token without a ``scope`` claim delegates nothing
   (fail closed), so its exchanges need no scope and yield an empty one.
@@ -17,6 +21,7 @@ Guarantees (each failure raises a typed ``errors.OAuthError``):
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +52,8 @@ class Subject:
     may_act: dict[str, Any] | None
     expires_at: datetime
     ours: bool
+    bound_jkt: str | None = None
+    """The RFC 7638 thumbprint the token is bound to (``cnf.jkt``), if any."""
 
 
 def chain_depth(act: Mapping[str, Any] | None) -> int:
@@ -101,6 +108,7 @@ def verify_subject(
             may_act=raw.get("may_act") if isinstance(raw.get("may_act"), dict) else None,
             expires_at=datetime.fromtimestamp(claims.expires_at, tz=UTC),
             ours=True,
+            bound_jkt=_bound_jkt(raw),
         )
     config = next((t for t in trusted if t.issuer == iss), None)
     keys = trusted_keys.get(iss)
@@ -126,7 +134,18 @@ def verify_subject(
         may_act=may_act if isinstance(may_act, dict) else None,
         expires_at=datetime.fromtimestamp(int(payload["exp"]), tz=UTC),
         ours=False,
+        bound_jkt=_bound_jkt(payload),
     )
+
+
+def _bound_jkt(claims: Mapping[str, Any]) -> str | None:
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+    if not isinstance(jkt, str) or not jkt:
+        raise errors.InvalidGrant("token has a malformed cnf claim")
+    return jkt
 
 
 def intersect(left: Iterable[str], right: Iterable[str]) -> tuple[str, ...]:
@@ -150,8 +169,12 @@ def decide(
     snapshot: exchanging.Snapshot,
     issuer: str,
     now: datetime,
+    signer_jkt: str | None = None,
 ) -> exchanging.Decision:
-    """The delegated token's decision per the module rules; ``actor`` is already verified."""
+    """The delegated token's decision per the module rules; ``actor`` is already verified.
+
+    ``signer_jkt`` is the thumbprint of the key that signed the request (RFC 9421), if any.
+    """
     if actor.act is not None:
         raise errors.InvalidGrant("actor_token must be the actor's own token, not a delegated one")
     agent: Agent = exchanging.check_token_current(actor, snapshot=snapshot, now=now)
@@ -166,6 +189,15 @@ def decide(
         )
     if subject.may_act is not None and subject.may_act.get("sub") != actor.subject:
         raise errors.InvalidGrant("the subject token's may_act does not name the actor")
+    if (
+        subject.bound_jkt is not None
+        and subject.may_act is None
+        and (signer_jkt is None or not hmac.compare_digest(signer_jkt, subject.bound_jkt))
+    ):
+        raise errors.InvalidGrant(
+            "the subject token is bound to a key (cnf): it can be the subject of a delegation "
+            "only when its may_act names the actor or the request is signed with that key"
+        )
     if subject.sub == actor.subject:
         raise errors.InvalidRequest("subject and actor are the same identity")
     audience, server = exchanging.resolve_audience(
@@ -212,4 +244,5 @@ def decide(
         lifetime=lifetime,
         act=act,
         access_requests=usable.access_requests,
+        may_act=target.may_act,
     )

@@ -79,6 +79,8 @@ class Target:
     scope: tuple[str, ...] | None = None
     audience: str | None = None
     requested_lifetime: timedelta | None = None
+    may_act: str | None = None
+    """An agent identifier allowed to present the issued token as a delegation's subject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +155,13 @@ def _one(form: Mapping[str, Sequence[str]], name: str) -> str | None:
 
 
 _SECONDS = re.compile(r"[0-9]{1,9}")
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_AGENT_ID = re.compile(rf"aauth:{_LABEL}\.{_LABEL}@[A-Za-z0-9.-]{{1,253}}")
 
 
 def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
     """``scope``, ``audience``/``resource`` (RFC 8707) and ``expires_in`` of a token request."""
-    for name in ("scope", "audience", "expires_in"):
+    for name in ("scope", "audience", "expires_in", "may_act"):
         if len(form.get(name, ())) > 1:
             raise errors.InvalidRequest(f"parameter {name} is repeated")
     raw_scope = _one(form, "scope")
@@ -172,8 +176,16 @@ def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
         if _SECONDS.fullmatch(raw_lifetime) is None or int(raw_lifetime) <= 0:
             raise errors.InvalidRequest("expires_in must be a positive number of seconds")
         lifetime = min(timedelta(seconds=int(raw_lifetime)), tokens.MAX_LIFETIME)
+    may_act = _one(form, "may_act")
+    if may_act is not None and _AGENT_ID.fullmatch(may_act) is None:
+        raise errors.InvalidRequest(
+            "may_act must be an agent identifier such as aauth:<name>.<namespace>@<trust-domain>"
+        )
     return Target(
-        scope=scope, audience=targets[0] if targets else None, requested_lifetime=lifetime
+        scope=scope,
+        audience=targets[0] if targets else None,
+        requested_lifetime=lifetime,
+        may_act=may_act,
     )
 
 
@@ -476,6 +488,7 @@ class Decision:
     lifetime: timedelta
     pod: Pod | None = None
     act: dict[str, Any] | None = None
+    may_act: str | None = None
     access_requests: tuple[str, ...] = ()
 
 
@@ -525,6 +538,7 @@ def decide_for_agent(
         lifetime=lifetime,
         pod=pod,
         access_requests=scope.access_requests,
+        may_act=target.may_act,
     )
 
 
@@ -577,6 +591,7 @@ def mint(
         cnf_jwk=cnf_jwk,
         act=decision.act,
         pod={"name": decision.pod.name, "uid": decision.pod.uid} if decision.pod else None,
+        extra_claims={"may_act": {"sub": decision.may_act}} if decision.may_act else None,
     )
 
 

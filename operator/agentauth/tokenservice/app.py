@@ -527,6 +527,7 @@ class TokenService:
             snapshot=snapshot,
             issuer=self.settings.issuer,
             now=now,
+            signer_jkt=signed.jkt if signed is not None else None,
         )
 
     def _client_assertion(
