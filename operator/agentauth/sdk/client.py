@@ -619,6 +619,7 @@ class AgentClient:
         scope: Sequence[str] | None,
         audience: str | None,
         subject_token_type: str,
+        may_act: str | None = None,
     ) -> _Call:
         fields = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -629,6 +630,7 @@ class AgentClient:
             "requested_token_type": ACCESS_TOKEN_TYPE,
             "scope": " ".join(_scope_key(scope)) or None,
             "audience": audience,
+            "may_act": may_act,
         }
         return self._signed_call(
             "POST",
@@ -645,13 +647,20 @@ class AgentClient:
         scope: Sequence[str] | None = None,
         audience: str | None = None,
         subject_token_type: str = ACCESS_TOKEN_TYPE,
+        may_act: str | None = None,
     ) -> AgentToken:
         """Chain of agency (RFC 8693): a token whose ``sub`` is the user and whose ``act``
-        names this agent, with scope = user's ∩ agent's ∩ ``scope``.  Not cached."""
+        names this agent, with scope = user's ∩ agent's ∩ ``scope``.  Not cached.
+
+        ``user_token`` may also be a token another agent handed over (tool -> agent -> user).
+        Tokens are bound to their agent's key, so that agent must have named this one with
+        ``may_act`` (the agent identifier ``aauth:<name>.<namespace>@<trust-domain>``) when it
+        delegated: pass ``may_act`` here to hand the result to the next agent in the chain.
+        """
         actor = self.token()
         started = self._clock()
         response = self._send(
-            self._delegate_call(user_token, actor, scope, audience, subject_token_type)
+            self._delegate_call(user_token, actor, scope, audience, subject_token_type, may_act)
         )
         return self._parse_token(response, audience, started)
 
@@ -662,12 +671,13 @@ class AgentClient:
         scope: Sequence[str] | None = None,
         audience: str | None = None,
         subject_token_type: str = ACCESS_TOKEN_TYPE,
+        may_act: str | None = None,
     ) -> AgentToken:
         """Async twin of :meth:`delegate`."""
         actor = await self.atoken()
         started = self._clock()
         response = await self._asend(
-            self._delegate_call(user_token, actor, scope, audience, subject_token_type)
+            self._delegate_call(user_token, actor, scope, audience, subject_token_type, may_act)
         )
         return self._parse_token(response, audience, started)
 
