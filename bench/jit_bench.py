@@ -119,7 +119,7 @@ def run(env: jitkit.JitEnv, api: client.ApiClient, cluster: server.DevCluster, t
         )["items"]
         return sum((item.get("status") or {}).get("phase") == "Pending" for item in items)
 
-    jitkit.wait_for(lambda: pending_count() == len(created), timeout=60, what="all Pending")
+    jitkit.wait_for(lambda: pending_count() == len(created), timeout=60, message="all Pending")
     pending_seconds = time.monotonic() - started
     reached_pending = pending_count()
 
