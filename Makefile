@@ -32,8 +32,8 @@ test: lint
 	exit $$status
 
 format: venv
-	$(BIN)/ruff check --fix operator tests bench demo
-	$(BIN)/ruff format operator tests bench demo
+	$(BIN)/ruff check --fix operator tests bench demo hack
+	$(BIN)/ruff format operator tests bench demo hack
 
 crds: venv
 	$(BIN)/agentauth crds

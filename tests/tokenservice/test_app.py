@@ -673,6 +673,8 @@ async def test_per_client_rate_limit_counts_requests_that_reach_no_decision(
             "/oauth2/token", data="%%%", headers={"Content-Type": "text/plain"}
         )
         assert garbage[0] == 400
+        # Those three were decided (and audited); from here on only refusals by the limit follow.
+        caplog.clear()
         with caplog.at_level(logging.INFO, logger="agentauth.audit"):
             status, headers, body = await svc.exchange("not-a-jwt")
             # A valid request from the same address is limited too: the limit is per address.

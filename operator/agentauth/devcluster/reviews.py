@@ -14,23 +14,13 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from agentauth.devcluster import authn, rbac, types
 
 
-class ReviewError(Exception):
+class ReviewError(types.StatusError):
     """A refused review request; ``code``/``reason``/``message``/``causes`` form the ``Status``."""
-
-    def __init__(
-        self, code: int, reason: str, message: str, *, causes: Sequence[dict[str, str]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.causes = list(causes)
 
 
 def _check_envelope(body: Any, *, kind: str, group: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -52,17 +52,8 @@ class InvalidToken(Exception):
     """A service-account token failed verification (signature, alg, kid, iss, aud, exp, nbf)."""
 
 
-class TokenRequestError(Exception):
+class TokenRequestError(types.StatusError):
     """A refused TokenRequest; ``code``/``reason``/``message`` form the ``Status`` body."""
-
-    def __init__(
-        self, code: int, reason: str, message: str, *, causes: Sequence[dict[str, str]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.causes = list(causes)
 
 
 def _b64url_uint(value: int) -> str:

@@ -68,3 +68,17 @@ class ObjectReader(Protocol):
     def list(
         self, *, group: str, resource: str, namespace: str | None = None
     ) -> Sequence[dict[str, Any]]: ...
+
+
+class StatusError(Exception):
+    """A refused request that becomes a ``Status`` body: ``code``, ``reason``, ``message``,
+    and ``causes`` (the ``details.causes`` of a 422)."""
+
+    def __init__(
+        self, code: int, reason: str, message: str, *, causes: Sequence[dict[str, str]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.causes = list(causes)
