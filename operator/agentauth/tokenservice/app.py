@@ -22,14 +22,16 @@ Subject token dispatch (``subject_token_type``):
 - ``urn:ietf:params:oauth:token-type:access_token`` with an ``actor_token``: chain of agency
   (``domain.delegation``).
 
-Seams for the other modules (each is used when importable, and its absence is answered cleanly):
+Collaborating modules:
 - Federation: ``agentauth.tokenservice.federation.verify_gcp_subject_token(token, *, settings)``
   and ``verify_aws_subject_token(token, *, settings, replay_cache, http_session)`` return a
   ``FederatedIdentity``; ``agentauth.domain.federation.matching.match_agent(identity, agents)``
-  names the Agent. Without them: ``unsupported_token_type``.
+  names the Agent.
 - AAuth: ``agentauth.domain.signatures.verify_request`` — when a token request carries
-  ``Signature-Input``/``Signature``/``Signature-Key`` headers, the signature must verify and the
-  issued token is bound to the signing key (``cnf: {jwk, jkt}``).
+  ``Signature-Input``/``Signature``/``Signature-Key`` headers, the signature must verify (once:
+  signatures are replay-checked) and the issued token is bound to the signing key
+  (``cnf: {jwk, jkt}``). A key-bound token presented to ``/v1/ask``, ``/v1/access-requests`` or
+  as ``actor_token`` needs a request signed by its key.
   ``agentauth.domain.assertions.verify_client_assertion`` — ``grant_type=client_credentials`` with
   an RFC 7523 ``client_assertion`` signed by a key in the Agent's ``spec.publicKeys``.
 - JIT: ``agentauth.tokenservice.accessrequests.add_routes(app, *, context)`` adds
@@ -46,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import importlib
 import json
 import logging
 import sys
@@ -54,7 +55,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 from aiohttp import web
@@ -71,10 +71,12 @@ from agentauth.domain import (
     signatures,
     tokens,
 )
+from agentauth.domain.federation import aws as aws_federation
+from agentauth.domain.federation import matching
 from agentauth.domain.models import Agent
 from agentauth.kube import client as kubeclient
 from agentauth.kube import config as kubeconfig
-from agentauth.tokenservice import observability, ratelimit
+from agentauth.tokenservice import federation, observability, ratelimit
 from agentauth.tokenservice import settings as settings_module
 from agentauth.tokenservice import state as state_module
 
@@ -85,16 +87,6 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 AUDIT_HEADER = "X-Agentauth-Audit-Id"
 """Token-endpoint answers (issued or denied) name their audit line here; the body stays RFC 6749."""
-
-
-def _optional(module: str) -> ModuleType | None:
-    """Import a collaborator module if it exists (see the seams in the module docstring)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise  # the module exists but is broken: fail loudly, do not silently disable it
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,14 +253,13 @@ class TokenService:
             if self.settings.client_rate_limit_per_second > 0
             else None
         )
-        self.federation = _optional("agentauth.tokenservice.federation")
-        self.federation_matching = _optional("agentauth.domain.federation.matching")
-        self.assertions = _optional("agentauth.domain.assertions")
-        self._federation_settings: Any = None
-        self._aws_replay: Any = None
-        self._assertion_replay: Any = None
-        if self.assertions is not None:
-            self._assertion_replay = self.assertions.InMemoryReplayCache()
+        self._federation_settings = federation.FederationSettings(
+            issuer=self.settings.issuer,
+            aws_sts_test_endpoint=self.settings.aws_sts_test_endpoint,
+            gcp_certs_url=self.settings.gcp_certs_url,
+        )
+        self._aws_replay = aws_federation.InMemoryReplayCache()
+        self._assertion_replay = assertions.InMemoryReplayCache()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -309,11 +300,10 @@ class TokenService:
             # a signed request is checked before anything in it is acted upon
             signed = await self.context.verify_signed_request(request, now=now)
             cnf = signed.public_jwk if signed is not None else None
-            if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS and self.assertions is not None:
+            if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS:
                 decision = self._client_assertion(form, snapshot=snapshot, now=now)
             else:
-                if self.assertions is not None:
-                    self.assertions.reject_grant_type(grant_type)
+                assertions.reject_grant_type(grant_type)
                 exchange = exchanging.parse_request(form)
                 decision = await self._exchange(
                     exchange, snapshot=snapshot, now=now, fields=fields, signed=signed
@@ -379,8 +369,7 @@ class TokenService:
                 # a self-signed agent assertion sent here gets the AAuth module's pointer to
                 # the right grant instead of a bare verification failure (checked only on
                 # failure: the happy path does not parse the token twice)
-                if self.assertions is not None:
-                    self.assertions.reject_as_subject_token(exchange.subject_token)
+                assertions.reject_as_subject_token(exchange.subject_token)
                 raise
             fields["pod"] = f"{identity.namespace}/{identity.pod_name}"
             return exchanging.decide_for_service_account(
@@ -436,31 +425,18 @@ class TokenService:
         snapshot: exchanging.Snapshot,
         fields: dict[str, Any],
     ) -> Agent:
-        if self.federation is None or self.federation_matching is None:
-            raise errors.UnsupportedTokenType(
-                f"subject_token_type {exchange.subject_token_type!r} is not enabled"
-            )
-        if self._federation_settings is None:
-            self._federation_settings = self.federation.FederationSettings(
-                issuer=self.settings.issuer,
-                aws_sts_test_endpoint=self.settings.aws_sts_test_endpoint,
-                gcp_certs_url=self.settings.gcp_certs_url,
-            )
-            aws = importlib.import_module("agentauth.domain.federation.aws")
-            self._aws_replay = aws.InMemoryReplayCache()
         if exchange.subject_token_type == exchanging.TOKEN_TYPE_ID_TOKEN:
-            identity = await self.federation.verify_gcp_subject_token(
+            identity = await federation.verify_gcp_subject_token(
                 exchange.subject_token, settings=self._federation_settings
             )
         else:
-            identity = await self.federation.verify_aws_subject_token(
+            identity = await federation.verify_aws_subject_token(
                 exchange.subject_token,
                 settings=self._federation_settings,
                 replay_cache=self._aws_replay,
             )
         fields["federated"] = identity.describe()
-        agent: Agent = self.federation_matching.match_agent(identity, snapshot.agents.values())
-        return agent
+        return matching.match_agent(identity, snapshot.agents.values())
 
     async def _delegate(
         self,
@@ -533,19 +509,18 @@ class TokenService:
     def _client_assertion(
         self, form: Mapping[str, Sequence[str]], *, snapshot: exchanging.Snapshot, now: datetime
     ) -> exchanging.Decision:
-        assert self.assertions is not None  # noqa: S101 - checked by the caller
         assertion = (form.get("client_assertion") or [""])[0]
-        self.assertions.check_assertion_type(_first(form, "client_assertion_type"))
+        assertions.check_assertion_type(_first(form, "client_assertion_type"))
         if not assertion:
             raise errors.InvalidRequest("missing parameter: client_assertion")
-        agent_id = self.assertions.peek_issuer(assertion)
-        name = self.assertions.agent_name_from_identifier(
+        agent_id = assertions.peek_issuer(assertion)
+        name = assertions.agent_name_from_identifier(
             agent_id, trust_domain=self.settings.trust_domain
         )
         agent = snapshot.agent(name.namespace, name.name)
         if agent is None or agent.spec.public_keys is None:
             raise errors.InvalidClient(f"agent {name.namespace}/{name.name} has no registered keys")
-        self.assertions.verify_client_assertion(
+        assertions.verify_client_assertion(
             assertion=assertion,
             agent_id=agent_id,
             public_keys=agent.spec.public_keys.to_api(),
@@ -572,10 +547,11 @@ class TokenService:
             "token_endpoint": self.settings.token_endpoint,
             "jwks_uri": f"{base}/jwks",
             "introspection_endpoint": f"{base}/oauth2/introspect",
-            "grant_types_supported": [exchanging.GRANT_TYPE_TOKEN_EXCHANGE]
-            + ([GRANT_TYPE_CLIENT_CREDENTIALS] if self.assertions is not None else []),
-            "token_endpoint_auth_methods_supported": ["none"]
-            + (["private_key_jwt"] if self.assertions is not None else []),
+            "grant_types_supported": [
+                exchanging.GRANT_TYPE_TOKEN_EXCHANGE,
+                GRANT_TYPE_CLIENT_CREDENTIALS,
+            ],
+            "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
             "introspection_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": ["token"],
@@ -761,9 +737,10 @@ def build_app(
     app.router.add_get("/metrics", service.metrics_endpoint)
     app.router.add_get("/healthz", service.healthz)
     app.router.add_get("/readyz", service.readyz)
-    access_requests = _optional("agentauth.tokenservice.accessrequests")
-    if access_requests is not None:
-        access_requests.add_routes(app, context=context)
+    # Imported here: the routes module builds on ServiceContext from this module.
+    from agentauth.tokenservice import accessrequests
+
+    accessrequests.add_routes(app, context=context)
     return app
 
 
