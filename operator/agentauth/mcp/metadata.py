@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import urllib.parse
 
-WELL_KNOWN = "/.well-known/oauth-protected-resource"
+from agentauth.domain import toolservers
+
+WELL_KNOWN = toolservers.WELL_KNOWN
 
 
 def metadata_url(resource_uri: str) -> str:
-    """RFC 9728 section 3.1: the well-known path is inserted between host and resource path
-    (``https://h/mcp`` -> ``https://h/.well-known/oauth-protected-resource/mcp``)."""
-    parts = urllib.parse.urlsplit(resource_uri)
-    path = parts.path.rstrip("/")
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, WELL_KNOWN + path, "", ""))
+    """RFC 9728 section 3.1 (the controller publishes the same URL in ToolServer status)."""
+    return toolservers.metadata_url(resource_uri)
 
 
 def metadata_paths(resource_uri: str) -> tuple[str, ...]:

@@ -1,0 +1,81 @@
+"""ToolServer reconciliation end to end through kubectl: metadata URL, Ready, Invalid, Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Kubectl
+from tests.controller.conftest import (
+    ControllerThread,
+    Install,
+    events_for,
+    get_json,
+    ready_condition,
+    wait_for,
+)
+from tests.controller.test_lifecycle import apply
+
+
+def tool_server(name: str, namespace: str, *tools: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentauth.dev/v1alpha1",
+        "kind": "ToolServer",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"resourceURI": f"https://{name}.example.test/mcp", "tools": list(tools)},
+    }
+
+
+def test_tool_server_publishes_its_metadata_url(
+    kubectl: Kubectl, install: Install, controller: ControllerThread
+) -> None:
+    ns = install.namespace
+    apply(
+        kubectl,
+        tool_server("finance", ns, {"name": "read_document", "capability": "document.read"}),
+    )
+    wait_for(
+        lambda: (
+            ready_condition(get_json(kubectl, "toolserver", "finance", "-n", ns))
+            == ("True", "MetadataPublished")
+        ),
+        message="the ToolServer is Ready",
+    )
+    status = get_json(kubectl, "toolserver", "finance", "-n", ns)["status"]
+    assert status["metadataURL"] == (
+        "https://finance.example.test/.well-known/oauth-protected-resource/mcp"
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == (
+        "1 tool; tokens for this server carry audience https://finance.example.test/mcp"
+    )
+    assert status["observedGeneration"] == 1
+    assert (
+        "Normal",
+        "MetadataPublished",
+        "Protected-resource metadata at "
+        "https://finance.example.test/.well-known/oauth-protected-resource/mcp",
+    ) in events_for(kubectl, namespace=ns, name="finance", kind="ToolServer")
+
+
+def test_tool_server_with_a_duplicate_tool_is_invalid(
+    kubectl: Kubectl, install: Install, controller: ControllerThread
+) -> None:
+    ns = install.namespace
+    twice = {"name": "pay", "capability": "payments.authorize"}
+    apply(kubectl, tool_server("payments", ns, twice, twice))
+    wait_for(
+        lambda: (
+            ready_condition(get_json(kubectl, "toolserver", "payments", "-n", ns))
+            == ("False", "Invalid")
+        ),
+        message="the ToolServer is reported Invalid",
+    )
+    status = get_json(kubectl, "toolserver", "payments", "-n", ns)["status"]
+    assert "metadataURL" not in status
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == (
+        "ToolServer spec is invalid: spec.tools: Value error, tool 'pay' is listed twice"
+    )
+    assert ("Warning", "Invalid", ready["message"]) in events_for(
+        kubectl, namespace=ns, name="payments", kind="ToolServer"
+    )
