@@ -77,14 +77,15 @@ KINDS: tuple[Kind, ...] = (
         singular="capabilitygrant",
         short_names=("cg",),
         printer_columns=(
-            {"name": "Agents", "type": "string", "jsonPath": ".status.matchedAgents"},
+            {"name": "Agents", "type": "string", "jsonPath": ".status.matchedAgents[*]"},
             {"name": "Capabilities", "type": "string", "jsonPath": ".spec.capabilities[*].name"},
             {
                 "name": "Active",
                 "type": "string",
                 "jsonPath": '.status.conditions[?(@.type=="Active")].status',
             },
-            {"name": "Expires", "type": "date", "jsonPath": ".spec.expiresAt"},
+            # Future instants are strings: a date column renders them "<invalid>" in kubectl.
+            {"name": "Expires", "type": "string", "jsonPath": ".spec.expiresAt"},
             _AGE,
         ),
     ),
@@ -96,13 +97,13 @@ KINDS: tuple[Kind, ...] = (
         short_names=("ar",),
         printer_columns=(
             {"name": "Agent", "type": "string", "jsonPath": ".spec.agent"},
-            {"name": "Capabilities", "type": "string", "jsonPath": ".spec.capabilities"},
+            {"name": "Capabilities", "type": "string", "jsonPath": ".spec.capabilities[*]"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Approved By", "type": "string", "jsonPath": ".status.approvals[*].user"},
-            {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+            {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
             {
                 "name": "Granted Until",
-                "type": "date",
+                "type": "string",
                 "jsonPath": ".status.grantedUntil",
                 "priority": 1,
             },

@@ -254,7 +254,7 @@ def cmd_describe(ctx: Context) -> int:
         lines.extend(f"  {key}: {value}" for key, value in sorted(spec["context"].items()))
     for title, key in (("Approvals", "approvals"), ("Denials", "denials")):
         entries = status.get(key) or []
-        lines.append(f"{title}:" + ("" if entries else "      <none>"))
+        lines.append(f"{title + ':':<16}<none>" if not entries else f"{title}:")
         for entry in entries:
             comment = f": {entry.get('comment')}" if entry.get("comment") else ""
             lines.append(f"  {entry.get('user')} at {entry.get('time')}{comment}")
@@ -271,7 +271,7 @@ def cmd_describe(ctx: Context) -> int:
         lines.append(f"  {approvals.approve_command(name=name, namespace=namespace)}")
         lines.append(f"  {approvals.deny_command(name=name, namespace=namespace)}")
     events = _events_for(ctx, kind="AccessRequest", name=name, namespace=namespace)
-    lines.append("Events:" + ("         <none>" if not events else ""))
+    lines.append(f"{'Events:':<16}<none>" if not events else "Events:")
     if events:
         rows = [
             [
