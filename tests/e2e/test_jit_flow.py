@@ -360,6 +360,8 @@ def test_grant_window_ends(env: jitkit.JitEnv, kubectl: Kubectl, namespace: str)
         response = httpx.post(
             f"{env.issuer}/oauth2/introspect",
             data={"token": token},
+            # A caller authenticates to introspect (RFC 7662 section 2.1): the pod's own token.
+            headers={"Authorization": f"Bearer {agent.pod_token}"},
             verify=ssl.create_default_context(cafile=env.ca),
             timeout=10,
         )

@@ -374,12 +374,45 @@ async def test_cloud_subject_tokens_are_dispatched_to_federation(
 # -- state changes take effect at once ---------------------------------------------------
 
 
+async def test_introspection_requires_an_authenticated_caller(
+    service: Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    _, _, body = await service.exchange(sa_token(cluster))
+    token = body["access_token"]
+    missing = await service.post("/oauth2/introspect", data={"token": token})
+    assert (missing[0], missing[1]["WWW-Authenticate"], missing[2]) == (
+        401,
+        'Bearer realm="agentauth"',
+        {
+            "error": "invalid_token",
+            "error_description": "introspection needs authorization: a bearer agent token or a "
+            "service-account token for this issuer",
+        },
+    )
+    wrong_audience = sa_token(cluster, audience="https://elsewhere.example")
+    refused = await service.post(
+        "/oauth2/introspect",
+        data={"token": token},
+        headers={"Authorization": f"Bearer {wrong_audience}"},
+    )
+    assert (refused[0], refused[2]["error"]) == (401, "invalid_token")
+    assert refused[2]["error_description"].startswith("introspection caller: ")
+    as_agent = await service.post(
+        "/oauth2/introspect", data={"token": token}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (as_agent[0], as_agent[2]["active"]) == (200, True)
+
+
 async def test_suspension_and_grant_deletion_take_effect_for_exchange_and_introspection(
     service: Service, cluster: tokenkit.ClusterIssuer
 ) -> None:
     _, _, body = await service.exchange(sa_token(cluster))
     token = body["access_token"]
-    status, _, answer = await service.post("/oauth2/introspect", data={"token": token})
+    # The caller authenticates (RFC 7662 section 2.1): here a resource server's SA token.
+    caller = {"Authorization": f"Bearer {sa_token(cluster, pod='tool-0', pod_uid='tool-pod-uid')}"}
+    status, _, answer = await service.post(
+        "/oauth2/introspect", data={"token": token}, headers=caller
+    )
     assert (status, answer["active"], answer["scope"]) == (
         200,
         True,
@@ -389,10 +422,14 @@ async def test_suspension_and_grant_deletion_take_effect_for_exchange_and_intros
     await service.state.update(snapshot=world(agents=[tokenkit.agent(suspended=True)]))
     status, _, body = await service.exchange(sa_token(cluster))
     assert (status, body["error_description"]) == (400, "agent team-a/research is suspended")
-    assert (await service.post("/oauth2/introspect", data={"token": token}))[2] == {"active": False}
+    assert (await service.post("/oauth2/introspect", data={"token": token}, headers=caller))[2] == {
+        "active": False
+    }
 
     await service.state.update(snapshot=world(grants=[]))
-    assert (await service.post("/oauth2/introspect", data={"token": token}))[2] == {"active": False}
+    assert (await service.post("/oauth2/introspect", data={"token": token}, headers=caller))[2] == {
+        "active": False
+    }
     _, _, body = await service.exchange(sa_token(cluster))
     assert body["scope"] == ""
 

@@ -68,9 +68,11 @@ class Running:
         async with self.http.post(f"{self.base}/oauth2/token", data=form) as response:
             return response.status, await response.json()
 
-    async def introspect(self, token: str) -> dict[str, Any]:
+    async def introspect(self, token: str, *, caller: str) -> dict[str, Any]:
         async with self.http.post(
-            f"{self.base}/oauth2/introspect", data={"token": token}
+            f"{self.base}/oauth2/introspect",
+            data={"token": token},
+            headers={"Authorization": f"Bearer {caller}"},
         ) as response:
             body: dict[str, Any] = await response.json()
             return body
@@ -202,20 +204,20 @@ async def test_exchange_then_suspension_grant_deletion_and_pod_deletion_take_eff
         )
 
     assert await eventually(refused, within=2.0) < 2.0
-    assert await svc.introspect(agent_token) == {"active": False}
+    assert await svc.introspect(agent_token, caller=sa_token) == {"active": False}
 
     await svc.api.patch(
         kubeclient.AGENTS, "research", {"spec": {"suspended": False}}, namespace=svc.namespace
     )
 
     async def active() -> bool:
-        return (await svc.introspect(agent_token))["active"] is True
+        return (await svc.introspect(agent_token, caller=sa_token))["active"] is True
 
     await eventually(active, within=2.0)
     await svc.api.delete(kubeclient.CAPABILITY_GRANTS, "docs", namespace=svc.namespace)
 
     async def inactive() -> bool:
-        return (await svc.introspect(agent_token)) == {"active": False}
+        return (await svc.introspect(agent_token, caller=sa_token)) == {"active": False}
 
     assert await eventually(inactive, within=2.0) < 2.0
 

@@ -553,7 +553,9 @@ class TokenService:
             ],
             "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
-            "introspection_endpoint_auth_methods_supported": ["none"],
+            # Not a registered client-auth method: callers present a bearer agent token or a
+            # service-account token for this issuer (RFC 7662 section 2.1 asks for some).
+            "introspection_endpoint_auth_methods_supported": ["bearer"],
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [tokens.ALGORITHM],
@@ -570,7 +572,40 @@ class TokenService:
             self.context.keyset().public_jwks(), headers={"Cache-Control": "max-age=60"}
         )
 
+    async def _introspection_caller(self, request: web.Request, *, now: datetime) -> str:
+        """RFC 7662 section 2.1: introspection callers authenticate (no token scanning).
+
+        Accepted: ``Authorization: Bearer`` with one of our agent tokens (a bound one with its
+        key's signature, as everywhere) or a Kubernetes service-account token whose audience is
+        our issuer (a resource server running in the cluster). Returns who called, for the audit
+        line; raises ``InvalidToken`` (401) otherwise.
+        """
+        challenge = {"WWW-Authenticate": 'Bearer realm="agentauth"'}
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise errors.InvalidToken(
+                "introspection needs authorization: a bearer agent token or a "
+                "service-account token for this issuer",
+                headers=challenge,
+            )
+        try:
+            issuer = delegation.peek_issuer(credential)
+        except errors.OAuthError as exc:
+            raise errors.InvalidToken(exc.description, headers=challenge) from None
+        if issuer == self.settings.issuer:
+            caller = await self.context.authenticate(request)
+            return exchanging.agent_label(caller.agent)
+        try:
+            identity = await self._service_account(credential, now=now)
+        except errors.OAuthError as exc:
+            raise errors.InvalidToken(
+                f"introspection caller: {exc.description}", headers=challenge
+            ) from None
+        return f"system:serviceaccount:{identity.namespace}:{identity.service_account}"
+
     async def introspect(self, request: web.Request) -> web.Response:
+        caller = await self._introspection_caller(request, now=self.context.now())
         form = await self._form(request)
         token = (form.get("token") or [""])[0]
         if not token:
@@ -586,6 +621,7 @@ class TokenService:
         self.metrics.introspections.labels(active=str(active).lower()).inc()
         observability.audit(
             "introspected",
+            caller=caller,
             active=active,
             jti=answer.get("jti"),
             token=None if active else exchanging.audit_fingerprint(token),
