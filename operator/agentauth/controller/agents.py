@@ -188,7 +188,7 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
         new = domain_agents.invalid_agent_status(
             generation=(body.get("metadata") or {}).get("generation"),
             previous=list(old.conditions) if old else [],
-            message=f"Agent spec is invalid: {_summary(parsed)}",
+            message=f"Agent spec is invalid: {summarize(parsed)}",
             now=now,
         )
     if old is not None and old.to_api() == new.to_api():
@@ -202,7 +202,8 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
     )
 
 
-def _summary(error: pydantic.ValidationError) -> str:
+def summarize(error: pydantic.ValidationError) -> str:
+    """The first validation problems of a spec, for a condition message."""
     parts = []
     for item in error.errors()[:3]:
         location = ".".join(str(p) for p in item["loc"])

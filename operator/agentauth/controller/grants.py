@@ -123,7 +123,7 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
         new = domain_agents.invalid_grant_status(
             generation=(body.get("metadata") or {}).get("generation"),
             previous=list(old.conditions) if old else [],
-            message=f"CapabilityGrant spec is invalid: {agent_handlers._summary(parsed)}",
+            message=f"CapabilityGrant spec is invalid: {agent_handlers.summarize(parsed)}",
             now=now,
         )
     matched = set(new.matched_agents)

@@ -4,7 +4,7 @@ Guarantees:
 - ``run`` returns when ``stop`` is set (or on SIGINT/SIGTERM when Kopf owns the main thread),
   after stopping Kopf, the webhook server, the workers and the timers; it leaves nothing running.
 - Every handler module in :data:`HANDLER_MODULES` is imported before Kopf starts, so its
-  decorators register; modules of other features that are not written yet are skipped.
+  decorators register.
 - Kopf's own settings are set in one place, :func:`configure` (a startup hook): standalone (no
   peering objects; one active controller is ensured by the Deployment's Recreate strategy, see
   the chart), no runtime scanning for new CRDs/namespaces, Events only for warnings and errors.
@@ -47,16 +47,8 @@ HANDLER_MODULES = (
 
 
 def import_handlers() -> list[ModuleType]:
-    """Import :data:`HANDLER_MODULES`; a module that does not exist (yet) is skipped."""
-    modules = []
-    for name in HANDLER_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise  # the module exists but one of its imports is missing: a real error
-            logger.debug("handler module %s not present", name)
-    return modules
+    """Import :data:`HANDLER_MODULES` (their decorators register with Kopf as they load)."""
+    return [importlib.import_module(name) for name in HANDLER_MODULES]
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -65,7 +65,7 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
         new = domain_toolservers.invalid_status(
             generation=(body.get("metadata") or {}).get("generation"),
             previous=previous,
-            message=f"ToolServer spec is invalid: {agent_handlers._summary(parsed)}",
+            message=f"ToolServer spec is invalid: {agent_handlers.summarize(parsed)}",
             now=now,
         )
     if old is not None and old.to_api() == new.to_api():
