@@ -139,19 +139,34 @@ def invalid_agent_status(
 ) -> agent_models.AgentStatus:
     """Status of an Agent whose spec does not parse: not Ready, reason ``Invalid``, no
     capabilities (a manifest the controller cannot understand grants nothing)."""
+    return agent_models.AgentStatus(
+        capabilities=[],
+        conditions=invalid_conditions(
+            READY, generation=generation, previous=previous, message=message, now=now
+        ),
+        observed_generation=generation,
+    )
+
+
+def invalid_conditions(
+    condition_type: str,
+    *,
+    generation: int | None,
+    previous: list[common.Condition],
+    message: str,
+    now: datetime.datetime,
+) -> list[common.Condition]:
+    """``previous`` with ``condition_type`` set to False, reason ``Invalid``: the condition every
+    kind reports when its spec does not parse."""
     condition = common.Condition(
-        type=READY,
+        type=condition_type,
         status="False",
         reason=REASON_INVALID,
         message=message,
         last_transition_time=now,
         observed_generation=generation,
     )
-    return agent_models.AgentStatus(
-        capabilities=[],
-        conditions=common.set_condition(list(previous), condition),
-        observed_generation=generation,
-    )
+    return common.set_condition(list(previous), condition)
 
 
 def _ready(status: agent_models.AgentStatus | None) -> common.Condition | None:
@@ -247,17 +262,11 @@ def invalid_grant_status(
     now: datetime.datetime,
 ) -> grant_models.CapabilityGrantStatus:
     """Status of a grant whose spec does not parse: not Active, reason ``Invalid``."""
-    condition = common.Condition(
-        type=ACTIVE,
-        status="False",
-        reason=REASON_INVALID,
-        message=message,
-        last_transition_time=now,
-        observed_generation=generation,
-    )
     return grant_models.CapabilityGrantStatus(
         matched_agents=[],
-        conditions=common.set_condition(list(previous), condition),
+        conditions=invalid_conditions(
+            ACTIVE, generation=generation, previous=previous, message=message, now=now
+        ),
         observed_generation=generation,
     )
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime
 import urllib.parse
 
-from agentauth.domain.agents import READY, Event
+from agentauth.domain import agents
 from agentauth.domain.models import common
 from agentauth.domain.models import toolservers as models
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 REASON_PUBLISHED = "MetadataPublished"
-REASON_INVALID = "Invalid"
+REASON_INVALID = agents.REASON_INVALID
 
 
 def metadata_url(resource_uri: str) -> str:
@@ -37,7 +37,7 @@ def status(
     """The status of a ToolServer whose spec parsed."""
     tools = len(server.spec.tools)
     condition = common.Condition(
-        type=READY,
+        type=agents.READY,
         status="True",
         reason=REASON_PUBLISHED,
         message=(
@@ -62,26 +62,24 @@ def invalid_status(
     now: datetime.datetime,
 ) -> models.ToolServerStatus:
     """The status of a ToolServer whose spec does not parse."""
-    condition = common.Condition(
-        type=READY,
-        status="False",
-        reason=REASON_INVALID,
-        message=message,
-        last_transition_time=now,
-        observed_generation=generation,
-    )
     return models.ToolServerStatus(
-        conditions=common.set_condition(list(previous), condition),
+        conditions=agents.invalid_conditions(
+            agents.READY, generation=generation, previous=previous, message=message, now=now
+        ),
         observed_generation=generation,
     )
 
 
-def events(old: models.ToolServerStatus | None, new: models.ToolServerStatus) -> list[Event]:
+def events(old: models.ToolServerStatus | None, new: models.ToolServerStatus) -> list[agents.Event]:
     """One Event when the Ready reason changes (published, or became invalid)."""
-    old_ready = next((c for c in (old.conditions if old else []) if c.type == READY), None)
-    new_ready = next((c for c in new.conditions if c.type == READY), None)
+    old_ready = next((c for c in (old.conditions if old else []) if c.type == agents.READY), None)
+    new_ready = next((c for c in new.conditions if c.type == agents.READY), None)
     if new_ready is None or (old_ready is not None and old_ready.reason == new_ready.reason):
         return []
     if new_ready.reason == REASON_INVALID:
-        return [Event("Warning", REASON_INVALID, new_ready.message)]
-    return [Event("Normal", REASON_PUBLISHED, f"Protected-resource metadata at {new.metadata_url}")]
+        return [agents.Event("Warning", REASON_INVALID, new_ready.message)]
+    return [
+        agents.Event(
+            "Normal", REASON_PUBLISHED, f"Protected-resource metadata at {new.metadata_url}"
+        )
+    ]
