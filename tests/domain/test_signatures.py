@@ -518,3 +518,42 @@ def test_malformed_signature_fields(agent_key: ed25519.Ed25519PrivateKey) -> Non
     assert _reason({**headers, "Signature-Input": 'sig="@method"'}) == (
         'Signature-Input member "sig" must be an Inner List'
     )
+
+
+@pytest.mark.parametrize(
+    "components",
+    [
+        ("@method", "@authority", "@path", "signature-key", "content-digest"),
+        ("@method", "@authority", "@path", "@query", "content-type", "content-digest"),
+        ("content-digest", "@path", "@method", "@authority"),
+    ],
+)
+def test_fast_path_builds_the_base_the_library_parser_leads_to(
+    agent_key: ed25519.Ed25519PrivateKey, components: tuple[str, ...]
+) -> None:
+    # Two requests with the same coverage share the fast path's parsed component
+    # identifiers; each must still sign over exactly what the library's own parser yields.
+    for _ in range(2):
+        headers = _signed(
+            agent_key,
+            signature_key=signatures.signature_key_hwk(agent_key),
+            components=components,
+        )
+        fast = _verify(headers=headers, required_components=())
+        spaced = {**headers, "Signature-Input": headers["Signature-Input"].replace('" "', '"  "')}
+        assert spaced["Signature-Input"] != headers["Signature-Input"]
+        library = _verify(headers=spaced, required_components=())
+        assert fast.replay_id == library.replay_id
+        assert fast.covered_components == library.covered_components == components
+
+
+def test_a_parameterised_digest_component_does_not_stand_for_content_digest(
+    agent_key: ed25519.Ed25519PrivateKey,
+) -> None:
+    headers = _signed(
+        agent_key,
+        signature_key=signatures.signature_key_hwk(agent_key),
+        components=("@method", "@authority", "@path", "signature-key", '"content-digest";sf'),
+    )
+    reason = "signature does not cover content-digest for a request with a body"
+    assert _reason(headers) == reason

@@ -133,3 +133,14 @@ def test_verify_only_accepts_eddsa(keyset: keys.KeySet) -> None:
     rs256 = cluster.sign({"iss": ISSUER, "sub": SUB, "exp": 2**40}, kid=keyset.signing_key().kid)
     with pytest.raises(errors.InvalidGrant, match="token algorithm 'RS256' is not allowed"):
         tokens.verify(rs256, public_keys=keyset.public_keys(), issuer=ISSUER, now=NOW)
+
+
+def test_verify_takes_now_as_epoch_seconds_too(keyset: keys.KeySet) -> None:
+    issued = issue(keyset, lifetime=timedelta(minutes=5))
+    public_keys = keyset.public_keys()
+    at = NOW.timestamp()
+    verified = tokens.verify(issued.token, public_keys=public_keys, issuer=ISSUER, now=at)
+    assert verified.claims == issued.claims
+    with pytest.raises(errors.InvalidGrant) as caught:
+        tokens.verify(issued.token, public_keys=public_keys, issuer=ISSUER, now=at + 301, leeway=0)
+    assert caught.value.description == "token has expired"

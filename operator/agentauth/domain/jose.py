@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -96,6 +97,23 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _flat_header(segment: str) -> tuple[tuple[str, str | int | bool], ...] | None:
+    # An issuer signs every token under one of a few headers ({"alg", "kid", "typ"}), so a
+    # header whose values are all scalars is memoised by its exact segment, as immutable
+    # pairs; any other header is decoded afresh on every call (None).  Failures raise and are
+    # never cached.
+    header = _json_object(b64url_decode(segment), "header")
+    if all(isinstance(v, str | int | bool) for v in header.values()):
+        return tuple(header.items())
+    return None
+
+
+def _header(segment: str) -> dict[str, Any]:
+    flat = _flat_header(segment)
+    return dict(flat) if flat is not None else _json_object(b64url_decode(segment), "header")
+
+
 def parse(token: str) -> ParsedJWS:
     """Split and decode a compact JWS without verifying it."""
     if len(token) > MAX_TOKEN_BYTES:
@@ -104,7 +122,7 @@ def parse(token: str) -> ParsedJWS:
     if len(parts) != 3:
         raise errors.InvalidGrant("token is not a compact JWS (expected three segments)")
     header_b64, payload_b64, signature_b64 = parts
-    header = _json_object(b64url_decode(header_b64), "header")
+    header = _header(header_b64)
     payload = _json_object(b64url_decode(payload_b64), "payload")
     signature = b64url_decode(signature_b64)
     return ParsedJWS(

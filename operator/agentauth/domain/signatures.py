@@ -237,6 +237,8 @@ def _parse_signature_key_fully(value: str, *, label: str) -> _SignatureKey:
 def _key_from_jwt(
     token: str, verifier: Callable[[str], Mapping[str, Any]] | None
 ) -> tuple[dict[str, str], Mapping[str, Any] | None, str | None]:
+    """The token's ``cnf.jwk`` (public members only), its vouched claims, and ``cnf.jkt``
+    (checked against the key's thumbprint when present)."""
     if verifier is not None:
         claims: Mapping[str, Any] = verifier(token)
         vouched: Mapping[str, Any] | None = claims
@@ -416,11 +418,44 @@ _SIGNATURE_PARAM = re.compile(rf'({_SF_KEY})=(?:(-?[0-9]+)|"([^"]*)")')
 _SIGNATURE_MEMBER = re.compile(rf"({_SF_KEY})=:([A-Za-z0-9+/]+={{0,2}}):")
 
 
-@dataclass(frozen=True, slots=True)
+class _Component(Item):
+    """A covered component identifier without parameters, as the library's parser yields it,
+    whose serialisation (by http_sf, once) is kept: the library serialises every component
+    identifier for its line of the signature base, and the same few identifiers recur in
+    every request.  Instances are shared between requests and never mutated."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._serialized = super().__str__()
+
+    def __str__(self) -> str:
+        return self._serialized
+
+
+@functools.lru_cache(maxsize=128)
+def _components(inner: str) -> tuple[_Component, ...]:
+    # ``inner`` matched _SF_COMPONENT items separated by single spaces.
+    return tuple(_Component(name[1:-1]) for name in inner.split(" ") if name)
+
+
 class _SignatureInput:
-    label: str
-    components: InnerList
-    signature: bytes
+    """The one signature of a request: its label, covered component identifiers (Items as
+    the library expects them), signature parameters and raw signature bytes."""
+
+    __slots__ = ("components", "label", "params", "signature")
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        components: Sequence[Item],
+        params: dict[str, Any],
+        signature: bytes,
+    ) -> None:
+        self.label = label
+        self.components = components
+        self.params = params
+        self.signature = signature
 
 
 def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInput | None:
@@ -432,14 +467,18 @@ def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInp
         raw_signature = base64.b64decode(sig.group(2), validate=True)
     except (binascii.Error, ValueError):
         return None
-    components = InnerList()
-    components.data = [Item(name[1:-1]) for name in members.group(2).split(" ") if name]
     found = _SIGNATURE_PARAM.findall(members.group(3))
-    for name, integer, string in found:
-        components.params[name] = int(integer) if integer else string
-    if len(components.params) != len(found):
+    params: dict[str, Any] = {
+        name: int(integer) if integer else string for name, integer, string in found
+    }
+    if len(params) != len(found):
         return None  # duplicate parameter: let the full parser decide
-    return _SignatureInput(members.group(1), components, raw_signature)
+    return _SignatureInput(
+        label=members.group(1),
+        components=_components(members.group(2)),
+        params=params,
+        signature=raw_signature,
+    )
 
 
 def _parse_signature_input(signature_input: str, signature: str, *, label: str) -> _SignatureInput:
@@ -468,7 +507,12 @@ def _parse_signature_input(signature_input: str, signature: str, *, label: str) 
             raise SignatureError(f'Signature-Input member "{found_label}" must be an Inner List')
         if not isinstance(value, Item) or not isinstance(value.value, bytes):
             raise SignatureError(f'Signature member "{found_label}" must be a Byte Sequence')
-        parsed = _SignatureInput(found_label, components, value.value)
+        parsed = _SignatureInput(
+            label=found_label,
+            components=list(components),
+            params=dict(components.params),
+            signature=value.value,
+        )
     if parsed.label != label:
         raise SignatureError(f"request must carry exactly one signature labelled {label!r}")
     return parsed
@@ -496,13 +540,6 @@ def _check_signature_parameters(params: Mapping[str, Any], *, now: float, max_ag
         if name not in _BASE_BUILDER.signature_metadata_parameters:
             raise SignatureError(f'Unexpected signature metadata parameter "{name}"')
     return created
-
-
-def _component_name(serialized: str) -> str:
-    # Covered component keys are serialized sf-strings such as '"@method"'.
-    return (
-        serialized[1:-1] if serialized.startswith('"') and serialized.endswith('"') else serialized
-    )
 
 
 def verify_request(
@@ -555,7 +592,7 @@ def verify_request(
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
 
     signed = _parse_signature_input(signature_input_value, signature_value, label=label)
-    params = signed.components.params
+    params = signed.params
     created = _check_signature_parameters(params, now=now, max_age=max_age)
 
     # Only the covered fields reach the library's component resolver (it indexes every
@@ -581,7 +618,9 @@ def verify_request(
         _check_body(covered_values, body or b"")
     except hms.HTTPMessageSignaturesException as exc:
         raise SignatureError(_reason(exc)) from None
-    covered = tuple(_component_name(c) for c in covered_values if c != '"@signature-params"')
+    # A bare identifier counts as its name; one with parameters (``"content-digest";sf``)
+    # only in its serialised form, so it never stands in for the bare component.
+    covered = tuple(str(c.value) if not c.params else str(c) for c in signed.components)
     for component in required_components:
         if component not in covered:
             raise SignatureError(f"signature does not cover required component {component!r}")

@@ -148,17 +148,23 @@ def verify(
     *,
     public_keys: jose.PublicKeySet,
     issuer: str,
-    now: datetime,
+    now: datetime | float,
     audience: str | None = None,
     leeway: float = DEFAULT_LEEWAY,
 ) -> AgentTokenClaims:
-    """Verify one of our agent tokens (signature, typ, iss, exp/nbf/iat, optional aud)."""
+    """Verify one of our agent tokens (signature, typ, iss, exp/nbf/iat, optional aud).
+
+    ``now`` is an aware datetime or epoch seconds."""
     parsed = jose.verify(token, keys=public_keys, allowed_algorithms=(ALGORITHM,))
     if parsed.header.get("typ") != TOKEN_TYPE:
         raise errors.InvalidGrant("token is not an at+jwt access token")
     claims = parsed.payload
     jose.check_registered_claims(
-        claims, issuers=(issuer,), audience=audience, now=now.timestamp(), leeway=leeway
+        claims,
+        issuers=(issuer,),
+        audience=audience,
+        now=now.timestamp() if isinstance(now, datetime) else now,
+        leeway=leeway,
     )
     agent = claims.get("agent")
     scope = claims.get("scope", "")

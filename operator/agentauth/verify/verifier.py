@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -283,7 +282,7 @@ class ResourceVerifier:
                 token,
                 public_keys=keys,
                 issuer=self.issuer,
-                now=datetime.fromtimestamp(now, tz=UTC),
+                now=now,
                 leeway=self.leeway,
             )
         except jose.UnknownKeyId:
@@ -325,10 +324,9 @@ class ResourceVerifier:
         is not in it; :meth:`verify` refetches and retries)."""
         now = self._clock()
         normalized = _lines(headers)
-        lowered = {k.lower() for k, _ in normalized}
-        bearer = _bearer(normalized)
+        bearer, signed_request = _bearer_and_signed(normalized)
         jkt: str | None = None
-        if "signature-key" in lowered:
+        if signed_request:
             try:
                 signed = signatures.verify_request(
                     method=method,
@@ -432,16 +430,25 @@ def _lines(headers: signatures.HeaderInput) -> list[tuple[str, str]]:
     ]
 
 
-def _bearer(lines: Sequence[tuple[str, str]]) -> str | None:
-    values = [v for k, v in lines if k.lower() == "authorization"]
-    if len(values) != 1:
-        if len(values) > 1:
+def _bearer_and_signed(lines: Sequence[tuple[str, str]]) -> tuple[str | None, bool]:
+    """The ``Authorization: Bearer`` credentials (``None`` without them) and whether the
+    request carries a ``Signature-Key``, from one pass over the field lines."""
+    authorizations: list[str] = []
+    signed = False
+    for name, value in lines:
+        lowered = name.lower()
+        if lowered == "authorization":
+            authorizations.append(value)
+        elif lowered == "signature-key":
+            signed = True
+    if len(authorizations) != 1:
+        if len(authorizations) > 1:
             raise errors.InvalidRequest("more than one Authorization header")
-        return None
-    scheme, _, credentials = values[0].strip().partition(" ")
+        return None, signed
+    scheme, _, credentials = authorizations[0].strip().partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
-        return None
-    return credentials.strip()
+        return None, signed
+    return credentials.strip(), signed
 
 
 def request_url(
