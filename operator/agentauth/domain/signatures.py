@@ -236,9 +236,9 @@ def _parse_signature_key_fully(value: str, *, label: str) -> _SignatureKey:
 
 def _key_from_jwt(
     token: str, verifier: Callable[[str], Mapping[str, Any]] | None
-) -> tuple[dict[str, str], Mapping[str, Any] | None, str | None]:
-    """The token's ``cnf.jwk`` (public members only), its vouched claims, and ``cnf.jkt``
-    (checked against the key's thumbprint when present)."""
+) -> tuple[dict[str, str], Mapping[str, Any] | None, object]:
+    """The token's ``cnf.jwk`` (its key members), its vouched claims, and ``cnf.jkt`` as
+    the token states it (the caller checks it against the key's thumbprint)."""
     if verifier is not None:
         claims: Mapping[str, Any] = verifier(token)
         vouched: Mapping[str, Any] | None = claims
@@ -249,16 +249,10 @@ def _key_from_jwt(
             raise SignatureError("Signature-Key jwt is not a compact JWS") from None
         vouched = None
     cnf = claims.get("cnf")
-    jwk = cnf.get("jwk") if isinstance(cnf, Mapping) else None
-    if not isinstance(jwk, Mapping):
+    if not isinstance(cnf, Mapping) or not isinstance(jwk := cnf.get("jwk"), Mapping):
         raise SignatureError("token is not bound to a key (no cnf.jwk)")
     jwk_dict = {str(k): str(v) for k, v in jwk.items() if k in ("kty", "crv", "x", "d")}
-    jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
-    if jkt is not None:
-        _, thumbprint = _public_key_and_thumbprint(jwk_dict)  # validates the key type first
-        if not isinstance(jkt, str) or not hmac.compare_digest(jkt, thumbprint):
-            raise SignatureError("token cnf.jkt does not match cnf.jwk")
-    return jwk_dict, vouched, jkt
+    return jwk_dict, vouched, cnf.get("jkt")
 
 
 # --------------------------------------------------------------------------- message adapter
@@ -584,11 +578,15 @@ def verify_request(
         if not isinstance(raw_token, str) or not raw_token:
             raise SignatureError('Signature-Key sig=jwt has no "jwt" parameter')
         token = raw_token
-        jwk, claims, known_jkt = _key_from_jwt(token, token_verifier)
+        jwk, claims, stated_jkt = _key_from_jwt(token, token_verifier)
     else:
-        known_jkt = None
+        stated_jkt = None
         jwk = {k: str(v) for k, v in signature_key.params.items() if k in ("kty", "crv", "x", "d")}
-    public_key, thumbprint = _public_key_and_thumbprint(jwk)
+    public_key, thumbprint = _public_key_and_thumbprint(jwk)  # validates the key type first
+    if stated_jkt is not None and (
+        not isinstance(stated_jkt, str) or not hmac.compare_digest(stated_jkt, thumbprint)
+    ):
+        raise SignatureError("token cnf.jkt does not match cnf.jwk")
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
 
     signed = _parse_signature_input(signature_input_value, signature_value, label=label)
@@ -629,7 +627,7 @@ def verify_request(
     return VerifiedRequest(
         scheme=signature_key.scheme,
         public_jwk=jwk,
-        jkt=known_jkt if known_jkt is not None else thumbprint,
+        jkt=thumbprint,
         token=token,
         token_claims=claims,
         label=signed.label,
