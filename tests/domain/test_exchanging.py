@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from agentauth.domain import errors, exchanging, keys, serviceaccounts
-from agentauth.domain.models import AccessRequest, Agent
+from agentauth.domain.models import AccessRequest, Agent, CapabilityGrant
 from tests.domain import tokenkit
 from tests.domain.tokenkit import ISSUER, NOW, TRUST_DOMAIN
 
@@ -276,34 +276,76 @@ def test_approved_access_request_adds_the_capability_and_bounds_exp() -> None:
 
 
 def test_approvals_of_a_deleted_agent_do_not_pass_to_its_namesake() -> None:
+    """A request counts only for the Agent object it was filed for (spec.agentUID), whatever the
+    timestamps or ownerReferences say (kubectl delete --cascade=orphan strips the latter)."""
     until = NOW + timedelta(minutes=2)
 
-    def filed(name: str, **metadata: object) -> AccessRequest:
+    def filed(name: str, *, agent_uid: str, **metadata: object) -> AccessRequest:
         body = tokenkit.access_request(
-            name, capabilities=["payments.authorize"], granted_until=until
+            name, capabilities=["payments.authorize"], granted_until=until, agent_uid=agent_uid
         ).to_api()
         body["metadata"].update(metadata)
         return AccessRequest.model_validate(body)
 
-    owned = filed(
-        "ar-owned",
-        ownerReferences=[{"kind": "Agent", "name": "research", "uid": "old-agent-uid"}],
+    # Filed for the predecessor in the very second the successor was created, orphaned.
+    orphaned = filed("ar-orphaned", agent_uid="old-agent-uid", creationTimestamp=NOW.isoformat())
+    unstamped = AccessRequest.model_validate(
+        {
+            **filed("ar-unstamped", agent_uid="x").to_api(),
+            "spec": {
+                "agent": "research",
+                "capabilities": ["payments.authorize"],
+                "justification": "quarter close",
+            },
+        }
     )
-    unowned = filed("ar-kubectl", creationTimestamp=(NOW - timedelta(hours=1)).isoformat())
     successor_body = tokenkit.agent(uid="new-agent-uid").to_api()
-    successor_body["metadata"]["creationTimestamp"] = (NOW - timedelta(minutes=1)).isoformat()
+    successor_body["metadata"]["creationTimestamp"] = NOW.isoformat()
     successor = Agent.model_validate(successor_body)
-    snapshot = tokenkit.snapshot(agents=[successor], access_requests=[owned, unowned])
-    assert snapshot.access_requests_of(successor) == []
+    snapshot = tokenkit.snapshot(agents=[successor], access_requests=[orphaned, unstamped])
+    assert snapshot.access_requests_of(successor, now=NOW) == []
     assert refused(errors.InvalidScope, snapshot, scope=("payments.authorize",)) == (
         "capability payments.authorize requires approval: file an AccessRequest for agent "
         "team-a/research"
     )
     same = tokenkit.agent(uid="old-agent-uid")
-    assert [r.metadata.name for r in snapshot.access_requests_of(same)] == [
-        "ar-owned",
-        "ar-kubectl",
-    ]
+    assert [r.metadata.name for r in snapshot.access_requests_of(same, now=NOW)] == ["ar-orphaned"]
+
+
+def test_approvals_die_with_their_grant_and_its_approver_policy() -> None:
+    """Deleting a grant voids every approval made under it, even when a grant of the same name
+    (new UID) is created again; changing who approves (or the quorum) voids them too."""
+    until = NOW + timedelta(minutes=2)
+    original = tokenkit.grant("base", capabilities=tokenkit.STANDARD_CAPABILITIES)
+    approved = tokenkit.access_request(
+        "ar-1", capabilities=["payments.authorize"], granted_until=until, under=[original]
+    )
+    agent = tokenkit.agent()
+    assert decide(tokenkit.snapshot(access_requests=[approved]), scope=("payments.authorize",))
+    recreated = CapabilityGrant.model_validate(
+        {**original.to_api(), "metadata": {**original.to_api()["metadata"], "uid": "uid-new"}}
+    )
+    stricter = CapabilityGrant.model_validate(
+        {
+            **original.to_api(),
+            "spec": {
+                **original.to_api()["spec"],
+                "approvers": {"users": ["carol", "dave"], "minApprovals": 2},
+            },
+        }
+    )
+    for grant in (recreated, stricter):
+        snapshot = tokenkit.snapshot(grants=[grant], access_requests=[approved])
+        (seen,) = snapshot.access_requests_of(agent, now=NOW)
+        assert seen.status is not None
+        assert (seen.status.phase, seen.status.conditions[0].reason) == (
+            "Expired",
+            "ApprovalWithdrawn",
+        )
+        assert refused(errors.InvalidScope, snapshot, scope=("payments.authorize",)) == (
+            "capability payments.authorize requires approval: file an AccessRequest for agent "
+            "team-a/research"
+        )
 
 
 @pytest.mark.parametrize(
