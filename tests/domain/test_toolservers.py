@@ -57,7 +57,8 @@ def test_status_and_events_follow_transitions_only() -> None:
     assert (ready.type, ready.status, ready.reason) == ("Ready", "True", "MetadataPublished")
     assert (
         ready.message
-        == "2 tools; tokens for this server carry audience https://finance.example/mcp"
+        == "2 tools; tokens for this server carry audience https://finance.example/mcp and name "
+        "ToolServer demo/finance in their tool_server claim"
     )
     assert [e.reason for e in toolservers.events(None, first)] == ["MetadataPublished"]
     later = NOW + datetime.timedelta(minutes=5)

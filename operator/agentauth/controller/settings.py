@@ -124,7 +124,9 @@ class Settings:
     """``--kubeconfig`` / ``KUBECONFIG`` (default: in-cluster service account, else
     ``~/.kube/config``): credentials the controller uses to talk to the API server."""
 
-    claim_policy: claimpolicy.ClaimPolicy = claimpolicy.NO_CLAIMS
+    claim_policy: claimpolicy.ClaimPolicy = dataclasses.field(
+        default_factory=claimpolicy.ClaimPolicy
+    )
     """``--claim-policy`` / ``AGENTAUTH_CLAIM_POLICY`` (the token service reads the same
     variable): the cluster admin's JSON policy of which namespaces may claim which cloud
     identities and resource URIs (chart value ``claimPolicy``, see

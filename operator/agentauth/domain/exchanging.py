@@ -244,7 +244,7 @@ class Snapshot:
     access_requests: Sequence[AccessRequest] = ()
     tool_servers: Sequence[ToolServer] = ()
     pods: Mapping[Key, Pod] = field(default_factory=dict)
-    claim_policy: claimpolicy.ClaimPolicy = claimpolicy.NO_CLAIMS
+    claim_policy: claimpolicy.ClaimPolicy = field(default_factory=claimpolicy.ClaimPolicy)
     """Who may claim which resource URI (and cloud identity): the token service's setting."""
     _grants_by_ns: dict[str, list[CapabilityGrant]] = field(default_factory=dict, repr=False)
     _requests_by_agent: dict[Key, list[AccessRequest]] = field(default_factory=dict, repr=False)

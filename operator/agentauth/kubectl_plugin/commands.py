@@ -29,7 +29,12 @@ import agentauth
 from agentauth.domain import approvals, display, errors, jose, tokens
 from agentauth.domain.models import common
 from agentauth.kubectl_plugin import connection, output
-from agentauth.kubectl_plugin.errors import PluginError, from_api_error, from_connection_error
+from agentauth.kubectl_plugin.errors import (
+    PluginError,
+    from_api_error,
+    from_connection_error,
+    is_admission_denial,
+)
 from agentauth.sdk import errors as sdk_errors
 from agentauth.sdk import keys as sdk_keys
 
@@ -351,7 +356,9 @@ def _decide(ctx: Context, *, kind: approvals.DecisionKind) -> int:
                 item,
             )
         except k8s_exceptions.ApiException as error:
-            if error.status == 409:
+            # A write race (resourceVersion conflict) is retried; a webhook's 409 (closed,
+            # already decided) is the answer.
+            if error.status == 409 and not is_admission_denial(error):
                 continue
             raise from_api_error(
                 error, action=verb, what=what, namespace=ctx.namespace, context=ctx.conn.context

@@ -98,7 +98,9 @@ class Settings:
     """``--trusted-ca-file`` / ``AGENTAUTH_TRUSTED_CA_FILE``: extra CA bundle for fetching the
     trusted issuers' JWKS (default: the system trust store)."""
 
-    claim_policy: claimpolicy.ClaimPolicy = claimpolicy.NO_CLAIMS
+    claim_policy: claimpolicy.ClaimPolicy = dataclasses.field(
+        default_factory=claimpolicy.ClaimPolicy
+    )
     """``--claim-policy`` / ``AGENTAUTH_CLAIM_POLICY`` (the controller reads the same variable):
     the cluster admin's JSON policy of which namespaces may claim which cloud identities and
     resource URIs (chart value ``claimPolicy``, see ``agentauth.domain.claimpolicy``). Default:
