@@ -660,9 +660,6 @@ def test_an_agent_re_created_under_its_name_inherits_no_approval(
     )
     new = get(kubectl, "agent", "buyer", namespace)
     assert new["metadata"]["uid"] != old_uid
-    request = get(kubectl, "accessrequest", name, namespace)
-    assert "ownerReferences" not in request["metadata"]  # orphaned: no owner left to go by
-    assert request["spec"]["agentUID"] == old_uid
     jitkit.wait_for(
         lambda: (
             claims_of(pod.exchange().json()["access_token"])["agent"]["uid"]
@@ -677,6 +674,9 @@ def test_an_agent_re_created_under_its_name_inherits_no_approval(
         f"{namespace}/buyer",
     )
     assert "payments.authorize" not in pod.exchange().json()["scope"].split()
+    request = get(kubectl, "accessrequest", name, namespace)
+    assert "ownerReferences" not in request["metadata"]  # orphaned: no owner left to go by
+    assert request["spec"]["agentUID"] == old_uid
     # The controller ends the request for good, and says why.
     until = request["status"]["grantedUntil"]
     withdrawn = (
@@ -736,13 +736,13 @@ def test_a_request_of_the_predecessor_cannot_be_approved_for_the_successor(
         )
     )
     name = filed.json()["name"]
-    request = get(kubectl, "accessrequest", name, namespace)
-    agent = get(kubectl, "agent", "buyer", namespace)
-    assert request["spec"]["agentUID"] != agent["metadata"]["uid"]
     result = kubectl(
         "agentauth", "approve", name, "-n", namespace, "--context", "alice", context=None
     )
     assert "was filed for an earlier Agent 'buyer'" in refused(result)
+    request = get(kubectl, "accessrequest", name, namespace)
+    agent = get(kubectl, "agent", "buyer", namespace)
+    assert request["spec"]["agentUID"] != agent["metadata"]["uid"]
     jitkit.wait_for(
         lambda: (
             (condition(get(kubectl, "accessrequest", name, namespace), "Granted") or ("", ""))[1]
@@ -921,25 +921,9 @@ def test_no_namespace_can_deny_another_its_cloud_identity(
     google: LoopbackGoogle,
 ) -> None:
     """bob's Agents claim team-a's AWS role exactly, every role by wildcard, and team-a's GCP
-    service account: the claims are reported on bob's Agents and ignored, and team-a's agents
-    still federate."""
+    service account, before team-a's Agent exists: team-a's agent still federates, and the
+    claims are reported on bob's Agents and ignored."""
     read = [{"name": "document.read"}]
-    apply_as(
-        kubectl,
-        "admin",
-        tenants.victim,
-        agent_manifest(
-            "cloud-reader",
-            serviceAccountName=None,
-            federation={
-                "aws": {"roleArns": [VICTIM_ROLE]},
-                "gcp": {"serviceAccounts": [VICTIM_SERVICE_ACCOUNT]},
-            },
-        ),
-        grant_manifest(
-            "cloud-reader", {"agents": {"names": ["cloud-reader"]}, "capabilities": read}
-        ),
-    )
     squats = {
         "exact": {"aws": {"roleArns": [VICTIM_ROLE]}},
         "wildcard": {"aws": {"roleArns": ["arn:aws:iam::*:role/*"]}},
@@ -963,6 +947,59 @@ def test_no_namespace_can_deny_another_its_cloud_identity(
                 f"claims-{name}", {"agents": {"names": [f"claims-{name}"]}, "capabilities": read}
             ),
         )
+    # team-a's Agent comes after bob's in the token service's Agent watch, so once it can
+    # federate, bob's claims were there to get in the way.
+    apply_as(
+        kubectl,
+        "admin",
+        tenants.victim,
+        agent_manifest(
+            "cloud-reader",
+            serviceAccountName=None,
+            federation={
+                "aws": {"roleArns": [VICTIM_ROLE]},
+                "gcp": {"serviceAccounts": [VICTIM_SERVICE_ACCOUNT]},
+            },
+        ),
+        grant_manifest(
+            "cloud-reader", {"agents": {"names": ["cloud-reader"]}, "capabilities": read}
+        ),
+    )
+    session = botocore.session.Session()
+    session.set_credentials(VICTIM_PRINCIPAL.access_key_id, VICTIM_PRINCIPAL.secret_access_key)
+
+    def federate(token: str, token_type: str) -> httpx.Response:
+        return httpx.post(
+            f"{env.issuer}/oauth2/token",
+            data={
+                "grant_type": stack.TOKEN_EXCHANGE,
+                "subject_token": token,
+                "subject_token_type": token_type,
+            },
+            timeout=15,
+            verify=env.tls,
+        )
+
+    def federate_aws() -> httpx.Response:
+        signed = sdk_aws.aws_subject_token(issuer=env.issuer, session=session, endpoint_url=sts.url)
+        return federate(signed, sdk_aws.SUBJECT_TOKEN_TYPE)
+
+    last: list[str] = []
+
+    def aws_works() -> bool:
+        response = federate_aws()
+        last[:] = [response.text]
+        return response.status_code == 200
+
+    jitkit.wait_for(aws_works, timeout=30, message="team-a's agent federates with AWS")
+    response = federate_aws()
+    assert response.status_code == 200, (response.text, last)
+    assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"
+    id_token = google_id_token(google.signing_key, aud=env.issuer, email=VICTIM_SERVICE_ACCOUNT)
+    response = federate(id_token, "urn:ietf:params:oauth:token-type:id_token")
+    assert response.status_code == 200, response.text
+    assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"
+
     expected = {
         "exact": f"AWS role {VICTIM_ROLE}",
         "wildcard": "AWS role arn:aws:iam::*:role/*",
@@ -1002,30 +1039,6 @@ def test_no_namespace_can_deny_another_its_cloud_identity(
         timeout=30,
         message="team-a's Agent is allowed its claims",
     )
-
-    session = botocore.session.Session()
-    session.set_credentials(VICTIM_PRINCIPAL.access_key_id, VICTIM_PRINCIPAL.secret_access_key)
-
-    def federate(token: str, token_type: str) -> httpx.Response:
-        return httpx.post(
-            f"{env.issuer}/oauth2/token",
-            data={
-                "grant_type": stack.TOKEN_EXCHANGE,
-                "subject_token": token,
-                "subject_token_type": token_type,
-            },
-            timeout=15,
-            verify=env.tls,
-        )
-
-    aws_token = sdk_aws.aws_subject_token(issuer=env.issuer, session=session, endpoint_url=sts.url)
-    response = federate(aws_token, sdk_aws.SUBJECT_TOKEN_TYPE)
-    assert response.status_code == 200, response.text
-    assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"
-    id_token = google_id_token(google.signing_key, aud=env.issuer, email=VICTIM_SERVICE_ACCOUNT)
-    response = federate(id_token, "urn:ietf:params:oauth:token-type:id_token")
-    assert response.status_code == 200, response.text
-    assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"
 
 
 def test_the_claim_policy_is_validated_before_anything_runs() -> None:
