@@ -3,6 +3,7 @@ lifetime and introspection, over real snapshots (real models, real keys)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -425,6 +426,39 @@ def test_unknown_audience_is_invalid_target() -> None:
     )
 
 
+def test_a_token_for_a_toolserver_names_it_and_a_contested_uri_gets_none() -> None:
+    uri = "https://docs.example.test/mcp"
+    own = tokenkit.tool_server("docs", uri, {"read_doc": "document.read"})
+    own.metadata.uid = "ts-own"
+    decision = decide(tokenkit.snapshot(tool_servers=[own]), audience=uri)
+    assert decision.tool_server is own
+    issued = exchanging.mint(decision, keyset=tokenkit.issuer_keys(), issuer=ISSUER, now=NOW)
+    assert issued.claims["tool_server"] == {"namespace": "team-a", "name": "docs", "uid": "ts-own"}
+    # Another namespace names the same URI (spelt differently): nobody gets a token for it.
+    squat = tokenkit.tool_server("squat", "https://DOCS.example.test:443/mcp/", {}, "team-b")
+    contested = tokenkit.snapshot(tool_servers=[own, squat])
+    assert refused(errors.InvalidTarget, contested, audience=uri) == (
+        f"resource URI {uri} is claimed by 2 ToolServers; no token is issued for it while it is "
+        "contested (see the Ready condition of the ToolServers in namespace team-a)"
+    )
+    # A ToolServer only in another namespace is never ours.
+    theirs = tokenkit.snapshot(tool_servers=[squat])
+    assert refused(errors.InvalidTarget, theirs, audience=uri) == (
+        f"{uri} is not the resource URI of a ToolServer in namespace team-a"
+    )
+
+
+def test_minting_for_a_toolserver_audience_without_naming_it_is_refused() -> None:
+    decision = decide(tokenkit.snapshot())
+    unnamed = dataclasses.replace(decision, audience="https://docs.example.test/mcp")
+    with pytest.raises(errors.ServerError) as caught:
+        exchanging.mint(unnamed, keyset=tokenkit.issuer_keys(), issuer=ISSUER, now=NOW)
+    assert caught.value.description == (
+        "refusing to mint a token for audience https://docs.example.test/mcp without naming its "
+        "ToolServer"
+    )
+
+
 # -- introspection -----------------------------------------------------------------------
 
 
@@ -470,3 +504,23 @@ def test_introspection_inactive_cases(keyset: keys.KeySet) -> None:
     assert introspect(token, keyset, tokenkit.snapshot(grants=[])) == {"active": False}
     assert introspect(token, tokenkit.issuer_keys(), snapshot) == {"active": False}  # key retired
     assert introspect("garbage", keyset, snapshot) == {"active": False}
+
+
+def test_a_toolserver_token_is_inactive_once_its_toolserver_is_replaced_or_contested(
+    keyset: keys.KeySet,
+) -> None:
+    uri = "https://docs.example.test/mcp"
+    own = tokenkit.tool_server("docs", uri, {"read_doc": "document.read"})
+    own.metadata.uid = "ts-1"
+    snapshot = tokenkit.snapshot(tool_servers=[own])
+    token = exchanging.mint(
+        decide(snapshot, audience=uri), keyset=keyset, issuer=ISSUER, now=NOW
+    ).token
+    assert introspect(token, keyset, snapshot)["active"] is True
+    recreated = tokenkit.tool_server("docs", uri, {"read_doc": "document.read"})
+    recreated.metadata.uid = "ts-2"
+    squat = tokenkit.tool_server("docs", uri, {}, "team-b")
+    for changed in ([recreated], [own, squat], []):
+        assert introspect(token, keyset, tokenkit.snapshot(tool_servers=changed)) == {
+            "active": False
+        }

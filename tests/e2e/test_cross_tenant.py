@@ -1001,10 +1001,10 @@ def test_no_namespace_can_deny_another_its_cloud_identity(
     assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"
 
     expected = {
-        "exact": f"AWS role {VICTIM_ROLE}",
-        "wildcard": "AWS role arn:aws:iam::*:role/*",
-        "gcp": f"GCP service account {VICTIM_SERVICE_ACCOUNT}",
-        "mixed": f"AWS role arn:aws:iam::{AWS_ACCOUNT}:role/*",
+        "exact": f'AWS role "{VICTIM_ROLE}"',
+        "wildcard": 'AWS role "arn:aws:iam::*:role/*"',
+        "gcp": f'GCP service account "{VICTIM_SERVICE_ACCOUNT}"',
+        "mixed": f'AWS role "arn:aws:iam::{AWS_ACCOUNT}:role/*"',
     }
     for name, ignored in expected.items():
         agent = f"claims-{name}"

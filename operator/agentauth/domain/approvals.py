@@ -818,7 +818,7 @@ def _granted_condition(
             observed_generation=request.metadata.generation,
         )
 
-    approvers = ", ".join(item.user for item in _distinct(status.approvals))
+    approvers = ", ".join(display.clean(item.user) for item in _distinct(status.approvals))
     if status.phase == "Approved":
         return condition(
             "True",
@@ -828,7 +828,9 @@ def _granted_condition(
     if status.phase == "Denied":
         denial = status.denials[0]
         return condition(
-            "False", "Denied", f"denied by {denial.user}; reason: {display.quote(denial.comment)}"
+            "False",
+            "Denied",
+            f"denied by {display.clean(denial.user)}; reason: {display.quote(denial.comment)}",
         )
     if status.phase == "Expired":
         if withdrawn:

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import pydantic
 
+from agentauth.domain import display
 from agentauth.domain.models import agents as agent_models
 from agentauth.domain.models import common
 
@@ -237,7 +238,9 @@ def allowed_federation(
     agent: agent_models.Agent, policy: ClaimPolicy
 ) -> tuple[agent_models.Federation | None, list[str]]:
     """``agent``'s federation with only the entries ``policy`` allows, and the refused ones
-    (each described as ``"AWS role <pattern>"`` or ``"GCP service account <e-mail>"``)."""
+    (each described as ``AWS role "<pattern>"`` or ``GCP service account "<e-mail>"``, quoted:
+    the entries are whatever the namespace admin wrote, shown to people in conditions and
+    Events)."""
     federation = agent.spec.federation
     if federation is None:
         return None, []
@@ -251,7 +254,9 @@ def allowed_federation(
             for claim in aws_rule.role_arns
             if any(aws_role_allowed(claim, allowed) for allowed in allowed_arns)
         ]
-        refused += [f"AWS role {claim}" for claim in aws_rule.role_arns if claim not in kept]
+        refused += [
+            f"AWS role {display.quote(claim)}" for claim in aws_rule.role_arns if claim not in kept
+        ]
         aws_rule = aws_rule.model_copy(update={"role_arns": kept})
     gcp_rule = federation.gcp
     if gcp_rule is not None:
@@ -262,7 +267,7 @@ def allowed_federation(
             if any(gcp_account_allowed(email, allowed) for allowed in allowed_emails)
         ]
         refused += [
-            f"GCP service account {email}"
+            f"GCP service account {display.quote(email)}"
             for email in gcp_rule.service_accounts
             if email not in kept
         ]

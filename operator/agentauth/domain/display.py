@@ -30,6 +30,8 @@ ELLIPSIS = "..."
 # characters (bidi overrides, zero-width joiners), surrogates, private use, unassigned, and the
 # line/paragraph separators some viewers render as new lines.
 _REMOVED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Characters that separate words or lines: replaced by a space rather than removed.
+_LINE_BREAKS = frozenset("\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 def _keep(char: str) -> bool:
@@ -40,7 +42,7 @@ def clean(text: object, *, limit: int = DEFAULT_LIMIT) -> str:
     """``text`` on one line: unsafe characters removed, whitespace collapsed, at most ``limit``
     characters (a cut ends with ``...``)."""
     raw = text if isinstance(text, str) else str(text)
-    spaced = "".join(char if char not in "\t\n\r\v\f" else " " for char in raw)
+    spaced = "".join(" " if char in _LINE_BREAKS else char for char in raw)
     kept = "".join(char for char in spaced if _keep(char))
     single = " ".join(kept.split())
     if len(single) > limit:
