@@ -752,6 +752,21 @@ def test_a_request_of_the_predecessor_cannot_be_approved_for_the_successor(
         message="the request says it can no longer be granted",
     )
     assert error_of(pod.exchange(scope="payments.authorize"))[:2] == (400, "invalid_scope")
+    # Nor can bob file one by hand for the predecessor, or for someone else's Agent object.
+    for forged in (request["spec"]["agentUID"], "uid-of-anything"):
+        by_hand = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "AccessRequest",
+            "metadata": {"generateName": "hand-"},
+            "spec": {"agent": "buyer", "agentUID": forged, **PAYMENT},
+        }
+        message = refused(
+            kubectl("create", "-n", namespace, "-f", "-", context="bob", stdin=json.dumps(by_hand))
+        )
+        assert (
+            f"spec.agentUID names the Agent object the request is filed for; it must be "
+            f"'{agent['metadata']['uid']}', the UID of agent 'buyer' now"
+        ) in message
 
 
 @pytest.mark.parametrize("change", ["re-created", "approvers-changed"])

@@ -190,6 +190,11 @@ async def post_events(
     namespace = request.metadata.namespace or ""
     posted = _posted.setdefault(ctl, {}).setdefault(uid, set())
     agent_body = agent_handlers.agent_body(ctl, namespace, request.spec.agent)
+    if (
+        agent_body is not None
+        and (agent_body.get("metadata") or {}).get("uid") != request.spec.agent_uid
+    ):
+        agent_body = None  # a successor of the same name: the request is not about it
     for event in approvals.planned_events(request, now=now):
         if event.key in posted:
             continue
@@ -305,7 +310,11 @@ async def _may_approve_by_rbac(
 async def _create_patch(
     ctl: runtime.Controller, request: dict[str, Any], decider: approvals.Identity
 ) -> list[dict[str, Any]]:
-    """Stamp ``spec.requester`` (the caller) and ``spec.agentUID`` (the Agent as it is now)."""
+    """Stamp ``spec.requester`` (the caller) and, unless the client named one, ``spec.agentUID``
+    (the Agent as it is now). A client-supplied ``agentUID`` is kept for the validating webhook to
+    check against the live Agent: the token service names the Agent whose token files the
+    request, so a request filed while that Agent is being replaced is refused, never moved to
+    its successor."""
     obj = request.get("object") or {}
     spec = obj.get("spec") or {}
     namespace = str(request.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "")
@@ -325,12 +334,8 @@ async def _create_patch(
         except kube.ApiError as exc:
             if exc.code != 404:
                 raise
-    if uid:
-        op = "replace" if "agentUID" in spec else "add"
-        patch.append({"op": op, "path": "/spec/agentUID", "value": str(uid)})
-    elif "agentUID" in spec:
-        # No such Agent: whatever the client claimed goes (the validating webhook refuses).
-        patch.append({"op": "remove", "path": "/spec/agentUID"})
+    if uid and not spec.get("agentUID"):
+        patch.append({"op": "add", "path": "/spec/agentUID", "value": str(uid)})
     return patch
 
 
@@ -416,9 +421,9 @@ async def _validate_create(
         )
     if not new.spec.agent_uid or new.spec.agent_uid != agent.metadata.uid:
         raise approvals.ForbiddenChange(
-            "spec.agentUID is set by agentauth to the UID of the Agent the request is filed for; "
-            f"it must be {agent.metadata.uid!r} (the Agent changed while the request was filed: "
-            "file it again)"
+            "spec.agentUID names the Agent object the request is filed for; it must be "
+            f"{agent.metadata.uid!r}, the UID of agent {new.spec.agent!r} now (the Agent was "
+            "replaced while the request was filed: file it again)"
         )
     approvals.resolve_request(
         agent=agent,
