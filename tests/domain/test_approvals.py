@@ -836,3 +836,54 @@ def test_exchange_never_widens_an_approval_to_a_pattern() -> None:
     assert scope(("payments.authorize",)) == ("payments.authorize",)
     with pytest.raises(errors.InvalidScope):
         scope(("payments.*",))
+
+
+def test_each_grant_of_a_request_needs_its_own_quorum_under_its_current_identity() -> None:
+    """A request spanning two grants: approvals count per grant, under that grant's UID and
+    approvers; re-creating one of the grants voids the approvals for the whole request."""
+    pay = make_grant("pay", capabilities=[{"name": "payments.authorize", "approval": "Required"}])
+    refund = make_grant(
+        "refund",
+        capabilities=[{"name": "payments.refund", "approval": "Required"}],
+        approvers={"users": ["alice", "carol"], "minApprovals": 2},
+    )
+    both = [pay, refund]
+    request = make_request(
+        capabilities=["payments.authorize", "payments.refund"],
+        status=pending_status(
+            approvals=[decision("alice", under=both), decision("carol", under=both)]
+        ),
+    )
+    resolved = approvals.resolve_existing(
+        request=request, agent=make_agent(), all_grants=both, now=NOW
+    )
+    assert resolved.min_approvals == 2
+    status = approvals.evaluate(
+        request,
+        resolved=resolved,
+        pending_timeout=approvals.DEFAULT_PENDING_TIMEOUT,
+        now=NOW,
+    )
+    assert status.phase == "Approved"
+    recreated = refund.model_copy(deep=True)
+    recreated.metadata.uid = "uid-refund-again"
+    now_resolved = approvals.resolve_existing(
+        request=request, agent=make_agent(), all_grants=[pay, recreated], now=NOW
+    )
+    approved = make_request(
+        capabilities=["payments.authorize", "payments.refund"], status=status.to_api()
+    )
+    assert approvals.still_approved(approved, resolved=resolved)
+    assert not approvals.still_approved(approved, resolved=now_resolved)
+    withdrawn = approvals.evaluate(
+        approved,
+        resolved=now_resolved,
+        pending_timeout=approvals.DEFAULT_PENDING_TIMEOUT,
+        now=NOW,
+    )
+    assert (withdrawn.phase, withdrawn.conditions[0].reason) == ("Expired", "ApprovalWithdrawn")
+    approvals.check_status_update(old=approved, new=withdrawn, resolved=now_resolved, now=NOW)
+    with pytest.raises(approvals.ForbiddenChange):  # not while the approvals still hold
+        approvals.check_status_update(old=approved, new=withdrawn, resolved=resolved, now=NOW)
+    events = approvals.planned_events(approved.model_copy(update={"status": withdrawn}), now=NOW)
+    assert events[-1].reason == "ApprovalWithdrawn"
