@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import re
@@ -173,12 +174,17 @@ def policy_fingerprint(approvers: grants.Approvers) -> str:
     different quorum) changes the fingerprint, and approvals recorded under the old one no longer
     count.
     """
+    return _fingerprint(
+        tuple(sorted(set(approvers.users))),
+        tuple(sorted(set(approvers.groups))),
+        approvers.min_approvals,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(users: tuple[str, ...], groups: tuple[str, ...], min_approvals: int) -> str:
     canonical = json.dumps(
-        {
-            "users": sorted(set(approvers.users)),
-            "groups": sorted(set(approvers.groups)),
-            "minApprovals": approvers.min_approvals,
-        },
+        {"users": list(users), "groups": list(groups), "minApprovals": min_approvals},
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -196,7 +202,7 @@ class InvolvedGrant:
     approvers: grants.Approvers
     uid: str = ""
 
-    @property
+    @functools.cached_property
     def binding(self) -> accessrequests.GrantBinding:
         """What an approval under this grant records: name, UID and approver policy."""
         return accessrequests.GrantBinding(

@@ -303,8 +303,9 @@ class Snapshot:
         if cached is not None and cached[0] is agent and (cached[1] is None or moment < cached[1]):
             return cached[2]
         grants = self._grants_by_ns.get(key[0], [])
+        resolutions: dict[tuple[tuple[str, ...], str], approvals.ResolvedRequest | None] = {}
         counted = [
-            _as_it_stands(request, agent=agent, grants=grants, now=moment)
+            _as_it_stands(request, agent=agent, grants=grants, now=moment, memo=resolutions)
             for request in self._requests_by_agent.get(key, [])
             if request.spec.agent_uid and request.spec.agent_uid == agent.metadata.uid
         ]
@@ -318,18 +319,23 @@ def _as_it_stands(
     agent: Agent,
     grants: Sequence[CapabilityGrant],
     now: datetime,
+    memo: dict[tuple[tuple[str, ...], str], approvals.ResolvedRequest | None],
 ) -> AccessRequest:
     """``request``, or for an Approved one whose approvals no longer hold, a copy with the
-    status the controller will write (Expired, ``ApprovalWithdrawn``)."""
+    status the controller will write (Expired, ``ApprovalWithdrawn``). ``memo`` keeps the
+    resolution per (capabilities, duration): an agent's requests mostly ask the same."""
     status = request.status
     if status is None or status.phase != "Approved":
         return request
-    try:
-        resolved: approvals.ResolvedRequest | None = approvals.resolve_existing(
-            request=request, agent=agent, all_grants=grants, now=now
-        )
-    except approvals.RequestClosed:
-        resolved = None
+    asked = (tuple(request.spec.capabilities), request.spec.duration)
+    if asked not in memo:
+        try:
+            memo[asked] = approvals.resolve_existing(
+                request=request, agent=agent, all_grants=grants, now=now
+            )
+        except approvals.RequestClosed:
+            memo[asked] = None
+    resolved = memo[asked]
     if approvals.still_approved(request, resolved=resolved):
         return request
     withdrawn = approvals.evaluate(
