@@ -17,13 +17,17 @@ Reconcile (level-based, restart-safe):
 Admission (``/mutate/accessrequests``, ``/validate/accessrequests``; the chart registers both for
 ``accessrequests`` and ``accessrequests/status``, CREATE and UPDATE):
 - CREATE: ``spec.requester`` is stamped from ``userInfo`` (whatever the client sent is replaced)
-  and validated to match; the request is checked like the token service checks it (each
+  and validated to match; ``spec.agentUID`` is stamped from the live Agent unless the client
+  named one, and must be the live Agent's UID (a request belongs to one Agent object, never to a
+  successor of the same name); the request is checked like the token service checks it (each
   capability held with approval Required, duration within ``maxDuration``, justification and
   context plain and bounded).
 - UPDATE of the main resource: the whole ``spec`` is immutable (``spec.requester`` with its own
   message), so nobody edits what was asked after approvers have seen it.
 - UPDATE of ``status``: the one approval or denial a write adds gets ``user``/``groups``/``time``
-  from ``userInfo`` (mutating) and is then verified (validating): author = caller, request still
+  from ``userInfo`` and ``grants`` (name, UID, approver-policy fingerprint of each grant it is made
+  under) from the live cluster (mutating) and is then verified (validating): author = caller, the
+  stamped grants are the grants as they are now, request still
   Pending and not past ``expiresAt``, caller not the agent's service account nor the requester,
   caller listed in each involved grant's approvers or allowed verb ``approve`` on it by a
   SubjectAccessReview. Recorded decisions cannot be edited or removed, and the phase can only
