@@ -873,8 +873,13 @@ def test_each_grant_of_a_request_needs_its_own_quorum_under_its_current_identity
     approved = make_request(
         capabilities=["payments.authorize", "payments.refund"], status=status.to_api()
     )
-    assert approvals.still_approved(approved, resolved=resolved)
-    assert not approvals.still_approved(approved, resolved=now_resolved)
+    approvals.require_still_approved(approved, resolved=resolved)
+    with pytest.raises(approvals.ApprovalWithdrawn) as caught:
+        approvals.require_still_approved(approved, resolved=now_resolved)
+    assert caught.value.message == (
+        "the approvals of access request 'buyer-x7k2q' were given under grants that no longer "
+        "exist as they were (deleted, re-created, or their approvers changed)"
+    )
     withdrawn = approvals.evaluate(
         approved,
         resolved=now_resolved,

@@ -22,7 +22,8 @@ the kubectl plugin ask about an access request, so they cannot disagree:
   one denial denies (and wins over any number of approvals), no decision by ``expiresAt``
   expires; approved access lasts until ``grantedUntil`` = time of the deciding approval + the
   requested duration, after which the request is Expired as well.
-- :func:`still_approved`: whether an Approved request still grants anything: it must belong to
+- :func:`require_still_approved`: whether an Approved request still grants anything (raises
+  :class:`ApprovalWithdrawn` otherwise): it must belong to
   the very Agent object it was filed for (``spec.agentUID``) and every approval counts only under
   the grant it was given under, the same object (UID) with the same approvers
   (:func:`policy_fingerprint`); the token exchange and introspection apply it to every request.
@@ -124,6 +125,13 @@ class DuplicateDecision(ApprovalError):
 
     status = 409
     reason = "AlreadyDecided"
+
+
+class ApprovalWithdrawn(ApprovalError):
+    """An Approved request whose approvals no longer hold under the current Agent and grants."""
+
+    status = 409
+    reason = "ApprovalWithdrawn"
 
 
 class ForbiddenChange(ApprovalError):
@@ -464,19 +472,33 @@ def counted_approvals(
     return len(_distinct([item for item in approvals if all(b in item.grants for b in current)]))
 
 
-def still_approved(
+def require_still_approved(
     request: accessrequests.AccessRequest, *, resolved: ResolvedRequest | None
-) -> bool:
-    """Whether an Approved request's approvals still hold under the current grants.
+) -> None:
+    """Raise :class:`ApprovalWithdrawn` unless the request's approvals still hold under the
+    current grants.
 
-    False when the request can no longer be resolved (agent re-created or gone, grant deleted,
-    capability no longer Required) or when its recorded approvals no longer make every quorum
-    under the grants as they are now (a grant re-created, its approvers or quorum changed).
+    They do not when the request can no longer be resolved (``resolved`` is ``None``: agent
+    re-created or gone, grant deleted, capability no longer Required) or when its recorded
+    approvals no longer make every quorum under the grants as they are now (a grant re-created,
+    its approvers or quorum changed).
     """
+    name = request.metadata.name or ""
     status = request.status
-    if resolved is None or status is None or status.denials:
-        return False
-    return deciding_approval(status.approvals, resolved=resolved) is not None
+    if resolved is None:
+        raise ApprovalWithdrawn(
+            f"access request {name!r} no longer applies: its Agent or a grant giving its "
+            "capabilities was deleted, re-created or changed"
+        )
+    if (
+        status is None
+        or status.denials
+        or deciding_approval(status.approvals, resolved=resolved) is None
+    ):
+        raise ApprovalWithdrawn(
+            f"the approvals of access request {name!r} were given under grants that no longer "
+            "exist as they were (deleted, re-created, or their approvers changed)"
+        )
 
 
 def grants_to_review(*, decider: Identity, resolved: ResolvedRequest) -> list[InvolvedGrant]:
@@ -656,7 +678,7 @@ def check_status_update(
     ``None`` when the request cannot be approved any more) and no denial, with a ``grantedUntil``
     no later than the deciding approval plus the requested duration; Denied needs a denial;
     Expired needs the deadline to have passed, or, for an Approved request, its approvals to no
-    longer hold (:func:`still_approved`: the access is withdrawn early, never extended).
+    longer hold (:func:`require_still_approved`: the access is withdrawn early, never extended).
     """
     before = old.status or accessrequests.AccessRequestStatus()
     name = old.metadata.name or ""
@@ -715,8 +737,11 @@ def check_status_update(
     if new.phase == "Denied" and not new.denials:
         raise ForbiddenChange(f"access request {name!r} has no denial and cannot be Denied")
     if new.phase == "Expired":
-        if before.phase == "Approved" and not still_approved(old, resolved=resolved):
-            return  # withdrawn early: its grant or Agent changed under it
+        if before.phase == "Approved":
+            try:
+                require_still_approved(old, resolved=resolved)
+            except ApprovalWithdrawn:
+                return  # withdrawn early: its grant or Agent changed under it
         deadline = before.granted_until if before.phase == "Approved" else before.expires_at
         if deadline is None or now + CLOCK_SKEW < _aware(deadline):
             raise ForbiddenChange(
@@ -750,7 +775,7 @@ def evaluate(
     against the current Agent and grants (``None`` when it can no longer be approved) and the
     clock, so re-running it after a restart yields the same status. Approvals and denials are
     copied as recorded, never rewritten. An Approved request whose approvals no longer hold
-    (:func:`still_approved`) becomes Expired at once, with reason ``ApprovalWithdrawn``.
+    (:func:`require_still_approved`) becomes Expired at once, with reason ``ApprovalWithdrawn``.
     """
     before = request.status or accessrequests.AccessRequestStatus()
     status = before.model_copy(deep=True)
@@ -765,9 +790,14 @@ def evaluate(
     if status.phase == "Approved":
         if status.granted_until is not None and now >= _aware(status.granted_until):
             status.phase = "Expired"
-        elif not still_approved(request.model_copy(update={"status": status}), resolved=resolved):
-            status.phase = "Expired"
-            withdrawn = True
+        else:
+            try:
+                require_still_approved(
+                    request.model_copy(update={"status": status}), resolved=resolved
+                )
+            except ApprovalWithdrawn:
+                status.phase = "Expired"
+                withdrawn = True
     if before.phase == "Expired" and _condition_reason(before) == REASON_WITHDRAWN:
         withdrawn = True  # keep saying why it ended, also after grantedUntil has passed
     status.conditions = common.set_condition(

@@ -290,7 +290,7 @@ class Snapshot:
         webhook, equals the Agent's uid): an Agent deleted and created again under its name, in
         the same second or not, inherits nothing, and a request without the stamp belongs to no
         one. An ``Approved`` request stays Approved only while its approvals still hold under the
-        grants as they are in this snapshot (``approvals.still_approved``: each approval was
+        grants as they are in this snapshot (``approvals.require_still_approved``: each approval was
         given under the same grant object, by UID, with the same approvers and quorum); otherwise
         it is returned with the status the controller writes for it (``approvals.evaluate``:
         Expired, reason ``ApprovalWithdrawn``), at once, without waiting for the controller. So
@@ -336,7 +336,11 @@ def _as_it_stands(
         except approvals.RequestClosed:
             memo[asked] = None
     resolved = memo[asked]
-    if approvals.still_approved(request, resolved=resolved):
+    try:
+        approvals.require_still_approved(request, resolved=resolved)
+    except approvals.ApprovalWithdrawn:
+        pass
+    else:
         return request
     withdrawn = approvals.evaluate(
         request,
