@@ -92,6 +92,7 @@ def main() -> None:
             now=now,
             client_id="aauth:reporter.team-a@cluster.local",
             cnf_jwk=signatures.public_jwk(agent_key),
+            extra_claims={"tool_server": {"namespace": "team-a", "name": "docs", "uid": "ts-1"}},
         ).token
 
     base_headers = {"Content-Type": "application/json"}
@@ -119,7 +120,10 @@ def main() -> None:
             {**base_headers, **sign_with(key, signatures.signature_key_jwt(bound_token(key)))}
         )
     verifier = ResourceVerifier(
-        issuer=ISSUER, audience=AUDIENCE, jwks=JwksCache(jwks=keyset.public_jwks())
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        tool_server="team-a/docs",
+        jwks=JwksCache(jwks=keyset.public_jwks()),
     )
     principal = verifier.verify_with_keys(
         method="POST",
@@ -160,6 +164,7 @@ def main() -> None:
     uncached = ResourceVerifier(
         issuer=ISSUER,
         audience=AUDIENCE,
+        tool_server="team-a/docs",
         jwks=JwksCache(jwks=keyset.public_jwks()),
         token_cache_size=0,
     )

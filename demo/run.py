@@ -56,6 +56,7 @@ SAMPLES = ROOT / "samples"
 NAMESPACE = "demo"
 AGENT = "research-assistant"
 TOOL_SERVER_AUDIENCE = "https://finance-tools.demo.svc/mcp"  # samples/05-toolserver.yaml
+TOOL_SERVER = "demo/finance-tools"  # the ToolServer the finance server is, same file
 USER_AUDIENCE = "urn:agentauth:demo"
 USER = "jane@example.com"
 READY_TIMEOUT = 60.0
@@ -161,6 +162,9 @@ class Servers:
             verifier = ResourceVerifier(
                 issuer=issuer,
                 audience=TOOL_SERVER_AUDIENCE,
+                # Tokens must name this ToolServer: one another namespace creates with the same
+                # resourceURI gets tokens this server refuses.
+                tool_server=TOOL_SERVER,
                 jwks=JwksCache(jwks_url=f"{issuer}/jwks", ca_file=str(ca_file)),
             )
 

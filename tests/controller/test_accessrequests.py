@@ -154,7 +154,9 @@ def test_create_stamps_requester_goes_pending_and_posts_events(
     by_kind = {event.involved_object.kind: event for event in requested}
     assert set(by_kind) == {"AccessRequest", "Agent"}
     message = by_kind["AccessRequest"].message
-    assert "Pay invoice INV-42 (invoice=INV-42)" in message
+    assert message.endswith(
+        '| context: invoice="INV-42" | justification from the requester: "Pay invoice INV-42"'
+    )
     assert f"approve: kubectl agentauth approve {name} -n {agent.namespace}" in message
     assert by_kind["Agent"].involved_object.name == "buyer"
     assert by_kind["Agent"].message.startswith(f"{name}: Agent buyer requests payments.authorize")
@@ -263,8 +265,9 @@ def test_forged_decisions_are_refused(
             {"status": {"phase": "Approved", "grantedUntil": "2030-01-01T00:00:00Z"}},
         )
     )
-    assert (
-        message == WEBHOOK + f"access request {name!r} has 0 of the 1 distinct approvals it needs"
+    assert message == WEBHOOK + (
+        f"access request {name!r} has 0 of the 1 distinct approvals it needs under its grants "
+        "as they are now"
     )
     # bob in his own name: not an approver
     code, message = refused(lambda: decide(users["bob"], agent, name))
@@ -363,7 +366,9 @@ def test_one_denial_wins_and_denied_cannot_be_reopened(
     )
     decide(users["bob"], agent, name, field="denials", comment="amount too high")
     denied = wait_phase(env.api, agent, name, "Denied")
-    assert denied["status"]["conditions"][0]["message"] == "denied by bob: amount too high"
+    assert denied["status"]["conditions"][0]["message"] == (
+        'denied by bob; reason: "amount too high"'
+    )
     assert [a["user"] for a in denied["status"]["approvals"]] == ["alice"]
     api = custom(env.api)
     code, message = refused(

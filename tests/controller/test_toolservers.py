@@ -46,7 +46,8 @@ def test_tool_server_publishes_its_metadata_url(
     )
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["message"] == (
-        "1 tool; tokens for this server carry audience https://finance.example.test/mcp"
+        "1 tool; tokens for this server carry audience https://finance.example.test/mcp and "
+        f"name ToolServer {ns}/finance in their tool_server claim"
     )
     assert status["observedGeneration"] == 1
     assert (

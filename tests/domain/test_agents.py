@@ -211,3 +211,55 @@ def test_invalid_statuses() -> None:
     assert status.capabilities == []
     grant = agents.invalid_grant_status(generation=2, previous=[], message="bad", now=NOW)
     assert agents.grant_events(None, grant) == [agents.Event("Warning", "Invalid", "bad")]
+
+
+def test_federation_claims_the_policy_does_not_allow_are_reported_once() -> None:
+    import json
+
+    from agentauth.domain import claimpolicy
+
+    policy = claimpolicy.parse(
+        json.dumps(
+            [{"namespaces": ["team"], "aws": {"roleArns": ["arn:aws:iam::111122223333:role/a-*"]}}]
+        )
+    )
+    federation = {
+        "aws": {"roleArns": ["arn:aws:iam::111122223333:role/a-x", "arn:aws:iam::*:role/*"]}
+    }
+    agent = make_agent(federation=federation)
+
+    def status_of(agent: Agent, previous: object = None) -> object:
+        if previous is not None:
+            agent = agent.model_copy(update={"status": previous})
+        return agents.agent_status(
+            agent,
+            [READ],
+            service_account_exists=True,
+            trust_domain="example.com",
+            now=NOW,
+            claim_policy=policy,
+        )
+
+    first = status_of(agent)
+    condition = next(c for c in first.conditions if c.type == "Federation")  # type: ignore[attr-defined]
+    assert (condition.status, condition.reason, condition.message) == (
+        "False",
+        "ClaimNotAllowed",
+        'ignored: AWS role "arn:aws:iam::*:role/*". The cluster admin\'s claim policy (chart '
+        "value claimPolicy) does not allow namespace 'team' to claim it",
+    )
+    events = agents.agent_events(None, first)  # type: ignore[arg-type]
+    assert [(e.type, e.reason) for e in events if e.reason == "ClaimNotAllowed"] == [
+        ("Warning", "ClaimNotAllowed")
+    ]
+    again = status_of(agent, first)
+    assert agents.agent_events(first, again) == []  # type: ignore[arg-type]
+    fixed = status_of(
+        make_agent(federation={"aws": {"roleArns": ["arn:aws:iam::111122223333:role/a-x"]}}),
+        first,
+    )
+    condition = next(c for c in fixed.conditions if c.type == "Federation")  # type: ignore[attr-defined]
+    assert (condition.status, condition.reason) == ("True", "ClaimsAllowed")
+    assert [e.reason for e in agents.agent_events(first, fixed)] == ["ClaimsAllowed"]  # type: ignore[arg-type]
+    dropped = status_of(make_agent(), fixed)
+    assert [c.type for c in dropped.conditions] == ["Ready"]  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ def make_grant(
     if expires_at is not None:
         spec["expiresAt"] = expires_at
     return grants.CapabilityGrant.model_validate(
-        {"metadata": {"name": name, "namespace": NS}, "spec": spec}
+        {"metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}"}, "spec": spec}
     )
 
 
@@ -71,6 +71,7 @@ def make_request(
             "duration": duration,
             "context": {"invoice": "INV-42"},
             "requester": {"username": requester, "groups": ["system:serviceaccounts"]},
+            "agentUID": "u-1",
         },
     }
     if status is not None:
@@ -78,8 +79,30 @@ def make_request(
     return accessrequests.AccessRequest.model_validate(body)
 
 
-def decision(user: str, at: datetime.datetime = NOW, comment: str = "") -> dict[str, Any]:
-    return {"user": user, "groups": [], "time": at.isoformat(), "comment": comment}
+def binding(grant: grants.CapabilityGrant | None = None) -> dict[str, Any]:
+    """What the webhook stamps on a decision made under ``grant`` (default: ``make_grant()``)."""
+    grant = grant if grant is not None else make_grant()
+    return {
+        "name": grant.metadata.name,
+        "uid": grant.metadata.uid,
+        "policy": approvals.policy_fingerprint(grant.spec.approvers or grants.Approvers()),
+    }
+
+
+def decision(
+    user: str,
+    at: datetime.datetime = NOW,
+    comment: str = "",
+    *,
+    under: list[grants.CapabilityGrant] | None = None,
+) -> dict[str, Any]:
+    return {
+        "user": user,
+        "groups": [],
+        "time": at.isoformat(),
+        "comment": comment,
+        "grants": [binding(grant) for grant in (under if under is not None else [make_grant()])],
+    }
 
 
 def pending_status(**extra: Any) -> dict[str, Any]:
@@ -378,7 +401,12 @@ def test_stamp_decision_refuses_someone_elses_name() -> None:
         kind="Approve", index=0, decision=accessrequests.Decision(user="alice", time=NOW)
     )
     with pytest.raises(approvals.ForbiddenChange) as caught:
-        approvals.stamp_decision(added=added, decider=approvals.Identity(username="bob"), now=NOW)
+        approvals.stamp_decision(
+            added=added,
+            decider=approvals.Identity(username="bob"),
+            resolved=resolve(["payments.authorize"]),
+            now=NOW,
+        )
     assert caught.value.message == (
         "an approval or denial is recorded in the caller's own name: 'bob' cannot record one "
         "for 'alice'"
@@ -391,16 +419,18 @@ def test_unstamped_placeholder_never_counts() -> None:
 
 
 def test_stamp_decision_fills_the_authenticated_identity() -> None:
+    forged = accessrequests.GrantBinding(name="payments", uid="old-uid", policy="sha256:x")
     added = approvals.AddedDecision(
         kind="Approve",
         index=0,
         decision=accessrequests.Decision(
-            user="", time=NOW - datetime.timedelta(days=1), comment=" ok "
+            user="", time=NOW - datetime.timedelta(days=1), comment=" ok ", grants=[forged]
         ),
     )
     stamped = approvals.stamp_decision(
         added=added,
         decider=approvals.Identity(username="bob", groups=("devs",)),
+        resolved=resolve(["payments.authorize"]),
         now=NOW + datetime.timedelta(microseconds=5),
     )
     assert (stamped.user, stamped.groups, stamped.time, stamped.comment) == (
@@ -409,24 +439,50 @@ def test_stamp_decision_fills_the_authenticated_identity() -> None:
         NOW,
         "ok",
     )
+    # The grants come from the live cluster, never from the client.
+    assert [item.to_api() for item in stamped.grants] == [binding()]
 
 
 def check_added(
-    request: accessrequests.AccessRequest, user: str, *, entry_user: str | None = None
+    request: accessrequests.AccessRequest,
+    user: str,
+    *,
+    entry_user: str | None = None,
+    stamped_under: grants.CapabilityGrant | None = None,
 ) -> None:
+    stamp = accessrequests.GrantBinding.model_validate(binding(stamped_under))
     added = approvals.AddedDecision(
-        kind="Approve", index=0, decision=accessrequests.Decision(user=entry_user or user, time=NOW)
+        kind="Approve",
+        index=0,
+        decision=accessrequests.Decision(user=entry_user or user, time=NOW, grants=[stamp]),
     )
     approvals.check_added_decision(
         request_before=request,
         added=added,
         decider=approvals.Identity(username=user),
+        resolved=resolve(["payments.authorize"]),
         now=NOW,
     )
 
 
 def test_check_added_decision_accepts_first_decision() -> None:
     check_added(make_request(status=pending_status()), "alice")
+
+
+def test_check_added_decision_refuses_a_stamp_of_other_grants() -> None:
+    """The validating webhook re-checks the grants the mutating webhook stamped: a grant that was
+    re-created (new UID) or whose approvers changed in between refuses the write."""
+    recreated = make_grant().model_copy(deep=True)
+    recreated.metadata.uid = "uid-payments-old"
+    stricter = make_grant(approvers={"users": ["alice"], "minApprovals": 2})
+    for stamped_under in (recreated, stricter):
+        with pytest.raises(approvals.ForbiddenChange) as caught:
+            check_added(make_request(status=pending_status()), "alice", stamped_under=stamped_under)
+        assert caught.value.message == (
+            "the decision on access request 'buyer-x7k2q' must record the grants it is made "
+            "under as agentauth stamps them (their name, UID and approvers); they changed while "
+            "it was written: try again"
+        )
 
 
 def test_check_added_decision_refuses_forged_name() -> None:
@@ -464,17 +520,25 @@ def test_check_added_decision_refuses_closed_and_expired_and_duplicate() -> None
 # --- status transitions --------------------------------------------------------------------
 
 
+QUORUM_OF_TWO = make_grant(approvers={"users": ["alice", "bob", "carol"], "minApprovals": 2})
+
+
+def resolved_under(grant: grants.CapabilityGrant | None) -> approvals.ResolvedRequest | None:
+    """The request for payments.authorize resolved against ``grant`` (``None``: withdrawn)."""
+    return resolve(["payments.authorize"], all_grants=[grant]) if grant is not None else None
+
+
 def check_update(
     before: dict[str, Any] | None,
     after: dict[str, Any],
     *,
-    min_approvals: int | None = 1,
+    grant: grants.CapabilityGrant | None = make_grant(),  # noqa: B008 - immutable in use
     now: datetime.datetime = NOW,
 ) -> None:
     approvals.check_status_update(
         old=make_request(status=before),
         new=status(**after),
-        min_approvals=min_approvals,
+        resolved=resolved_under(grant),
         now=now,
     )
 
@@ -515,17 +579,17 @@ def test_denied_cannot_be_reopened() -> None:
 
 def test_approval_needs_quorum_and_no_denial() -> None:
     with pytest.raises(approvals.ForbiddenChange) as caught:
+        alice = decision("alice", under=[QUORUM_OF_TWO])
         check_update(
-            pending_status(approvals=[decision("alice")]),
+            pending_status(approvals=[alice]),
             pending_status(
-                phase="Approved",
-                approvals=[decision("alice")],
-                grantedUntil="2026-11-28T12:15:00Z",
+                phase="Approved", approvals=[alice], grantedUntil="2026-11-28T12:15:00Z"
             ),
-            min_approvals=2,
+            grant=QUORUM_OF_TWO,
         )
     assert caught.value.message == (
-        "access request 'buyer-x7k2q' has 1 of the 2 distinct approvals it needs"
+        "access request 'buyer-x7k2q' has 1 of the 2 distinct approvals it needs under its "
+        "grants as they are now"
     )
     with pytest.raises(approvals.ForbiddenChange) as caught:
         check_update(
@@ -544,7 +608,7 @@ def test_approval_needs_quorum_and_no_denial() -> None:
         check_update(
             pending_status(approvals=[decision("alice")]),
             pending_status(phase="Approved", approvals=[decision("alice")]),
-            min_approvals=None,
+            grant=None,
         )
     assert caught.value.message == (
         "access request 'buyer-x7k2q' can no longer be approved: its capabilities are no longer "
@@ -598,12 +662,12 @@ def test_expiry_cannot_be_early_and_deadlines_are_fixed() -> None:
 def evaluate(
     request: accessrequests.AccessRequest,
     *,
-    min_approvals: int | None = 1,
+    grant: grants.CapabilityGrant | None = make_grant(),  # noqa: B008 - immutable in use
     now: datetime.datetime = NOW,
 ) -> accessrequests.AccessRequestStatus:
     return approvals.evaluate(
         request,
-        min_approvals=min_approvals,
+        resolved=resolved_under(grant),
         pending_timeout=approvals.DEFAULT_PENDING_TIMEOUT,
         now=now,
     )
@@ -627,13 +691,16 @@ def test_new_request_becomes_pending_with_deadline_from_creation() -> None:
 
 
 def test_quorum_of_two_distinct_approvers() -> None:
-    one = make_request(status=pending_status(approvals=[decision("alice")]))
-    assert evaluate(one, min_approvals=2).phase == "Pending"
+    under = [QUORUM_OF_TWO]
+    one = make_request(status=pending_status(approvals=[decision("alice", under=under)]))
+    assert evaluate(one, grant=QUORUM_OF_TWO).phase == "Pending"
     later = NOW + datetime.timedelta(minutes=1)
     two = make_request(
-        status=pending_status(approvals=[decision("alice"), decision("carol", at=later)])
+        status=pending_status(
+            approvals=[decision("alice", under=under), decision("carol", at=later, under=under)]
+        )
     )
-    result = evaluate(two, min_approvals=2)
+    result = evaluate(two, grant=QUORUM_OF_TWO)
     assert result.phase == "Approved"
     assert result.granted_until == later + datetime.timedelta(minutes=15)
     assert result.conditions[0].message == (
@@ -647,10 +714,10 @@ def test_one_denial_wins() -> None:
             approvals=[decision("alice")], denials=[decision("bob", comment="too much")]
         )
     )
-    result = evaluate(request, min_approvals=1)
+    result = evaluate(request)
     assert result.phase == "Denied"
     assert result.granted_until is None
-    assert result.conditions[0].message == "denied by bob: too much"
+    assert result.conditions[0].message == 'denied by bob; reason: "too much"'
 
 
 def test_pending_expires_and_approved_ends() -> None:
@@ -676,7 +743,7 @@ def test_pending_expires_and_approved_ends() -> None:
 
 def test_withdrawn_grant_never_approves() -> None:
     result = evaluate(
-        make_request(status=pending_status(approvals=[decision("alice")])), min_approvals=None
+        make_request(status=pending_status(approvals=[decision("alice")])), grant=None
     )
     assert result.phase == "Pending"
     assert result.conditions[0].reason == "NoLongerGrantable"
@@ -685,29 +752,12 @@ def test_withdrawn_grant_never_approves() -> None:
 def test_evaluated_status_passes_the_status_check() -> None:
     request = make_request(status=pending_status(approvals=[decision("alice")]))
     result = evaluate(request)
-    approvals.check_status_update(old=request, new=result, min_approvals=1, now=NOW)
+    approvals.check_status_update(
+        old=request, new=result, resolved=resolved_under(make_grant()), now=NOW
+    )
 
 
 # --- token exchange ----------------------------------------------------------------------
-
-
-def test_granted_capabilities_only_from_approved_unexpired() -> None:
-    approved = make_request(
-        status={
-            "phase": "Approved",
-            "approvals": [decision("alice")],
-            "grantedUntil": "2026-11-28T12:15:00Z",
-        }
-    )
-    assert approvals.granted_capabilities([approved], agent="buyer", namespace=NS, now=NOW) == {
-        "payments.authorize": datetime.datetime(2026, 11, 28, 12, 15, tzinfo=datetime.UTC)
-    }
-    after = datetime.datetime(2026, 11, 28, 12, 15, tzinfo=datetime.UTC)
-    assert approvals.granted_capabilities([approved], agent="buyer", namespace=NS, now=after) == {}
-    assert approvals.granted_capabilities([approved], agent="other", namespace=NS, now=NOW) == {}
-    assert approvals.granted_capabilities([approved], agent="buyer", namespace="x", now=NOW) == {}
-    pending = make_request(status=pending_status(approvals=[decision("alice")]))
-    assert approvals.granted_capabilities([pending], agent="buyer", namespace=NS, now=NOW) == {}
 
 
 # --- events -------------------------------------------------------------------------------
@@ -720,9 +770,10 @@ def test_events_carry_justification_and_approve_command() -> None:
         ("requested-agent", "Agent", "AccessRequested"),
     ]
     assert events[0].message == (
-        "Agent buyer requests payments.authorize for 15m: Pay invoice INV-42 of 120 EUR "
-        "(invoice=INV-42) | approve: kubectl agentauth approve buyer-x7k2q -n shop | deny: "
-        'kubectl agentauth deny buyer-x7k2q -n shop --reason "..."'
+        "Agent buyer requests payments.authorize for 15m | approve: kubectl agentauth approve "
+        'buyer-x7k2q -n shop | deny: kubectl agentauth deny buyer-x7k2q -n shop --reason "..." '
+        '| context: invoice="INV-42" | justification from the requester: "Pay invoice INV-42 of '
+        '120 EUR"'
     )
     assert events[1].message.startswith("buyer-x7k2q: Agent buyer requests")
 
@@ -785,3 +836,59 @@ def test_exchange_never_widens_an_approval_to_a_pattern() -> None:
     assert scope(("payments.authorize",)) == ("payments.authorize",)
     with pytest.raises(errors.InvalidScope):
         scope(("payments.*",))
+
+
+def test_each_grant_of_a_request_needs_its_own_quorum_under_its_current_identity() -> None:
+    """A request spanning two grants: approvals count per grant, under that grant's UID and
+    approvers; re-creating one of the grants voids the approvals for the whole request."""
+    pay = make_grant("pay", capabilities=[{"name": "payments.authorize", "approval": "Required"}])
+    refund = make_grant(
+        "refund",
+        capabilities=[{"name": "payments.refund", "approval": "Required"}],
+        approvers={"users": ["alice", "carol"], "minApprovals": 2},
+    )
+    both = [pay, refund]
+    request = make_request(
+        capabilities=["payments.authorize", "payments.refund"],
+        status=pending_status(
+            approvals=[decision("alice", under=both), decision("carol", under=both)]
+        ),
+    )
+    resolved = approvals.resolve_existing(
+        request=request, agent=make_agent(), all_grants=both, now=NOW
+    )
+    assert resolved.min_approvals == 2
+    status = approvals.evaluate(
+        request,
+        resolved=resolved,
+        pending_timeout=approvals.DEFAULT_PENDING_TIMEOUT,
+        now=NOW,
+    )
+    assert status.phase == "Approved"
+    recreated = refund.model_copy(deep=True)
+    recreated.metadata.uid = "uid-refund-again"
+    now_resolved = approvals.resolve_existing(
+        request=request, agent=make_agent(), all_grants=[pay, recreated], now=NOW
+    )
+    approved = make_request(
+        capabilities=["payments.authorize", "payments.refund"], status=status.to_api()
+    )
+    approvals.require_still_approved(approved, resolved=resolved)
+    with pytest.raises(approvals.ApprovalWithdrawn) as caught:
+        approvals.require_still_approved(approved, resolved=now_resolved)
+    assert caught.value.message == (
+        "the approvals of access request 'buyer-x7k2q' were given under grants that no longer "
+        "exist as they were (deleted, re-created, or their approvers changed)"
+    )
+    withdrawn = approvals.evaluate(
+        approved,
+        resolved=now_resolved,
+        pending_timeout=approvals.DEFAULT_PENDING_TIMEOUT,
+        now=NOW,
+    )
+    assert (withdrawn.phase, withdrawn.conditions[0].reason) == ("Expired", "ApprovalWithdrawn")
+    approvals.check_status_update(old=approved, new=withdrawn, resolved=now_resolved, now=NOW)
+    with pytest.raises(approvals.ForbiddenChange):  # not while the approvals still hold
+        approvals.check_status_update(old=approved, new=withdrawn, resolved=resolved, now=NOW)
+    events = approvals.planned_events(approved.model_copy(update={"status": withdrawn}), now=NOW)
+    assert events[-1].reason == "ApprovalWithdrawn"

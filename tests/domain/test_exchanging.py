@@ -3,12 +3,13 @@ lifetime and introspection, over real snapshots (real models, real keys)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
 
 from agentauth.domain import errors, exchanging, keys, serviceaccounts
-from agentauth.domain.models import AccessRequest, Agent
+from agentauth.domain.models import AccessRequest, Agent, CapabilityGrant
 from tests.domain import tokenkit
 from tests.domain.tokenkit import ISSUER, NOW, TRUST_DOMAIN
 
@@ -276,34 +277,76 @@ def test_approved_access_request_adds_the_capability_and_bounds_exp() -> None:
 
 
 def test_approvals_of_a_deleted_agent_do_not_pass_to_its_namesake() -> None:
+    """A request counts only for the Agent object it was filed for (spec.agentUID), whatever the
+    timestamps or ownerReferences say (kubectl delete --cascade=orphan strips the latter)."""
     until = NOW + timedelta(minutes=2)
 
-    def filed(name: str, **metadata: object) -> AccessRequest:
+    def filed(name: str, *, agent_uid: str, **metadata: object) -> AccessRequest:
         body = tokenkit.access_request(
-            name, capabilities=["payments.authorize"], granted_until=until
+            name, capabilities=["payments.authorize"], granted_until=until, agent_uid=agent_uid
         ).to_api()
         body["metadata"].update(metadata)
         return AccessRequest.model_validate(body)
 
-    owned = filed(
-        "ar-owned",
-        ownerReferences=[{"kind": "Agent", "name": "research", "uid": "old-agent-uid"}],
+    # Filed for the predecessor in the very second the successor was created, orphaned.
+    orphaned = filed("ar-orphaned", agent_uid="old-agent-uid", creationTimestamp=NOW.isoformat())
+    unstamped = AccessRequest.model_validate(
+        {
+            **filed("ar-unstamped", agent_uid="x").to_api(),
+            "spec": {
+                "agent": "research",
+                "capabilities": ["payments.authorize"],
+                "justification": "quarter close",
+            },
+        }
     )
-    unowned = filed("ar-kubectl", creationTimestamp=(NOW - timedelta(hours=1)).isoformat())
     successor_body = tokenkit.agent(uid="new-agent-uid").to_api()
-    successor_body["metadata"]["creationTimestamp"] = (NOW - timedelta(minutes=1)).isoformat()
+    successor_body["metadata"]["creationTimestamp"] = NOW.isoformat()
     successor = Agent.model_validate(successor_body)
-    snapshot = tokenkit.snapshot(agents=[successor], access_requests=[owned, unowned])
-    assert snapshot.access_requests_of(successor) == []
+    snapshot = tokenkit.snapshot(agents=[successor], access_requests=[orphaned, unstamped])
+    assert snapshot.access_requests_of(successor, now=NOW) == []
     assert refused(errors.InvalidScope, snapshot, scope=("payments.authorize",)) == (
         "capability payments.authorize requires approval: file an AccessRequest for agent "
         "team-a/research"
     )
     same = tokenkit.agent(uid="old-agent-uid")
-    assert [r.metadata.name for r in snapshot.access_requests_of(same)] == [
-        "ar-owned",
-        "ar-kubectl",
-    ]
+    assert [r.metadata.name for r in snapshot.access_requests_of(same, now=NOW)] == ["ar-orphaned"]
+
+
+def test_approvals_die_with_their_grant_and_its_approver_policy() -> None:
+    """Deleting a grant voids every approval made under it, even when a grant of the same name
+    (new UID) is created again; changing who approves (or the quorum) voids them too."""
+    until = NOW + timedelta(minutes=2)
+    original = tokenkit.grant("base", capabilities=tokenkit.STANDARD_CAPABILITIES)
+    approved = tokenkit.access_request(
+        "ar-1", capabilities=["payments.authorize"], granted_until=until, under=[original]
+    )
+    agent = tokenkit.agent()
+    assert decide(tokenkit.snapshot(access_requests=[approved]), scope=("payments.authorize",))
+    recreated = CapabilityGrant.model_validate(
+        {**original.to_api(), "metadata": {**original.to_api()["metadata"], "uid": "uid-new"}}
+    )
+    stricter = CapabilityGrant.model_validate(
+        {
+            **original.to_api(),
+            "spec": {
+                **original.to_api()["spec"],
+                "approvers": {"users": ["carol", "dave"], "minApprovals": 2},
+            },
+        }
+    )
+    for grant in (recreated, stricter):
+        snapshot = tokenkit.snapshot(grants=[grant], access_requests=[approved])
+        (seen,) = snapshot.access_requests_of(agent, now=NOW)
+        assert seen.status is not None
+        assert (seen.status.phase, seen.status.conditions[0].reason) == (
+            "Expired",
+            "ApprovalWithdrawn",
+        )
+        assert refused(errors.InvalidScope, snapshot, scope=("payments.authorize",)) == (
+            "capability payments.authorize requires approval: file an AccessRequest for agent "
+            "team-a/research"
+        )
 
 
 @pytest.mark.parametrize(
@@ -383,6 +426,39 @@ def test_unknown_audience_is_invalid_target() -> None:
     )
 
 
+def test_a_token_for_a_toolserver_names_it_and_a_contested_uri_gets_none() -> None:
+    uri = "https://docs.example.test/mcp"
+    own = tokenkit.tool_server("docs", uri, {"read_doc": "document.read"})
+    own.metadata.uid = "ts-own"
+    decision = decide(tokenkit.snapshot(tool_servers=[own]), audience=uri)
+    assert decision.tool_server is own
+    issued = exchanging.mint(decision, keyset=tokenkit.issuer_keys(), issuer=ISSUER, now=NOW)
+    assert issued.claims["tool_server"] == {"namespace": "team-a", "name": "docs", "uid": "ts-own"}
+    # Another namespace names the same URI (spelt differently): nobody gets a token for it.
+    squat = tokenkit.tool_server("squat", "https://DOCS.example.test:443/mcp/", {}, "team-b")
+    contested = tokenkit.snapshot(tool_servers=[own, squat])
+    assert refused(errors.InvalidTarget, contested, audience=uri) == (
+        f"resource URI {uri} is claimed by 2 ToolServers; no token is issued for it while it is "
+        "contested (see the Ready condition of the ToolServers in namespace team-a)"
+    )
+    # A ToolServer only in another namespace is never ours.
+    theirs = tokenkit.snapshot(tool_servers=[squat])
+    assert refused(errors.InvalidTarget, theirs, audience=uri) == (
+        f"{uri} is not the resource URI of a ToolServer in namespace team-a"
+    )
+
+
+def test_minting_for_a_toolserver_audience_without_naming_it_is_refused() -> None:
+    decision = decide(tokenkit.snapshot())
+    unnamed = dataclasses.replace(decision, audience="https://docs.example.test/mcp")
+    with pytest.raises(errors.ServerError) as caught:
+        exchanging.mint(unnamed, keyset=tokenkit.issuer_keys(), issuer=ISSUER, now=NOW)
+    assert caught.value.description == (
+        "refusing to mint a token for audience https://docs.example.test/mcp without naming its "
+        "ToolServer"
+    )
+
+
 # -- introspection -----------------------------------------------------------------------
 
 
@@ -428,3 +504,23 @@ def test_introspection_inactive_cases(keyset: keys.KeySet) -> None:
     assert introspect(token, keyset, tokenkit.snapshot(grants=[])) == {"active": False}
     assert introspect(token, tokenkit.issuer_keys(), snapshot) == {"active": False}  # key retired
     assert introspect("garbage", keyset, snapshot) == {"active": False}
+
+
+def test_a_toolserver_token_is_inactive_once_its_toolserver_is_replaced_or_contested(
+    keyset: keys.KeySet,
+) -> None:
+    uri = "https://docs.example.test/mcp"
+    own = tokenkit.tool_server("docs", uri, {"read_doc": "document.read"})
+    own.metadata.uid = "ts-1"
+    snapshot = tokenkit.snapshot(tool_servers=[own])
+    token = exchanging.mint(
+        decide(snapshot, audience=uri), keyset=keyset, issuer=ISSUER, now=NOW
+    ).token
+    assert introspect(token, keyset, snapshot)["active"] is True
+    recreated = tokenkit.tool_server("docs", uri, {"read_doc": "document.read"})
+    recreated.metadata.uid = "ts-2"
+    squat = tokenkit.tool_server("docs", uri, {}, "team-b")
+    for changed in ([recreated], [own, squat], []):
+        assert introspect(token, keyset, tokenkit.snapshot(tool_servers=changed)) == {
+            "active": False
+        }

@@ -227,7 +227,14 @@ INVALID: list[tuple[str, type[pydantic.BaseModel], dict[str, Any], str, str]] = 
         models.ToolServer,
         {"metadata": {"name": "t"}, "spec": {"resourceURI": "http://tools.example/mcp"}},
         "spec.resourceURI",
-        "String should match pattern '^https://[^\\s#]+$'",
+        "String should match pattern '^https://[A-Za-z0-9._~:/?@!$&'()*+,;=%\\[\\]-]+$'",
+    ),
+    (
+        "tool server URI with a terminal escape",
+        models.ToolServer,
+        {"metadata": {"name": "t"}, "spec": {"resourceURI": "https://t.example/\x1b[2J"}},
+        "spec.resourceURI",
+        "String should match pattern '^https://[A-Za-z0-9._~:/?@!$&'()*+,;=%\\[\\]-]+$'",
     ),
     (
         "unknown field in spec",

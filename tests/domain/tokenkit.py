@@ -18,8 +18,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agentauth.domain import exchanging, jose, keys
+from agentauth.domain import approvals, exchanging, jose, keys
 from agentauth.domain.models import AccessRequest, Agent, CapabilityGrant, ToolServer
+from agentauth.domain.models.grants import Approvers
 
 CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ISSUER = "https://agentauth.example.test"
@@ -141,8 +142,27 @@ def grant(
     if expires_at is not None:
         spec["expiresAt"] = expires_at.isoformat()
     return CapabilityGrant.model_validate(
-        {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        {
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{namespace}-{name}"},
+            "spec": spec,
+        }
     )
+
+
+def approval_under(*grants: CapabilityGrant, user: str = "alice") -> dict[str, Any]:
+    """An approval as the admission webhook stamps it, made under ``grants`` as they are."""
+    return {
+        "user": user,
+        "time": (NOW - timedelta(minutes=1)).isoformat(),
+        "grants": [
+            {
+                "name": g.metadata.name,
+                "uid": g.metadata.uid,
+                "policy": approvals.policy_fingerprint(g.spec.approvers or Approvers()),
+            }
+            for g in grants
+        ],
+    }
 
 
 def access_request(
@@ -153,15 +173,25 @@ def access_request(
     granted_until: datetime | None = None,
     agent_name: str = "research",
     namespace: str = "team-a",
+    agent_uid: str = "agent-uid-1",
+    under: list[CapabilityGrant] | None = None,
 ) -> AccessRequest:
+    """A request filed for Agent ``agent_uid``; an Approved one carries an approval made under
+    ``under`` (default: the grant ``base`` of :func:`snapshot`)."""
     status: dict[str, Any] = {"phase": phase}
     if granted_until is not None:
         status["grantedUntil"] = granted_until.isoformat()
+    if phase == "Approved":
+        made_under = (
+            under if under is not None else [grant("base", capabilities=STANDARD_CAPABILITIES)]
+        )
+        status["approvals"] = [approval_under(*made_under)]
     return AccessRequest.model_validate(
         {
             "metadata": {"name": name, "namespace": namespace},
             "spec": {
                 "agent": agent_name,
+                "agentUID": agent_uid,
                 "capabilities": capabilities,
                 "justification": "quarter close",
             },

@@ -4,6 +4,7 @@ real MCP client on loopback: allowed tool, forbidden tool, wrong audience, no to
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,20 +13,26 @@ import httpx
 import pytest
 from mcp.server.mcpserver import Context, MCPServer
 
-from agentauth.domain import errors, signatures
+from agentauth.domain import errors, signatures, tokens
 from agentauth.domain.models import ToolServer
 from agentauth.mcp import metadata
 from agentauth.mcp.client import connect
 from agentauth.mcp.server import ToolCapabilities, protect
 from agentauth.sdk import AgentAuth, AgentClient, JustInTime
 from agentauth.sdk import errors as sdk_errors
-from agentauth.verify import JwksCache
-from tests.sdk.loopback import LoopbackIssuer, ServerThread
+from agentauth.verify import JwksCache, ResourceVerifier
+from tests.sdk.loopback import (
+    NAMESPACE,
+    TOOL_SERVER,
+    TOOL_SERVER_REF,
+    LoopbackIssuer,
+    ServerThread,
+)
 
 RESOURCE = "https://tools.example.test/mcp"
 TOOLSERVER = ToolServer.model_validate(
     {
-        "metadata": {"name": "docs-tools", "namespace": "team-a"},
+        "metadata": {"name": TOOL_SERVER, "namespace": NAMESPACE, "uid": "ts-uid-1"},
         "spec": {
             "resourceURI": RESOURCE,
             "tools": [
@@ -223,6 +230,71 @@ def test_wrong_audience_is_refused(mcp_url: str, agent: AgentClient) -> None:
     assert 'resource_metadata="https://tools.example.test/' in response.headers["www-authenticate"]
 
 
+@pytest.mark.parametrize(
+    ("named", "description"),
+    [
+        (
+            {"namespace": "squatter", "name": TOOL_SERVER, "uid": "ts-uid-1"},
+            f"the token was issued for ToolServer squatter/{TOOL_SERVER}, not for this "
+            f"resource's ToolServer {TOOL_SERVER_REF}",
+        ),
+        (
+            {"namespace": NAMESPACE, "name": TOOL_SERVER, "uid": "an-earlier-object"},
+            f"the token was issued for an earlier ToolServer {TOOL_SERVER_REF} (uid "
+            "an-earlier-object), not this one (uid ts-uid-1)",
+        ),
+        (None, f"the token names no ToolServer; this resource is ToolServer {TOOL_SERVER_REF}"),
+    ],
+)
+def test_token_for_another_toolserver_with_this_uri_is_refused(
+    mcp_url: str, issuer: LoopbackIssuer, named: dict[str, str] | None, description: str
+) -> None:
+    """A token with the right audience minted for someone else's ToolServer object (another
+    namespace squatting the URI, or an earlier object of this name) never gets in."""
+    token = tokens.issue(
+        keyset=issuer.keyset,
+        issuer=issuer.issuer,
+        subject="aauth:squat.squatter@cluster.local",
+        agent=tokens.AgentRef(name="squat", namespace="squatter", uid="u-squat"),
+        audience=RESOURCE,
+        scope=["document.read"],
+        lifetime=issuer.lifetime,
+        now=datetime.datetime.now(datetime.UTC),
+        client_id="aauth:squat.squatter@cluster.local",
+        extra_claims={"tool_server": named} if named is not None else None,
+    ).token
+    response = httpx.post(
+        f"{mcp_url}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+    )
+    assert (response.status_code, response.json()) == (
+        401,
+        {"error": "invalid_token", "error_description": description},
+    )
+
+
+def test_a_resource_without_its_toolserver_identity_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="is not a ToolServer reference") as caught:
+        ToolCapabilities.from_mapping(resource_uri=RESOURCE, tools={}, tool_server="docs-tools")
+    assert str(caught.value) == (
+        "'docs-tools' is not a ToolServer reference: expected '<namespace>/<name>', such as "
+        "'team-a/docs-tools'"
+    )
+    unnamed = ToolServer.model_validate({"spec": {"resourceURI": RESOURCE}})
+    with pytest.raises(ValueError, match=r"has no metadata\.namespace"):
+        ToolCapabilities.from_toolserver(unnamed)
+    with pytest.raises(ValueError) as refused:
+        ResourceVerifier(
+            issuer="https://issuer.test", audience=RESOURCE, jwks=JwksCache(jwks={"keys": []})
+        )
+    assert str(refused.value) == (
+        f"audience {RESOURCE!r} is a ToolServer's resource URI: pass "
+        "tool_server='<namespace>/<name>' (this resource's ToolServer), so that tokens minted "
+        "for a ToolServer another namespace created with the same URI are refused"
+    )
+
+
 def test_bound_token_without_signature_is_refused(mcp_url: str, agent: AgentClient) -> None:
     token = agent.token(audience=RESOURCE)
     response = httpx.post(
@@ -261,7 +333,9 @@ def test_forbidden_tool_with_jit_is_retried_after_approval(
 
 
 def test_tool_mapping_from_local_config() -> None:
-    local = ToolCapabilities.from_mapping(resource_uri=RESOURCE, tools={"search": "document.read"})
+    local = ToolCapabilities.from_mapping(
+        resource_uri=RESOURCE, tools={"search": "document.read"}, tool_server=TOOL_SERVER_REF
+    )
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}}
     assert local.required(json.dumps(call).encode()) == ["document.read"]
     assert local.required(json.dumps([call, {"method": "tools/list"}]).encode()) == [

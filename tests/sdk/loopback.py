@@ -107,6 +107,18 @@ class AccessRequestRecord:
     decided: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+TOOL_SERVER = "loopback-tools"
+"""The ToolServer (in ``NAMESPACE``) the loopback issuer names in every token for an audience
+other than itself, as the real token service does (``tool_server`` claim)."""
+TOOL_SERVER_REF = f"{NAMESPACE}/{TOOL_SERVER}"
+
+
+def tool_server_claims(audience: str, issuer: str) -> dict[str, Any] | None:
+    if audience.rstrip("/") == issuer.rstrip("/"):
+        return None
+    return {"tool_server": {"namespace": NAMESPACE, "name": TOOL_SERVER, "uid": "ts-uid-1"}}
+
+
 class LoopbackIssuer:
     """A token service on loopback, built from the domain layer (see module docstring)."""
 
@@ -159,6 +171,7 @@ class LoopbackIssuer:
             now=now or datetime.now(tz=UTC),
             client_id=AGENT_ID,
             cnf_jwk=cnf_jwk,
+            extra_claims=tool_server_claims(audience, self.issuer),
         ).token
 
     def rotate(self) -> None:
@@ -285,6 +298,7 @@ class LoopbackIssuer:
                 client_id=AGENT_ID,
                 cnf_jwk=signed.public_jwk,
                 act=act,
+                extra_claims=tool_server_claims(form.get("audience") or self.issuer, self.issuer),
             )
         except errors.OAuthError as exc:
             return self._error(exc)

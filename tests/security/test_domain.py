@@ -160,6 +160,7 @@ def test_approving_an_exact_capability_never_yields_its_wildcard() -> None:
         "r1",
         capabilities=["payments.authorize"],
         granted_until=now + datetime.timedelta(minutes=10),
+        under=[grant],
     )
     snapshot = tokenkit.snapshot(agents=[agent], grants=[grant], access_requests=[request])
     with pytest.raises(errors.InvalidScope):
@@ -190,6 +191,7 @@ def _request(phase: str | None = None) -> accessrequests.AccessRequest:
             "justification": "invoice 7",
             "duration": "15m",
             "requester": {"username": "system:serviceaccount:agentauth:token-service"},
+            "agentUID": "u",
         },
     }
     if phase is not None:
@@ -246,4 +248,4 @@ def test_a_denied_request_cannot_be_reopened_or_approved() -> None:
             update={"phase": phase}
         )
         with pytest.raises(approvals.ForbiddenChange):
-            approvals.check_status_update(old=old, new=new, min_approvals=1, now=now)
+            approvals.check_status_update(old=old, new=new, resolved=None, now=now)

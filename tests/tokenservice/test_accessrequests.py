@@ -158,16 +158,29 @@ def stored(env: Env, name: str) -> dict[str, Any]:
 def request_of(
     env: Env, name: str, *, phase: str | None, agent: str = "buyer", **status: Any
 ) -> AccessRequest:
+    """A request as the webhooks leave it: filed for the Agent object (``agentUID``), its
+    approvals stamped with the grant of :meth:`Env.world` they were made under."""
+    namespace = env.agent.metadata.namespace or ""
     body: dict[str, Any] = {
-        "metadata": {"name": name, "namespace": env.agent.metadata.namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "agent": agent,
+            "agentUID": env.agent.metadata.uid if agent == "buyer" else "other-uid",
             "capabilities": ["payments.authorize"],
             "justification": "pay",
             "duration": "5m",
         },
     }
     if phase is not None:
+        grant = tokenkit.grant(
+            "payments", namespace, agents=["buyer", "other"], capabilities=CAPABILITIES
+        )
+        stamp = tokenkit.approval_under(grant)["grants"]
+        given = status.pop("approvals", None)
+        if given is None and phase == "Approved":
+            given = [{"user": "alice", "time": (now() - timedelta(minutes=1)).isoformat()}]
+        if given is not None:
+            status["approvals"] = [{**item, "grants": stamp} for item in given]
         body["status"] = {"phase": phase, **status}
     return AccessRequest.model_validate(body)
 

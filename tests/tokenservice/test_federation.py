@@ -34,6 +34,7 @@ from agentauth.tokenservice import app as ts_app
 from agentauth.tokenservice import federation
 from agentauth.tokenservice import settings as ts_settings
 from agentauth.tokenservice import state as ts_state
+from tests.domain.federation import policies
 from tests.domain.federation.loopback_clouds import (
     AwsPrincipal,
     LoopbackGoogle,
@@ -142,7 +143,12 @@ async def test_sdk_token_is_verified_by_sts_and_matched_to_its_agent(
             }
         )
     ]
-    assert matching.match_agent(identity, agents).metadata.name == "researcher"
+    assert (
+        matching.match_agent(
+            identity, agents, policy=policies.allowing("agents", "n")
+        ).metadata.name
+        == "researcher"
+    )
 
 
 async def test_the_same_signed_request_cannot_be_used_twice(
@@ -429,7 +435,12 @@ async def test_metadata_server_token_verifies_and_matches(
             }
         )
     ]
-    assert matching.match_agent(identity, agents).metadata.name == "vm-agent"
+    assert (
+        matching.match_agent(
+            identity, agents, policy=policies.allowing("agents", "n")
+        ).metadata.name
+        == "vm-agent"
+    )
 
 
 async def test_certs_are_cached_across_verifications(google: LoopbackGoogle) -> None:
@@ -597,7 +608,8 @@ async def test_hs256_with_the_certificate_as_secret(
         (
             {"serviceAccounts": ["someone-else@research-prod.iam.gserviceaccount.com"]},
             "no Agent's spec.federation admits GCP service account "
-            "agent@research-prod.iam.gserviceaccount.com in project research-prod",
+            "agent@research-prod.iam.gserviceaccount.com in project research-prod (that the "
+            "cluster's claim policy allows its namespace to claim)",
         ),
         (
             {
@@ -605,7 +617,8 @@ async def test_hs256_with_the_certificate_as_secret(
                 "projectIds": ["research-dev"],
             },
             "no Agent's spec.federation admits GCP service account "
-            "agent@research-prod.iam.gserviceaccount.com in project research-prod",
+            "agent@research-prod.iam.gserviceaccount.com in project research-prod (that the "
+            "cluster's claim policy allows its namespace to claim)",
         ),
     ],
 )
@@ -623,7 +636,7 @@ async def test_unlisted_service_account_or_project(
         )
     ]
     with pytest.raises(errors.InvalidGrant) as caught:
-        matching.match_agent(identity, agents)
+        matching.match_agent(identity, agents, policy=policies.allowing("agents", "n"))
     assert caught.value.description == description
 
 
@@ -691,7 +704,10 @@ async def token_endpoint(
     )
     app = ts_app.build_app(
         settings=ts_settings.Settings(
-            issuer=ISSUER, aws_sts_test_endpoint=sts.url, gcp_certs_url=google.certs_url
+            issuer=ISSUER,
+            aws_sts_test_endpoint=sts.url,
+            gcp_certs_url=google.certs_url,
+            claim_policy=policies.allowing("agents"),
         ),
         state=state,
     )
@@ -764,6 +780,7 @@ async def test_unclaimed_identity_over_http_is_invalid_grant(
         {
             "error": "invalid_grant",
             "error_description": "no Agent's spec.federation admits GCP service account "
-            "stranger@elsewhere.iam.gserviceaccount.com in project research-prod",
+            "stranger@elsewhere.iam.gserviceaccount.com in project research-prod (that the "
+            "cluster's claim policy allows its namespace to claim)",
         },
     )

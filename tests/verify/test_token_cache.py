@@ -41,6 +41,7 @@ def _token(keyset: keys.KeySet, agent_key: ed25519.Ed25519PrivateKey) -> str:
         now=datetime.fromtimestamp(START, tz=UTC),
         client_id="aauth:reporter.team-a@cluster.local",
         cnf_jwk=signatures.public_jwk(agent_key),
+        extra_claims={"tool_server": {"namespace": "team-a", "name": "docs", "uid": "ts-1"}},
     ).token
 
 
@@ -68,6 +69,7 @@ def _verifier(keyset: keys.KeySet, clock: _Clock, *, size: int = 1024) -> Resour
     return ResourceVerifier(
         issuer=ISSUER,
         audience=AUDIENCE,
+        tool_server="team-a/docs",
         jwks=JwksCache(jwks=keyset.public_jwks()),
         token_cache_size=size,
         clock=clock,

@@ -24,7 +24,7 @@ from agentauth.sdk import errors as sdk_errors
 from agentauth.verify import JwksCache, ResourceVerifier, www_authenticate
 from agentauth.verify import aiohttp as verify_aiohttp
 from agentauth.verify.asgi import AgentAuthMiddleware, principal_of
-from tests.sdk.loopback import AGENT_ID, LoopbackIssuer, ServerThread
+from tests.sdk.loopback import AGENT_ID, TOOL_SERVER_REF, LoopbackIssuer, ServerThread
 
 AUDIENCE = "https://docs.example.test"
 
@@ -65,6 +65,7 @@ def resource(server: ServerThread, issuer: LoopbackIssuer) -> dict[str, Any]:
     verifier = ResourceVerifier(
         issuer=issuer.issuer,
         audience=AUDIENCE,
+        tool_server=TOOL_SERVER_REF,
         jwks=JwksCache(jwks_url=f"{issuer.url}/jwks", min_refetch_interval=0.5),
     )
     app = web.Application(
@@ -167,6 +168,7 @@ def test_unbound_bearer_token_policy(resource: dict[str, Any], issuer: LoopbackI
     strict = ResourceVerifier(
         issuer=issuer.issuer,
         audience=AUDIENCE,
+        tool_server=TOOL_SERVER_REF,
         jwks=JwksCache(jwks=issuer.keyset.public_jwks()),
         allow_unbound_bearer=False,
     )
@@ -242,6 +244,7 @@ def test_expired_window_and_token(issuer: LoopbackIssuer) -> None:
     verifier = ResourceVerifier(
         issuer=issuer.issuer,
         audience=AUDIENCE,
+        tool_server=TOOL_SERVER_REF,
         jwks=JwksCache(jwks=issuer.keyset.public_jwks()),
         clock=lambda: now[0],
         leeway=0,
@@ -277,7 +280,9 @@ def test_expired_window_and_token(issuer: LoopbackIssuer) -> None:
 
 def test_kid_rotation_refetches_once_and_is_rate_limited(issuer: LoopbackIssuer) -> None:
     jwks = JwksCache(jwks_url=f"{issuer.url}/jwks", min_refetch_interval=60)
-    verifier = ResourceVerifier(issuer=issuer.issuer, audience=AUDIENCE, jwks=jwks)
+    verifier = ResourceVerifier(
+        issuer=issuer.issuer, audience=AUDIENCE, tool_server=TOOL_SERVER_REF, jwks=jwks
+    )
     old = issuer.mint(audience=AUDIENCE, scope=["document.read"])
 
     async def check(token: str) -> str:
@@ -385,6 +390,7 @@ def test_asgi_middleware(server: ServerThread, issuer: LoopbackIssuer, agent: Ag
     verifier = ResourceVerifier(
         issuer=issuer.issuer,
         audience=AUDIENCE,
+        tool_server=TOOL_SERVER_REF,
         jwks=JwksCache(jwks_url=f"{issuer.url}/jwks"),
     )
     app = AgentAuthMiddleware(
@@ -418,7 +424,10 @@ def test_hwk_signature_with_bearer_token_and_other_credential_shapes(
 ) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     verifier = ResourceVerifier(
-        issuer=issuer.issuer, audience=AUDIENCE, jwks=JwksCache(jwks=issuer.keyset.public_jwks())
+        issuer=issuer.issuer,
+        audience=AUDIENCE,
+        tool_server=TOOL_SERVER_REF,
+        jwks=JwksCache(jwks=issuer.keyset.public_jwks()),
     )
     url = "https://docs.example.test/documents/1"
     bound = issuer.mint(
@@ -462,7 +471,10 @@ def test_hwk_signature_with_bearer_token_and_other_credential_shapes(
 
 def test_asgi_body_limit(server: ServerThread, issuer: LoopbackIssuer) -> None:
     verifier = ResourceVerifier(
-        issuer=issuer.issuer, audience=AUDIENCE, jwks=JwksCache(jwks=issuer.keyset.public_jwks())
+        issuer=issuer.issuer,
+        audience=AUDIENCE,
+        tool_server=TOOL_SERVER_REF,
+        jwks=JwksCache(jwks=issuer.keyset.public_jwks()),
     )
     url = server.serve_asgi(AgentAuthMiddleware(_asgi_app, verifier=verifier))  # type: ignore[arg-type]
     response = httpx.post(f"{url}/upload", content=b"x" * (1024 * 1024 + 1))

@@ -75,6 +75,9 @@ variable, the same syntax in both. */}}
   value: {{ join "," .Values.controller.watchNamespaces | quote }}
 - name: AGENTAUTH_LOG_LEVEL
   value: {{ .Values.global.logLevel | quote }}
+{{- /* Who may claim which cloud identities and resource URIs: one policy, read by both. */}}
+- name: AGENTAUTH_CLAIM_POLICY
+  value: {{ .Values.claimPolicy | toJson | quote }}
 {{- end -}}
 
 {{/* The webhook clientConfig for one path; call with (dict "ctx" . "path" "/mutate/pods"). */}}

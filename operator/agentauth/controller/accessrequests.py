@@ -17,13 +17,17 @@ Reconcile (level-based, restart-safe):
 Admission (``/mutate/accessrequests``, ``/validate/accessrequests``; the chart registers both for
 ``accessrequests`` and ``accessrequests/status``, CREATE and UPDATE):
 - CREATE: ``spec.requester`` is stamped from ``userInfo`` (whatever the client sent is replaced)
-  and validated to match; the request is checked like the token service checks it (each
+  and validated to match; ``spec.agentUID`` is stamped from the live Agent unless the client
+  named one, and must be the live Agent's UID (a request belongs to one Agent object, never to a
+  successor of the same name); the request is checked like the token service checks it (each
   capability held with approval Required, duration within ``maxDuration``, justification and
   context plain and bounded).
 - UPDATE of the main resource: the whole ``spec`` is immutable (``spec.requester`` with its own
   message), so nobody edits what was asked after approvers have seen it.
 - UPDATE of ``status``: the one approval or denial a write adds gets ``user``/``groups``/``time``
-  from ``userInfo`` (mutating) and is then verified (validating): author = caller, request still
+  from ``userInfo`` and ``grants`` (name, UID, approver-policy fingerprint of each grant it is made
+  under) from the live cluster (mutating) and is then verified (validating): author = caller, the
+  stamped grants are the grants as they are now, request still
   Pending and not past ``expiresAt``, caller not the agent's service account nor the requester,
   caller listed in each involved grant's approvers or allowed verb ``approve`` on it by a
   SubjectAccessReview. Recorded decisions cannot be edited or removed, and the phase can only
@@ -111,14 +115,14 @@ def grant_changed_for_requests(namespace: str | None, memo: Any, **kwargs: Any) 
 # --- reconcile -------------------------------------------------------------------------------
 
 
-def _min_approvals(
+def _resolved(
     ctl: runtime.Controller, request: AccessRequest, *, now: datetime.datetime
-) -> int | None:
+) -> approvals.ResolvedRequest | None:
     namespace = request.metadata.namespace or ""
     agent_body = agent_handlers.agent_body(ctl, namespace, request.spec.agent)
     agent = ctl.parse(Agent, agent_body) if agent_body is not None else None
     try:
-        resolved = approvals.resolve_existing(
+        return approvals.resolve_existing(
             request=request,
             agent=agent if isinstance(agent, Agent) else None,
             all_grants=agent_handlers.valid_grants(ctl, namespace),
@@ -126,7 +130,6 @@ def _min_approvals(
         )
     except approvals.RequestClosed:
         return None
-    return resolved.min_approvals
 
 
 async def reconcile(ctl: runtime.Controller, namespace: str, name: str) -> None:
@@ -151,7 +154,7 @@ async def reconcile(ctl: runtime.Controller, namespace: str, name: str) -> None:
     now = _now()
     new = approvals.evaluate(
         request,
-        min_approvals=_min_approvals(ctl, request, now=now),
+        resolved=_resolved(ctl, request, now=now),
         pending_timeout=ctl.settings.access_request_expiry,
         now=now,
     )
@@ -191,6 +194,11 @@ async def post_events(
     namespace = request.metadata.namespace or ""
     posted = _posted.setdefault(ctl, {}).setdefault(uid, set())
     agent_body = agent_handlers.agent_body(ctl, namespace, request.spec.agent)
+    if (
+        agent_body is not None
+        and (agent_body.get("metadata") or {}).get("uid") != request.spec.agent_uid
+    ):
+        agent_body = None  # a successor of the same name: the request is not about it
     for event in approvals.planned_events(request, now=now):
         if event.key in posted:
             continue
@@ -303,11 +311,36 @@ async def _may_approve_by_rbac(
     return bool((result.get("status") or {}).get("allowed"))
 
 
-def _requester_patch(request: dict[str, Any], decider: approvals.Identity) -> list[dict[str, Any]]:
-    spec = (request.get("object") or {}).get("spec") or {}
-    value = decider.requester().to_api()
-    op = "replace" if "requester" in spec else "add"
-    return [{"op": op, "path": "/spec/requester", "value": value}]
+async def _create_patch(
+    ctl: runtime.Controller, request: dict[str, Any], decider: approvals.Identity
+) -> list[dict[str, Any]]:
+    """Stamp ``spec.requester`` (the caller) and, unless the client named one, ``spec.agentUID``
+    (the Agent as it is now). A client-supplied ``agentUID`` is kept for the validating webhook to
+    check against the live Agent: the token service names the Agent whose token files the
+    request, so a request filed while that Agent is being replaced is refused, never moved to
+    its successor."""
+    obj = request.get("object") or {}
+    spec = obj.get("spec") or {}
+    namespace = str(request.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "")
+    patch = [
+        {
+            "op": "replace" if "requester" in spec else "add",
+            "path": "/spec/requester",
+            "value": decider.requester().to_api(),
+        }
+    ]
+    agent_name = spec.get("agent")
+    uid: str | None = None
+    if isinstance(agent_name, str) and agent_name:
+        try:
+            agent = await ctl.api.get(kube.AGENTS, agent_name, namespace=namespace)
+            uid = (agent.get("metadata") or {}).get("uid")
+        except kube.ApiError as exc:
+            if exc.code != 404:
+                raise
+    if uid and not spec.get("agentUID"):
+        patch.append({"op": "add", "path": "/spec/agentUID", "value": str(uid)})
+    return patch
 
 
 @webhooks.admission("/mutate/accessrequests")
@@ -321,7 +354,7 @@ async def mutate_access_request(
         raise _denied(error) from error
     operation, subresource = request.get("operation"), request.get("subResource") or ""
     if operation == "CREATE" and not subresource:
-        return webhooks.Allowed(patch=_requester_patch(request, decider))
+        return webhooks.Allowed(patch=await _create_patch(ctl, request, decider))
     if operation != "UPDATE" or subresource != "status":
         return webhooks.Allowed()
     old = _parse_request(request.get("oldObject"), what="the stored request")
@@ -330,7 +363,13 @@ async def mutate_access_request(
         added = approvals.decision_added(old=old.status, new=new.status)
         if added is None:
             return webhooks.Allowed()
-        stamped = approvals.stamp_decision(added=added, decider=decider, now=_now())
+        namespace = old.metadata.namespace or str(request.get("namespace") or "")
+        now = _now()
+        agent, grants = await _agent_and_grants(ctl, namespace=namespace, agent=old.spec.agent)
+        # The grants the decision is made under, as they are now: recorded in the decision so
+        # that it counts only while they exist unchanged (re-checked by the validating webhook).
+        resolved = approvals.resolve_existing(request=old, agent=agent, all_grants=grants, now=now)
+        stamped = approvals.stamp_decision(added=added, decider=decider, resolved=resolved, now=now)
     except approvals.ApprovalError as error:
         raise _denied(error) from error
     field = "approvals" if added.kind == "Approve" else "denials"
@@ -384,6 +423,12 @@ async def _validate_create(
         raise approvals.InvalidAccessRequest(
             f"agent {new.spec.agent!r} does not exist in namespace {namespace!r}"
         )
+    if not new.spec.agent_uid or new.spec.agent_uid != agent.metadata.uid:
+        raise approvals.ForbiddenChange(
+            "spec.agentUID names the Agent object the request is filed for; it must be "
+            f"{agent.metadata.uid!r}, the UID of agent {new.spec.agent!r} now (the Agent was "
+            "replaced while the request was filed: file it again)"
+        )
     approvals.resolve_request(
         agent=agent,
         requested=new.spec.capabilities,
@@ -420,10 +465,13 @@ async def _validate_status(
     now = _now()
     added = approvals.decision_added(old=old.status, new=new_status)
     old_phase = old.status.phase if old.status else None
-    if added is None and (new_status.phase == old_phase or new_status.phase != "Approved"):
-        # No decision and no approval transition: the rules need no grants (the common case of
-        # the controller's own condition, expiry and end-of-window writes; saves two API reads).
-        approvals.check_status_update(old=old, new=new_status, min_approvals=None, now=now)
+    grants_needed = new_status.phase == "Approved" or (
+        new_status.phase == "Expired" and old_phase == "Approved"
+    )
+    if added is None and (new_status.phase == old_phase or not grants_needed):
+        # No decision, and no transition whose rules look at the grants (the common case of the
+        # controller's own condition and pending-expiry writes; saves two API reads).
+        approvals.check_status_update(old=old, new=new_status, resolved=None, now=now)
         return
     agent, grants = await _agent_and_grants(ctl, namespace=namespace, agent=old.spec.agent)
     resolved: approvals.ResolvedRequest | None
@@ -434,9 +482,11 @@ async def _validate_status(
             raise
         resolved = None
     if added is not None:
-        approvals.check_added_decision(request_before=old, added=added, decider=decider, now=now)
         if resolved is None or agent is None:  # resolve_existing raised already; belt and braces
             raise approvals.RequestClosed(f"access request {old.metadata.name!r} is closed")
+        approvals.check_added_decision(
+            request_before=old, added=added, decider=decider, resolved=resolved, now=now
+        )
         reviews = {
             grant.name: await _may_approve_by_rbac(ctl, decider=decider, grant=grant)
             for grant in approvals.grants_to_review(decider=decider, resolved=resolved)
@@ -449,9 +499,4 @@ async def _validate_status(
             kind=added.kind,
             reviews=reviews,
         )
-    approvals.check_status_update(
-        old=old,
-        new=new_status,
-        min_approvals=resolved.min_approvals if resolved is not None else None,
-        now=now,
-    )
+    approvals.check_status_update(old=old, new=new_status, resolved=resolved, now=now)

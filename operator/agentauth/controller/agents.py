@@ -179,6 +179,7 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
             service_account_exists=exists,
             trust_domain=ctl.settings.trust_domain,
             now=now,
+            claim_policy=ctl.settings.claim_policy,
         )
         selecting = [g for g in grants if capabilities.grant_selects(g, agent)]
         upcoming = capabilities.next_expiry(selecting, now=now)

@@ -21,7 +21,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 
-from agentauth.domain import durations
+from agentauth.domain import claimpolicy, durations
 from agentauth.domain import keys as domain_keys
 
 MIN_PROJECTED_TOKEN_EXPIRY = datetime.timedelta(seconds=600)
@@ -123,6 +123,15 @@ class Settings:
     kubeconfig: str | None = None
     """``--kubeconfig`` / ``KUBECONFIG`` (default: in-cluster service account, else
     ``~/.kube/config``): credentials the controller uses to talk to the API server."""
+
+    claim_policy: claimpolicy.ClaimPolicy = dataclasses.field(
+        default_factory=claimpolicy.ClaimPolicy
+    )
+    """``--claim-policy`` / ``AGENTAUTH_CLAIM_POLICY`` (the token service reads the same
+    variable): the cluster admin's JSON policy of which namespaces may claim which cloud
+    identities and resource URIs (chart value ``claimPolicy``, see
+    ``agentauth.domain.claimpolicy``); claims it does not allow are reported on the Agent or
+    ToolServer and ignored."""
 
     workers: int = 8
     """``--workers`` / ``AGENTAUTH_WORKERS`` (default 8): concurrent Agent status writers."""
@@ -233,6 +242,7 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--health-port", "AGENTAUTH_HEALTH_PORT", "health_port", "int"),
     ("--kubeconfig", "KUBECONFIG", "kubeconfig", "str"),
     ("--workers", "AGENTAUTH_WORKERS", "workers", "int"),
+    ("--claim-policy", "AGENTAUTH_CLAIM_POLICY", "claim_policy", "claim_policy"),
     ("--log-level", "AGENTAUTH_LOG_LEVEL", "log_level", "lower"),
 )
 
@@ -293,6 +303,8 @@ def _convert(raw: object, *, kind: str, flag: str, env_name: str) -> object:
             return durations.parse_duration(text)
         if kind == "lower":
             return text.strip().lower()
+        if kind == "claim_policy":
+            return claimpolicy.parse(text)
         return text
     except ValueError as exc:
         raise SettingsError(f"{flag} / {env_name}: {exc}") from exc

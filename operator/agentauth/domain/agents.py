@@ -11,6 +11,10 @@ Guarantees:
   or cloud federation) and that holds at least one capability. The reason says which rule failed,
   in that order: ``Suspended``, ``ServiceAccountNotFound``, ``NoCredentialSource``,
   ``NoCapabilities``; else ``Ready``.
+- ``Federation`` (only for an Agent with ``spec.federation``, when the caller passes the claim
+  policy) says whether every cloud identity the Agent claims is one the cluster admin's claim
+  policy lets its namespace claim: ``ClaimsAllowed``, or ``ClaimNotAllowed`` naming the ignored
+  entries (they are ignored by the token service; see :mod:`agentauth.domain.claimpolicy`).
 - :func:`agent_events` / :func:`grant_events` derive Events from the difference between the
   stored status and the new one, so replaying a reconcile (a restart, a duplicate watch event)
   against an already-written status posts nothing.
@@ -23,13 +27,16 @@ import datetime
 from collections.abc import Iterable
 from typing import Literal
 
-from agentauth.domain import capabilities
+from agentauth.domain import capabilities, claimpolicy
 from agentauth.domain.models import agents as agent_models
 from agentauth.domain.models import common
 from agentauth.domain.models import grants as grant_models
 
 READY = "Ready"
 ACTIVE = "Active"
+FEDERATION = "Federation"
+REASON_CLAIMS_ALLOWED = "ClaimsAllowed"
+REASON_CLAIM_NOT_ALLOWED = "ClaimNotAllowed"
 
 REASON_READY = "Ready"
 REASON_SUSPENDED = "Suspended"
@@ -113,11 +120,22 @@ def agent_status(
     service_account_exists: bool,
     trust_domain: str,
     now: datetime.datetime,
+    claim_policy: claimpolicy.ClaimPolicy | None = None,
 ) -> agent_models.AgentStatus:
-    """The Agent's whole status at ``now`` (conditions keep their previous transition times)."""
+    """The Agent's whole status at ``now`` (conditions keep their previous transition times).
+
+    With ``claim_policy`` an Agent with ``spec.federation`` also gets the ``Federation``
+    condition; without federation any earlier one is dropped."""
     held = capabilities.effective_capabilities(agent, grants, now=now)
     ready = _ready_condition(agent, held, service_account_exists=service_account_exists, now=now)
-    previous = agent.status.conditions if agent.status is not None else []
+    previous = list(agent.status.conditions) if agent.status is not None else []
+    conditions = common.set_condition(previous, ready)
+    if claim_policy is not None:
+        federation = _federation_condition(agent, claim_policy, now=now)
+        if federation is None:
+            conditions = [c for c in conditions if c.type != FEDERATION]
+        else:
+            conditions = common.set_condition(conditions, federation)
     return agent_models.AgentStatus(
         agent_id=capabilities.agent_id(
             name=agent.metadata.name or "",
@@ -125,7 +143,35 @@ def agent_status(
             trust_domain=trust_domain,
         ),
         capabilities=held,
-        conditions=common.set_condition(list(previous), ready),
+        conditions=conditions,
+        observed_generation=agent.metadata.generation,
+    )
+
+
+def _federation_condition(
+    agent: agent_models.Agent, policy: claimpolicy.ClaimPolicy, *, now: datetime.datetime
+) -> common.Condition | None:
+    federation = agent.spec.federation
+    if federation is None or (
+        (federation.aws is None or not federation.aws.role_arns)
+        and (federation.gcp is None or not federation.gcp.service_accounts)
+    ):
+        return None
+    _, refused = claimpolicy.allowed_federation(agent, policy)
+    namespace = agent.metadata.namespace or ""
+    if refused:
+        status: Literal["True", "False"] = "False"
+        reason = REASON_CLAIM_NOT_ALLOWED
+        message = claimpolicy.refused_claims_message(refused, namespace=namespace)
+    else:
+        status, reason = "True", REASON_CLAIMS_ALLOWED
+        message = "the claim policy allows every cloud identity in spec.federation"
+    return common.Condition(
+        type=FEDERATION,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now,
         observed_generation=agent.metadata.generation,
     )
 
@@ -175,6 +221,14 @@ def _ready(status: agent_models.AgentStatus | None) -> common.Condition | None:
     return next((c for c in status.conditions if c.type == READY), None)
 
 
+def _condition(
+    status: agent_models.AgentStatus | None, condition_type: str
+) -> common.Condition | None:
+    if status is None:
+        return None
+    return next((c for c in status.conditions if c.type == condition_type), None)
+
+
 def _describe(held: list[agent_models.EffectiveCapability]) -> dict[str, str]:
     return {c.name: f"{c.name} ({c.approval}, grant {c.grant})" for c in held}
 
@@ -203,6 +257,15 @@ def agent_events(
             parts.append("removed " + ", ".join(removed))
         text = "; ".join(parts)
         events.append(Event("Normal", "CapabilitiesChanged", text[:1].upper() + text[1:]))
+    old_federation = _condition(old, FEDERATION)
+    new_federation = _condition(new, FEDERATION)
+    if new_federation is not None and (
+        old_federation is None or old_federation.reason != new_federation.reason
+    ):
+        if new_federation.reason == REASON_CLAIM_NOT_ALLOWED:
+            events.append(Event("Warning", REASON_CLAIM_NOT_ALLOWED, new_federation.message))
+        elif old_federation is not None:
+            events.append(Event("Normal", REASON_CLAIMS_ALLOWED, new_federation.message))
     old_ready, new_ready = _ready(old), _ready(new)
     old_reason = old_ready.reason if old_ready is not None else None
     new_reason = new_ready.reason if new_ready is not None else None

@@ -22,8 +22,11 @@ the kubectl plugin ask about an access request, so they cannot disagree:
   one denial denies (and wins over any number of approvals), no decision by ``expiresAt``
   expires; approved access lasts until ``grantedUntil`` = time of the deciding approval + the
   requested duration, after which the request is Expired as well.
-- :func:`granted_capabilities`: what the token exchange may include: the capabilities of approved
-  requests for that agent whose ``grantedUntil`` is still ahead.
+- :func:`require_still_approved`: whether an Approved request still grants anything (raises
+  :class:`ApprovalWithdrawn` otherwise): it must belong to
+  the very Agent object it was filed for (``spec.agentUID``) and every approval counts only under
+  the grant it was given under, the same object (UID) with the same approvers
+  (:func:`policy_fingerprint`); the token exchange and introspection apply it to every request.
 - :func:`planned_events`: the Kubernetes Events a request's status implies, each with a stable
   key, so posting them again after a restart is a no-op rather than a duplicate.
 
@@ -35,13 +38,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from agentauth.domain import capabilities as domain_capabilities
-from agentauth.domain import durations
+from agentauth.domain import display, durations
 from agentauth.domain.models import accessrequests, agents, common, grants
 
 DEFAULT_PENDING_TIMEOUT = datetime.timedelta(minutes=10)
@@ -121,6 +127,13 @@ class DuplicateDecision(ApprovalError):
     reason = "AlreadyDecided"
 
 
+class ApprovalWithdrawn(ApprovalError):
+    """An Approved request whose approvals no longer hold under the current Agent and grants."""
+
+    status = 409
+    reason = "ApprovalWithdrawn"
+
+
 class ForbiddenChange(ApprovalError):
     """A write tries to change what only agentauth may record, or breaks the lifecycle."""
 
@@ -162,6 +175,30 @@ def service_account_username(*, namespace: str, name: str) -> str:
     return f"{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}"
 
 
+def policy_fingerprint(approvers: grants.Approvers) -> str:
+    """A fingerprint of who may approve under a grant: its users, groups and ``minApprovals``.
+
+    Order and repetition do not matter; any other change (an approver added or removed, a
+    different quorum) changes the fingerprint, and approvals recorded under the old one no longer
+    count.
+    """
+    return _fingerprint(
+        tuple(sorted(set(approvers.users))),
+        tuple(sorted(set(approvers.groups))),
+        approvers.min_approvals,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(users: tuple[str, ...], groups: tuple[str, ...], min_approvals: int) -> str:
+    canonical = json.dumps(
+        {"users": list(users), "groups": list(groups), "minApprovals": min_approvals},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 @dataclasses.dataclass(frozen=True)
 class InvolvedGrant:
     """A grant that gives one or more of a request's capabilities with approval Required."""
@@ -171,6 +208,14 @@ class InvolvedGrant:
     capabilities: tuple[str, ...]
     max_duration: datetime.timedelta
     approvers: grants.Approvers
+    uid: str = ""
+
+    @functools.cached_property
+    def binding(self) -> accessrequests.GrantBinding:
+        """What an approval under this grant records: name, UID and approver policy."""
+        return accessrequests.GrantBinding(
+            name=self.name, uid=self.uid, policy=policy_fingerprint(self.approvers)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +374,7 @@ def resolve_request(
                 capabilities=tuple(involved[grant_name]),
                 max_duration=limits[grant_name],
                 approvers=grant.spec.approvers or grants.Approvers(),
+                uid=grant.metadata.uid or "",
             )
         )
     return ResolvedRequest(capabilities=tuple(ordered), duration=duration, grants=tuple(resolved))
@@ -344,13 +390,17 @@ def resolve_existing(
     """Resolve a stored request again, raising :class:`RequestClosed` if it no longer applies.
 
     The capabilities may have been withdrawn since the request was filed (grant deleted, expired,
-    changed to Automatic, agent deleted); then nobody can approve it any more.
+    changed to Automatic, agent deleted); then nobody can approve it any more. A request belongs
+    to the Agent *object* it was filed for (``spec.agentUID``, stamped at admission): an Agent
+    deleted and created again under the same name is another Agent, and the request is closed
+    for it (as it is when the UID was never stamped: fail closed).
     """
     name = request.metadata.name or ""
     if agent is None:
         raise RequestClosed(
             f"access request {name!r} is for agent {request.spec.agent!r}, which no longer exists"
         )
+    require_same_agent(request, agent)
     try:
         return resolve_request(
             agent=agent,
@@ -363,6 +413,92 @@ def resolve_existing(
         raise RequestClosed(
             f"access request {name!r} can no longer be decided: {error.message}"
         ) from error
+
+
+def require_same_agent(request: accessrequests.AccessRequest, agent: agents.Agent) -> None:
+    """Raise :class:`RequestClosed` unless ``request`` was filed for this very Agent object."""
+    name = request.metadata.name or ""
+    filed_for = request.spec.agent_uid
+    if not filed_for:
+        raise RequestClosed(
+            f"access request {name!r} carries no spec.agentUID (agentauth's admission webhook "
+            "did not stamp it), so it cannot be tied to an Agent; file a new request"
+        )
+    if agent.metadata.uid != filed_for:
+        raise RequestClosed(
+            f"access request {name!r} was filed for an earlier Agent {request.spec.agent!r} "
+            f"(uid {filed_for}); that Agent was deleted and the current one "
+            f"(uid {agent.metadata.uid}) does not inherit it"
+        )
+
+
+def bindings(resolved: ResolvedRequest) -> list[accessrequests.GrantBinding]:
+    """The grant bindings a decision on ``resolved`` records (stamped by the webhook)."""
+    return [grant.binding for grant in resolved.grants]
+
+
+def deciding_approval(
+    approvals: Sequence[accessrequests.Decision], *, resolved: ResolvedRequest
+) -> accessrequests.Decision | None:
+    """The approval that completed the quorum of every involved grant, if they all have one.
+
+    Per grant, only approvals recorded under that grant's current binding count (same name,
+    UID and approver policy, see :func:`policy_fingerprint`), from distinct users; the grant
+    needs its ``minApprovals`` of them. An approval given under a grant that was deleted and
+    re-created, or whose approvers have changed since, counts for nothing. The result is the
+    latest of the per-grant deciding approvals (the one that completed the last quorum).
+    """
+    latest: tuple[int, accessrequests.Decision] | None = None
+    for grant in resolved.grants:
+        binding = grant.binding
+        counted = _distinct([item for item in approvals if binding in item.grants])
+        needed = grant.approvers.min_approvals
+        if len(counted) < needed:
+            return None
+        decider = counted[needed - 1]
+        position = next(index for index, item in enumerate(approvals) if item is decider)
+        if latest is None or position > latest[0]:
+            latest = (position, decider)
+    return latest[1] if latest is not None else None
+
+
+def counted_approvals(
+    approvals: Sequence[accessrequests.Decision], *, resolved: ResolvedRequest | None
+) -> int:
+    """Distinct approvals that count toward every involved grant's quorum (for messages)."""
+    if resolved is None or not resolved.grants:
+        return 0
+    current = bindings(resolved)
+    return len(_distinct([item for item in approvals if all(b in item.grants for b in current)]))
+
+
+def require_still_approved(
+    request: accessrequests.AccessRequest, *, resolved: ResolvedRequest | None
+) -> None:
+    """Raise :class:`ApprovalWithdrawn` unless the request's approvals still hold under the
+    current grants.
+
+    They do not when the request can no longer be resolved (``resolved`` is ``None``: agent
+    re-created or gone, grant deleted, capability no longer Required) or when its recorded
+    approvals no longer make every quorum under the grants as they are now (a grant re-created,
+    its approvers or quorum changed).
+    """
+    name = request.metadata.name or ""
+    status = request.status
+    if resolved is None:
+        raise ApprovalWithdrawn(
+            f"access request {name!r} no longer applies: its Agent or a grant giving its "
+            "capabilities was deleted, re-created or changed"
+        )
+    if (
+        status is None
+        or status.denials
+        or deciding_approval(status.approvals, resolved=resolved) is None
+    ):
+        raise ApprovalWithdrawn(
+            f"the approvals of access request {name!r} were given under grants that no longer "
+            "exist as they were (deleted, re-created, or their approvers changed)"
+        )
 
 
 def grants_to_review(*, decider: Identity, resolved: ResolvedRequest) -> list[InvolvedGrant]:
@@ -460,13 +596,15 @@ def stamp_decision(
     *,
     added: AddedDecision,
     decider: Identity,
+    resolved: ResolvedRequest,
     now: datetime.datetime,
 ) -> accessrequests.Decision:
-    """The added decision as it must be stored: user, groups and time from the authenticated call.
+    """The added decision as it must be stored: user, groups and time from the authenticated call,
+    and the grants (name, UID, approver policy) it is made under, from the live cluster.
 
-    The client leaves ``user`` empty (or puts its own name); groups and time are always replaced by
-    the server's. A different name is refused rather than silently corrected, so an attempt to
-    record a decision in someone else's name fails visibly.
+    The client leaves ``user`` empty (or puts its own name); groups, time and grants are always
+    replaced by the server's. A different name is refused rather than silently corrected, so an
+    attempt to record a decision in someone else's name fails visibly.
     """
     kind = added.kind
     if added.decision.user not in ("", decider.username):
@@ -476,6 +614,7 @@ def stamp_decision(
         groups=list(decider.groups),
         time=now.replace(microsecond=0),
         comment=validate_comment(added.decision.comment, kind=kind),
+        grants=bindings(resolved),
     )
 
 
@@ -484,18 +623,27 @@ def check_added_decision(
     request_before: accessrequests.AccessRequest,
     added: AddedDecision,
     decider: Identity,
+    resolved: ResolvedRequest,
     now: datetime.datetime,
 ) -> None:
     """Raise unless ``added`` is a well-formed decision by ``decider`` on an open request.
 
     The caller has already stamped the entry (mutating webhook); this re-checks the stamp
-    (validating webhook), the phase and the deadline, and duplicates. Eligibility is checked
-    separately by :func:`require_may_decide`.
+    (validating webhook): author, and the grants it was made under, which must be the grants as
+    they are now (a grant re-created or its approvers changed between the two webhooks refuses
+    the write; the approver tries again). Then the phase and the deadline, and duplicates.
+    Eligibility is checked separately by :func:`require_may_decide`.
     """
     name = request_before.metadata.name or ""
     entry = added.decision
     if entry.user != decider.username:
         raise _foreign_name(decider=decider, claimed=entry.user)
+    if entry.grants != bindings(resolved):
+        raise ForbiddenChange(
+            f"the decision on access request {name!r} must record the grants it is made under "
+            "as agentauth stamps them (their name, UID and approvers); they changed while it "
+            "was written: try again"
+        )
     validate_comment(entry.comment, kind=added.kind)
     status = request_before.status or accessrequests.AccessRequestStatus()
     if status.phase != "Pending":
@@ -519,16 +667,18 @@ def check_status_update(
     *,
     old: accessrequests.AccessRequest,
     new: accessrequests.AccessRequestStatus,
-    min_approvals: int | None,
+    resolved: ResolvedRequest | None,
     now: datetime.datetime,
 ) -> None:
     """Raise unless the phase and timestamps in ``new`` follow from ``old`` and its decisions.
 
     Enforced for every writer: Denied and Expired are final; Pending is entered once, with an
-    ``expiresAt`` that never changes afterwards; Approved needs ``min_approvals`` distinct
-    approvers (``None``: the request cannot be approved any more) and no denial, with a
-    ``grantedUntil`` no later than the deciding approval plus the requested duration; Denied needs
-    a denial; Expired needs the deadline to have passed.
+    ``expiresAt`` that never changes afterwards; Approved needs every involved grant's quorum of
+    approvals recorded under that grant as it is now (:func:`deciding_approval`; ``resolved`` is
+    ``None`` when the request cannot be approved any more) and no denial, with a ``grantedUntil``
+    no later than the deciding approval plus the requested duration; Denied needs a denial;
+    Expired needs the deadline to have passed, or, for an Approved request, its approvals to no
+    longer hold (:func:`require_still_approved`: the access is withdrawn early, never extended).
     """
     before = old.status or accessrequests.AccessRequestStatus()
     name = old.metadata.name or ""
@@ -564,16 +714,17 @@ def check_status_update(
             raise ForbiddenChange(
                 f"access request {name!r} has a denial and cannot be approved (one denial decides)"
             )
-        if min_approvals is None:
+        if resolved is None:
             raise ForbiddenChange(
                 f"access request {name!r} can no longer be approved: its capabilities are no "
                 "longer granted with approval Required"
             )
-        deciding = _deciding_approval(new.approvals, min_approvals=min_approvals)
+        deciding = deciding_approval(new.approvals, resolved=resolved)
         if deciding is None:
             raise ForbiddenChange(
-                f"access request {name!r} has {len(_distinct(new.approvals))} of the "
-                f"{min_approvals} distinct approvals it needs"
+                f"access request {name!r} has {counted_approvals(new.approvals, resolved=resolved)}"
+                f" of the {resolved.min_approvals} distinct approvals it needs under its grants "
+                "as they are now"
             )
         if new.granted_until is None:
             raise ForbiddenChange("an Approved access request needs status.grantedUntil")
@@ -586,6 +737,11 @@ def check_status_update(
     if new.phase == "Denied" and not new.denials:
         raise ForbiddenChange(f"access request {name!r} has no denial and cannot be Denied")
     if new.phase == "Expired":
+        if before.phase == "Approved":
+            try:
+                require_still_approved(old, resolved=resolved)
+            except ApprovalWithdrawn:
+                return  # withdrawn early: its grant or Agent changed under it
         deadline = before.granted_until if before.phase == "Approved" else before.expires_at
         if deadline is None or now + CLOCK_SKEW < _aware(deadline):
             raise ForbiddenChange(
@@ -609,16 +765,17 @@ def pending_deadline(
 def evaluate(
     request: accessrequests.AccessRequest,
     *,
-    min_approvals: int | None,
+    resolved: ResolvedRequest | None,
     pending_timeout: datetime.timedelta,
     now: datetime.datetime,
 ) -> accessrequests.AccessRequestStatus:
     """The status the controller should write for ``request`` at ``now``.
 
-    Level-based and deterministic: it depends only on the stored request, the current
-    ``min_approvals`` (``None`` when the capabilities can no longer be approved) and the clock, so
-    re-running it after a restart yields the same status. Approvals and denials are copied as
-    recorded, never rewritten.
+    Level-based and deterministic: it depends only on the stored request, the request resolved
+    against the current Agent and grants (``None`` when it can no longer be approved) and the
+    clock, so re-running it after a restart yields the same status. Approvals and denials are
+    copied as recorded, never rewritten. An Approved request whose approvals no longer hold
+    (:func:`require_still_approved`) becomes Expired at once, with reason ``ApprovalWithdrawn``.
     """
     before = request.status or accessrequests.AccessRequestStatus()
     status = before.model_copy(deep=True)
@@ -628,33 +785,48 @@ def evaluate(
         status.phase = "Pending"
         status.expires_at = pending_deadline(request, timeout=pending_timeout, now=now)
     if status.phase == "Pending":
-        _decide_pending(request, status, min_approvals=min_approvals, now=now)
-    if (
-        status.phase == "Approved"
-        and status.granted_until is not None
-        and now >= _aware(status.granted_until)
-    ):
-        status.phase = "Expired"
+        _decide_pending(request, status, resolved=resolved, now=now)
+    withdrawn = False
+    if status.phase == "Approved":
+        if status.granted_until is not None and now >= _aware(status.granted_until):
+            status.phase = "Expired"
+        else:
+            try:
+                require_still_approved(
+                    request.model_copy(update={"status": status}), resolved=resolved
+                )
+            except ApprovalWithdrawn:
+                status.phase = "Expired"
+                withdrawn = True
+    if before.phase == "Expired" and _condition_reason(before) == REASON_WITHDRAWN:
+        withdrawn = True  # keep saying why it ended, also after grantedUntil has passed
     status.conditions = common.set_condition(
-        status.conditions, _granted_condition(request, status, min_approvals, now)
+        status.conditions,
+        _granted_condition(request, status, resolved, now, withdrawn=withdrawn),
     )
     return status
+
+
+REASON_WITHDRAWN = "ApprovalWithdrawn"
+
+
+def _condition_reason(status: accessrequests.AccessRequestStatus) -> str | None:
+    found = next((item for item in status.conditions if item.type == "Granted"), None)
+    return found.reason if found is not None else None
 
 
 def _decide_pending(
     request: accessrequests.AccessRequest,
     status: accessrequests.AccessRequestStatus,
     *,
-    min_approvals: int | None,
+    resolved: ResolvedRequest | None,
     now: datetime.datetime,
 ) -> None:
     if status.denials:
         status.phase = "Denied"
         return
     deciding = (
-        _deciding_approval(status.approvals, min_approvals=min_approvals)
-        if min_approvals is not None
-        else None
+        deciding_approval(status.approvals, resolved=resolved) if resolved is not None else None
     )
     if deciding is not None:
         status.phase = "Approved"
@@ -667,8 +839,10 @@ def _decide_pending(
 def _granted_condition(
     request: accessrequests.AccessRequest,
     status: accessrequests.AccessRequestStatus,
-    min_approvals: int | None,
+    resolved: ResolvedRequest | None,
     now: datetime.datetime,
+    *,
+    withdrawn: bool,
 ) -> common.Condition:
     def condition(value: common.ConditionStatus, reason: str, message: str) -> common.Condition:
         return common.Condition(
@@ -680,7 +854,7 @@ def _granted_condition(
             observed_generation=request.metadata.generation,
         )
 
-    approvers = ", ".join(item.user for item in _distinct(status.approvals))
+    approvers = ", ".join(display.clean(item.user) for item in _distinct(status.approvals))
     if status.phase == "Approved":
         return condition(
             "True",
@@ -689,8 +863,20 @@ def _granted_condition(
         )
     if status.phase == "Denied":
         denial = status.denials[0]
-        return condition("False", "Denied", f"denied by {denial.user}: {denial.comment}")
+        return condition(
+            "False",
+            "Denied",
+            f"denied by {display.clean(denial.user)}; reason: {display.quote(denial.comment)}",
+        )
     if status.phase == "Expired":
+        if withdrawn:
+            return condition(
+                "False",
+                REASON_WITHDRAWN,
+                "access withdrawn before "
+                f"{_rfc3339(status.granted_until)}: the approvals no longer hold (the Agent or a "
+                "CapabilityGrant was deleted or re-created, or the grant's approvers changed)",
+            )
         if status.granted_until is not None:
             return condition(
                 "False", "GrantEnded", f"access ended at {_rfc3339(status.granted_until)}"
@@ -700,18 +886,18 @@ def _granted_condition(
             "RequestExpired",
             f"no decision before {_rfc3339(status.expires_at)}",
         )
-    if min_approvals is None:
+    if resolved is None:
         return condition(
             "False",
             "NoLongerGrantable",
-            "the requested capabilities are no longer granted with approval Required; the "
-            "request will expire",
+            "the requested capabilities are no longer granted with approval Required to this "
+            "Agent; the request will expire",
         )
-    count = len(_distinct(status.approvals))
+    count = counted_approvals(status.approvals, resolved=resolved)
     return condition(
         "False",
         "AwaitingApproval",
-        f"{count} of {min_approvals} approvals; expires at {_rfc3339(status.expires_at)}",
+        f"{count} of {resolved.min_approvals} approvals; expires at {_rfc3339(status.expires_at)}",
     )
 
 
@@ -726,39 +912,6 @@ def next_deadline(
     if status.phase == "Approved" and status.granted_until is not None:
         return _aware(status.granted_until)
     return None
-
-
-def granted_capabilities(
-    requests: Iterable[accessrequests.AccessRequest],
-    *,
-    agent: str,
-    namespace: str,
-    now: datetime.datetime,
-) -> dict[str, datetime.datetime]:
-    """Capabilities that approved, unexpired requests of ``agent`` cover, with their end.
-
-    The token exchange includes a Required capability only if it is a key here, and caps the
-    token's ``exp`` at the value (the latest ``grantedUntil`` among the covering requests).
-    """
-    granted: dict[str, datetime.datetime] = {}
-    for request in requests:
-        status = request.status
-        if (
-            request.metadata.namespace != namespace
-            or request.spec.agent != agent
-            or request.metadata.deletion_timestamp is not None
-            or status is None
-            or status.phase != "Approved"
-            or status.granted_until is None
-            or status.denials
-        ):
-            continue
-        until = _aware(status.granted_until)
-        if until <= now:
-            continue
-        for capability in request.spec.capabilities:
-            granted[capability] = max(until, granted.get(capability, until))
-    return granted
 
 
 def approve_command(*, name: str, namespace: str) -> str:
@@ -799,45 +952,45 @@ def planned_events(
     name = request.metadata.name or ""
     namespace = request.metadata.namespace or ""
     agent = request.spec.agent
-    wanted = ", ".join(request.spec.capabilities)
+    wanted = _capability_list(request.spec.capabilities)
     events: list[PlannedEvent] = []
     created = request.metadata.creation_timestamp
     filed_at = _aware(created) if created is not None else now
-    requested = (
-        f"Agent {agent} requests {wanted} for {request.spec.duration}: "
-        f"{_one_line(request.spec.justification)}"
-        + _context_text(request.spec.context)
-        + f" | approve: {approve_command(name=name, namespace=namespace)}"
-        + f" | deny: {deny_command(name=name, namespace=namespace)}"
-    )
     for target in _TARGETS:
+        ours = (
+            (f"{name}: " if target == "Agent" else "")
+            + f"Agent {agent} requests {wanted} for {request.spec.duration}"
+            + f" | approve: {approve_command(name=name, namespace=namespace)}"
+            + f" | deny: {deny_command(name=name, namespace=namespace)}"
+        )
         events.append(
             PlannedEvent(
                 key=f"requested-{target.lower()}",
                 on=target,
                 type="Normal",
                 reason="AccessRequested",
-                message=f"{name}: {requested}" if target == "Agent" else requested,
+                message=_with_requester_text(ours, request),
                 time=filed_at,
             )
         )
     for index, approval in enumerate(status.approvals):
-        comment = f": {_one_line(approval.comment)}" if approval.comment else ""
+        comment = f"; comment: {display.quote(approval.comment)}" if approval.comment else ""
         events.append(
             PlannedEvent(
                 key=f"approval-{index}",
                 on="AccessRequest",
                 type="Normal",
                 reason="ApprovalRecorded",
-                message=f"{approval.user} approved{comment}",
+                message=f"{display.clean(approval.user)} approved{comment}",
                 time=_aware(approval.time),
             )
         )
+    withdrawn = status.phase == "Expired" and _condition_reason(status) == REASON_WITHDRAWN
     if status.phase == "Approved" or (status.phase == "Expired" and status.granted_until):
         deciding_time = (
             max(_aware(item.time) for item in status.approvals) if status.approvals else now
         )
-        approvers = ", ".join(item.user for item in _distinct(status.approvals))
+        approvers = ", ".join(display.clean(item.user) for item in _distinct(status.approvals))
         message = f"{wanted} approved by {approvers} until {_rfc3339(status.granted_until)}"
         for target in _TARGETS:
             events.append(
@@ -852,7 +1005,10 @@ def planned_events(
             )
     if status.phase == "Denied" and status.denials:
         denial = status.denials[0]
-        message = f"{wanted} denied by {denial.user}: {_one_line(denial.comment)}"
+        message = (
+            f"{wanted} denied by {display.clean(denial.user)}; reason: "
+            f"{display.quote(denial.comment)}"
+        )
         for target in _TARGETS:
             events.append(
                 PlannedEvent(
@@ -865,7 +1021,19 @@ def planned_events(
                 )
             )
     if status.phase == "Expired":
-        if status.granted_until is not None:
+        if withdrawn:
+            condition = next(item for item in status.conditions if item.type == "Granted")
+            events.append(
+                PlannedEvent(
+                    key="withdrawn",
+                    on="AccessRequest",
+                    type="Warning",
+                    reason=REASON_WITHDRAWN,
+                    message=f"access to {wanted} withdrawn: {condition.message}",
+                    time=_aware(condition.last_transition_time),
+                )
+            )
+        elif status.granted_until is not None:
             events.append(
                 PlannedEvent(
                     key="ended",
@@ -897,16 +1065,6 @@ def _foreign_name(*, decider: Identity, claimed: str) -> ForbiddenChange:
     )
 
 
-def _deciding_approval(
-    approvals: Sequence[accessrequests.Decision], *, min_approvals: int
-) -> accessrequests.Decision | None:
-    """The approval that completed the quorum of ``min_approvals`` distinct users, if any."""
-    distinct = _distinct(approvals)
-    if len(distinct) < min_approvals:
-        return None
-    return distinct[min_approvals - 1]
-
-
 def _distinct(approvals: Sequence[accessrequests.Decision]) -> list[accessrequests.Decision]:
     seen: set[str] = set()
     result: list[accessrequests.Decision] = []
@@ -924,12 +1082,15 @@ def _listed(decider: Identity, approvers: grants.Approvers) -> bool:
     )
 
 
-def _decision_key(decision: accessrequests.Decision) -> tuple[str, tuple[str, ...], str, str]:
+def _decision_key(
+    decision: accessrequests.Decision,
+) -> tuple[str, tuple[str, ...], str, str, tuple[tuple[str, str, str], ...]]:
     return (
         decision.user,
         tuple(decision.groups),
         _rfc3339(decision.time),
         decision.comment,
+        tuple((item.name, item.uid, item.policy) for item in decision.grants),
     )
 
 
@@ -937,18 +1098,50 @@ def _is_control(char: str) -> bool:
     return char not in "\n\t" and unicodedata.category(char) in ("Cc", "Cf")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+MAX_EVENT_MESSAGE = 1024
+MAX_LISTED_CAPABILITIES = 200
+MAX_EVENT_CONTEXT = 320
+MIN_EVENT_JUSTIFICATION = 40
 
 
-def _context_text(context: Mapping[str, str]) -> str:
-    if not context:
-        return ""
-    return (
-        " ("
-        + ", ".join(f"{key}={_one_line(value)}" for key, value in sorted(context.items()))
-        + ")"
+def _capability_list(names: Sequence[str]) -> str:
+    """Capability names (validated, so plain) joined, at most about 200 characters."""
+    shown: list[str] = []
+    for index, capability in enumerate(names):
+        if len(", ".join([*shown, capability])) > MAX_LISTED_CAPABILITIES:
+            return ", ".join(shown) + f" and {len(names) - index} more"
+        shown.append(capability)
+    return ", ".join(shown)
+
+
+def _with_requester_text(ours: str, request: accessrequests.AccessRequest) -> str:
+    """``ours`` followed by what the requester wrote, quoted, last and bounded.
+
+    The justification and context values come from the agent (or whoever filed the request):
+    each is quoted by :func:`display.quote`, so it cannot pass for agentauth's text (such as a
+    second ``| approve: ...``), and it comes after everything of ours, sized so that the whole
+    message fits the Event's 1024 characters.
+    """
+    context = ""
+    if request.spec.context:
+        parts = [
+            f"{display.clean(key, limit=63)}={display.quote(value, limit=64)}"
+            for key, value in sorted(request.spec.context.items())
+        ]
+        shown: list[str] = []
+        for part in parts:
+            if len(", ".join([*shown, part])) > MAX_EVENT_CONTEXT:
+                break
+            shown.append(part)
+        more = len(parts) - len(shown)
+        context = " | context: " + ", ".join(shown)
+        if more:
+            context += f" and {more} more (kubectl agentauth describe)"
+    label = " | justification from the requester: "
+    budget = max(
+        MIN_EVENT_JUSTIFICATION, MAX_EVENT_MESSAGE - len(ours) - len(context) - len(label) - 2
     )
+    return ours + context + label + display.quote(request.spec.justification, limit=budget)
 
 
 def _aware(moment: datetime.datetime) -> datetime.datetime:

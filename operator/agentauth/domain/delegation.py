@@ -205,6 +205,7 @@ def decide(
         issuer=issuer,
         tool_servers=snapshot.tool_servers,
         namespace=agent.metadata.namespace or "",
+        policy=snapshot.claim_policy,
     )
     usable = exchanging.select_scope(
         agent=agent,
@@ -245,4 +246,5 @@ def decide(
         act=act,
         access_requests=usable.access_requests,
         may_act=target.may_act,
+        tool_server=server,
     )

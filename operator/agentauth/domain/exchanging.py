@@ -19,9 +19,13 @@ Rules (each failure raises a typed ``errors.OAuthError``):
   token gets every held ``Automatic`` capability. A ``Required`` capability is included only while
   an ``Approved`` AccessRequest of this agent that lists it has a ``grantedUntil`` in the future;
   the token then expires no later than that ``grantedUntil``.
-- Audience: ``audience``/``resource`` must be our issuer or a ToolServer's ``resourceURI``
-  (``invalid_target`` otherwise); for a ToolServer without a requested scope the scope is further
-  narrowed to the capabilities its tools need.
+- Audience: ``audience``/``resource`` must be our issuer or the ``resourceURI`` of a ToolServer
+  in the agent's own namespace that holds that URI alone (``invalid_target`` otherwise: no such
+  ToolServer, one the cluster's claim policy does not allow, or a URI claimed by ToolServers in
+  several places, see :mod:`agentauth.domain.toolservers`). A token for a ToolServer names it in
+  its ``tool_server`` claim (``{namespace, name, uid}``), which resource servers check against
+  their own identity; for a ToolServer without a requested scope the scope is further narrowed
+  to the capabilities its tools need.
 - Lifetime: min(requested ``expires_in``, the Agent's ``tokenTTL``, 1 h, ``grantedUntil``, and the
   subject token's own expiry for delegated tokens).
 """
@@ -37,7 +41,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agentauth.domain import capabilities, durations, errors, jose, serviceaccounts, tokens
+from agentauth.domain import (
+    approvals,
+    capabilities,
+    claimpolicy,
+    durations,
+    errors,
+    jose,
+    serviceaccounts,
+    tokens,
+    toolservers,
+)
 from agentauth.domain.models import (
     AGENT_LABEL,
     AccessRequest,
@@ -230,9 +244,14 @@ class Snapshot:
     access_requests: Sequence[AccessRequest] = ()
     tool_servers: Sequence[ToolServer] = ()
     pods: Mapping[Key, Pod] = field(default_factory=dict)
+    claim_policy: claimpolicy.ClaimPolicy = field(default_factory=claimpolicy.ClaimPolicy)
+    """Who may claim which resource URI (and cloud identity): the token service's setting."""
     _grants_by_ns: dict[str, list[CapabilityGrant]] = field(default_factory=dict, repr=False)
     _requests_by_agent: dict[Key, list[AccessRequest]] = field(default_factory=dict, repr=False)
     _held: dict[Key, tuple[Agent, datetime | None, list[EffectiveCapability]]] = field(
+        default_factory=dict, repr=False
+    )
+    _counted: dict[Key, tuple[Agent, datetime | None, list[AccessRequest]]] = field(
         default_factory=dict, repr=False
     )
 
@@ -262,28 +281,74 @@ class Snapshot:
         self._held[key] = (agent, capabilities.next_expiry(grants, now=now), result)
         return result
 
-    def access_requests_of(self, agent: Agent) -> list[AccessRequest]:
-        """The access requests of this Agent: same name, and the same incarnation of it.
+    def access_requests_of(
+        self, agent: Agent, *, now: datetime | None = None
+    ) -> list[AccessRequest]:
+        """The access requests of this Agent object, as they stand under this snapshot's grants.
 
-        An Agent deleted and created again under its name must not inherit approvals given to
-        its predecessor: a request owned by an Agent (ownerReference) counts only for that uid,
-        and an unowned one (filed with kubectl) only if it is not older than the Agent.
+        Only requests filed for this very object (``spec.agentUID``, stamped by the admission
+        webhook, equals the Agent's uid): an Agent deleted and created again under its name, in
+        the same second or not, inherits nothing, and a request without the stamp belongs to no
+        one. An ``Approved`` request stays Approved only while its approvals still hold under the
+        grants as they are in this snapshot (``approvals.require_still_approved``: each approval was
+        given under the same grant object, by UID, with the same approvers and quorum); otherwise
+        it is returned with the status the controller writes for it (``approvals.evaluate``:
+        Expired, reason ``ApprovalWithdrawn``), at once, without waiting for the controller. So
+        deleting a grant voids every approval given under it, even if a grant of the same name
+        is created again. ``now`` (default: the current time) decides which grants have expired.
         """
-        named = self._requests_by_agent.get(
-            (agent.metadata.namespace or "", agent.metadata.name or ""), []
-        )
-        return [request for request in named if _same_incarnation(request, agent)]
+        key = (agent.metadata.namespace or "", agent.metadata.name or "")
+        moment = now if now is not None else datetime.now(UTC)
+        cached = self._counted.get(key)
+        if cached is not None and cached[0] is agent and (cached[1] is None or moment < cached[1]):
+            return cached[2]
+        grants = self._grants_by_ns.get(key[0], [])
+        resolutions: dict[tuple[tuple[str, ...], str], approvals.ResolvedRequest | None] = {}
+        counted = [
+            _as_it_stands(request, agent=agent, grants=grants, now=moment, memo=resolutions)
+            for request in self._requests_by_agent.get(key, [])
+            if request.spec.agent_uid and request.spec.agent_uid == agent.metadata.uid
+        ]
+        self._counted[key] = (agent, capabilities.next_expiry(grants, now=moment), counted)
+        return counted
 
 
-def _same_incarnation(request: AccessRequest, agent: Agent) -> bool:
-    owners = (request.metadata.model_extra or {}).get("ownerReferences") or []
-    agent_owners = [
-        owner for owner in owners if isinstance(owner, Mapping) and owner.get("kind") == "Agent"
-    ]
-    if agent_owners:
-        return any(owner.get("uid") == agent.metadata.uid for owner in agent_owners)
-    filed, created = request.metadata.creation_timestamp, agent.metadata.creation_timestamp
-    return filed is None or created is None or _aware(filed) >= _aware(created)
+def _as_it_stands(
+    request: AccessRequest,
+    *,
+    agent: Agent,
+    grants: Sequence[CapabilityGrant],
+    now: datetime,
+    memo: dict[tuple[tuple[str, ...], str], approvals.ResolvedRequest | None],
+) -> AccessRequest:
+    """``request``, or for an Approved one whose approvals no longer hold, a copy with the
+    status the controller will write (Expired, ``ApprovalWithdrawn``). ``memo`` keeps the
+    resolution per (capabilities, duration): an agent's requests mostly ask the same."""
+    status = request.status
+    if status is None or status.phase != "Approved":
+        return request
+    asked = (tuple(request.spec.capabilities), request.spec.duration)
+    if asked not in memo:
+        try:
+            memo[asked] = approvals.resolve_existing(
+                request=request, agent=agent, all_grants=grants, now=now
+            )
+        except approvals.RequestClosed:
+            memo[asked] = None
+    resolved = memo[asked]
+    try:
+        approvals.require_still_approved(request, resolved=resolved)
+    except approvals.ApprovalWithdrawn:
+        pass
+    else:
+        return request
+    withdrawn = approvals.evaluate(
+        request,
+        resolved=resolved,
+        pending_timeout=approvals.DEFAULT_PENDING_TIMEOUT,
+        now=now,
+    )
+    return request.model_copy(update={"status": withdrawn})
 
 
 def agent_label(agent: Agent) -> str:
@@ -451,26 +516,40 @@ def token_lifetime(
 
 
 def resolve_audience(
-    audience: str | None, *, issuer: str, tool_servers: Iterable[ToolServer], namespace: str
+    audience: str | None,
+    *,
+    issuer: str,
+    tool_servers: Iterable[ToolServer],
+    namespace: str,
+    policy: claimpolicy.ClaimPolicy,
 ) -> tuple[str, ToolServer | None]:
-    """Our issuer by default; otherwise the ToolServer in ``namespace`` whose ``resourceURI``
-    is named.
+    """Our issuer by default; otherwise the ToolServer in ``namespace`` that holds the named
+    ``resourceURI`` alone.
 
     Only the agent's own namespace counts: capability names are not namespaced, so a grant in
-    one namespace must never open another namespace's ToolServer.
+    one namespace must never open another namespace's ToolServer. And the URI must not be
+    claimed by any other ToolServer, here or in another namespace (contested: no token for
+    anyone, so whoever squats a URI, before or after its owner, gets nothing for it), nor be
+    outside what ``policy`` lets the namespace claim.
     """
     if audience is None or audience.rstrip("/") == issuer.rstrip("/"):
         return issuer, None
-    wanted = audience.rstrip("/")
-    for server in tool_servers:
-        if (
-            server.metadata.namespace == namespace
-            and server.spec.resource_uri.rstrip("/") == wanted
-        ):
-            return server.spec.resource_uri, server
-    raise errors.InvalidTarget(
+    not_ours = errors.InvalidTarget(
         f"{audience} is not the resource URI of a ToolServer in namespace {namespace}"
     )
+    servers = list(tool_servers)
+    claiming = toolservers.claimants(audience, servers, policy=policy)
+    own = [server for server in claiming if server.metadata.namespace == namespace]
+    if not own:
+        raise not_ours
+    if len(claiming) > 1:
+        raise errors.InvalidTarget(
+            f"resource URI {audience} is claimed by {len(claiming)} ToolServers; no token is "
+            "issued for it while it is contested (see the Ready condition of the ToolServers in "
+            f"namespace {namespace})"
+        )
+    server = own[0]
+    return server.spec.resource_uri, server
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -490,6 +569,17 @@ class Decision:
     act: dict[str, Any] | None = None
     may_act: str | None = None
     access_requests: tuple[str, ...] = ()
+    tool_server: ToolServer | None = None
+    """The ToolServer ``audience`` belongs to; required unless the audience is our issuer."""
+
+
+def tool_server_claim(server: ToolServer) -> dict[str, str]:
+    """The ``tool_server`` claim of a token minted for ``server``."""
+    return {
+        "namespace": server.metadata.namespace or "",
+        "name": server.metadata.name or "",
+        "uid": server.metadata.uid or "",
+    }
 
 
 def decide_for_agent(
@@ -509,11 +599,12 @@ def decide_for_agent(
         issuer=issuer,
         tool_servers=snapshot.tool_servers,
         namespace=agent.metadata.namespace or "",
+        policy=snapshot.claim_policy,
     )
     scope = select_scope(
         agent=agent,
         held=snapshot.held(agent, now=now),
-        requests=snapshot.access_requests_of(agent),
+        requests=snapshot.access_requests_of(agent, now=now),
         requested=target.scope,
         now=now,
         restrict_to=[t.capability for t in server.spec.tools] if server is not None else None,
@@ -539,6 +630,7 @@ def decide_for_agent(
         pod=pod,
         access_requests=scope.access_requests,
         may_act=target.may_act,
+        tool_server=server,
     )
 
 
@@ -572,8 +664,22 @@ def mint(
     now: datetime,
     cnf_jwk: Mapping[str, Any] | None = None,
 ) -> tokens.IssuedToken:
-    """Sign the token ``decision`` describes."""
+    """Sign the token ``decision`` describes.
+
+    A token for any audience but our issuer names its ToolServer (``tool_server``); a decision
+    without one is a bug and is refused rather than minted unnamed.
+    """
     agent = decision.agent
+    extra: dict[str, Any] = {}
+    if decision.may_act:
+        extra["may_act"] = {"sub": decision.may_act}
+    if decision.tool_server is not None:
+        extra["tool_server"] = tool_server_claim(decision.tool_server)
+    elif decision.audience.rstrip("/") != issuer.rstrip("/"):
+        raise errors.ServerError(
+            f"refusing to mint a token for audience {decision.audience} without naming its "
+            "ToolServer"
+        )
     return tokens.issue(
         keyset=keyset,
         issuer=issuer,
@@ -591,7 +697,7 @@ def mint(
         cnf_jwk=cnf_jwk,
         act=decision.act,
         pod={"name": decision.pod.name, "uid": decision.pod.uid} if decision.pod else None,
-        extra_claims={"may_act": {"sub": decision.may_act}} if decision.may_act else None,
+        extra_claims=extra or None,
     )
 
 
@@ -609,8 +715,11 @@ def check_token_current(
     if agent is None or agent.metadata.uid != ref.uid:
         raise errors.InvalidGrant(f"agent {ref.namespace}/{ref.name} no longer exists")
     check_agent_usable(agent)
+    named = claims.claims.get("tool_server")
+    if named is not None:
+        _check_tool_server_current(named, claims=claims, snapshot=snapshot)
     held = snapshot.held(agent, now=now)
-    requests = snapshot.access_requests_of(agent)
+    requests = snapshot.access_requests_of(agent, now=now)
     for entry in claims.scope:
         matching = [e for e in held if covers(e.name, entry)]
         if any(e.approval == "Automatic" for e in matching):
@@ -619,6 +728,35 @@ def check_token_current(
             continue
         raise errors.InvalidGrant(f"capability {entry} is no longer granted")
     return agent
+
+
+def _check_tool_server_current(
+    named: Any, *, claims: tokens.AgentTokenClaims, snapshot: Snapshot
+) -> None:
+    """The token's ToolServer must still exist (same uid) and still hold its audience alone."""
+    if not isinstance(named, Mapping):
+        raise errors.InvalidGrant("the token's tool_server claim is malformed")
+    namespace, name = str(named.get("namespace", "")), str(named.get("name", ""))
+    aud = claims.claims.get("aud")
+    audience = aud if isinstance(aud, str) else ""
+    try:
+        _, server = resolve_audience(
+            audience,
+            issuer="",
+            tool_servers=snapshot.tool_servers,
+            namespace=namespace,
+            policy=snapshot.claim_policy,
+        )
+    except errors.InvalidTarget:
+        server = None
+    if (
+        server is None
+        or server.metadata.name != name
+        or (server.metadata.uid or "") != str(named.get("uid", ""))
+    ):
+        raise errors.InvalidGrant(
+            f"ToolServer {namespace}/{name} the token was issued for no longer holds {audience}"
+        )
 
 
 def introspect(

@@ -26,10 +26,15 @@ from kubernetes.client import exceptions as k8s_exceptions
 from urllib3 import exceptions as urllib3_exceptions
 
 import agentauth
-from agentauth.domain import approvals, errors, jose, tokens
+from agentauth.domain import approvals, display, errors, jose, tokens
 from agentauth.domain.models import common
 from agentauth.kubectl_plugin import connection, output
-from agentauth.kubectl_plugin.errors import PluginError, from_api_error, from_connection_error
+from agentauth.kubectl_plugin.errors import (
+    PluginError,
+    from_api_error,
+    from_connection_error,
+    is_admission_denial,
+)
 from agentauth.sdk import errors as sdk_errors
 from agentauth.sdk import keys as sdk_keys
 
@@ -186,7 +191,8 @@ def cmd_requests(ctx: Context) -> int:
             str(len(status.get("approvals", []))),
             expires,
             output.age(meta.get("creationTimestamp"), now=ctx.now),
-            spec.get("justification", ""),
+            # Written by the requester: quoted, so it cannot pass for our own text.
+            display.quote(spec.get("justification", ""), limit=approvals.MAX_JUSTIFICATION),
         ]
         if options.all_namespaces:
             row.insert(0, meta.get("namespace", ""))
@@ -230,7 +236,7 @@ def cmd_describe(ctx: Context) -> int:
         f"Name:           {name}",
         f"Namespace:      {namespace}",
         f"Agent:          {spec.get('agent', '')}",
-        f"Requester:      {requester.get('username', '<not stamped>')}",
+        f"Requester:      {display.clean(requester.get('username', '<not stamped>'))}",
         f"Capabilities:   {', '.join(spec.get('capabilities', []))}",
         f"Duration:       {spec.get('duration', '')}",
         f"Phase:          {status.get('phase') or 'New'}",
@@ -247,24 +253,37 @@ def cmd_describe(ctx: Context) -> int:
             f"Granted Until:  {status['grantedUntil']} "
             f"({output.until(status['grantedUntil'], now=ctx.now)})"
         )
-    lines.append("Justification:")
-    lines.extend(f"  {line}" for line in str(spec.get("justification", "")).splitlines())
+    # What the requester and approvers wrote is shown quoted (display.quote: one line, escaped,
+    # control characters and terminal escapes removed), never as lines of our own layout.
+    limit = approvals.MAX_JUSTIFICATION
+    lines.append(f"Justification:  {display.quote(spec.get('justification', ''), limit=limit)}")
     if spec.get("context"):
         lines.append("Context:")
-        lines.extend(f"  {key}: {value}" for key, value in sorted(spec["context"].items()))
+        lines.extend(
+            f"  {display.clean(key, limit=63)}: {display.quote(value)}"
+            for key, value in sorted(spec["context"].items())
+        )
     for title, key in (("Approvals", "approvals"), ("Denials", "denials")):
         entries = status.get(key) or []
         lines.append(f"{title + ':':<16}<none>" if not entries else f"{title}:")
         for entry in entries:
-            comment = f": {entry.get('comment')}" if entry.get("comment") else ""
-            lines.append(f"  {entry.get('user')} at {entry.get('time')}{comment}")
+            comment = (
+                f"; comment: {display.quote(entry.get('comment'), limit=approvals.MAX_COMMENT)}"
+                if entry.get("comment")
+                else ""
+            )
+            lines.append(
+                f"  {display.clean(entry.get('user'))} at {display.clean(entry.get('time'))}"
+                f"{comment}"
+            )
     conditions = status.get("conditions") or []
     if conditions:
         lines.append("Conditions:")
         for condition in conditions:
             lines.append(
-                f"  {condition.get('type')}={condition.get('status')} "
-                f"({condition.get('reason')}): {condition.get('message', '')}"
+                f"  {display.clean(condition.get('type'))}={display.clean(condition.get('status'))}"
+                f" ({display.clean(condition.get('reason'))}): "
+                f"{display.clean(condition.get('message', ''), limit=2048)}"
             )
     if status.get("phase") == "Pending":
         lines.append("To decide:")
@@ -337,7 +356,9 @@ def _decide(ctx: Context, *, kind: approvals.DecisionKind) -> int:
                 item,
             )
         except k8s_exceptions.ApiException as error:
-            if error.status == 409:
+            # A write race (resourceVersion conflict) is retried; a webhook's 409 (closed,
+            # already decided) is the answer.
+            if error.status == 409 and not is_admission_denial(error):
                 continue
             raise from_api_error(
                 error, action=verb, what=what, namespace=ctx.namespace, context=ctx.conn.context

@@ -39,6 +39,12 @@ def _status_body(error: k8s_exceptions.ApiException) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def is_admission_denial(error: k8s_exceptions.ApiException) -> bool:
+    """Whether an admission webhook refused the write (its 409 is final, not a write race)."""
+    message = str(_status_body(error).get("message") or "").strip()
+    return _WEBHOOK_PREFIX.match(message) is not None
+
+
 def from_api_error(
     error: k8s_exceptions.ApiException,
     *,

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from agentauth.domain import display
+
 ELLIPSIS = "..."
 COLUMN_GAP = 3
 MIN_COLUMN = 8
@@ -69,7 +71,9 @@ def _fit(cell: str, width: int) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    # Cells may hold text others wrote (Event messages, justifications): never a control
+    # character or terminal escape sequence on the user's terminal.
+    return display.clean(text, limit=4096)
 
 
 def age(moment: datetime.datetime | str | None, *, now: datetime.datetime) -> str:

@@ -6,8 +6,9 @@
   ``mcp`` package's ``ProtectedResourceMetadata`` model) naming our token service as the
   authorization server and the tools' capabilities as ``scopes_supported``;
 - every other request must carry an agent token whose audience is the ToolServer's
-  ``resourceURI`` (RFC 8707), signed per AAuth when the token is bound (see
-  :mod:`agentauth.verify`); otherwise 401 with
+  ``resourceURI`` (RFC 8707) and whose ``tool_server`` claim names this very ToolServer
+  (``namespace/name``, and its uid when built from the ToolServer object), signed per AAuth
+  when the token is bound (see :mod:`agentauth.verify`); otherwise 401 with
   ``WWW-Authenticate: Bearer ..., resource_metadata="<metadata URL>"``;
 - a ``tools/call`` needs the capability mapped to the tool (from the ``ToolServer`` resource
   or local config); without it: 403 ``insufficient_scope`` with ``scope="<capability>"``.
@@ -35,27 +36,53 @@ from agentauth.verify.asgi import (
     Scope,
     Send,
 )
-from agentauth.verify.verifier import JwksCache, ResourceVerifier
+from agentauth.verify.verifier import JwksCache, ResourceVerifier, ToolServerRef
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCapabilities:
-    """Which capability each tool needs, for one protected resource."""
+    """Which capability each tool needs, for one protected resource, and which ToolServer the
+    resource is (tokens must name it in their ``tool_server`` claim)."""
 
     resource_uri: str
     tools: Mapping[str, str]
+    tool_server: ToolServerRef
 
     @classmethod
     def from_toolserver(cls, toolserver: ToolServer) -> ToolCapabilities:
+        """From the ``ToolServer`` object as read from the cluster: its namespace and name, and
+        its uid when it has one (then tokens minted for an earlier object of that name are
+        refused too)."""
+        namespace, name = toolserver.metadata.namespace, toolserver.metadata.name
+        if not namespace or not name:
+            raise ValueError(
+                "the ToolServer has no metadata.namespace and metadata.name: read it from the "
+                "cluster, or use ToolCapabilities.from_mapping(..., tool_server='<ns>/<name>')"
+            )
         return cls(
             resource_uri=toolserver.spec.resource_uri,
             tools={tool.name: tool.capability for tool in toolserver.spec.tools},
+            tool_server=ToolServerRef(
+                namespace=namespace, name=name, uid=toolserver.metadata.uid or None
+            ),
         )
 
     @classmethod
-    def from_mapping(cls, *, resource_uri: str, tools: Mapping[str, str]) -> ToolCapabilities:
-        """Local configuration: ``{"search": "document.read", ...}``."""
-        return cls(resource_uri=resource_uri, tools=dict(tools))
+    def from_mapping(
+        cls,
+        *,
+        resource_uri: str,
+        tools: Mapping[str, str],
+        tool_server: ToolServerRef | str,
+    ) -> ToolCapabilities:
+        """Local configuration: ``{"search": "document.read", ...}`` and the ToolServer this
+        resource is, ``"<namespace>/<name>"``."""
+        ref = (
+            tool_server
+            if isinstance(tool_server, ToolServerRef)
+            else ToolServerRef.parse(tool_server)
+        )
+        return cls(resource_uri=resource_uri, tools=dict(tools), tool_server=ref)
 
     def capability_for(self, tool: str) -> str:
         capability = self.tools.get(tool)
@@ -163,6 +190,7 @@ def protect(
         jwks=jwks,
         replay_cache=replay_cache,
         allow_unbound_bearer=allow_unbound_bearer,
+        tool_server=capabilities.tool_server,
     )
     guard = AgentAuthMiddleware(
         app,

@@ -219,6 +219,9 @@ class _Handlers:
             "metadata": metadata,
             "spec": {
                 "agent": name,
+                # The Agent object whose token files this; the webhook refuses it if that Agent
+                # was replaced meanwhile (approvals never pass to a successor of the same name).
+                "agentUID": agent.metadata.uid,
                 "capabilities": list(resolved.capabilities),
                 "justification": justification,
                 "duration": durations.format_duration(duration),

@@ -436,7 +436,9 @@ class TokenService:
                 replay_cache=self._aws_replay,
             )
         fields["federated"] = identity.describe()
-        return matching.match_agent(identity, snapshot.agents.values())
+        return matching.match_agent(
+            identity, snapshot.agents.values(), policy=self.settings.claim_policy
+        )
 
     async def _delegate(
         self,

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
-from agentauth.domain import delegation, keys
+from agentauth.domain import claimpolicy, delegation, keys
 
 DEFAULT_NAMESPACE = "agentauth-system"
 DEFAULT_CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -97,6 +97,14 @@ class Settings:
     trusted_ca_file: Path | None = None
     """``--trusted-ca-file`` / ``AGENTAUTH_TRUSTED_CA_FILE``: extra CA bundle for fetching the
     trusted issuers' JWKS (default: the system trust store)."""
+
+    claim_policy: claimpolicy.ClaimPolicy = dataclasses.field(
+        default_factory=claimpolicy.ClaimPolicy
+    )
+    """``--claim-policy`` / ``AGENTAUTH_CLAIM_POLICY`` (the controller reads the same variable):
+    the cluster admin's JSON policy of which namespaces may claim which cloud identities and
+    resource URIs (chart value ``claimPolicy``, see ``agentauth.domain.claimpolicy``). Default:
+    no namespace may claim a cloud identity; resource URIs unrestricted."""
 
     rate_limit_per_second: float = 20.0
     """``--rate-limit`` / ``AGENTAUTH_RATE_LIMIT``: token requests per agent per second."""
@@ -207,6 +215,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "token_review": ("--token-review", "AGENTAUTH_TOKEN_REVIEW"),
     "trusted_issuers": ("--trusted-issuers", "AGENTAUTH_TRUSTED_ISSUERS"),
     "trusted_ca_file": ("--trusted-ca-file", "AGENTAUTH_TRUSTED_CA_FILE"),
+    "claim_policy": ("--claim-policy", "AGENTAUTH_CLAIM_POLICY"),
     "rate_limit_per_second": ("--rate-limit", "AGENTAUTH_RATE_LIMIT"),
     "rate_limit_burst": ("--rate-limit-burst", "AGENTAUTH_RATE_LIMIT_BURST"),
     "client_rate_limit_per_second": ("--client-rate-limit", "AGENTAUTH_CLIENT_RATE_LIMIT"),
@@ -278,6 +287,11 @@ def from_sources(
                 converted[name] = _bool(value)
             elif name == "trusted_issuers":
                 converted[name] = _parse_trusted(value)
+            elif name == "claim_policy":
+                try:
+                    converted[name] = claimpolicy.parse(value)
+                except claimpolicy.PolicyError as exc:
+                    raise SettingsError(f"--claim-policy / AGENTAUTH_CLAIM_POLICY: {exc}") from None
             elif name in _LISTS:
                 converted[name] = tuple(p.strip() for p in value.split(",") if p.strip())
             elif name == "log_level":

@@ -294,6 +294,7 @@ class KubeState:
                 access_requests=_merged(self.access_requests),
                 tool_servers=_merged(self.tool_servers),
                 pods={(p.namespace, p.name): p for p in _merged(self.pods)},
+                claim_policy=self.settings.claim_policy,
             )
             self._revisions = revisions
         return self._snapshot

@@ -7,6 +7,13 @@ Guarantees of :meth:`ResourceVerifier.verify` (every refusal raises an ``OAuthEr
   works and a flood of bogus ``kid``s cannot hammer the issuer): ``EdDSA`` only, ``typ``
   ``at+jwt``, ``iss``, ``exp``/``nbf``/``iat`` (with ``leeway``) and the agent claims, then
   ``aud`` must include this resource's audience.
+- A resource that is a ToolServer (an ``audience`` other than the issuer) is configured with its
+  own ToolServer identity (:class:`ToolServerRef`, ``namespace/name``, optionally the uid) and
+  accepts only tokens whose ``tool_server`` claim names exactly that ToolServer: a token minted
+  for a ToolServer another namespace created with the same ``resourceURI`` is refused, whoever
+  created theirs first. Constructing a verifier for a ToolServer audience without it raises
+  ``ValueError`` (fail closed: there is no way to accept any ToolServer's tokens). A verifier for
+  the issuer's own audience refuses tokens that name a ToolServer.
 - A bound token (``cnf``) is accepted only with a valid RFC 9421 signature by the bound key
   over this very request (method, authority, path, ``Signature-Key`` and the body digest),
   created within ``max_signature_age`` seconds; presented as a plain bearer token it is
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import ssl
 import threading
 import time
@@ -39,6 +47,61 @@ from typing import Any
 import httpx
 
 from agentauth.domain import assertions, errors, jose, signatures, tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ToolServerRef:
+    """The ToolServer a resource server is: ``namespace``/``name`` and, if pinned, its uid.
+
+    Without ``uid`` a ToolServer deleted and created again under the same name is the same
+    resource (only its own namespace can do that); with it, tokens minted for an earlier
+    object of that name are refused as well.
+    """
+
+    namespace: str
+    name: str
+    uid: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ToolServerRef:
+        """``"namespace/name"`` (as ``AGENTAUTH_TOOL_SERVER`` holds it)."""
+        namespace, slash, name = text.strip().partition("/")
+        if not slash or not _DNS_LABEL.fullmatch(namespace) or not _DNS_SUBDOMAIN.fullmatch(name):
+            raise ValueError(
+                f"{text!r} is not a ToolServer reference: expected '<namespace>/<name>', such "
+                "as 'team-a/docs-tools'"
+            )
+        return cls(namespace=namespace, name=name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def check(self, claims: Mapping[str, Any]) -> None:
+        """Raise ``InvalidToken`` unless the token's ``tool_server`` claim names this one."""
+        named = claims.get("tool_server")
+        if not isinstance(named, Mapping):
+            raise errors.InvalidToken(
+                f"the token names no ToolServer; this resource is ToolServer {self}"
+            )
+        namespace, name = named.get("namespace"), named.get("name")
+        if namespace != self.namespace or name != self.name:
+            raise errors.InvalidToken(
+                f"the token was issued for ToolServer {namespace}/{name}, not for this "
+                f"resource's ToolServer {self}"
+            )
+        if self.uid is not None and named.get("uid") != self.uid:
+            raise errors.InvalidToken(
+                f"the token was issued for an earlier ToolServer {self} (uid "
+                f"{named.get('uid')}), not this one (uid {self.uid})"
+            )
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _same_resource(left: str, right: str) -> bool:
+    return left.rstrip("/") == right.rstrip("/")
 
 
 class MissingToken(errors.InvalidToken):
@@ -192,6 +255,7 @@ class _VerifiedToken:
     key: jose.PublicKey
     issuer: str
     audience: str
+    tool_server: ToolServerRef | None
     not_before: float
     expires_at: float
 
@@ -243,9 +307,19 @@ class ResourceVerifier:
         allow_unbound_bearer: bool = True,
         token_cache_size: int = 1024,
         clock: Callable[[], float] = time.time,
+        tool_server: ToolServerRef | str | None = None,
     ) -> None:
+        if isinstance(tool_server, str):
+            tool_server = ToolServerRef.parse(tool_server)
+        if tool_server is None and not _same_resource(audience, issuer):
+            raise ValueError(
+                f"audience {audience!r} is a ToolServer's resource URI: pass "
+                "tool_server='<namespace>/<name>' (this resource's ToolServer), so that tokens "
+                "minted for a ToolServer another namespace created with the same URI are refused"
+            )
         self.issuer = issuer
         self.audience = audience
+        self.tool_server = tool_server
         self.jwks = jwks
         self.leeway = leeway
         self.max_signature_age = max_signature_age
@@ -269,6 +343,7 @@ class ResourceVerifier:
                     and keys.get(hit.kid) is hit.key  # the same JWKS generation
                     and hit.issuer == self.issuer
                     and hit.audience == self.audience
+                    and hit.tool_server == self.tool_server
                     and hit.not_before <= now + self.leeway
                     and now < hit.expires_at + self.leeway
                 ):
@@ -294,6 +369,12 @@ class ResourceVerifier:
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if self.audience not in audiences:
             raise errors.InvalidToken(f"token audience does not include {self.audience}")
+        if self.tool_server is not None:
+            self.tool_server.check(claims)
+        elif "tool_server" in claims:
+            raise errors.InvalidToken(
+                "the token was issued for a ToolServer, not for this resource"
+            )
         if cache is not None:
             # nbf/iat were checked above (numbers when present); a hit re-checks the later.
             times = [v for v in (claims.get("nbf"), claims.get("iat")) if v is not None]
@@ -304,6 +385,7 @@ class ResourceVerifier:
                     key=keys.get(verified.kid),
                     issuer=self.issuer,
                     audience=self.audience,
+                    tool_server=self.tool_server,
                     not_before=float(max(times)) if times else float("-inf"),
                     expires_at=float(verified.expires_at),
                 ),

@@ -9,6 +9,7 @@ import pytest
 from agentauth.domain import errors
 from agentauth.domain.federation import matching
 from agentauth.domain.models import Agent
+from tests.domain.federation import policies
 
 ROLE = "arn:aws:iam::123456789012:role/research-agent"
 AWS_IDENTITY = matching.FederatedIdentity(
@@ -17,6 +18,7 @@ AWS_IDENTITY = matching.FederatedIdentity(
     account="123456789012",
     subject="arn:aws:sts::123456789012:assumed-role/research-agent/i-0abc",
 )
+EVERYWHERE = policies.allowing("agents", "team")
 GCP_IDENTITY = matching.FederatedIdentity(
     provider="gcp",
     principal="agent@research-prod.iam.gserviceaccount.com",
@@ -36,15 +38,20 @@ def test_the_one_claiming_agent_is_returned() -> None:
         agent("gcp-only", {"gcp": {"serviceAccounts": [GCP_IDENTITY.principal]}}),
         agent("researcher", {"aws": {"roleArns": [ROLE]}}),
     ]
-    assert matching.match_agent(AWS_IDENTITY, agents).metadata.name == "researcher"
-    assert matching.match_agent(GCP_IDENTITY, agents).metadata.name == "gcp-only"
+    assert (
+        matching.match_agent(AWS_IDENTITY, agents, policy=EVERYWHERE).metadata.name == "researcher"
+    )
+    assert matching.match_agent(GCP_IDENTITY, agents, policy=EVERYWHERE).metadata.name == "gcp-only"
 
 
 def test_no_claiming_agent_names_the_identity() -> None:
     with pytest.raises(errors.InvalidGrant) as caught:
-        matching.match_agent(AWS_IDENTITY, [agent("other", {"aws": {"roleArns": [ROLE + "x"]}})])
+        matching.match_agent(
+            AWS_IDENTITY, [agent("other", {"aws": {"roleArns": [ROLE + "x"]}})], policy=EVERYWHERE
+        )
     assert caught.value.description == (
-        "no Agent's spec.federation admits AWS role arn:aws:iam::123456789012:role/research-agent"
+        "no Agent's spec.federation admits AWS role arn:aws:iam::123456789012:role/research-agent "
+        "(that the cluster's claim policy allows its namespace to claim)"
     )
 
 
@@ -54,7 +61,7 @@ def test_two_claiming_agents_is_an_error_naming_both() -> None:
         agent("a", {"aws": {"roleArns": [ROLE]}}, namespace="team"),
     ]
     with pytest.raises(errors.InvalidGrant) as caught:
-        matching.match_agent(AWS_IDENTITY, agents)
+        matching.match_agent(AWS_IDENTITY, agents, policy=EVERYWHERE)
     assert caught.value.description == (
         "AWS role arn:aws:iam::123456789012:role/research-agent is admitted by more than one "
         "Agent (agents/b, team/a); exactly one Agent may claim a cloud identity"
@@ -122,10 +129,11 @@ def test_unlisted_project_error_names_the_project() -> None:
         agent("a", {"gcp": {"serviceAccounts": [GCP_IDENTITY.principal], "projectIds": ["x"]}})
     ]
     with pytest.raises(errors.InvalidGrant) as caught:
-        matching.match_agent(GCP_IDENTITY, agents)
+        matching.match_agent(GCP_IDENTITY, agents, policy=EVERYWHERE)
     assert caught.value.description == (
         "no Agent's spec.federation admits GCP service account "
-        "agent@research-prod.iam.gserviceaccount.com in project research-prod"
+        "agent@research-prod.iam.gserviceaccount.com in project research-prod (that the "
+        "cluster's claim policy allows its namespace to claim)"
     )
 
 

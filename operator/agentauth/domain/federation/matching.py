@@ -12,6 +12,11 @@ able to choose which agent it becomes). Rules:
   ``federation.gcp.serviceAccounts`` and, if ``projectIds`` is set, the token's
   ``google.compute_engine.project_id`` is listed (a token without one does not match).
 
+Only what the cluster admin's claim policy allows counts (:mod:`agentauth.domain.claimpolicy`):
+an Agent's federation entry that its namespace may not claim is ignored, so it can neither take
+an identity nor make it ambiguous for the namespace it belongs to (no cross-namespace denial of
+service); with no policy no entry counts.
+
 Suspension and readiness are not considered here: the token service checks them on the
 matched Agent, so a suspended agent's identity gets "suspended", not "unknown".
 """
@@ -22,9 +27,10 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Literal
 
-from agentauth.domain import errors
+from agentauth.domain import claimpolicy, errors
 from agentauth.domain.federation import aws, gcp
 from agentauth.domain.models import Agent
+from agentauth.domain.models import agents as agent_models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +70,15 @@ class FederatedIdentity:
         return f"GCP service account {self.principal}{project}"
 
 
-def claims(agent: Agent, identity: FederatedIdentity) -> bool:
-    """Whether ``agent``'s federation rules admit ``identity`` (see the module docstring)."""
-    federation = agent.spec.federation
+def claims(
+    agent: Agent,
+    identity: FederatedIdentity,
+    *,
+    federation: agent_models.Federation | None = None,
+) -> bool:
+    """Whether ``agent``'s federation rules (or ``federation``, the ones the policy allows of
+    them) admit ``identity`` (see the module docstring)."""
+    federation = federation if federation is not None else agent.spec.federation
     if federation is None:
         return False
     if identity.provider == "aws":
@@ -88,11 +100,24 @@ def _qualified_name(agent: Agent) -> str:
     return f"{agent.metadata.namespace}/{agent.metadata.name}"
 
 
-def match_agent(identity: FederatedIdentity, agents: Iterable[Agent]) -> Agent:
-    """The single Agent that claims ``identity``; ``InvalidGrant`` for none or several."""
-    claimants = [agent for agent in agents if claims(agent, identity)]
+def match_agent(
+    identity: FederatedIdentity,
+    agents: Iterable[Agent],
+    *,
+    policy: claimpolicy.ClaimPolicy,
+) -> Agent:
+    """The single Agent whose allowed federation entries claim ``identity``; ``InvalidGrant``
+    for none or several."""
+    claimants: list[Agent] = []
+    for agent in agents:
+        allowed, _refused = claimpolicy.allowed_federation(agent, policy)
+        if allowed is not None and claims(agent, identity, federation=allowed):
+            claimants.append(agent)
     if not claimants:
-        raise errors.InvalidGrant(f"no Agent's spec.federation admits {identity.describe()}")
+        raise errors.InvalidGrant(
+            f"no Agent's spec.federation admits {identity.describe()} (that the cluster's claim "
+            "policy allows its namespace to claim)"
+        )
     if len(claimants) > 1:
         names = ", ".join(sorted(_qualified_name(agent) for agent in claimants))
         raise errors.InvalidGrant(

@@ -1,8 +1,9 @@
 """The ``AccessRequest`` resource: a just-in-time request for sensitive capabilities.
 
 Guarantees: a request that parses names an agent (DNS-1123 label), at least one capability, a
-non-empty bounded justification and a positive duration. ``spec.requester`` and the approvals in
-status are written only by agentauth's admission webhook and controller.
+non-empty bounded justification and a positive duration. ``spec.requester``, ``spec.agentUID``
+and the approvals in status (with the grants each was given under) are written only by
+agentauth's admission webhook and controller.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ class AccessRequestSpec(common.ApiModel):
         default=None,
         description="Set by the admission webhook from the authenticated caller; immutable.",
     )
+    agent_uid: str | None = pydantic.Field(
+        default=None,
+        alias="agentUID",
+        max_length=128,
+        description=(
+            "Set by the admission webhook: the UID of the Agent the request was filed for; "
+            "immutable. The request applies to that Agent object only, never to one re-created "
+            "under the same name."
+        ),
+    )
 
     @pydantic.field_validator("justification")
     @classmethod
@@ -59,6 +70,20 @@ class AccessRequestSpec(common.ApiModel):
         if not value.strip():
             raise ValueError("justification must not be blank")
         return value
+
+
+class GrantBinding(common.ApiModel):
+    """A CapabilityGrant a decision was made under: its identity and its approver policy then."""
+
+    name: str = pydantic.Field(max_length=253, description="The grant's name.")
+    uid: str = pydantic.Field(max_length=128, description="The grant's metadata.uid.")
+    policy: str = pydantic.Field(
+        max_length=128,
+        description=(
+            "Fingerprint of the grant's spec.approvers (users, groups, minApprovals) at decision "
+            "time; the approval counts only while the grant's approvers are unchanged."
+        ),
+    )
 
 
 class Decision(common.ApiModel):
@@ -69,6 +94,14 @@ class Decision(common.ApiModel):
     time: common.Timestamp = pydantic.Field(description="When the decision was recorded.")
     comment: str = pydantic.Field(
         default="", max_length=1024, description="The approver's comment or the denial reason."
+    )
+    grants: list[GrantBinding] = pydantic.Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Stamped by the admission webhook: the grants this decision was made under. An "
+            "approval counts only while each of them exists with the same UID and approvers."
+        ),
     )
 
 

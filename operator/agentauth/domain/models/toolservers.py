@@ -1,7 +1,8 @@
 """The ``ToolServer`` resource: a protected resource (an MCP server or API) and its tools.
 
-Guarantees: ``resourceURI`` is an absolute https URL without a fragment (RFC 8707), tool names are
-unique and each maps to a valid capability name.
+Guarantees: ``resourceURI`` is an absolute https URL without a fragment (RFC 8707) made of RFC 3986
+URI characters only (so it is safe to show on a terminal), tool names are unique and each maps to a
+valid capability name.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ class ToolServerSpec(common.ApiModel):
     resource_uri: str = pydantic.Field(
         alias="resourceURI",
         max_length=2048,
-        pattern=r"^https://[^\s#]+$",
+        pattern=r"^https://[A-Za-z0-9._~:/?@!$&'()*+,;=%\[\]-]+$",
         description=(
-            "The server's resource identifier (RFC 8707), an https URL; tokens for this server "
-            "carry it as their audience."
+            "The server's resource identifier (RFC 8707), an https URL of URI characters (RFC "
+            "3986; no fragment, spaces, quotes or control characters); tokens for this server "
+            "carry it as their audience. One URI belongs to one ToolServer: a URI two "
+            "ToolServers name is contested and no token is issued for it."
         ),
     )
     description: str = pydantic.Field(default="", max_length=1024, description="What it serves.")
