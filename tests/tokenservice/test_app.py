@@ -451,8 +451,10 @@ def user_token(idp: tokenkit.ClusterIssuer, **claims: Any) -> str:
         "exp": int((now() + timedelta(minutes=10)).timestamp()),
         "iat": int(now().timestamp()),
         "scope": "document.read",
+        # the user names the agent that may act for it (required by default)
+        "may_act": {"sub": "aauth:research.team-a@agentauth.example.test"},
     }
-    return idp.sign({**base, **claims})
+    return idp.sign({k: v for k, v in {**base, **claims}.items() if v is not None})
 
 
 async def delegate(service: Service, subject: str, actor: str) -> tuple[int, dict[str, Any], Any]:

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agentauth.domain import errors, jose, tokens
+from agentauth.domain import clockskew, errors, jose, tokens
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 """RFC 7523 section 2.2 ``client_assertion_type``."""
@@ -50,8 +50,8 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
 """An assertion may be valid for at most five minutes."""
 
-LEEWAY = 30
-"""Clock skew tolerated on ``exp``/``iat``/``nbf`` (seconds)."""
+LEEWAY = clockskew.LEEWAY_SECONDS
+"""Clock skew tolerated on ``exp``/``iat``/``nbf`` (seconds): the one leeway of every verifier."""
 
 _ALGORITHM = "EdDSA"
 

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
 
 from agentauth.domain import (
     asking,
@@ -76,14 +76,14 @@ from agentauth.domain.federation import matching
 from agentauth.domain.models import Agent
 from agentauth.kube import client as kubeclient
 from agentauth.kube import config as kubeconfig
-from agentauth.tokenservice import federation, observability, ratelimit
+from agentauth.tokenservice import bodies, federation, hardening, observability, ratelimit
 from agentauth.tokenservice import settings as settings_module
 from agentauth.tokenservice import state as state_module
 
 log = logging.getLogger(__name__)
 
 GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+FORM_CONTENT_TYPE = bodies.FORM_CONTENT_TYPE
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 AUDIT_HEADER = "X-Agentauth-Audit-Id"
 """Token-endpoint answers (issued or denied) name their audit line here; the body stays RFC 6749."""
@@ -137,7 +137,11 @@ class ServiceContext:
                 method=request.method,
                 url=self.settings.public_url + request.rel_url.path_qs,
                 headers=[(k, v) for k, v in request.raw_headers],
-                body=await request.read(),
+                body=await bodies.read(
+                    request,
+                    timeout=self.settings.body_timeout,
+                    max_bytes=self.settings.max_body_bytes,
+                ),
                 now=now.timestamp(),
             )
         except signatures.SignatureError as exc:
@@ -191,7 +195,6 @@ class ServiceContext:
                 issuer=self.settings.issuer,
                 audience=self.settings.issuer,
                 now=now,
-                leeway=0,
             )
             agent = exchanging.check_token_current(claims, snapshot=self.state.snapshot(), now=now)
             self.require_possession(
@@ -225,14 +228,6 @@ def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _form_dict(form: Mapping[str, Any]) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    for key, value in form.items():  # MultiDict.items() yields every value of repeated keys
-        if isinstance(value, str):
-            result.setdefault(key, []).append(value)
-    return result
-
-
 class TokenService:
     """The handlers. One instance per application."""
 
@@ -253,6 +248,11 @@ class TokenService:
             if self.settings.client_rate_limit_per_second > 0
             else None
         )
+        self.introspection_buckets = ratelimit.TokenBuckets(
+            rate=self.settings.introspection_rate_limit_per_second,
+            burst=self.settings.introspection_rate_limit_burst,
+            refusal="too many introspection requests from {key}",
+        )
         self._federation_settings = federation.FederationSettings(
             issuer=self.settings.issuer,
             aws_sts_test_endpoint=self.settings.aws_sts_test_endpoint,
@@ -264,9 +264,9 @@ class TokenService:
     # -- helpers -----------------------------------------------------------------------------
 
     async def _form(self, request: web.Request) -> dict[str, list[str]]:
-        if request.content_type != FORM_CONTENT_TYPE:
-            raise errors.InvalidRequest(f"the request body must be {FORM_CONTENT_TYPE}")
-        return _form_dict(await request.post())
+        return await bodies.form(
+            request, timeout=self.settings.body_timeout, max_bytes=self.settings.max_body_bytes
+        )
 
     def _json(
         self, body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] = NO_STORE
@@ -598,14 +598,21 @@ class TokenService:
             return exchanging.agent_label(caller.agent)
         try:
             identity = await self._service_account(credential, now=now)
-        except errors.OAuthError as exc:
+            # The signature outlives the pod and the service account: a token of a deleted pod
+            # (or of a service account created again under its name) is no caller.
+            await self.state.confirm_identity(identity)
+        except (errors.InvalidGrant, errors.InvalidRequest) as exc:
             raise errors.InvalidToken(
                 f"introspection caller: {exc.description}", headers=challenge
             ) from None
         return f"system:serviceaccount:{identity.namespace}:{identity.service_account}"
 
     async def introspect(self, request: web.Request) -> web.Response:
+        if self.client_buckets is not None:
+            # per address before any token is verified, then per authenticated caller
+            self.client_buckets.take(request.remote or "unknown")
         caller = await self._introspection_caller(request, now=self.context.now())
+        self.introspection_buckets.take(caller)
         form = await self._form(request)
         token = (form.get("token") or [""])[0]
         if not token:
@@ -632,10 +639,9 @@ class TokenService:
 
     async def ask(self, request: web.Request) -> web.Response:
         caller = await self.context.authenticate(request)
-        try:
-            body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise errors.InvalidRequest("the request body must be JSON") from None
+        body = await bodies.json_value(
+            request, timeout=self.settings.body_timeout, max_bytes=self.settings.max_body_bytes
+        )
         try:
             asked = asking.parse_request(body)
         except asking.InvalidAsk as exc:
@@ -741,8 +747,23 @@ async def oauth_errors(
             status=413,
             headers=NO_STORE,
         )
+    except web.HTTPClientError as exc:
+        # aiohttp's own refusals (unknown path, wrong method, ...) in the same RFC 6749 shape
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return web.json_response(
+            {"error": "invalid_request", "error_description": exc.reason.lower()},
+            status=exc.status,
+            headers={**NO_STORE, **headers},
+        )
     except web.HTTPException:
         raise
+    except (web_protocol.RequestPayloadError, http_exceptions.HttpProcessingError):
+        # the body could not be read as sent (broken chunked framing, connection cut short)
+        return web.json_response(
+            {"error": "invalid_request", "error_description": "the request body is malformed"},
+            status=400,
+            headers=NO_STORE,
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response(
@@ -757,7 +778,11 @@ def build_app(
     kube: kubeclient.KubeClient | None = None,
 ) -> web.Application:
     """The aiohttp application over ``state`` (``KubeState`` or ``MemoryState``)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[oauth_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[oauth_errors],
+        handler_args=hardening.handler_args(header_timeout=settings.header_timeout),
+    )
     metrics = observability.Metrics(state.cache_sizes)
     context = ServiceContext(settings=settings, state=state, kube=kube, metrics=metrics)
     service = TokenService(context)

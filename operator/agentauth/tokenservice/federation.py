@@ -36,7 +36,7 @@ from xml.etree import ElementTree
 
 import aiohttp
 
-from agentauth.domain import errors
+from agentauth.domain import clockskew, errors
 from agentauth.domain.federation import aws, gcp
 from agentauth.domain.federation.matching import FederatedIdentity
 
@@ -59,7 +59,7 @@ class FederationSettings:
     aws_sts_timeout_seconds: float = 10.0
     aws_sts_max_response_bytes: int = 64 * 1024
     gcp_certs_url: str = gcp.GOOGLE_CERTS_URL
-    gcp_clock_skew_seconds: int = 60
+    gcp_clock_skew_seconds: int = clockskew.LEEWAY_SECONDS
     gcp_certs_timeout_seconds: float = 10.0
     gcp_certs_min_refetch_seconds: float = 30.0
 

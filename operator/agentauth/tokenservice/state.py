@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 MIN_REFETCH_INTERVAL = 10.0
 JWKS_MAX_AGE = 300.0
 MAX_JWKS_BYTES = 256 * 1024
+CONFIRMATION_SECONDS = 2.0
+"""How long a confirmed introspection caller (its pod and service account exist) is believed."""
+MAX_CONFIRMATIONS = 10_000
 
 
 class ServiceState(Protocol):
@@ -66,6 +69,30 @@ class ServiceState(Protocol):
     async def trusted_keys(self, issuer: str, *, refresh: bool) -> jose.PublicKeySet | None: ...
 
     async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity: ...
+
+    async def confirm_identity(self, identity: serviceaccounts.ServiceAccountIdentity) -> None:
+        """Raise ``InvalidGrant`` unless the pod and the service account a verified token is
+        bound to still exist with the token's uids (the pod not being deleted)."""
+        ...
+
+
+def _confirm_objects(
+    identity: serviceaccounts.ServiceAccountIdentity,
+    *,
+    pod_uid: str | None,
+    pod_terminating: bool,
+    service_account_uid: str | None,
+) -> None:
+    where = f"{identity.namespace}/{identity.pod_name}"
+    if pod_uid != identity.pod_uid:
+        raise errors.InvalidGrant(f"pod {where} bound to the token no longer exists")
+    if pod_terminating:
+        raise errors.InvalidGrant(f"pod {where} bound to the token is being deleted")
+    if service_account_uid is None or service_account_uid != identity.service_account_uid:
+        raise errors.InvalidGrant(
+            f"service account {identity.namespace}/{identity.service_account} of the token no "
+            "longer exists (deleted, or created again under the same name)"
+        )
 
 
 class RemoteKeys:
@@ -169,6 +196,17 @@ class MemoryState:
     async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity:
         raise errors.TemporarilyUnavailable("TokenReview needs a Kubernetes API")
 
+    async def confirm_identity(self, identity: serviceaccounts.ServiceAccountIdentity) -> None:
+        pod = self._snapshot.pods.get((identity.namespace, identity.pod_name))
+        _confirm_objects(
+            identity,
+            pod_uid=pod.uid if pod is not None else None,
+            pod_terminating=pod is not None and pod.terminating,
+            service_account_uid=self._snapshot.service_accounts.get(
+                (identity.namespace, identity.service_account)
+            ),
+        )
+
 
 T = TypeVar("T")
 
@@ -176,6 +214,11 @@ T = TypeVar("T")
 def _merged(scoped: list[caches.Cache[T]]) -> list[T]:
     """The items of one resource's caches (one per watched namespace), as one list."""
     return [item for cache in scoped for item in cache.items()]
+
+
+def _service_account_uid(obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", ""))
 
 
 def _parse_secret(obj: dict[str, Any]) -> keys.KeySet:
@@ -224,6 +267,10 @@ class KubeState:
             )
             for ns in scopes
         ]
+        self.service_accounts = [
+            caches.Cache(api, kubeclient.SERVICE_ACCOUNTS, parse=_service_account_uid, namespace=ns)
+            for ns in scopes
+        ]
         secret_ns, secret_name = settings.key_secret
         self.secret = caches.Cache(
             api,
@@ -238,6 +285,7 @@ class KubeState:
             *self.access_requests,
             *self.tool_servers,
             *self.pods,
+            *self.service_accounts,
             self.secret,
         ]
         self.changed = asyncio.Condition()
@@ -250,6 +298,7 @@ class KubeState:
         }
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._confirmed: dict[tuple[str, ...], float] = {}
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(c.run()) for c in self._all]
@@ -294,6 +343,10 @@ class KubeState:
                 access_requests=_merged(self.access_requests),
                 tool_servers=_merged(self.tool_servers),
                 pods={(p.namespace, p.name): p for p in _merged(self.pods)},
+                service_accounts={
+                    (namespace, name): uid
+                    for namespace, name, uid in _merged(self.service_accounts)
+                },
             )
             self._revisions = revisions
         return self._snapshot
@@ -363,3 +416,51 @@ class KubeState:
         return serviceaccounts.identity_from_token_review(
             review.get("status") or {}, audience=self.settings.issuer
         )
+
+    async def confirm_identity(self, identity: serviceaccounts.ServiceAccountIdentity) -> None:
+        """Read the pod and the service account from the API server (for callers outside the
+        watched namespaces and pods without the agent label); a confirmation is remembered for
+        ``CONFIRMATION_SECONDS``, so deleting either takes effect within that time."""
+        key = (
+            identity.namespace,
+            identity.pod_name,
+            identity.pod_uid,
+            identity.service_account,
+            identity.service_account_uid,
+        )
+        now = time.monotonic()
+        if self._confirmed.get(key, 0.0) > now:
+            return
+        try:
+            pod = await self._get_or_none(kubeclient.PODS, identity.pod_name, identity.namespace)
+            account = await self._get_or_none(
+                kubeclient.SERVICE_ACCOUNTS, identity.service_account, identity.namespace
+            )
+        except (kubeclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            raise errors.TemporarilyUnavailable(
+                "cannot confirm the caller's pod with the Kubernetes API"
+            ) from exc
+        pod_meta = (pod or {}).get("metadata") or {}
+        _confirm_objects(
+            identity,
+            pod_uid=pod_meta.get("uid") if pod is not None else None,
+            pod_terminating=pod_meta.get("deletionTimestamp") is not None,
+            service_account_uid=((account or {}).get("metadata") or {}).get("uid")
+            if account is not None
+            else None,
+        )
+        if len(self._confirmed) >= MAX_CONFIRMATIONS:
+            self._confirmed = {k: v for k, v in self._confirmed.items() if v > now}
+            if len(self._confirmed) >= MAX_CONFIRMATIONS:
+                self._confirmed.clear()
+        self._confirmed[key] = now + CONFIRMATION_SECONDS
+
+    async def _get_or_none(
+        self, resource: kubeclient.Resource, name: str, namespace: str
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.api.get(resource, name, namespace=namespace)
+        except kubeclient.ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
