@@ -776,13 +776,23 @@ async def test_issued_tokens_verify_with_our_own_verifier(
 async def signed_exchange(
     service: Service, token: str, key: Any, *, tamper: bool = False
 ) -> tuple[int, dict[str, Any], Any]:
+    return await signed_post(
+        service,
+        {"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": JWT},
+        key,
+        tamper=tamper,
+    )
+
+
+async def signed_post(
+    service: Service, form: dict[str, str], key: Any, *, tamper: bool = False
+) -> tuple[int, dict[str, Any], Any]:
+    """POST ``form`` to the token endpoint, signed (RFC 9421, ``sig=hwk``) with ``key``."""
     from urllib.parse import urlencode
 
     from agentauth.domain import signatures
 
-    body = urlencode(
-        {"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": JWT}
-    ).encode()
+    body = urlencode(form).encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     headers.update(
         signatures.sign_request(
@@ -845,15 +855,18 @@ async def test_registered_key_agent_uses_a_client_assertion(service: Service) ->
         agent_id=agent_id,
         token_endpoint=f"{ISSUER}/oauth2/token",
         now=clock.time(),
+        cnf_jkt=jose.jwk_thumbprint(jose.ed25519_jwk(key.public_key())),
     )
     form = {
         "grant_type": "client_credentials",
         "client_assertion_type": assertions.CLIENT_ASSERTION_TYPE,
         "client_assertion": assertion,
     }
-    status, _, body = await service.post("/oauth2/token", data=form)
+    status, _, body = await signed_post(service, form, key)  # signed by the key it names
     assert status == 200, body
-    assert jwt.decode(body["access_token"], options={"verify_signature": False})["sub"] == agent_id
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == agent_id
+    assert claims["cnf"]["jkt"] == jose.jwk_thumbprint(jose.ed25519_jwk(key.public_key()))
     status, _, misplaced = await service.exchange(assertion)  # as an RFC 8693 subject_token
     assert (status, misplaced) == (
         400,
@@ -863,7 +876,7 @@ async def test_registered_key_agent_uses_a_client_assertion(service: Service) ->
             "with grant_type=client_credentials, not as a subject_token",
         },
     )
-    status, _, body = await service.post("/oauth2/token", data=form)  # replayed
+    status, _, body = await signed_post(service, form, key)  # replayed in a fresh signature
     assert (status, body) == (
         401,
         {"error": "invalid_client", "error_description": "assertion jti has already been used"},

@@ -301,7 +301,7 @@ class TokenService:
             signed = await self.context.verify_signed_request(request, now=now)
             cnf = signed.public_jwk if signed is not None else None
             if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS:
-                decision = self._client_assertion(form, snapshot=snapshot, now=now)
+                decision = self._client_assertion(form, snapshot=snapshot, now=now, signed=signed)
             else:
                 assertions.reject_grant_type(grant_type)
                 exchange = exchanging.parse_request(form)
@@ -381,7 +381,9 @@ class TokenService:
                 now=now,
             )
         if kind in (exchanging.TOKEN_TYPE_ID_TOKEN, exchanging.TOKEN_TYPE_AWS):
-            agent = await self._federated_agent(exchange, snapshot=snapshot, fields=fields)
+            agent = await self._federated_agent(
+                exchange, snapshot=snapshot, fields=fields, signed=signed
+            )
             return exchanging.decide_for_agent(
                 agent=agent,
                 target=exchange.target,
@@ -424,16 +426,20 @@ class TokenService:
         *,
         snapshot: exchanging.Snapshot,
         fields: dict[str, Any],
+        signed: signatures.VerifiedRequest | None,
     ) -> Agent:
+        # Both cloud credentials name the key that must sign this request (and hold the token).
+        signer_jkt = signed.jkt if signed is not None else None
         if exchange.subject_token_type == exchanging.TOKEN_TYPE_ID_TOKEN:
             identity = await federation.verify_gcp_subject_token(
-                exchange.subject_token, settings=self._federation_settings
+                exchange.subject_token, settings=self._federation_settings, signer_jkt=signer_jkt
             )
         else:
             identity = await federation.verify_aws_subject_token(
                 exchange.subject_token,
                 settings=self._federation_settings,
                 replay_cache=self._aws_replay,
+                signer_jkt=signer_jkt,
             )
         fields["federated"] = identity.describe()
         return matching.match_agent(identity, snapshot.agents.values())
@@ -507,7 +513,12 @@ class TokenService:
         )
 
     def _client_assertion(
-        self, form: Mapping[str, Sequence[str]], *, snapshot: exchanging.Snapshot, now: datetime
+        self,
+        form: Mapping[str, Sequence[str]],
+        *,
+        snapshot: exchanging.Snapshot,
+        now: datetime,
+        signed: signatures.VerifiedRequest | None,
     ) -> exchanging.Decision:
         assertion = (form.get("client_assertion") or [""])[0]
         assertions.check_assertion_type(_first(form, "client_assertion_type"))
@@ -527,6 +538,7 @@ class TokenService:
             token_endpoint=self.settings.token_endpoint,
             now=now.timestamp(),
             replay_cache=self._assertion_replay,
+            signer_jkt=signed.jkt if signed is not None else None,
             client_id=_first(form, "client_id"),
         )
         return exchanging.decide_for_agent(
