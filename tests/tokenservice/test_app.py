@@ -163,7 +163,7 @@ async def test_exchange_issues_an_agent_token_verifiable_with_the_jwks(
     assert re.fullmatch(r"[0-9a-f]{32}", headers[service_app.AUDIT_HEADER])
     assert body["token_type"] == "Bearer"
     assert body["issued_token_type"] == ACCESS
-    assert body["expires_in"] == 300
+    assert body["expires_in"] == 120  # the default tokenTTL
     assert body["scope"] == "document.read document.write"
     _, _, jwks = await service.get("/jwks")
     key = jwt.PyJWK(jwks["keys"][0])

@@ -24,7 +24,7 @@ from agentauth.domain import clockskew, errors, jose, keys
 
 TOKEN_TYPE = "at+jwt"
 ALGORITHM = "EdDSA"
-DEFAULT_LIFETIME = timedelta(minutes=5)
+DEFAULT_LIFETIME = timedelta(minutes=2)
 MAX_LIFETIME = keys.MAX_TOKEN_LIFETIME
 DEFAULT_LEEWAY = float(clockskew.LEEWAY_SECONDS)
 SUBJECT_PREFIX = "aauth:"

@@ -47,9 +47,7 @@ def resolve_metadata_host(explicit: str | None = None) -> str:
     )
 
 
-def gcp_subject_token(
-    *, issuer: str, key_thumbprint: str, metadata_host: str | None = None
-) -> str:
+def gcp_subject_token(*, issuer: str, key_thumbprint: str, metadata_host: str | None = None) -> str:
     """A Google-signed ID token for the ``id_token`` type, its audience ``issuer`` bound to the
     key with thumbprint ``key_thumbprint`` (the key that will sign the exchange request)."""
     import requests  # lazy: the optional "gcp" extra
