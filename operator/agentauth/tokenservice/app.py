@@ -248,6 +248,13 @@ class TokenService:
             if self.settings.client_rate_limit_per_second > 0
             else None
         )
+        # Ask answers come out of their own per-agent budget (same rate as token requests), so a
+        # looping agent can neither flood a replica nor starve its own token refreshes.
+        self.ask_buckets = ratelimit.TokenBuckets(
+            rate=self.settings.rate_limit_per_second,
+            burst=self.settings.rate_limit_burst,
+            refusal="too many Ask requests for {key}",
+        )
         self.introspection_buckets = ratelimit.TokenBuckets(
             rate=self.settings.introspection_rate_limit_per_second,
             burst=self.settings.introspection_rate_limit_burst,
@@ -651,6 +658,7 @@ class TokenService:
 
     async def ask(self, request: web.Request) -> web.Response:
         caller = await self.context.authenticate(request)
+        self.ask_buckets.take(exchanging.agent_label(caller.agent))
         body = await bodies.json_value(
             request, timeout=self.settings.body_timeout, max_bytes=self.settings.max_body_bytes
         )

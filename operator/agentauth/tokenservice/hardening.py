@@ -26,15 +26,36 @@ from typing import Any
 from aiohttp import http_exceptions
 
 
+def _client_error(exc_info: Any) -> http_exceptions.HttpProcessingError | None:
+    if isinstance(exc_info, http_exceptions.HttpProcessingError) and exc_info.code < 500:
+        return exc_info
+    return None
+
+
 class _ClientErrorsWithoutTraceback(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server logger, minus tracebacks for requests that are the client's fault."""
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        if isinstance(exc_info, http_exceptions.HttpProcessingError) and exc_info.code < 500:
+        client = _client_error(exc_info)
+        if client is not None:
             text = str(msg) % args if args else str(msg)
-            self.warning("%s: HTTP %d %s", text, exc_info.code, exc_info.message)
+            self.warning("%s: HTTP %d %s", text, client.code, client.message)
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        client = _client_error(kwargs.get("exc_info"))
+        if client is not None:
+            kwargs["exc_info"] = None
+            super().debug(
+                "%s: HTTP %d %s",
+                str(msg) % args if args else str(msg),
+                client.code,
+                client.message,
+                **kwargs,
+            )
+            return
+        super().debug(msg, *args, **kwargs)
 
 
 def handler_args(*, header_timeout: float) -> Mapping[str, Any]:

@@ -101,10 +101,12 @@ class Settings:
     trusted issuers' JWKS (default: the system trust store)."""
 
     rate_limit_per_second: float = 20.0
-    """``--rate-limit`` / ``AGENTAUTH_RATE_LIMIT``: token requests per agent per second."""
+    """``--rate-limit`` / ``AGENTAUTH_RATE_LIMIT``: token requests per agent per second; Ask
+    requests have a budget of the same size of their own."""
 
     rate_limit_burst: int = 40
-    """``--rate-limit-burst`` / ``AGENTAUTH_RATE_LIMIT_BURST``: bucket size per agent."""
+    """``--rate-limit-burst`` / ``AGENTAUTH_RATE_LIMIT_BURST``: bucket size per agent (token
+    requests, and separately Ask requests)."""
 
     client_rate_limit_per_second: float = 50.0
     """``--client-rate-limit`` / ``AGENTAUTH_CLIENT_RATE_LIMIT``: token-endpoint requests per
