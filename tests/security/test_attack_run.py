@@ -23,12 +23,15 @@ import httpx
 import jwt
 import pytest
 
-from agentauth.domain import assertions, clockskew, signatures
+from agentauth.domain import assertions, signatures
 from agentauth.tokenservice import settings as settings_module
 from tests import stack
 from tests.security import realstack
 from tests.security.realstack import ISSUER, TOOL_URI, Replica, Stack, signed_post
 
+LEEWAY = 5
+"""``LEEWAY`` (asserted in ``test_default_timeouts_and_limits``); a literal here
+so that this module also runs against code without the constant."""
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
@@ -118,10 +121,9 @@ def test_delegation_refuses_a_subject_token_minted_for_another_audience(attack: 
 
 
 def test_expired_tokens_and_assertions_are_refused_beyond_the_shared_leeway(attack: Stack) -> None:
-    assert clockskew.LEEWAY_SECONDS == 5
-    past = datetime.now(UTC) - timedelta(minutes=2, seconds=clockskew.LEEWAY_SECONDS + 5)
+    past = datetime.now(UTC) - timedelta(minutes=2, seconds=LEEWAY + 5)
     expired_actor = attack.mint(uid=attack.agent_uid("research"), now=past)  # exp 10 s ago
-    assert claims(expired_actor)["exp"] < time.time() - clockskew.LEEWAY_SECONDS
+    assert claims(expired_actor)["exp"] < time.time() - LEEWAY
     user = attack.user_token()
     for replica in (attack.a, attack.b):
         assert refusal(delegate(replica, user, expired_actor)) == (
@@ -130,7 +132,7 @@ def test_expired_tokens_and_assertions_are_refused_beyond_the_shared_leeway(atta
             "actor_token: token has expired",
         )
     actor = agent_token(attack, attack.a)
-    expired_user = attack.user_token(exp=int(time.time()) - clockskew.LEEWAY_SECONDS - 5)
+    expired_user = attack.user_token(exp=int(time.time()) - LEEWAY - 5)
     assert refusal(delegate(attack.b, expired_user, actor)) == (
         400,
         "invalid_grant",
@@ -154,7 +156,7 @@ def test_expired_tokens_and_assertions_are_refused_beyond_the_shared_leeway(atta
         kid="registered-1",
         agent_id=realstack.agent_id("outside", attack.namespace),
         token_endpoint=f"{ISSUER}/oauth2/token",
-        now=time.time() - 60 - clockskew.LEEWAY_SECONDS - 5,
+        now=time.time() - 60 - LEEWAY - 5,
         lifetime=60,
         cnf_jkt=signatures.jwk_thumbprint(signatures.public_jwk(key)),
     )
@@ -318,6 +320,9 @@ def test_user_tokens_cannot_pose_as_agents_nor_serve_an_agent_they_do_not_name(
 
 
 def test_default_timeouts_and_limits() -> None:
+    from agentauth.domain import clockskew
+
+    assert clockskew.LEEWAY_SECONDS == LEEWAY
     defaults = settings_module.Settings(issuer=ISSUER)
     assert (defaults.header_timeout, defaults.body_timeout) == (10.0, 10.0)
     assert (
