@@ -881,3 +881,33 @@ async def test_registered_key_agent_uses_a_client_assertion(service: Service) ->
         401,
         {"error": "invalid_client", "error_description": "assertion jti has already been used"},
     )
+
+
+async def test_refused_signed_requests_do_not_fill_the_replay_cache(
+    keyset: keys.KeySet, cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer
+) -> None:
+    """Anyone can sign garbage with a key of their own: refused requests are forgotten, so a
+    flood of them cannot fill a replica's signature cache (which then refuses everyone)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    runner, svc = await start(keyset=keyset, cluster=cluster, idp=idp)
+    try:
+        remembered = runner.app[service_app.CONTEXT_KEY].signature_replay
+        for _ in range(20):
+            status, _, body = await signed_exchange(
+                svc, "not-a-token", ed25519.Ed25519PrivateKey.generate()
+            )
+            assert (status, body["error"]) == (400, "invalid_grant")
+        assert len(remembered) == 0
+        key = ed25519.Ed25519PrivateKey.generate()
+        form = {
+            "grant_type": EXCHANGE,
+            "subject_token": sa_token(cluster),
+            "subject_token_type": JWT,
+        }
+        status, _, _ = await signed_post(svc, form, key)
+        assert status == 200
+        assert len(remembered) == 1  # an accepted signature is remembered for its window
+    finally:
+        await svc.http.close()
+        await runner.cleanup()

@@ -237,6 +237,30 @@ async def test_wrong_secret_key_is_caught_by_the_sigv4_check(
     )
 
 
+async def test_requests_sts_refuses_are_not_remembered(
+    sts: LoopbackSts, settings: federation.FederationSettings
+) -> None:
+    """Made-up signatures cost nothing to produce: they must not fill the replay cache."""
+    forged = AwsPrincipal(ROLE_PRINCIPAL.access_key_id, "guessed", ROLE_PRINCIPAL.arn, "1")
+    cache = aws.InMemoryReplayCache()
+    for _ in range(3):
+        with pytest.raises(errors.InvalidGrant):
+            await federation.verify_aws_subject_token(
+                sdk_token(forged, sts),
+                settings=settings,
+                replay_cache=cache,
+                signer_jkt=KEY_THUMBPRINT,
+            )
+    assert len(cache) == 0
+    await federation.verify_aws_subject_token(
+        sdk_token(ROLE_PRINCIPAL, sts),
+        settings=settings,
+        replay_cache=cache,
+        signer_jkt=KEY_THUMBPRINT,
+    )
+    assert len(cache) == 1
+
+
 async def test_token_for_another_server(
     sts: LoopbackSts, settings: federation.FederationSettings
 ) -> None:

@@ -77,6 +77,9 @@ class ReplayCache(Protocol):
     def remember(self, key: str, *, expires_at: float, now: float) -> None:
         """Record ``key`` until ``expires_at``; raise :class:`Replayed` if it is already there."""
 
+    def forget(self, key: str) -> None:
+        """Drop ``key`` (its request was refused, so replaying it gains nothing)."""
+
 
 class InMemoryReplayCache:
     """A process-local :class:`ReplayCache` (thread-safe).
@@ -103,6 +106,10 @@ class InMemoryReplayCache:
                 if len(self._entries) >= self._max_entries:
                     raise errors.TemporarilyUnavailable("replay cache is full; retry shortly")
             self._entries[key] = expires_at
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)

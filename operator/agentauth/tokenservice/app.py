@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
 FORM_CONTENT_TYPE = bodies.FORM_CONTENT_TYPE
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+SIGNATURE_KEY = web.RequestKey("agentauth_signature_replay_key", str)
 AUDIT_HEADER = "X-Agentauth-Audit-Id"
 """Token-endpoint answers (issued or denied) name their audit line here; the body stays RFC 6749."""
 
@@ -113,7 +114,9 @@ class ServiceContext:
         self.state = state
         self.kube = kube
         self.metrics = metrics
-        # Every request signature is accepted once (within its 60 s window), per replica.
+        # Every request signature is accepted once (within its 60 s window), per replica. The
+        # signature of a refused request is forgotten again (``forget_signature``): anyone can
+        # sign garbage with a key of their own, and must not fill the cache with it.
         self.signature_replay = assertions.InMemoryReplayCache()
 
     @staticmethod
@@ -154,7 +157,14 @@ class ServiceContext:
             )
         except assertions.Replayed:
             raise errors.InvalidRequest("request signature was already used (replay)") from None
+        request[SIGNATURE_KEY] = "sig|" + verified.replay_id.hex()
         return verified
+
+    def forget_signature(self, request: web.Request) -> None:
+        """The request was refused: its signature need not be remembered (see ``__init__``)."""
+        key = request.get(SIGNATURE_KEY)
+        if key is not None:
+            self.signature_replay.forget(key)
 
     @staticmethod
     def require_possession(
@@ -755,6 +765,8 @@ async def oauth_errors(
     try:
         return await handler(request)
     except errors.OAuthError as exc:
+        # a refused request had no effect: its replay can gain nothing, so forget its signature
+        request.app[CONTEXT_KEY].forget_signature(request)
         return web.json_response(
             exc.to_json(), status=exc.status, headers={**NO_STORE, **exc.headers}
         )

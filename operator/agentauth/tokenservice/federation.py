@@ -98,14 +98,24 @@ async def verify_aws_subject_token(
         test_endpoint=settings.aws_sts_test_endpoint,
     )
     # Recorded before forwarding: two concurrent presentations of one request cannot both pass.
+    # Forgotten again when STS does not vouch for it, so garbage signatures (which anyone can
+    # make up) cannot fill the cache and lock everyone out of AWS federation.
     replay_cache.remember(request.replay_key, expires_at=request.replay_expires_at, now=now)
-    if http_session is None:
-        async with aiohttp.ClientSession() as private_session:
+    try:
+        if http_session is None:
+            async with aiohttp.ClientSession() as private_session:
+                status, content_type, body = await _post_to_sts(
+                    private_session, request, settings=settings
+                )
+        else:
             status, content_type, body = await _post_to_sts(
-                private_session, request, settings=settings
+                http_session, request, settings=settings
             )
-    else:
-        status, content_type, body = await _post_to_sts(http_session, request, settings=settings)
+    except errors.OAuthError:
+        replay_cache.forget(request.replay_key)
+        raise
+    if status != 200:
+        replay_cache.forget(request.replay_key)
     if 300 <= status < 400:
         raise errors.InvalidGrant("AWS STS answered a redirect, which is never followed")
     if 400 <= status < 500:

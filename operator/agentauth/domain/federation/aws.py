@@ -171,6 +171,9 @@ class ReplayCache(Protocol):
     def remember(self, key: str, *, expires_at: datetime.datetime, now: datetime.datetime) -> None:
         """Record ``key`` or raise ``errors.InvalidGrant`` if it is already recorded."""
 
+    def forget(self, key: str) -> None:
+        """Drop ``key``: STS refused the request, so replaying it gains nothing."""
+
 
 class InMemoryReplayCache:
     """A bounded, thread-safe in-process ``ReplayCache``.
@@ -201,6 +204,10 @@ class InMemoryReplayCache:
                     "too many AWS signed requests in the last minute; retry later"
                 )
             self._expiry_by_key[key] = expires_at
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._expiry_by_key.pop(key, None)
 
 
 def decode_subject_token(token: str) -> dict[str, Any]:
