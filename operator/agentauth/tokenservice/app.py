@@ -9,9 +9,14 @@ Every handler parses, calls a pure function of ``agentauth.domain`` and answers.
 ``errors.OAuthError`` rendered as RFC 6749 section 5.2 JSON with their HTTP status (token
 endpoint answers, issued or denied, name their audit line in ``X-Agentauth-Audit-Id``; and
 ``Retry-After`` for 429, ``WWW-Authenticate`` for 401 on bearer-protected routes); bodies larger
-than ``settings.max_body_bytes`` get 413 ``invalid_request``. Token responses carry
-``Cache-Control: no-store``. ``/readyz`` is 200 only once every cache synced and a signing key is
-loaded.
+than ``settings.max_body_bytes`` get 413 ``invalid_request``. Bodies are read by ``bodies``
+(deadline, bounded ``gzip``/``deflate``, UTF-8 only: every malformed body is a 4xx RFC error,
+audited at the token endpoint) and the server is hardened by ``hardening`` (request-head
+deadline, no tracebacks for client errors). Token responses carry ``Cache-Control: no-store``.
+``/readyz`` is 200 only once every cache synced and a signing key is loaded.
+
+Rate limits (per replica): token requests per client address and per agent, Ask per agent,
+introspection per client address and per authenticated caller.
 
 Subject token dispatch (``subject_token_type``):
 - ``urn:ietf:params:oauth:token-type:jwt``: a projected Kubernetes service-account token,
@@ -33,7 +38,11 @@ Collaborating modules:
   (``cnf: {jwk, jkt}``). A key-bound token presented to ``/v1/ask``, ``/v1/access-requests`` or
   as ``actor_token`` needs a request signed by its key.
   ``agentauth.domain.assertions.verify_client_assertion`` — ``grant_type=client_credentials`` with
-  an RFC 7523 ``client_assertion`` signed by a key in the Agent's ``spec.publicKeys``.
+  an RFC 7523 ``client_assertion`` signed by a key in the Agent's ``spec.publicKeys``, naming in
+  ``cnf.jkt`` the key that signs the request. AWS and GCP subject tokens name that key too, so
+  every credential is bound to the key that will hold its token: a replay to another replica
+  (whose replay caches never saw it) yields nothing the replayer can use. A refused request's
+  signature is forgotten (``ServiceContext.forget_signature``), so garbage cannot fill the cache.
 - JIT: ``agentauth.tokenservice.accessrequests.add_routes(app, *, context)`` adds
   ``POST /v1/access-requests`` and ``GET /v1/access-requests/{name}``. ``context`` is a
   ``ServiceContext``: ``settings``, ``state`` (``snapshot()``, ``changed`` condition for

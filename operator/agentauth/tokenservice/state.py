@@ -2,8 +2,8 @@
 
 ``ServiceState`` is the one seam between the HTTP handlers and their data. ``KubeState`` is the
 production source (caches of Agents, CapabilityGrants, AccessRequests, ToolServers, pods with the
-``agentauth.dev/agent`` label, and the issuer-key Secret); ``MemoryState`` holds the same data in
-memory for tests, benchmarks and embedding.
+``agentauth.dev/agent`` label, service accounts (uid by name) and the issuer-key Secret);
+``MemoryState`` holds the same data in memory for tests, benchmarks and embedding.
 
 Guarantees:
 - ``snapshot()`` is rebuilt only when some cache changed, so handlers get a consistent view at
@@ -12,6 +12,10 @@ Guarantees:
 - ``KubeState`` watches the namespaces in ``settings.watch_namespaces`` (one list+watch per
   namespace and resource, merged into one snapshot), or the whole cluster when there are none:
   the same scope as the controller, which the chart configures from the same value.
+- ``confirm_identity`` confirms that the pod and service account a verified service-account
+  token names still exist with the token's uids (introspection callers, who need not be agent
+  pods in a watched namespace): ``KubeState`` reads both from the API server and believes a
+  confirmation for ``CONFIRMATION_SECONDS``; API failures are ``temporarily_unavailable``.
 - Remote JWKS (cluster, trusted issuers) are cached; an unknown ``kid`` triggers a refetch at most
   once per ``MIN_REFETCH_INTERVAL`` seconds per source, so a stream of forged ``kid``s cannot turn
   the service into a fetch amplifier.
