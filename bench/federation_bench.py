@@ -28,6 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import botocore.session
 from tests.domain.federation.loopback_clouds import (
+    KEY_THUMBPRINT,
     AwsPrincipal,
     LoopbackGoogle,
     LoopbackSts,
@@ -59,6 +60,7 @@ def bench_validate(token: str, seconds: float = 2.0) -> float:
                 aws.decode_subject_token(token),
                 issuer=ISSUER,
                 now=datetime.datetime.now(datetime.UTC),
+                signer_jkt=KEY_THUMBPRINT,
                 test_endpoint="http://127.0.0.1:1/",
             )
         count += 100
@@ -69,7 +71,9 @@ async def bench_aws_round_trip(sts: LoopbackSts, session: object, n: int = 300) 
     settings = federation.FederationSettings(issuer=ISSUER, aws_sts_test_endpoint=sts.url)
     cache = aws.InMemoryReplayCache()
     tokens = [
-        sdk_aws.aws_subject_token(issuer=ISSUER, session=session, endpoint_url=sts.url)
+        sdk_aws.aws_subject_token(
+            issuer=ISSUER, key_thumbprint=KEY_THUMBPRINT, session=session, endpoint_url=sts.url
+        )
         for _ in range(n)
     ]
     import aiohttp
@@ -79,7 +83,11 @@ async def bench_aws_round_trip(sts: LoopbackSts, session: object, n: int = 300) 
         for token in tokens:
             started = time.perf_counter()
             await federation.verify_aws_subject_token(
-                token, settings=settings, replay_cache=cache, http_session=http
+                token,
+                settings=settings,
+                replay_cache=cache,
+                signer_jkt=KEY_THUMBPRINT,
+                http_session=http,
             )
             latencies.append((time.perf_counter() - started) * 1000)
     return latencies
@@ -87,11 +95,14 @@ async def bench_aws_round_trip(sts: LoopbackSts, session: object, n: int = 300) 
 
 async def bench_gcp(google: LoopbackGoogle, n: int = 500) -> float:
     settings = federation.FederationSettings(issuer=ISSUER, gcp_certs_url=google.certs_url)
-    token = google_id_token(google.signing_key, aud=ISSUER)
-    await federation.verify_gcp_subject_token(token, settings=settings)  # warm the cache
+    token = google_id_token(google.signing_key, aud=f"{ISSUER}#jkt={KEY_THUMBPRINT}")
+    # warm the cache
+    await federation.verify_gcp_subject_token(token, settings=settings, signer_jkt=KEY_THUMBPRINT)
     started = time.perf_counter()
     for _ in range(n):
-        await federation.verify_gcp_subject_token(token, settings=settings)
+        await federation.verify_gcp_subject_token(
+            token, settings=settings, signer_jkt=KEY_THUMBPRINT
+        )
     return n / (time.perf_counter() - started)
 
 
@@ -131,7 +142,10 @@ def main() -> None:
     sts.add(PRINCIPAL)
     google = LoopbackGoogle(make_google_key("bench"))
     token = sdk_aws.aws_subject_token(
-        issuer=ISSUER, session=session, endpoint_url="http://127.0.0.1:1/"
+        issuer=ISSUER,
+        key_thumbprint=KEY_THUMBPRINT,
+        session=session,
+        endpoint_url="http://127.0.0.1:1/",
     )
     results: dict[str, object] = {"aws_validate_per_s": round(bench_validate(token))}
     with serving(sts.server), serving(google.server):

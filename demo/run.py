@@ -133,7 +133,8 @@ class Servers:
         app.router.add_get("/jwks", jwks)
         return app
 
-    def user_token(self) -> str:
+    def user_token(self, *, may_act: str) -> str:
+        """The user's token; ``may_act`` names the agent the user lets act on their behalf."""
         now = int(time.time())
         claims = {
             "iss": self.idp_url,
@@ -142,6 +143,7 @@ class Servers:
             "iat": now,
             "exp": now + 600,
             "scope": "document.read document.search",
+            "may_act": {"sub": may_act},
         }
         return jwt.encode(claims, self.user_key, algorithm="EdDSA", headers={"kid": self.user_kid})
 
@@ -245,6 +247,7 @@ class Demo:
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("AGENTAUTH_CA_FILE", None)
         self.kubeconfig = Path()
+        self.agent_id = ""  # the Agent's identifier, once it is Ready
 
     def kubectl(self, *args: str, user: str | None = "admin", input: str | None = None) -> str:
         """Real kubectl as ``user`` (a dev kubeconfig context); ``None`` for plugin commands,
@@ -325,9 +328,8 @@ class Demo:
             f"{c['name']}" + (" (approval)" if c.get("approval") == "Required" else "")
             for c in agent["status"]["capabilities"]
         )
-        self.out.line(
-            "runner", f"Agent {AGENT} is Ready: {agent['status']['agentID']}: {capabilities}"
-        )
+        self.agent_id = str(agent["status"]["agentID"])
+        self.out.line("runner", f"Agent {AGENT} is Ready: {self.agent_id}: {capabilities}")
         pod = json.loads(self.kubectl("get", "pod", AGENT, "-n", NAMESPACE, "-o", "json"))
         volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "projected" in v]
         self.out.line(
@@ -339,7 +341,7 @@ class Demo:
             **self.env,
             "DEMO_RESOURCE_URL": tool_server,
             "DEMO_RESOURCE_AUDIENCE": TOOL_SERVER_AUDIENCE,
-            "DEMO_USER_TOKEN": servers.user_token(),
+            "DEMO_USER_TOKEN": servers.user_token(may_act=self.agent_id),
             "PYTHONUNBUFFERED": "1",
         }
         self.out.line(

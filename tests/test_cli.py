@@ -179,6 +179,6 @@ def test_dev_rejects_malformed_trusted_issuers_before_starting(
     assert "ready" not in out
     assert err.endswith(
         "agentauth dev: error: --trusted-issuers / AGENTAUTH_TRUSTED_ISSUERS must be a JSON list"
-        ' of {"issuer", "jwks_url", "audience"}\n'
+        ' of {"issuer", "jwks_url", "audience"} with an optional boolean "require_may_act"\n'
     )
     assert not (tmp_path / "dev" / "kubeconfig").exists()

@@ -136,7 +136,7 @@ def test_defaults_are_applied_from_the_schema(kube_api: Any, namespace: str) -> 
     created = objects.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "agents", _agent("defaults")
     )
-    assert created["spec"]["tokenTTL"] == "5m"
+    assert created["spec"]["tokenTTL"] == "2m"
     assert created["spec"]["suspended"] is False
 
 

@@ -12,6 +12,8 @@ from agentauth.domain import assertions, errors, jose, signatures
 NOW = 1_790_000_000.0
 AGENT_ID = "aauth:reporter.team-a@cluster.local"
 TOKEN_ENDPOINT = "https://agentauth.test/oauth2/token"
+SIGNER_JKT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+"""Thumbprint of the key that signs the token request (the assertion names it in cnf.jkt)."""
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,7 @@ def _assertion(key: ed25519.Ed25519PrivateKey, kid: str, **overrides: object) ->
         token_endpoint=str(overrides.pop("token_endpoint", TOKEN_ENDPOINT)),
         now=float(overrides.pop("now", NOW)),  # type: ignore[arg-type]
         lifetime=int(overrides.pop("lifetime", 60)),  # type: ignore[call-overload]
+        cnf_jkt=str(overrides.pop("cnf_jkt", SIGNER_JKT)),
     )
 
 
@@ -58,6 +61,7 @@ def _claims(**overrides: object) -> dict[str, object]:
         "iat": int(NOW),
         "exp": int(NOW) + 60,
         "jti": "jti-1",
+        "cnf": {"jkt": SIGNER_JKT},
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
@@ -70,6 +74,7 @@ def _verify(
     cache: assertions.ReplayCache | None = None,
     now: float = NOW,
     client_id: str | None = None,
+    signer_jkt: str | None = SIGNER_JKT,
 ) -> assertions.VerifiedAssertion:
     return assertions.verify_client_assertion(
         assertion=assertion,
@@ -78,6 +83,7 @@ def _verify(
         token_endpoint=TOKEN_ENDPOINT,
         now=now,
         replay_cache=cache if cache is not None else assertions.InMemoryReplayCache(),
+        signer_jkt=signer_jkt,
         client_id=client_id,
     )
 
@@ -287,3 +293,27 @@ def test_replay_cache_fails_closed_when_full() -> None:
     assert len(cache) == 1
     with pytest.raises(assertions.Replayed):
         cache.remember("c", expires_at=NOW + 30, now=NOW + 12)
+
+
+def test_assertion_is_bound_to_the_key_that_signs_the_request(
+    agent_key: ed25519.Ed25519PrivateKey, kid: str, jwks: dict
+) -> None:
+    """A captured assertion is worth nothing without the key it names (issue 14, finding 4)."""
+    assertion = _assertion(agent_key, kid)
+    cache = assertions.InMemoryReplayCache()
+    assert _error(assertion, jwks, cache=cache, signer_jkt=None) == (
+        "the token request must be signed (RFC 9421) by the key the assertion names in cnf.jkt"
+    )
+    assert _error(assertion, jwks, cache=cache, signer_jkt="an-attackers-key-thumbprint") == (
+        "the token request is not signed by the key the assertion names in cnf.jkt"
+    )
+    # the refused attempts did not spend the jti: its holder's own request still succeeds
+    assert _verify(assertion, jwks, cache=cache).jti
+    unbound = _forge({"alg": "EdDSA", "kid": kid}, _claims(cnf=None), agent_key.sign)
+    assert _error(unbound, jwks) == (
+        "assertion has no cnf.jkt claim: it must name the key that signs the token request"
+    )
+    malformed = _forge({"alg": "EdDSA", "kid": kid}, _claims(cnf={"jkt": 7}), agent_key.sign)
+    assert _error(malformed, jwks) == (
+        "assertion has no cnf.jkt claim: it must name the key that signs the token request"
+    )

@@ -104,7 +104,7 @@ def test_crd_metadata_names_and_columns() -> None:
 def test_descriptions_reach_the_schema() -> None:
     spec = schema_of("Agent")["properties"]["spec"]
     assert "ServiceAccount" in spec["properties"]["serviceAccountName"]["description"]
-    assert spec["properties"]["tokenTTL"]["default"] == "5m"
+    assert spec["properties"]["tokenTTL"]["default"] == "2m"
 
 
 @pytest.mark.parametrize("document", test_models.agentauth_samples(), ids=lambda doc: doc["kind"])

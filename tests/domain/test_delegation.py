@@ -75,6 +75,8 @@ def user_token(idp: tokenkit.ClusterIssuer, **claims: Any) -> str:
         "exp": int((NOW + timedelta(minutes=2)).timestamp()),
         "iat": int(NOW.timestamp()),
         "scope": "document.read document.write payments.authorize",
+        # the user names the agent that may act for it (required by default)
+        "may_act": {"sub": "aauth:research.team-a@example.test"},
     }
     base.update(claims)
     return idp.sign({k: v for k, v in base.items() if v is not None})

@@ -133,7 +133,7 @@ def test_bound_pod_gets_the_agents_automatic_capabilities() -> None:
     assert decision.subject == "aauth:research.team-a@example.test"
     assert decision.scope == ("document.read", "document.write")
     assert decision.audience == ISSUER
-    assert decision.lifetime == timedelta(minutes=5)
+    assert decision.lifetime == timedelta(minutes=2)  # the default tokenTTL
     assert decision.pod is not None and decision.pod.uid == "pod-uid-1"
 
 

@@ -49,10 +49,10 @@ def test_every_sample_parses_into_its_model(document: dict[str, Any]) -> None:
 
 def test_agent_defaults() -> None:
     agent = models.Agent.model_validate({"metadata": {"name": "a"}, "spec": {}})
-    assert agent.spec.token_ttl == "5m"
+    assert agent.spec.token_ttl == "2m"
     assert agent.spec.delegation == models.Delegation(allowed=False, max_depth=3)
     assert agent.spec.suspended is False
-    assert agent.to_api()["spec"]["tokenTTL"] == "5m"
+    assert agent.to_api()["spec"]["tokenTTL"] == "2m"
 
 
 def test_required_capability_defaults_max_duration() -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from agentauth.domain import errors, jose, serviceaccounts
+from agentauth.domain import clockskew, errors, jose, serviceaccounts
 from tests.domain import tokenkit
 from tests.domain.tokenkit import CLUSTER_ISSUER, ISSUER, NOW
 
@@ -92,13 +92,14 @@ def test_bad_tokens_are_refused_with_exact_errors(
     assert type(caught.value) is kind
 
 
-def test_leeway_is_at_most_sixty_seconds(
+def test_leeway_is_the_shared_clock_skew_and_cannot_be_widened(
     cluster: tokenkit.ClusterIssuer, jwks: jose.PublicKeySet
 ) -> None:
-    token = cluster.token(now=NOW - timedelta(seconds=630), lifetime=600)  # expired 30 s ago
-    assert verify(token, jwks).pod_name == "research-0"
+    leeway = clockskew.LEEWAY_SECONDS
+    token = cluster.token(now=NOW - timedelta(seconds=600 + leeway - 1), lifetime=600)
+    assert verify(token, jwks).pod_name == "research-0"  # expired less than the leeway ago
     with pytest.raises(errors.InvalidGrant, match="token has expired"):
-        verify(token, jwks, leeway=3600, now=NOW + timedelta(seconds=31))
+        verify(token, jwks, leeway=3600, now=NOW + timedelta(seconds=1))
 
 
 def test_token_not_bound_to_a_pod_is_refused(

@@ -26,6 +26,8 @@ CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ISSUER = "https://agentauth.example.test"
 TRUST_DOMAIN = "example.test"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+SERVICE_ACCOUNT_UID = "sa-uid-1"
+"""The service-account uid ``ClusterIssuer`` tokens carry by default."""
 
 
 def b64(data: bytes) -> str:
@@ -59,6 +61,7 @@ class ClusterIssuer:
         audience: str | list[str] = ISSUER,
         now: datetime = NOW,
         lifetime: int = 600,
+        service_account_uid: str = SERVICE_ACCOUNT_UID,
     ) -> dict[str, Any]:
         iat = int(now.timestamp())
         return {
@@ -71,7 +74,7 @@ class ClusterIssuer:
             "jti": str(uuid.uuid4()),
             "kubernetes.io": {
                 "namespace": namespace,
-                "serviceaccount": {"name": service_account, "uid": "sa-uid-1"},
+                "serviceaccount": {"name": service_account, "uid": service_account_uid},
                 "pod": {"name": pod, "uid": pod_uid},
             },
         }
@@ -245,9 +248,14 @@ def snapshot(
     access_requests: list[AccessRequest] | None = None,
     tool_servers: list[ToolServer] | None = None,
     pods: list[exchanging.Pod] | None = None,
+    service_accounts: dict[tuple[str, str], str] | None = None,
 ) -> exchanging.Snapshot:
+    """A snapshot; ``service_accounts`` defaults to every pod's service account with the uid
+    ``ClusterIssuer`` tokens carry (``SERVICE_ACCOUNT_UID``)."""
     agents = agents if agents is not None else [agent()]
     pods = pods if pods is not None else [pod()]
+    if service_accounts is None:
+        service_accounts = {(p.namespace, p.service_account): SERVICE_ACCOUNT_UID for p in pods}
     return exchanging.Snapshot(
         agents={(a.metadata.namespace or "", a.metadata.name or ""): a for a in agents},
         grants=grants
@@ -256,6 +264,7 @@ def snapshot(
         access_requests=access_requests or [],
         tool_servers=tool_servers or [],
         pods={(p.namespace, p.name): p for p in pods},
+        service_accounts=service_accounts,
     )
 
 

@@ -263,6 +263,7 @@ class LoopbackIssuer:
                     token_endpoint=self.token_endpoint,
                     now=time.time(),
                     replay_cache=self.replay_cache,
+                    signer_jkt=signed.jkt,
                     client_id=form.get("client_id"),
                 )
             elif "actor_token" in form:

@@ -16,7 +16,12 @@ import pytest
 
 from agentauth.domain.federation import aws as aws_federation
 from agentauth.sdk import aws as sdk_aws
-from tests.domain.federation.loopback_clouds import AwsPrincipal, LoopbackSts, serving
+from tests.domain.federation.loopback_clouds import (
+    KEY_THUMBPRINT,
+    AwsPrincipal,
+    LoopbackSts,
+    serving,
+)
 
 ISSUER = "https://agentauth.example.com"
 PRINCIPAL = AwsPrincipal(
@@ -62,6 +67,7 @@ def forward(sts: LoopbackSts, token: str) -> tuple[int, bytes]:
         aws_federation.decode_subject_token(token),
         issuer=ISSUER,
         now=datetime.datetime.now(datetime.UTC),
+        signer_jkt=KEY_THUMBPRINT,
         test_endpoint=aws_federation.normalize_test_endpoint(sts.url),
     )
     headers = {name.lower(): value for name, value in request.headers}
@@ -76,7 +82,9 @@ def test_default_chain_credentials_from_the_environment(
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", PRINCIPAL.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PRINCIPAL.secret_access_key)
-    token = sdk_aws.aws_subject_token(issuer=ISSUER, endpoint_url=sts.url)
+    token = sdk_aws.aws_subject_token(
+        key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, endpoint_url=sts.url
+    )
     envelope = aws_federation.decode_subject_token(token)
     assert envelope["method"] == "POST"
     assert envelope["url"] == sts.url
@@ -85,7 +93,10 @@ def test_default_chain_credentials_from_the_environment(
     authorization = envelope["headers"]["Authorization"]
     assert f"Credential={PRINCIPAL.access_key_id}/" in authorization
     assert "/us-east-1/sts/aws4_request" in authorization  # global endpoint signs us-east-1
-    assert "x-agentauth-server-id" in authorization.split("SignedHeaders=")[1].split(",")[0]
+    signed_headers = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert "x-agentauth-server-id" in signed_headers
+    assert "x-agentauth-key-thumbprint" in signed_headers  # bound to the request-signing key
+    assert envelope["headers"]["X-AgentAuth-Key-Thumbprint"] == KEY_THUMBPRINT
     status, body = forward(sts, token)
     assert status == 200, body
     assert PRINCIPAL.arn.encode() in body
@@ -99,7 +110,9 @@ def test_session_token_is_sent_and_signed(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PRINCIPAL.secret_access_key)
     monkeypatch.setenv("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEXAMPLE")
     envelope = aws_federation.decode_subject_token(
-        sdk_aws.aws_subject_token(issuer=ISSUER, endpoint_url=sts.url)
+        sdk_aws.aws_subject_token(
+            key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, endpoint_url=sts.url
+        )
     )
     assert envelope["headers"]["X-Amz-Security-Token"] == "FwoGZXIvYXdzEXAMPLE"
     assert "x-amz-security-token" in envelope["headers"]["Authorization"]
@@ -112,13 +125,13 @@ def test_boto3_session_and_region_pick_the_regional_endpoint() -> None:
         region_name="eu-west-2",
     )
     envelope = aws_federation.decode_subject_token(
-        sdk_aws.aws_subject_token(issuer=ISSUER, session=session)
+        sdk_aws.aws_subject_token(key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, session=session)
     )
     assert envelope["url"] == "https://sts.eu-west-2.amazonaws.com/"
     assert "/eu-west-2/sts/aws4_request" in envelope["headers"]["Authorization"]
     # The token service accepts the regional URL as is.
     aws_federation.validate_signed_request(
-        envelope, issuer=ISSUER, now=datetime.datetime.now(datetime.UTC)
+        envelope, issuer=ISSUER, now=datetime.datetime.now(datetime.UTC), signer_jkt=KEY_THUMBPRINT
     )
 
 
@@ -126,7 +139,9 @@ def test_issuer_is_canonicalised_without_trailing_slash() -> None:
     session = botocore.session.Session()
     session.set_credentials(PRINCIPAL.access_key_id, PRINCIPAL.secret_access_key)
     envelope = aws_federation.decode_subject_token(
-        sdk_aws.aws_subject_token(issuer=ISSUER + "/", session=session)
+        sdk_aws.aws_subject_token(
+            key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER + "/", session=session
+        )
     )
     assert envelope["headers"]["X-AgentAuth-Server-ID"] == ISSUER
 
@@ -135,7 +150,9 @@ def test_explicit_region_on_a_botocore_session() -> None:
     session = botocore.session.Session()
     session.set_credentials(PRINCIPAL.access_key_id, PRINCIPAL.secret_access_key)
     envelope = aws_federation.decode_subject_token(
-        sdk_aws.aws_subject_token(issuer=ISSUER, session=session, region="cn-north-1")
+        sdk_aws.aws_subject_token(
+            key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, session=session, region="cn-north-1"
+        )
     )
     assert envelope["url"] == "https://sts.cn-north-1.amazonaws.com.cn/"
 
@@ -144,7 +161,9 @@ def test_a_tampered_sdk_token_fails_the_signature_check(sts: LoopbackSts) -> Non
     session = botocore.session.Session()
     session.set_credentials(PRINCIPAL.access_key_id, PRINCIPAL.secret_access_key)
     envelope = aws_federation.decode_subject_token(
-        sdk_aws.aws_subject_token(issuer=ISSUER, session=session, endpoint_url=sts.url)
+        sdk_aws.aws_subject_token(
+            key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, session=session, endpoint_url=sts.url
+        )
     )
     envelope["headers"]["Content-Type"] = "application/x-www-form-urlencoded"
     status, body = forward(sts, aws_federation.encode_subject_token(**envelope))
@@ -155,7 +174,7 @@ def test_a_tampered_sdk_token_fails_the_signature_check(sts: LoopbackSts) -> Non
 @pytest.mark.usefixtures("isolated_aws_env")
 def test_no_credentials_is_a_clear_error() -> None:
     with pytest.raises(sdk_aws.AwsCredentialsNotFoundError) as caught:
-        sdk_aws.aws_subject_token(issuer=ISSUER)
+        sdk_aws.aws_subject_token(key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER)
     assert str(caught.value) == (
         "no AWS credentials found by the default chain (environment, web identity, container "
         "or instance metadata); cannot sign sts:GetCallerIdentity"
@@ -168,7 +187,7 @@ def test_token_source_for_agent_client_gives_distinct_tokens_in_the_same_second(
     session = botocore.session.Session()
     session.set_credentials(PRINCIPAL.access_key_id, PRINCIPAL.secret_access_key)
     source = sdk_aws.AwsSubjectTokenSource(issuer=ISSUER, session=session, endpoint_url=sts.url)
-    first, second = source(), source()
+    first, second = source(KEY_THUMBPRINT), source(KEY_THUMBPRINT)
     assert first.token_type == "urn:agentauth:params:token-type:aws-signed-request"
     signatures = {
         aws_federation.decode_subject_token(t.token)["headers"]["Authorization"]

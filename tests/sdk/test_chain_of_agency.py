@@ -116,6 +116,7 @@ def user_token(idp: tokenkit.ClusterIssuer) -> str:
             "exp": int((now + timedelta(minutes=10)).timestamp()),
             "iat": int(now.timestamp()),
             "scope": "document.read document.write",
+            "may_act": {"sub": AGENT_ID},  # jane names the agent that may act for her
         }
     )
 

@@ -10,9 +10,16 @@ import pytest
 from google.auth import jwt as google_jwt
 
 from agentauth.sdk import gcp as sdk_gcp
-from tests.domain.federation.loopback_clouds import LoopbackGoogle, make_google_key, serving
+from tests.domain.federation.loopback_clouds import (
+    KEY_THUMBPRINT,
+    LoopbackGoogle,
+    make_google_key,
+    serving,
+)
 
 ISSUER = "https://agentauth.example.com"
+AUDIENCE = f"{ISSUER}#jkt={KEY_THUMBPRINT}"
+"""Our issuer, bound to the key that will sign the exchange request."""
 
 
 @pytest.fixture(scope="module")
@@ -23,27 +30,32 @@ def google() -> Iterator[LoopbackGoogle]:
 
 
 def test_fetches_a_full_format_token_for_our_issuer(google: LoopbackGoogle) -> None:
-    token = sdk_gcp.gcp_subject_token(issuer=ISSUER, metadata_host=google.host)
+    token = sdk_gcp.gcp_subject_token(
+        key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, metadata_host=google.host
+    )
     assert google.metadata_requests[-1] == {
         "flavor": "Google",
-        "audience": ISSUER,
+        "audience": AUDIENCE,
         "format": "full",
     }
     claims = google_jwt.decode(token, certs={"key-1": google.signing_key.certificate_pem})
-    assert claims["aud"] == ISSUER
+    assert claims["aud"] == AUDIENCE
     assert claims["email_verified"] is True
     assert claims["google"]["compute_engine"]["project_id"] == "research-prod"
 
 
 def test_token_source_for_agent_client(google: LoopbackGoogle) -> None:
-    subject = sdk_gcp.GcpSubjectTokenSource(issuer=ISSUER, metadata_host=google.host)()
+    source = sdk_gcp.GcpSubjectTokenSource(issuer=ISSUER, metadata_host=google.host)
+    subject = source(KEY_THUMBPRINT)
     assert subject.token_type == "urn:ietf:params:oauth:token-type:id_token"
-    assert google_jwt.decode(subject.token, verify=False)["aud"] == ISSUER
+    assert google_jwt.decode(subject.token, verify=False)["aud"] == AUDIENCE
 
 
 def test_issuer_is_canonicalised_without_trailing_slash(google: LoopbackGoogle) -> None:
-    sdk_gcp.gcp_subject_token(issuer=ISSUER + "/", metadata_host=google.host)
-    assert google.metadata_requests[-1]["audience"] == ISSUER
+    sdk_gcp.gcp_subject_token(
+        key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER + "/", metadata_host=google.host
+    )
+    assert google.metadata_requests[-1]["audience"] == AUDIENCE
 
 
 def test_host_from_gce_metadata_host(
@@ -51,7 +63,7 @@ def test_host_from_gce_metadata_host(
 ) -> None:
     monkeypatch.setenv("GCE_METADATA_HOST", google.host)
     monkeypatch.delenv("GCE_METADATA_ROOT", raising=False)
-    token = sdk_gcp.gcp_subject_token(issuer=ISSUER)
+    token = sdk_gcp.gcp_subject_token(key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER)
     assert token.count(".") == 2
 
 
@@ -84,7 +96,7 @@ def test_a_server_without_the_metadata_flavor_is_not_believed() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
     host = f"127.0.0.1:{server.server_address[1]}"
     with serving(server), pytest.raises(sdk_gcp.MetadataServerError) as caught:
-        sdk_gcp.gcp_subject_token(issuer=ISSUER, metadata_host=host)
+        sdk_gcp.gcp_subject_token(key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, metadata_host=host)
     assert str(caught.value) == (
         f"the server at {host} is not a GCP metadata server (no Metadata-Flavor: Google)"
     )
@@ -94,7 +106,9 @@ def test_metadata_server_errors_are_reported(google: LoopbackGoogle) -> None:
     # The loopback server answers 404 for paths it does not serve; a host with a path prefix
     # makes the identity path one it does not serve.
     with pytest.raises(sdk_gcp.MetadataServerError) as caught:
-        sdk_gcp.gcp_subject_token(issuer=ISSUER, metadata_host=google.host + "/nowhere")
+        sdk_gcp.gcp_subject_token(
+            key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, metadata_host=google.host + "/nowhere"
+        )
     assert str(caught.value).startswith(
         f"the GCP metadata server at {google.host}/nowhere answered HTTP 404"
     )
@@ -107,7 +121,7 @@ def test_unreachable_metadata_server() -> None:
         probe.bind(("127.0.0.1", 0))
         host = f"127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(sdk_gcp.MetadataServerError) as caught:
-        sdk_gcp.gcp_subject_token(issuer=ISSUER, metadata_host=host)
+        sdk_gcp.gcp_subject_token(key_thumbprint=KEY_THUMBPRINT, issuer=ISSUER, metadata_host=host)
     assert str(caught.value).startswith(f"cannot reach the GCP metadata server at {host}: ")
 
 

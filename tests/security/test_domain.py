@@ -71,6 +71,7 @@ def test_client_assertion_with_nan_exp_is_invalid_client() -> None:
             token_endpoint=TOKEN_ENDPOINT,
             now=now,
             replay_cache=assertions.InMemoryReplayCache(),
+            signer_jkt=None,
         )
 
 

@@ -163,7 +163,7 @@ async def test_exchange_issues_an_agent_token_verifiable_with_the_jwks(
     assert re.fullmatch(r"[0-9a-f]{32}", headers[service_app.AUDIT_HEADER])
     assert body["token_type"] == "Bearer"
     assert body["issued_token_type"] == ACCESS
-    assert body["expires_in"] == 300
+    assert body["expires_in"] == 120  # the default tokenTTL
     assert body["scope"] == "document.read document.write"
     _, _, jwks = await service.get("/jwks")
     key = jwt.PyJWK(jwks["keys"][0])
@@ -451,8 +451,10 @@ def user_token(idp: tokenkit.ClusterIssuer, **claims: Any) -> str:
         "exp": int((now() + timedelta(minutes=10)).timestamp()),
         "iat": int(now().timestamp()),
         "scope": "document.read",
+        # the user names the agent that may act for it (required by default)
+        "may_act": {"sub": "aauth:research.team-a@agentauth.example.test"},
     }
-    return idp.sign({**base, **claims})
+    return idp.sign({k: v for k, v in {**base, **claims}.items() if v is not None})
 
 
 async def delegate(service: Service, subject: str, actor: str) -> tuple[int, dict[str, Any], Any]:
@@ -774,13 +776,23 @@ async def test_issued_tokens_verify_with_our_own_verifier(
 async def signed_exchange(
     service: Service, token: str, key: Any, *, tamper: bool = False
 ) -> tuple[int, dict[str, Any], Any]:
+    return await signed_post(
+        service,
+        {"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": JWT},
+        key,
+        tamper=tamper,
+    )
+
+
+async def signed_post(
+    service: Service, form: dict[str, str], key: Any, *, tamper: bool = False
+) -> tuple[int, dict[str, Any], Any]:
+    """POST ``form`` to the token endpoint, signed (RFC 9421, ``sig=hwk``) with ``key``."""
     from urllib.parse import urlencode
 
     from agentauth.domain import signatures
 
-    body = urlencode(
-        {"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": JWT}
-    ).encode()
+    body = urlencode(form).encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     headers.update(
         signatures.sign_request(
@@ -843,15 +855,18 @@ async def test_registered_key_agent_uses_a_client_assertion(service: Service) ->
         agent_id=agent_id,
         token_endpoint=f"{ISSUER}/oauth2/token",
         now=clock.time(),
+        cnf_jkt=jose.jwk_thumbprint(jose.ed25519_jwk(key.public_key())),
     )
     form = {
         "grant_type": "client_credentials",
         "client_assertion_type": assertions.CLIENT_ASSERTION_TYPE,
         "client_assertion": assertion,
     }
-    status, _, body = await service.post("/oauth2/token", data=form)
+    status, _, body = await signed_post(service, form, key)  # signed by the key it names
     assert status == 200, body
-    assert jwt.decode(body["access_token"], options={"verify_signature": False})["sub"] == agent_id
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == agent_id
+    assert claims["cnf"]["jkt"] == jose.jwk_thumbprint(jose.ed25519_jwk(key.public_key()))
     status, _, misplaced = await service.exchange(assertion)  # as an RFC 8693 subject_token
     assert (status, misplaced) == (
         400,
@@ -861,8 +876,38 @@ async def test_registered_key_agent_uses_a_client_assertion(service: Service) ->
             "with grant_type=client_credentials, not as a subject_token",
         },
     )
-    status, _, body = await service.post("/oauth2/token", data=form)  # replayed
+    status, _, body = await signed_post(service, form, key)  # replayed in a fresh signature
     assert (status, body) == (
         401,
         {"error": "invalid_client", "error_description": "assertion jti has already been used"},
     )
+
+
+async def test_refused_signed_requests_do_not_fill_the_replay_cache(
+    keyset: keys.KeySet, cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer
+) -> None:
+    """Anyone can sign garbage with a key of their own: refused requests are forgotten, so a
+    flood of them cannot fill a replica's signature cache (which then refuses everyone)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    runner, svc = await start(keyset=keyset, cluster=cluster, idp=idp)
+    try:
+        remembered = runner.app[service_app.CONTEXT_KEY].signature_replay
+        for _ in range(20):
+            status, _, body = await signed_exchange(
+                svc, "not-a-token", ed25519.Ed25519PrivateKey.generate()
+            )
+            assert (status, body["error"]) == (400, "invalid_grant")
+        assert len(remembered) == 0
+        key = ed25519.Ed25519PrivateKey.generate()
+        form = {
+            "grant_type": EXCHANGE,
+            "subject_token": sa_token(cluster),
+            "subject_token_type": JWT,
+        }
+        status, _, _ = await signed_post(svc, form, key)
+        assert status == 200
+        assert len(remembered) == 1  # an accepted signature is remembered for its window
+    finally:
+        await svc.http.close()
+        await runner.cleanup()

@@ -17,6 +17,7 @@ import hmac
 import json
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,9 +25,10 @@ import aiohttp
 import aiohttp.test_utils
 import botocore.session
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agentauth.domain import errors, exchanging, keys, tokens
-from agentauth.domain.federation import aws, matching
+from agentauth.domain import errors, exchanging, keys, signatures, tokens
+from agentauth.domain.federation import aws, gcp, matching
 from agentauth.domain.models import Agent, CapabilityGrant
 from agentauth.sdk import aws as sdk_aws
 from agentauth.sdk import gcp as sdk_gcp
@@ -36,6 +38,7 @@ from agentauth.tokenservice import settings as ts_settings
 from agentauth.tokenservice import state as ts_state
 from tests.domain.federation import policies
 from tests.domain.federation.loopback_clouds import (
+    KEY_THUMBPRINT,
     AwsPrincipal,
     LoopbackGoogle,
     LoopbackSts,
@@ -46,6 +49,8 @@ from tests.domain.federation.loopback_clouds import (
 )
 
 ISSUER = "https://agentauth.example.com"
+BOUND_AUDIENCE = f"{ISSUER}#jkt={KEY_THUMBPRINT}"
+"""The audience a GCP ID token for a request signed with the ``KEY_THUMBPRINT`` key carries."""
 ROLE_PRINCIPAL = AwsPrincipal(
     access_key_id="ASIATESTROLE0000001",
     secret_access_key="role-secret-key-for-tests-only",
@@ -95,15 +100,26 @@ def botocore_session(principal: AwsPrincipal) -> Any:
     return session
 
 
-def sdk_token(principal: AwsPrincipal, sts: LoopbackSts, issuer: str = ISSUER) -> str:
+def sdk_token(
+    principal: AwsPrincipal,
+    sts: LoopbackSts,
+    issuer: str = ISSUER,
+    key_thumbprint: str = KEY_THUMBPRINT,
+) -> str:
     return sdk_aws.aws_subject_token(
-        issuer=issuer, session=botocore_session(principal), endpoint_url=sts.url
+        issuer=issuer,
+        key_thumbprint=key_thumbprint,
+        session=botocore_session(principal),
+        endpoint_url=sts.url,
     )
 
 
 async def exchange_aws(token: str, settings: federation.FederationSettings) -> Any:
     return await federation.verify_aws_subject_token(
-        token, settings=settings, replay_cache=aws.InMemoryReplayCache()
+        token,
+        settings=settings,
+        replay_cache=aws.InMemoryReplayCache(),
+        signer_jkt=KEY_THUMBPRINT,
     )
 
 
@@ -156,10 +172,14 @@ async def test_the_same_signed_request_cannot_be_used_twice(
 ) -> None:
     token = sdk_token(ROLE_PRINCIPAL, sts)
     cache = aws.InMemoryReplayCache()
-    await federation.verify_aws_subject_token(token, settings=settings, replay_cache=cache)
+    await federation.verify_aws_subject_token(
+        token, settings=settings, replay_cache=cache, signer_jkt=KEY_THUMBPRINT
+    )
     before = sts.requests_received
     with pytest.raises(errors.InvalidGrant) as caught:
-        await federation.verify_aws_subject_token(token, settings=settings, replay_cache=cache)
+        await federation.verify_aws_subject_token(
+            token, settings=settings, replay_cache=cache, signer_jkt=KEY_THUMBPRINT
+        )
     assert caught.value.description == "the AWS signed request has already been used"
     assert sts.requests_received == before  # refused before forwarding
 
@@ -171,7 +191,9 @@ async def test_concurrent_replays_admit_exactly_one(
     cache = aws.InMemoryReplayCache()
     results = await asyncio.gather(
         *(
-            federation.verify_aws_subject_token(token, settings=settings, replay_cache=cache)
+            federation.verify_aws_subject_token(
+                token, settings=settings, replay_cache=cache, signer_jkt=KEY_THUMBPRINT
+            )
             for _ in range(5)
         ),
         return_exceptions=True,
@@ -221,6 +243,30 @@ async def test_wrong_secret_key_is_caught_by_the_sigv4_check(
     )
 
 
+async def test_requests_sts_refuses_are_not_remembered(
+    sts: LoopbackSts, settings: federation.FederationSettings
+) -> None:
+    """Made-up signatures cost nothing to produce: they must not fill the replay cache."""
+    forged = AwsPrincipal(ROLE_PRINCIPAL.access_key_id, "guessed", ROLE_PRINCIPAL.arn, "1")
+    cache = aws.InMemoryReplayCache()
+    for _ in range(3):
+        with pytest.raises(errors.InvalidGrant):
+            await federation.verify_aws_subject_token(
+                sdk_token(forged, sts),
+                settings=settings,
+                replay_cache=cache,
+                signer_jkt=KEY_THUMBPRINT,
+            )
+    assert len(cache) == 0
+    await federation.verify_aws_subject_token(
+        sdk_token(ROLE_PRINCIPAL, sts),
+        settings=settings,
+        replay_cache=cache,
+        signer_jkt=KEY_THUMBPRINT,
+    )
+    assert len(cache) == 1
+
+
 async def test_token_for_another_server(
     sts: LoopbackSts, settings: federation.FederationSettings
 ) -> None:
@@ -265,13 +311,32 @@ async def test_other_sts_actions_are_refused_before_forwarding(
 
 
 async def test_stale_date(sts: LoopbackSts, settings: federation.FederationSettings) -> None:
-    at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=20)
+    at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=2)
     envelope = signed_sts_token(ROLE_PRINCIPAL, url=sts.url, issuer=ISSUER, at=at)
     await assert_aws_error(
         encoded(envelope),
         settings,
         errors.InvalidGrant,
-        "the AWS signed request's X-Amz-Date is more than 15 minutes from now",
+        "the AWS signed request's X-Amz-Date is more than 60 seconds old; sign a fresh request "
+        "for each exchange",
+    )
+
+
+async def test_thumbprint_rewritten_after_signing_is_caught_by_the_sigv4_check(
+    sts: LoopbackSts,
+) -> None:
+    """An attacker cannot re-point a captured request at its own key: STS refuses the edit."""
+    envelope = aws.decode_subject_token(sdk_token(ROLE_PRINCIPAL, sts))
+    envelope["headers"]["X-AgentAuth-Key-Thumbprint"] = "an-attackers-key-thumbprint"
+    with pytest.raises(errors.InvalidGrant) as caught:
+        await federation.verify_aws_subject_token(
+            encoded(envelope),
+            settings=federation.FederationSettings(issuer=ISSUER, aws_sts_test_endpoint=sts.url),
+            replay_cache=aws.InMemoryReplayCache(),
+            signer_jkt="an-attackers-key-thumbprint",
+        )
+    assert caught.value.description == (
+        "AWS STS rejected the signed request: SignatureDoesNotMatch (HTTP 403)"
     )
 
 
@@ -358,7 +423,10 @@ async def test_unreachable_sts_is_temporarily_unavailable(sts: LoopbackSts) -> N
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}/"
     settings = federation.FederationSettings(issuer=ISSUER, aws_sts_test_endpoint=dead)
     token = sdk_aws.aws_subject_token(
-        issuer=ISSUER, session=botocore_session(ROLE_PRINCIPAL), endpoint_url=dead
+        issuer=ISSUER,
+        key_thumbprint=KEY_THUMBPRINT,
+        session=botocore_session(ROLE_PRINCIPAL),
+        endpoint_url=dead,
     )
     await assert_aws_error(
         token,
@@ -403,7 +471,9 @@ async def assert_gcp_error(
     description: str,
 ) -> None:
     with pytest.raises(error) as caught:
-        await federation.verify_gcp_subject_token(token, settings=settings)
+        await federation.verify_gcp_subject_token(
+            token, settings=settings, signer_jkt=KEY_THUMBPRINT
+        )
     assert caught.value.description == description
 
 
@@ -411,9 +481,14 @@ async def test_metadata_server_token_verifies_and_matches(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
     token = await asyncio.to_thread(
-        sdk_gcp.gcp_subject_token, issuer=ISSUER, metadata_host=google.host
+        sdk_gcp.gcp_subject_token,
+        issuer=ISSUER,
+        key_thumbprint=KEY_THUMBPRINT,
+        metadata_host=google.host,
     )
-    identity = await federation.verify_gcp_subject_token(token, settings=gcp_settings)
+    identity = await federation.verify_gcp_subject_token(
+        token, settings=gcp_settings, signer_jkt=KEY_THUMBPRINT
+    )
     assert identity == matching.FederatedIdentity(
         provider="gcp",
         principal="agent@research-prod.iam.gserviceaccount.com",
@@ -451,7 +526,9 @@ async def test_certs_are_cached_across_verifications(google: LoopbackGoogle) -> 
     before = google.certs_fetches
     for _ in range(5):
         await federation.verify_gcp_subject_token(
-            google_id_token(google.signing_key, aud=ISSUER), settings=settings
+            google_id_token(google.signing_key, aud=BOUND_AUDIENCE),
+            settings=settings,
+            signer_jkt=KEY_THUMBPRINT,
         )
     assert google.certs_fetches - before == 1
 
@@ -465,14 +542,18 @@ async def test_a_rotated_google_key_is_fetched_once_on_an_unknown_kid(
         gcp_certs_min_refetch_seconds=0,
     )
     await federation.verify_gcp_subject_token(
-        google_id_token(google.signing_key, aud=ISSUER), settings=settings
+        google_id_token(google.signing_key, aud=BOUND_AUDIENCE),
+        settings=settings,
+        signer_jkt=KEY_THUMBPRINT,
     )
     rotated = make_google_key("key-2")
     google.published_keys.append(rotated)
     before = google.certs_fetches
     try:
         identity = await federation.verify_gcp_subject_token(
-            google_id_token(rotated, aud=ISSUER), settings=settings
+            google_id_token(rotated, aud=BOUND_AUDIENCE),
+            settings=settings,
+            signer_jkt=KEY_THUMBPRINT,
         )
     finally:
         google.published_keys.remove(rotated)
@@ -487,12 +568,14 @@ async def test_unknown_kids_do_not_refetch_within_the_minimum_interval(
         issuer=ISSUER, gcp_certs_url=google.certs_url + "?refetch-limit-test"
     )
     await federation.verify_gcp_subject_token(
-        google_id_token(google.signing_key, aud=ISSUER), settings=settings
+        google_id_token(google.signing_key, aud=BOUND_AUDIENCE),
+        settings=settings,
+        signer_jkt=KEY_THUMBPRINT,
     )
     before = google.certs_fetches
     for kid in ("made-up-1", "made-up-2"):
         await assert_gcp_error(
-            google_id_token(make_google_key(kid), aud=ISSUER),
+            google_id_token(make_google_key(kid), aud=BOUND_AUDIENCE),
             settings,
             errors.InvalidGrant,
             "the GCP ID token is signed by an unknown Google key",
@@ -504,16 +587,38 @@ async def test_wrong_audience(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
     token = await asyncio.to_thread(
-        sdk_gcp.gcp_subject_token, issuer="https://other.example", metadata_host=google.host
+        sdk_gcp.gcp_subject_token,
+        issuer="https://other.example",
+        key_thumbprint=KEY_THUMBPRINT,
+        metadata_host=google.host,
     )
+    await assert_gcp_error(token, gcp_settings, errors.InvalidGrant, gcp.WRONG_AUDIENCE_DESCRIPTION)
+
+
+async def test_id_token_is_bound_to_the_key_that_signs_the_request(
+    google: LoopbackGoogle, gcp_settings: federation.FederationSettings
+) -> None:
+    """A captured ID token is useless with another key (issue 14, replay across replicas)."""
+    token = google_id_token(google.signing_key, aud=BOUND_AUDIENCE)
+    with pytest.raises(errors.InvalidGrant) as caught:
+        await federation.verify_gcp_subject_token(
+            token, settings=gcp_settings, signer_jkt="an-attackers-key-thumbprint"
+        )
+    assert caught.value.description == gcp.WRONG_AUDIENCE_DESCRIPTION
+    with pytest.raises(errors.InvalidGrant) as caught:
+        await federation.verify_gcp_subject_token(token, settings=gcp_settings, signer_jkt=None)
+    assert caught.value.description == (
+        "the token request must be signed (RFC 9421) by the key the GCP ID token's audience names"
+    )
+    unbound = google_id_token(google.signing_key, aud=ISSUER)  # the pre-binding audience
     await assert_gcp_error(
-        token, gcp_settings, errors.InvalidGrant, "the GCP ID token's audience is not this issuer"
+        unbound, gcp_settings, errors.InvalidGrant, gcp.WRONG_AUDIENCE_DESCRIPTION
     )
 
 
 async def test_expired(google: LoopbackGoogle, gcp_settings: federation.FederationSettings) -> None:
     now = int(time.time())
-    token = google_id_token(google.signing_key, aud=ISSUER, iat=now - 7200, exp=now - 3600)
+    token = google_id_token(google.signing_key, aud=BOUND_AUDIENCE, iat=now - 7200, exp=now - 3600)
     await assert_gcp_error(token, gcp_settings, errors.InvalidGrant, "the GCP ID token has expired")
 
 
@@ -521,7 +626,7 @@ async def test_not_yet_valid(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
     now = int(time.time())
-    token = google_id_token(google.signing_key, aud=ISSUER, iat=now + 600, exp=now + 3600)
+    token = google_id_token(google.signing_key, aud=BOUND_AUDIENCE, iat=now + 600, exp=now + 3600)
     await assert_gcp_error(
         token, gcp_settings, errors.InvalidGrant, "the GCP ID token is not valid yet"
     )
@@ -530,7 +635,7 @@ async def test_not_yet_valid(
 async def test_forged_signature(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings, other_key: Any
 ) -> None:
-    token = google_id_token(other_key, aud=ISSUER)
+    token = google_id_token(other_key, aud=BOUND_AUDIENCE)
     await assert_gcp_error(
         token, gcp_settings, errors.InvalidGrant, "the GCP ID token's signature is invalid"
     )
@@ -539,7 +644,7 @@ async def test_forged_signature(
 async def test_tampered_payload(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
-    header, payload, signature = google_id_token(google.signing_key, aud=ISSUER).split(".")
+    header, payload, signature = google_id_token(google.signing_key, aud=BOUND_AUDIENCE).split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["email"] = "admin@research-prod.iam.gserviceaccount.com"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
@@ -554,7 +659,7 @@ async def test_tampered_payload(
 async def test_unknown_key_id(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
-    token = google_id_token(make_google_key("key-unknown"), aud=ISSUER)
+    token = google_id_token(make_google_key("key-unknown"), aud=BOUND_AUDIENCE)
     await assert_gcp_error(
         token,
         gcp_settings,
@@ -566,7 +671,7 @@ async def test_unknown_key_id(
 async def test_unverified_email(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
-    token = google_id_token(google.signing_key, aud=ISSUER, email_verified=False)
+    token = google_id_token(google.signing_key, aud=BOUND_AUDIENCE, email_verified=False)
     await assert_gcp_error(
         token, gcp_settings, errors.InvalidGrant, "the GCP ID token's email is not verified"
     )
@@ -575,7 +680,7 @@ async def test_unverified_email(
 async def test_not_issued_by_google(
     google: LoopbackGoogle, gcp_settings: federation.FederationSettings
 ) -> None:
-    token = google_id_token(google.signing_key, aud=ISSUER, iss="https://evil.example")
+    token = google_id_token(google.signing_key, aud=BOUND_AUDIENCE, iss="https://evil.example")
     await assert_gcp_error(
         token, gcp_settings, errors.InvalidGrant, "the GCP ID token is not issued by Google"
     )
@@ -589,7 +694,11 @@ async def test_hs256_with_the_certificate_as_secret(
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     header = b64(json.dumps({"alg": "HS256", "kid": "key-1"}).encode())
-    claims = {"iss": "https://accounts.google.com", "aud": ISSUER, "exp": int(time.time()) + 60}
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": BOUND_AUDIENCE,
+        "exp": int(time.time()) + 60,
+    }
     signing_input = f"{header}.{b64(json.dumps(claims).encode())}"
     secret = google.signing_key.certificate_pem.encode()
     mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
@@ -628,8 +737,10 @@ async def test_unlisted_service_account_or_project(
     rules: dict[str, Any],
     description: str,
 ) -> None:
-    token = google_id_token(google.signing_key, aud=ISSUER)
-    identity = await federation.verify_gcp_subject_token(token, settings=gcp_settings)
+    token = google_id_token(google.signing_key, aud=BOUND_AUDIENCE)
+    identity = await federation.verify_gcp_subject_token(
+        token, settings=gcp_settings, signer_jkt=KEY_THUMBPRINT
+    )
     agents = [
         Agent.model_validate(
             {"metadata": {"name": "a", "namespace": "n"}, "spec": {"federation": {"gcp": rules}}}
@@ -647,7 +758,7 @@ async def test_unreachable_certs_endpoint_is_temporarily_unavailable() -> None:
     settings = federation.FederationSettings(
         issuer=ISSUER, gcp_certs_url=dead, gcp_certs_timeout_seconds=2
     )
-    token = google_id_token(make_google_key("k"), aud=ISSUER)
+    token = google_id_token(make_google_key("k"), aud=BOUND_AUDIENCE)
     await assert_gcp_error(
         token,
         settings,
@@ -718,13 +829,37 @@ async def token_endpoint(
     await server.close()
 
 
-async def _exchange(http: aiohttp.ClientSession, token: str, token_type: str) -> Any:
-    form = {
-        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-        "subject_token": token,
-        "subject_token_type": token_type,
-    }
-    async with http.post("/oauth2/token", data=form) as response:
+HTTP_KEY = ed25519.Ed25519PrivateKey.generate()
+"""The key the HTTP tests sign their token requests with (RFC 9421, as the SDK does)."""
+HTTP_JKT = signatures.jwk_thumbprint(signatures.public_jwk(HTTP_KEY))
+
+
+async def _exchange(
+    http: aiohttp.ClientSession,
+    token: str,
+    token_type: str,
+    key: ed25519.Ed25519PrivateKey | None = HTTP_KEY,
+) -> Any:
+    body = urllib.parse.urlencode(
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": token,
+            "subject_token_type": token_type,
+        }
+    ).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if key is not None:
+        headers.update(
+            signatures.sign_request(
+                method="POST",
+                url=f"{ISSUER}/oauth2/token",
+                headers=headers,
+                body=body,
+                private_key=key,
+                signature_key_header=signatures.signature_key_hwk(key),
+            )
+        )
+    async with http.post("/oauth2/token", data=body, headers=headers) as response:
         return response.status, await response.json()
 
 
@@ -732,7 +867,7 @@ async def test_aws_exchange_over_http_issues_an_agent_token(
     sts: LoopbackSts, token_endpoint: tuple[aiohttp.ClientSession, Any]
 ) -> None:
     http, state = token_endpoint
-    token = sdk_token(ROLE_PRINCIPAL, sts)
+    token = sdk_token(ROLE_PRINCIPAL, sts, key_thumbprint=HTTP_JKT)
     status, body = await _exchange(http, token, aws.SUBJECT_TOKEN_TYPE)
     assert status == 200, body
     claims = tokens.verify(
@@ -743,8 +878,26 @@ async def test_aws_exchange_over_http_issues_an_agent_token(
     )
     assert claims.claims["agent"]["name"] == "researcher"
     assert claims.subject == "aauth:researcher.agents@agentauth.example.com"
+    assert claims.claims["cnf"]["jkt"] == HTTP_JKT  # bound to the key it names
     assert body["scope"] == "document.read"
-    # The same signed request again: refused by the replay cache, as RFC 6749 JSON.
+    # Presented by another key, or unsigned: refused before STS is asked.
+    before = sts.requests_received
+    status, body = await _exchange(
+        http, token, aws.SUBJECT_TOKEN_TYPE, key=ed25519.Ed25519PrivateKey.generate()
+    )
+    assert (status, body["error_description"]) == (
+        400,
+        "the token request is not signed by the key the AWS signed request names in "
+        "X-AgentAuth-Key-Thumbprint",
+    )
+    status, body = await _exchange(http, token, aws.SUBJECT_TOKEN_TYPE, key=None)
+    assert (status, body["error_description"]) == (
+        400,
+        "the token request must be signed (RFC 9421) by the key the AWS signed request names "
+        "in X-AgentAuth-Key-Thumbprint",
+    )
+    assert sts.requests_received == before
+    # The same signed request again, in a fresh signature: refused by the replay cache.
     status, body = await _exchange(http, token, aws.SUBJECT_TOKEN_TYPE)
     assert (status, body) == (
         400,
@@ -760,11 +913,21 @@ async def test_gcp_exchange_over_http_issues_an_agent_token(
 ) -> None:
     http, _ = token_endpoint
     token = await asyncio.to_thread(
-        sdk_gcp.gcp_subject_token, issuer=ISSUER, metadata_host=google.host
+        sdk_gcp.gcp_subject_token,
+        issuer=ISSUER,
+        key_thumbprint=HTTP_JKT,
+        metadata_host=google.host,
     )
     status, body = await _exchange(http, token, "urn:ietf:params:oauth:token-type:id_token")
     assert status == 200, body
     assert body["scope"] == "document.read"
+    status, body = await _exchange(
+        http,
+        token,
+        "urn:ietf:params:oauth:token-type:id_token",
+        key=ed25519.Ed25519PrivateKey.generate(),
+    )
+    assert (status, body["error_description"]) == (400, gcp.WRONG_AUDIENCE_DESCRIPTION)
 
 
 async def test_unclaimed_identity_over_http_is_invalid_grant(
@@ -772,7 +935,9 @@ async def test_unclaimed_identity_over_http_is_invalid_grant(
 ) -> None:
     http, _ = token_endpoint
     token = google_id_token(
-        google.signing_key, aud=ISSUER, email="stranger@elsewhere.iam.gserviceaccount.com"
+        google.signing_key,
+        aud=f"{ISSUER}#jkt={HTTP_JKT}",
+        email="stranger@elsewhere.iam.gserviceaccount.com",
     )
     status, body = await _exchange(http, token, "urn:ietf:params:oauth:token-type:id_token")
     assert (status, body) == (

@@ -6,7 +6,8 @@ An agent that runs outside Kubernetes registers Ed25519 public keys in its Agent
     grant_type=client_credentials
     client_id=aauth:<name>.<namespace>@<trust-domain>            (optional; must equal iss)
     client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer
-    client_assertion=<JWT signed with a registered key>
+    client_assertion=<JWT signed with a registered key, naming in cnf.jkt the key that signs
+                      this request (RFC 9421)>
 
 Choice (documented in docs/aauth.md): RFC 7523 *client assertion* (section 2.2), not a
 ``jwt`` subject token.  The assertion authenticates the agent as an OAuth client, which is what
@@ -25,11 +26,21 @@ RFC 7523 section 3.2, with a fixed description):
 - ``iss`` = ``sub`` = the agent identifier; ``aud`` is (or contains) the token endpoint URL;
 - ``exp`` is required and in the future, ``iat`` is required and not in the future,
   ``exp - iat`` is at most five minutes, and ``exp`` is at most five minutes (+ leeway) away;
-- ``jti`` is required and accepted once (the replay cache remembers it until ``exp``).
+- the assertion is bound to the key that will hold the token: its ``cnf`` claim (RFC 7800)
+  carries ``jkt``, the RFC 7638 thumbprint of a key, and the token request must be signed
+  (RFC 9421) by exactly that key, whose thumbprint the caller passes as ``signer_jkt``. The
+  issued token is bound to the same key, so a captured assertion is worth nothing without the
+  private key that signs with it: replayed in its original signed request (to any token-service
+  replica) it yields a token only its original holder can use, and presented in a request signed
+  by any other key it is refused. The binding is checked before the ``jti`` is recorded, so a
+  refused replay does not spend the holder's assertion;
+- ``jti`` is required and accepted once per replica (the replay cache remembers it until
+  ``exp`` + leeway); the binding above is what makes a replay to another replica harmless.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 import threading
@@ -39,7 +50,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agentauth.domain import errors, jose, tokens
+from agentauth.domain import clockskew, errors, jose, tokens
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 """RFC 7523 section 2.2 ``client_assertion_type``."""
@@ -50,8 +61,8 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
 """An assertion may be valid for at most five minutes."""
 
-LEEWAY = 30
-"""Clock skew tolerated on ``exp``/``iat``/``nbf`` (seconds)."""
+LEEWAY = clockskew.LEEWAY_SECONDS
+"""Clock skew tolerated on ``exp``/``iat``/``nbf`` (seconds): the one leeway of every verifier."""
 
 _ALGORITHM = "EdDSA"
 
@@ -66,14 +77,18 @@ class ReplayCache(Protocol):
     def remember(self, key: str, *, expires_at: float, now: float) -> None:
         """Record ``key`` until ``expires_at``; raise :class:`Replayed` if it is already there."""
 
+    def forget(self, key: str) -> None:
+        """Drop ``key`` (its request was refused, so replaying it gains nothing)."""
+
 
 class InMemoryReplayCache:
     """A process-local :class:`ReplayCache` (thread-safe).
 
     Fails closed when full: with ``max_entries`` live entries a new key raises
     ``errors.TemporarilyUnavailable`` instead of evicting one that might be replayed.
-    Several token-service replicas each hold their own cache; an assertion replayed against
-    another replica within its (at most five-minute) lifetime is the documented residual risk.
+    Several token-service replicas each hold their own cache: it is defence in depth. What makes
+    a replay to another replica harmless is that every credential is bound to the key that will
+    hold the resulting token (see :func:`verify_client_assertion`).
     """
 
     def __init__(self, *, max_entries: int = 100_000) -> None:
@@ -91,6 +106,10 @@ class InMemoryReplayCache:
                 if len(self._entries) >= self._max_entries:
                     raise errors.TemporarilyUnavailable("replay cache is full; retry shortly")
             self._entries[key] = expires_at
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -232,12 +251,15 @@ def verify_client_assertion(
     token_endpoint: str,
     now: float,
     replay_cache: ReplayCache,
+    signer_jkt: str | None,
     client_id: str | None = None,
 ) -> VerifiedAssertion:
     """Verify a registered-key agent's client assertion (see the module docstring).
 
     ``agent_id`` is the identifier of the Agent looked up from :func:`peek_issuer`;
-    ``public_keys`` its ``spec.publicKeys`` as a JWKS mapping (``PublicKeySet.to_api()``).
+    ``public_keys`` its ``spec.publicKeys`` as a JWKS mapping (``PublicKeySet.to_api()``);
+    ``signer_jkt`` the thumbprint of the key whose RFC 9421 signature over the token request
+    verified (``None`` for an unsigned request, which is refused).
     """
     parsed = _parse(assertion)
     alg = parsed.header.get("alg")
@@ -281,6 +303,7 @@ def verify_client_assertion(
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
         raise errors.InvalidClient("assertion has no jti claim")
+    check_binding(claims, signer_jkt=signer_jkt)
     try:
         replay_cache.remember(f"assertion|{agent_id}|{jti}", expires_at=exp + LEEWAY, now=now)
     except Replayed:
@@ -288,6 +311,24 @@ def verify_client_assertion(
     return VerifiedAssertion(
         agent_id=agent_id, kid=kid, jti=jti, expires_at=int(exp), claims=dict(claims)
     )
+
+
+def check_binding(claims: Mapping[str, Any], *, signer_jkt: str | None) -> None:
+    """The assertion's ``cnf.jkt`` names the key that signed the token request."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+    if not isinstance(jkt, str) or not jkt:
+        raise errors.InvalidClient(
+            "assertion has no cnf.jkt claim: it must name the key that signs the token request"
+        )
+    if signer_jkt is None:
+        raise errors.InvalidClient(
+            "the token request must be signed (RFC 9421) by the key the assertion names in cnf.jkt"
+        )
+    if not hmac.compare_digest(jkt, signer_jkt):
+        raise errors.InvalidClient(
+            "the token request is not signed by the key the assertion names in cnf.jkt"
+        )
 
 
 def _is_number(value: object) -> bool:
@@ -301,10 +342,15 @@ def create_client_assertion(
     agent_id: str,
     token_endpoint: str,
     now: float,
+    cnf_jkt: str,
     lifetime: int = 60,
     jti: str | None = None,
 ) -> str:
-    """Sign a client assertion (what the SDK sends); ``lifetime`` is capped at five minutes."""
+    """Sign a client assertion (what the SDK sends); ``lifetime`` is capped at five minutes.
+
+    ``cnf_jkt`` is the RFC 7638 thumbprint of the key that will sign the token request (and
+    hold the token): the SDK's per-process request-signing key, or the registered key itself.
+    """
     issued_at = int(now)
     claims = {
         "iss": agent_id,
@@ -313,6 +359,7 @@ def create_client_assertion(
         "iat": issued_at,
         "exp": issued_at + min(lifetime, MAX_ASSERTION_LIFETIME),
         "jti": jti if jti is not None else secrets.token_urlsafe(16),
+        "cnf": {"jkt": cnf_jkt},
     }
     header = {"alg": _ALGORITHM, "kid": kid, "typ": "JWT"}
     signing_input = (

@@ -1,9 +1,16 @@
 """Chain of agency (RFC 8693 section 4.1): an agent acting on behalf of a user or another agent.
 
 Guarantees (each failure raises a typed ``errors.OAuthError``):
-- The subject token is either one of our agent tokens (verified with our keys and still backed by
-  the caches) or a token of a configured trusted user-token issuer (verified against that
-  issuer's JWKS with an explicit algorithm allow-list, its configured audience, ``exp`` required).
+- The subject token is either one of our agent tokens (verified with our keys, its ``aud`` our
+  issuer: a token minted for a ToolServer is that ToolServer's, not a credential here; and still
+  backed by the caches) or a token of a configured trusted user-token issuer (verified against
+  that issuer's JWKS with an explicit algorithm allow-list, its configured audience, ``exp``
+  required, with ``clockskew.LEEWAY_SECONDS``).
+- A user token's ``sub`` may not look like an agent identifier (``aauth:`` in any case) nor hold
+  control characters, so a delegated token's ``sub`` can never pass for an agent's.
+- A user token must carry ``may_act`` naming the actor, unless its issuer is configured with
+  ``require_may_act: false`` (then any agent that allows delegation may act for its users, within
+  the user token's scope and its own capabilities).
 - The actor token is one of our own, undelegated agent tokens (``act`` absent) for our issuer;
   its Agent must be usable and allow delegation (``unauthorized_client`` otherwise).
 - Depth: the new ``act`` chain may be at most the actor Agent's ``delegation.maxDepth`` deep.
@@ -22,6 +29,7 @@ Guarantees (each failure raises a typed ``errors.OAuthError``):
 from __future__ import annotations
 
 import hmac
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +48,8 @@ class TrustedIssuer:
     issuer: str
     jwks_url: str
     audience: str
+    require_may_act: bool = True
+    """Refuse this issuer's user tokens that do not name the actor in ``may_act``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,8 @@ class Subject:
     expires_at: datetime
     ours: bool
     bound_jkt: str | None = None
+    require_may_act: bool = False
+    """A user token of an issuer that requires ``may_act``: refused without one."""
     """The RFC 7638 thumbprint the token is bound to (``cnf.jkt``), if any."""
 
 
@@ -98,7 +110,7 @@ def verify_subject(
     """Verify an access-token subject: ours (and still current) or a trusted user issuer's."""
     iss = peek_issuer(token)
     if iss == issuer:
-        claims = tokens.verify(token, public_keys=our_keys, issuer=issuer, now=now)
+        claims = tokens.verify(token, public_keys=our_keys, issuer=issuer, audience=issuer, now=now)
         exchanging.check_token_current(claims, snapshot=snapshot, now=now)
         raw = claims.claims
         return Subject(
@@ -126,6 +138,12 @@ def verify_subject(
     sub = payload.get("sub")
     if not isinstance(sub, str) or not sub:
         raise errors.InvalidGrant("subject token has no sub claim")
+    folded = unicodedata.normalize("NFKC", sub).strip().lower()
+    if folded.startswith(tokens.SUBJECT_PREFIX) or not sub.isprintable():
+        raise errors.InvalidGrant(
+            f"the user token's sub must not look like an agent identifier ({tokens.SUBJECT_PREFIX}"
+            "...) or contain control characters"
+        )
     act, may_act = payload.get("act"), payload.get("may_act")
     return Subject(
         sub=sub,
@@ -135,6 +153,7 @@ def verify_subject(
         expires_at=datetime.fromtimestamp(int(payload["exp"]), tz=UTC),
         ours=False,
         bound_jkt=_bound_jkt(payload),
+        require_may_act=config.require_may_act,
     )
 
 
@@ -186,6 +205,10 @@ def decide(
         raise errors.InvalidGrant(
             f"delegation depth {depth} exceeds maxDepth {agent.spec.delegation.max_depth} "
             f"of agent {label}"
+        )
+    if subject.may_act is None and subject.require_may_act:
+        raise errors.InvalidGrant(
+            "the user token has no may_act naming the actor; its issuer requires one"
         )
     if subject.may_act is not None and subject.may_act.get("sub") != actor.subject:
         raise errors.InvalidGrant("the subject token's may_act does not name the actor")

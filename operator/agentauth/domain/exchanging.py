@@ -6,8 +6,10 @@ builds a ``Snapshot`` of its caches and calls into this module; nothing here per
 Rules (each failure raises a typed ``errors.OAuthError``):
 
 - Pod binding (Kubernetes service-account tokens): the token's pod must exist in the cache with
-  the same uid, carry ``agentauth.dev/agent=<agent>``, run as the token's service account, which
-  must be the Agent's ``serviceAccountName``, and match the Agent's ``podSelector``.
+  the same uid, the token's service account must exist with the uid the token names (a service
+  account deleted and created again under its name does not accept its predecessor's tokens), the
+  pod must carry ``agentauth.dev/agent=<agent>``, run as the token's service account, which must
+  be the Agent's ``serviceAccountName``, and match the Agent's ``podSelector``.
 - Agent usability: the Agent must exist, not be suspended and not be being deleted. If the
   controller published ``Ready=False`` the exchange is refused with its reason, except for
   ``NoCapabilities`` (capabilities are recomputed here from the grant cache, which may be newer
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -246,6 +249,8 @@ class Snapshot:
     pods: Mapping[Key, Pod] = field(default_factory=dict)
     claim_policy: claimpolicy.ClaimPolicy = field(default_factory=claimpolicy.ClaimPolicy)
     """Who may claim which resource URI (and cloud identity): the token service's setting."""
+    service_accounts: Mapping[Key, str] = field(default_factory=dict)
+    """The uid of each service account of the watched namespaces, by (namespace, name)."""
     _grants_by_ns: dict[str, list[CapabilityGrant]] = field(default_factory=dict, repr=False)
     _requests_by_agent: dict[Key, list[AccessRequest]] = field(default_factory=dict, repr=False)
     _held: dict[Key, tuple[Agent, datetime | None, list[EffectiveCapability]]] = field(
@@ -387,7 +392,29 @@ def bind_pod(
         raise errors.InvalidGrant(
             f"pod {where} does not match the podSelector of agent {agent_label(agent)}"
         )
+    check_service_account_current(identity, snapshot)
     return agent, pod
+
+
+def check_service_account_current(
+    identity: serviceaccounts.ServiceAccountIdentity, snapshot: Snapshot
+) -> None:
+    """The token's service account still exists with the uid the token was minted for.
+
+    Kubernetes keeps projected tokens of a deleted service account verifiable by signature until
+    they expire; a service account created again under the same name is a new identity, and its
+    predecessor's tokens (which carry the old uid) must not act for it.
+    """
+    current = snapshot.service_accounts.get((identity.namespace, identity.service_account))
+    if (
+        current is None
+        or not identity.service_account_uid
+        or not hmac.compare_digest(current, identity.service_account_uid)
+    ):
+        raise errors.InvalidGrant(
+            f"service account {identity.namespace}/{identity.service_account} of the token no "
+            "longer exists (deleted, or created again under the same name)"
+        )
 
 
 def check_agent_usable(agent: Agent) -> None:
@@ -708,7 +735,8 @@ def check_token_current(
     claims: tokens.AgentTokenClaims, *, snapshot: Snapshot, now: datetime
 ) -> Agent:
     """Whether a verified agent token is still backed by the caches: its Agent exists with the
-    same uid and is usable, and every scope entry is still held (and, for ``Required``
+    same uid and is usable, the pod it was issued to (``pod`` claim) still exists with the same
+    uid and is not being deleted, and every scope entry is still held (and, for ``Required``
     capabilities, still approved). Returns the Agent; raises ``InvalidGrant`` otherwise."""
     ref = claims.agent
     agent = snapshot.agent(ref.namespace, ref.name)
@@ -718,6 +746,15 @@ def check_token_current(
     named = claims.claims.get("tool_server")
     if named is not None:
         _check_tool_server_current(named, claims=claims, snapshot=snapshot)
+    pod_claim = claims.claims.get("pod")
+    if pod_claim is not None:
+        name = pod_claim.get("name") if isinstance(pod_claim, Mapping) else None
+        uid = pod_claim.get("uid") if isinstance(pod_claim, Mapping) else None
+        pod = snapshot.pods.get((ref.namespace, name)) if isinstance(name, str) else None
+        if pod is None or pod.uid != uid or pod.terminating:
+            raise errors.InvalidGrant(
+                f"pod {ref.namespace}/{name} the token was issued to no longer exists"
+            )
     held = snapshot.held(agent, now=now)
     requests = snapshot.access_requests_of(agent, now=now)
     for entry in claims.scope:
@@ -770,7 +807,7 @@ def introspect(
     """RFC 7662 response: the claims with ``active: true``, or exactly ``{"active": false}`` for
     anything invalid, expired, signed by a dropped key, or no longer backed by the caches."""
     try:
-        claims = tokens.verify(token, public_keys=public_keys, issuer=issuer, now=now, leeway=0)
+        claims = tokens.verify(token, public_keys=public_keys, issuer=issuer, now=now)
         check_token_current(claims, snapshot=snapshot, now=now)
     except errors.OAuthError:
         return {"active": False}

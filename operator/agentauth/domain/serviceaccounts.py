@@ -5,7 +5,7 @@ oversized token; ``jose.UnknownKeyId`` when the ``kid`` is not in the cluster JW
 may refetch it once):
 - explicit algorithm allow-list (``ALLOWED_ALGORITHMS``: RS*/PS*/ES*/EdDSA; ``none``/``HS*`` never),
 - ``iss`` must equal the cluster issuer, ``aud`` must contain our issuer, ``exp`` is required,
-  ``nbf``/``iat`` may not be in the future; each with at most ``leeway`` (<= 60) seconds,
+  ``nbf``/``iat`` may not be in the future; each with at most ``clockskew.LEEWAY_SECONDS``,
 - the token must be a pod-bound token (``kubernetes.io.pod``) for a service account whose
   ``sub`` agrees with the ``kubernetes.io`` claims, so a token cannot claim another identity.
 """
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from agentauth.domain import errors, jose
+from agentauth.domain import clockskew, errors, jose
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
 )
-MAX_LEEWAY = 60.0
+MAX_LEEWAY = float(clockskew.LEEWAY_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)

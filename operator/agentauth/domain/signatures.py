@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures.structures import normalize_header_value
 from http_sf.compat import InnerList, Item
 
-from agentauth.domain import errors, jose
+from agentauth.domain import clockskew, errors, jose
 
 SIGNATURE_LABEL = "sig"
 """The signature label AAuth uses in ``Signature-Input``, ``Signature`` and ``Signature-Key``."""
@@ -62,7 +62,7 @@ BASE_COMPONENTS: tuple[str, ...] = ("@method", "@authority", "@path", "signature
 MAX_AGE_SECONDS = 60
 """Default validity window for ``created`` (AAuth profile)."""
 
-MAX_CLOCK_SKEW = 5
+MAX_CLOCK_SKEW = clockskew.LEEWAY_SECONDS
 """Seconds a ``created`` timestamp may lie in the verifier's future."""
 
 SignatureKeyScheme = Literal["jwt", "hwk"]

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from agentauth.domain import errors, jose, keys
+from agentauth.domain import clockskew, errors, jose, keys
 
 TOKEN_TYPE = "at+jwt"
 ALGORITHM = "EdDSA"
-DEFAULT_LIFETIME = timedelta(minutes=5)
+DEFAULT_LIFETIME = timedelta(minutes=2)
 MAX_LIFETIME = keys.MAX_TOKEN_LIFETIME
-DEFAULT_LEEWAY = 60.0
+DEFAULT_LEEWAY = float(clockskew.LEEWAY_SECONDS)
 SUBJECT_PREFIX = "aauth:"
 
 

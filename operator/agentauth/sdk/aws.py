@@ -4,9 +4,10 @@ The agent never sends its AWS credentials anywhere: it signs a ``GetCallerIdenti
 them (botocore's SigV4 signer, credentials from the default chain: environment, web identity,
 ECS/EKS container credentials, instance metadata, ...) and hands the *request* to the token
 service, which forwards it to STS. The ``X-AgentAuth-Server-ID`` header carrying the token
-service's issuer is part of the signed headers, so the request is useless at any other server,
-and STS rejects it if anyone changes the header. The request is valid for 15 minutes and the
-token service accepts it once.
+service's issuer and the ``X-AgentAuth-Key-Thumbprint`` header carrying the thumbprint of the
+key that signs the exchange request (``AgentClient``'s per-process key) are part of the signed
+headers, so the request is useless at any other server and to anyone without that key, and STS
+rejects it if anyone changes either header. The token service accepts it for one minute, once.
 
 botocore is imported lazily so ``agentauth`` works without the ``aws`` extra.
 """
@@ -41,13 +42,15 @@ def sts_endpoint(region: str | None) -> str:
 def aws_subject_token(
     *,
     issuer: str,
+    key_thumbprint: str,
     region: str | None = None,
     session: Any = None,
     endpoint_url: str | None = None,
 ) -> str:
     """A subject token for ``urn:agentauth:params:token-type:aws-signed-request``.
 
-    ``issuer`` is the token service's issuer URL (``AGENTAUTH_ISSUER``). ``region`` picks the
+    ``issuer`` is the token service's issuer URL (``AGENTAUTH_ISSUER``); ``key_thumbprint`` the
+    RFC 7638 thumbprint of the key that will sign the exchange request. ``region`` picks the
     regional STS endpoint (default: the session's configured region, else the global
     endpoint). ``session`` is a ``botocore.session.Session`` or ``boto3.Session`` (default: a
     new botocore session, i.e. the default credential chain). ``endpoint_url`` overrides the
@@ -78,6 +81,7 @@ def aws_subject_token(
         headers={
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
             aws_federation.SERVER_ID_HEADER: issuer,
+            aws_federation.KEY_THUMBPRINT_HEADER: key_thumbprint,
             # SigV4 timestamps have one-second resolution: without a signed nonce, two tokens
             # built in the same second would be identical and the second refused as a replay.
             NONCE_HEADER: secrets.token_hex(16),
@@ -112,10 +116,11 @@ class AwsSubjectTokenSource:
     session: Any = None
     endpoint_url: str | None = None
 
-    def __call__(self) -> client.SubjectToken:
+    def __call__(self, key_thumbprint: str) -> client.SubjectToken:
         return client.SubjectToken(
             token=aws_subject_token(
                 issuer=self.issuer,
+                key_thumbprint=key_thumbprint,
                 region=self.region,
                 session=self.session,
                 endpoint_url=self.endpoint_url,

@@ -67,19 +67,27 @@ class SubjectToken:
 class SubjectTokenSource(Protocol):
     """Produces a fresh subject token for each exchange (a file read, a cloud call, ...).
 
-    AWS and GCP sources (``agentauth[aws]``, ``agentauth[gcp]``) implement this protocol.
+    ``key_thumbprint`` is the RFC 7638 thumbprint of the key that signs the exchange request and
+    will hold the token; a source binds its credential to it where the credential allows (the
+    AWS source signs it into ``GetCallerIdentity``, the GCP source puts it in the ID token's
+    audience), so a captured credential is useless to anyone without that key. AWS and GCP
+    sources (``agentauth[aws]``, ``agentauth[gcp]``) implement this protocol.
     """
 
-    def __call__(self) -> SubjectToken: ...
+    def __call__(self, key_thumbprint: str) -> SubjectToken: ...
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceAccountTokenFile:
-    """The kubelet-projected service-account token, re-read on every call."""
+    """The kubelet-projected service-account token, re-read on every call.
+
+    The kubelet chooses its claims, so it cannot name the signing key: it is bound to its pod
+    (uid), its service account (uid) and our issuer as audience instead.
+    """
 
     path: Path
 
-    def __call__(self) -> SubjectToken:
+    def __call__(self, key_thumbprint: str = "") -> SubjectToken:
         try:
             token = self.path.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -457,6 +465,8 @@ class AgentClient:
                 agent_id=self._registered.agent_id,
                 token_endpoint=self.token_endpoint,
                 now=time.time(),
+                # bound to this process's request-signing key, which signs the request below
+                cnf_jkt=self.jkt,
             )
             fields = {
                 "grant_type": "client_credentials",
@@ -467,7 +477,7 @@ class AgentClient:
                 "audience": audience,
             }
         elif self._subject is not None:
-            subject = self._subject()
+            subject = self._subject(self.jkt)
             fields = {
                 "grant_type": TOKEN_EXCHANGE_GRANT,
                 "subject_token": subject.token,

@@ -2,7 +2,9 @@
 
 On Compute Engine, GKE (workload identity), Cloud Run and Cloud Functions, the metadata server
 mints an ID token for the workload's service account with the audience we ask for. We ask for
-the token service's issuer, so the token is useless at any other relying party, and for
+the token service's issuer bound to the key that signs the exchange request
+(``<issuer>#jkt=<RFC 7638 thumbprint>``, ``domain.federation.gcp.bound_audience``), so the
+token is useless at any other relying party and to anyone without that key, and for
 ``format=full`` so it carries ``email``, ``email_verified`` and, on Compute Engine,
 ``google.compute_engine.project_id``.
 
@@ -20,6 +22,7 @@ import os
 import re
 import urllib.parse
 
+from agentauth.domain.federation import gcp as gcp_federation
 from agentauth.sdk import client
 
 SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
@@ -44,13 +47,15 @@ def resolve_metadata_host(explicit: str | None = None) -> str:
     )
 
 
-def gcp_subject_token(*, issuer: str, metadata_host: str | None = None) -> str:
-    """A Google-signed ID token whose audience is ``issuer``, for the ``id_token`` type."""
+def gcp_subject_token(*, issuer: str, key_thumbprint: str, metadata_host: str | None = None) -> str:
+    """A Google-signed ID token for the ``id_token`` type, its audience ``issuer`` bound to the
+    key with thumbprint ``key_thumbprint`` (the key that will sign the exchange request)."""
     import requests  # lazy: the optional "gcp" extra
 
     host = resolve_metadata_host(metadata_host)
     # The token service canonicalises its issuer without a trailing slash; match it exactly.
-    query = urllib.parse.urlencode({"audience": issuer.rstrip("/"), "format": "full"})
+    audience = gcp_federation.bound_audience(issuer, key_thumbprint)
+    query = urllib.parse.urlencode({"audience": audience, "format": "full"})
     url = f"http://{host}{IDENTITY_PATH}?{query}"
     try:
         response = requests.get(
@@ -87,8 +92,12 @@ class GcpSubjectTokenSource:
     issuer: str
     metadata_host: str | None = None
 
-    def __call__(self) -> client.SubjectToken:
+    def __call__(self, key_thumbprint: str) -> client.SubjectToken:
         return client.SubjectToken(
-            token=gcp_subject_token(issuer=self.issuer, metadata_host=self.metadata_host),
+            token=gcp_subject_token(
+                issuer=self.issuer,
+                key_thumbprint=key_thumbprint,
+                metadata_host=self.metadata_host,
+            ),
             token_type=SUBJECT_TOKEN_TYPE,
         )

@@ -37,6 +37,7 @@ from agentauth.domain.models import AccessRequest, AccessRequestStatus, Agent, D
 from agentauth.domain.models import accessrequests as request_models
 from agentauth.domain.models import common as model_common
 from agentauth.kube import client as kubeclient
+from agentauth.tokenservice import bodies
 
 if TYPE_CHECKING:
     from agentauth.tokenservice.app import ServiceContext
@@ -112,10 +113,9 @@ class _Handlers:
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise errors.InvalidRequest(f"the request body exceeds {MAX_BODY_BYTES} bytes")
-        try:
-            body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise errors.InvalidRequest("the request body must be JSON") from None
+        body = await bodies.json_value(
+            request, timeout=self.context.settings.body_timeout, max_bytes=MAX_BODY_BYTES
+        )
         if not isinstance(body, dict):
             raise errors.InvalidRequest("the request body must be a JSON object")
         return body

@@ -9,9 +9,14 @@ Every handler parses, calls a pure function of ``agentauth.domain`` and answers.
 ``errors.OAuthError`` rendered as RFC 6749 section 5.2 JSON with their HTTP status (token
 endpoint answers, issued or denied, name their audit line in ``X-Agentauth-Audit-Id``; and
 ``Retry-After`` for 429, ``WWW-Authenticate`` for 401 on bearer-protected routes); bodies larger
-than ``settings.max_body_bytes`` get 413 ``invalid_request``. Token responses carry
-``Cache-Control: no-store``. ``/readyz`` is 200 only once every cache synced and a signing key is
-loaded.
+than ``settings.max_body_bytes`` get 413 ``invalid_request``. Bodies are read by ``bodies``
+(deadline, bounded ``gzip``/``deflate``, UTF-8 only: every malformed body is a 4xx RFC error,
+audited at the token endpoint) and the server is hardened by ``hardening`` (request-head
+deadline, no tracebacks for client errors). Token responses carry ``Cache-Control: no-store``.
+``/readyz`` is 200 only once every cache synced and a signing key is loaded.
+
+Rate limits (per replica): token requests per client address and per agent, Ask per agent,
+introspection per client address and per authenticated caller.
 
 Subject token dispatch (``subject_token_type``):
 - ``urn:ietf:params:oauth:token-type:jwt``: a projected Kubernetes service-account token,
@@ -33,7 +38,11 @@ Collaborating modules:
   (``cnf: {jwk, jkt}``). A key-bound token presented to ``/v1/ask``, ``/v1/access-requests`` or
   as ``actor_token`` needs a request signed by its key.
   ``agentauth.domain.assertions.verify_client_assertion`` — ``grant_type=client_credentials`` with
-  an RFC 7523 ``client_assertion`` signed by a key in the Agent's ``spec.publicKeys``.
+  an RFC 7523 ``client_assertion`` signed by a key in the Agent's ``spec.publicKeys``, naming in
+  ``cnf.jkt`` the key that signs the request. AWS and GCP subject tokens name that key too, so
+  every credential is bound to the key that will hold its token: a replay to another replica
+  (whose replay caches never saw it) yields nothing the replayer can use. A refused request's
+  signature is forgotten (``ServiceContext.forget_signature``), so garbage cannot fill the cache.
 - JIT: ``agentauth.tokenservice.accessrequests.add_routes(app, *, context)`` adds
   ``POST /v1/access-requests`` and ``GET /v1/access-requests/{name}``. ``context`` is a
   ``ServiceContext``: ``settings``, ``state`` (``snapshot()``, ``changed`` condition for
@@ -57,7 +66,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
 
 from agentauth.domain import (
     asking,
@@ -76,15 +85,16 @@ from agentauth.domain.federation import matching
 from agentauth.domain.models import Agent
 from agentauth.kube import client as kubeclient
 from agentauth.kube import config as kubeconfig
-from agentauth.tokenservice import federation, observability, ratelimit
+from agentauth.tokenservice import bodies, federation, hardening, observability, ratelimit
 from agentauth.tokenservice import settings as settings_module
 from agentauth.tokenservice import state as state_module
 
 log = logging.getLogger(__name__)
 
 GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+FORM_CONTENT_TYPE = bodies.FORM_CONTENT_TYPE
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+SIGNATURE_KEY = web.RequestKey("agentauth_signature_replay_key", str)
 AUDIT_HEADER = "X-Agentauth-Audit-Id"
 """Token-endpoint answers (issued or denied) name their audit line here; the body stays RFC 6749."""
 
@@ -113,7 +123,9 @@ class ServiceContext:
         self.state = state
         self.kube = kube
         self.metrics = metrics
-        # Every request signature is accepted once (within its 60 s window), per replica.
+        # Every request signature is accepted once (within its 60 s window), per replica. The
+        # signature of a refused request is forgotten again (``forget_signature``): anyone can
+        # sign garbage with a key of their own, and must not fill the cache with it.
         self.signature_replay = assertions.InMemoryReplayCache()
 
     @staticmethod
@@ -137,7 +149,11 @@ class ServiceContext:
                 method=request.method,
                 url=self.settings.public_url + request.rel_url.path_qs,
                 headers=[(k, v) for k, v in request.raw_headers],
-                body=await request.read(),
+                body=await bodies.read(
+                    request,
+                    timeout=self.settings.body_timeout,
+                    max_bytes=self.settings.max_body_bytes,
+                ),
                 now=now.timestamp(),
             )
         except signatures.SignatureError as exc:
@@ -150,7 +166,14 @@ class ServiceContext:
             )
         except assertions.Replayed:
             raise errors.InvalidRequest("request signature was already used (replay)") from None
+        request[SIGNATURE_KEY] = "sig|" + verified.replay_id.hex()
         return verified
+
+    def forget_signature(self, request: web.Request) -> None:
+        """The request was refused: its signature need not be remembered (see ``__init__``)."""
+        key = request.get(SIGNATURE_KEY)
+        if key is not None:
+            self.signature_replay.forget(key)
 
     @staticmethod
     def require_possession(
@@ -191,7 +214,6 @@ class ServiceContext:
                 issuer=self.settings.issuer,
                 audience=self.settings.issuer,
                 now=now,
-                leeway=0,
             )
             agent = exchanging.check_token_current(claims, snapshot=self.state.snapshot(), now=now)
             self.require_possession(
@@ -225,14 +247,6 @@ def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _form_dict(form: Mapping[str, Any]) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    for key, value in form.items():  # MultiDict.items() yields every value of repeated keys
-        if isinstance(value, str):
-            result.setdefault(key, []).append(value)
-    return result
-
-
 class TokenService:
     """The handlers. One instance per application."""
 
@@ -253,6 +267,18 @@ class TokenService:
             if self.settings.client_rate_limit_per_second > 0
             else None
         )
+        # Ask answers come out of their own per-agent budget (same rate as token requests), so a
+        # looping agent can neither flood a replica nor starve its own token refreshes.
+        self.ask_buckets = ratelimit.TokenBuckets(
+            rate=self.settings.rate_limit_per_second,
+            burst=self.settings.rate_limit_burst,
+            refusal="too many Ask requests for {key}",
+        )
+        self.introspection_buckets = ratelimit.TokenBuckets(
+            rate=self.settings.introspection_rate_limit_per_second,
+            burst=self.settings.introspection_rate_limit_burst,
+            refusal="too many introspection requests from {key}",
+        )
         self._federation_settings = federation.FederationSettings(
             issuer=self.settings.issuer,
             aws_sts_test_endpoint=self.settings.aws_sts_test_endpoint,
@@ -264,9 +290,9 @@ class TokenService:
     # -- helpers -----------------------------------------------------------------------------
 
     async def _form(self, request: web.Request) -> dict[str, list[str]]:
-        if request.content_type != FORM_CONTENT_TYPE:
-            raise errors.InvalidRequest(f"the request body must be {FORM_CONTENT_TYPE}")
-        return _form_dict(await request.post())
+        return await bodies.form(
+            request, timeout=self.settings.body_timeout, max_bytes=self.settings.max_body_bytes
+        )
 
     def _json(
         self, body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] = NO_STORE
@@ -301,7 +327,7 @@ class TokenService:
             signed = await self.context.verify_signed_request(request, now=now)
             cnf = signed.public_jwk if signed is not None else None
             if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS:
-                decision = self._client_assertion(form, snapshot=snapshot, now=now)
+                decision = self._client_assertion(form, snapshot=snapshot, now=now, signed=signed)
             else:
                 assertions.reject_grant_type(grant_type)
                 exchange = exchanging.parse_request(form)
@@ -381,7 +407,9 @@ class TokenService:
                 now=now,
             )
         if kind in (exchanging.TOKEN_TYPE_ID_TOKEN, exchanging.TOKEN_TYPE_AWS):
-            agent = await self._federated_agent(exchange, snapshot=snapshot, fields=fields)
+            agent = await self._federated_agent(
+                exchange, snapshot=snapshot, fields=fields, signed=signed
+            )
             return exchanging.decide_for_agent(
                 agent=agent,
                 target=exchange.target,
@@ -424,16 +452,20 @@ class TokenService:
         *,
         snapshot: exchanging.Snapshot,
         fields: dict[str, Any],
+        signed: signatures.VerifiedRequest | None,
     ) -> Agent:
+        # Both cloud credentials name the key that must sign this request (and hold the token).
+        signer_jkt = signed.jkt if signed is not None else None
         if exchange.subject_token_type == exchanging.TOKEN_TYPE_ID_TOKEN:
             identity = await federation.verify_gcp_subject_token(
-                exchange.subject_token, settings=self._federation_settings
+                exchange.subject_token, settings=self._federation_settings, signer_jkt=signer_jkt
             )
         else:
             identity = await federation.verify_aws_subject_token(
                 exchange.subject_token,
                 settings=self._federation_settings,
                 replay_cache=self._aws_replay,
+                signer_jkt=signer_jkt,
             )
         fields["federated"] = identity.describe()
         return matching.match_agent(
@@ -509,7 +541,12 @@ class TokenService:
         )
 
     def _client_assertion(
-        self, form: Mapping[str, Sequence[str]], *, snapshot: exchanging.Snapshot, now: datetime
+        self,
+        form: Mapping[str, Sequence[str]],
+        *,
+        snapshot: exchanging.Snapshot,
+        now: datetime,
+        signed: signatures.VerifiedRequest | None,
     ) -> exchanging.Decision:
         assertion = (form.get("client_assertion") or [""])[0]
         assertions.check_assertion_type(_first(form, "client_assertion_type"))
@@ -529,6 +566,7 @@ class TokenService:
             token_endpoint=self.settings.token_endpoint,
             now=now.timestamp(),
             replay_cache=self._assertion_replay,
+            signer_jkt=signed.jkt if signed is not None else None,
             client_id=_first(form, "client_id"),
         )
         return exchanging.decide_for_agent(
@@ -600,14 +638,21 @@ class TokenService:
             return exchanging.agent_label(caller.agent)
         try:
             identity = await self._service_account(credential, now=now)
-        except errors.OAuthError as exc:
+            # The signature outlives the pod and the service account: a token of a deleted pod
+            # (or of a service account created again under its name) is no caller.
+            await self.state.confirm_identity(identity)
+        except (errors.InvalidGrant, errors.InvalidRequest) as exc:
             raise errors.InvalidToken(
                 f"introspection caller: {exc.description}", headers=challenge
             ) from None
         return f"system:serviceaccount:{identity.namespace}:{identity.service_account}"
 
     async def introspect(self, request: web.Request) -> web.Response:
+        if self.client_buckets is not None:
+            # per address before any token is verified, then per authenticated caller
+            self.client_buckets.take(request.remote or "unknown")
         caller = await self._introspection_caller(request, now=self.context.now())
+        self.introspection_buckets.take(caller)
         form = await self._form(request)
         token = (form.get("token") or [""])[0]
         if not token:
@@ -634,10 +679,10 @@ class TokenService:
 
     async def ask(self, request: web.Request) -> web.Response:
         caller = await self.context.authenticate(request)
-        try:
-            body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise errors.InvalidRequest("the request body must be JSON") from None
+        self.ask_buckets.take(exchanging.agent_label(caller.agent))
+        body = await bodies.json_value(
+            request, timeout=self.settings.body_timeout, max_bytes=self.settings.max_body_bytes
+        )
         try:
             asked = asking.parse_request(body)
         except asking.InvalidAsk as exc:
@@ -731,6 +776,8 @@ async def oauth_errors(
     try:
         return await handler(request)
     except errors.OAuthError as exc:
+        # a refused request had no effect: its replay can gain nothing, so forget its signature
+        request.app[CONTEXT_KEY].forget_signature(request)
         return web.json_response(
             exc.to_json(), status=exc.status, headers={**NO_STORE, **exc.headers}
         )
@@ -743,8 +790,23 @@ async def oauth_errors(
             status=413,
             headers=NO_STORE,
         )
+    except web.HTTPClientError as exc:
+        # aiohttp's own refusals (unknown path, wrong method, ...) in the same RFC 6749 shape
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return web.json_response(
+            {"error": "invalid_request", "error_description": exc.reason.lower()},
+            status=exc.status,
+            headers={**NO_STORE, **headers},
+        )
     except web.HTTPException:
         raise
+    except (web_protocol.RequestPayloadError, http_exceptions.HttpProcessingError):
+        # the body could not be read as sent (broken chunked framing, connection cut short)
+        return web.json_response(
+            {"error": "invalid_request", "error_description": "the request body is malformed"},
+            status=400,
+            headers=NO_STORE,
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response(
@@ -759,7 +821,11 @@ def build_app(
     kube: kubeclient.KubeClient | None = None,
 ) -> web.Application:
     """The aiohttp application over ``state`` (``KubeState`` or ``MemoryState``)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[oauth_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[oauth_errors],
+        handler_args=hardening.handler_args(header_timeout=settings.header_timeout),
+    )
     metrics = observability.Metrics(state.cache_sizes)
     context = ServiceContext(settings=settings, state=state, kube=kube, metrics=metrics)
     service = TokenService(context)

@@ -10,13 +10,19 @@ Guarantees:
   is bounded by ``aws_sts_timeout_seconds``. STS refusing the signature becomes
   ``invalid_grant`` naming STS's error code; STS unreachable or failing becomes
   ``temporarily_unavailable``.
+- Both are bound to the key that signs the token request (``signer_jkt``, the thumbprint of the
+  verified RFC 9421 signature; an unsigned request is refused): the AWS request must sign
+  ``X-AgentAuth-Key-Thumbprint`` with that thumbprint, the GCP ID token's audience must be
+  ``gcp.bound_audience(issuer, signer_jkt)``. A captured subject token is thus useless with any
+  other key, at whichever replica it is replayed.
 - GCP: the ID token is verified by google-auth's own ``id_token.verify_token`` (signature with
-  Google's certificates, ``exp``/``iat`` with ``gcp_clock_skew_seconds`` of leeway, ``aud`` =
-  our issuer), run in a worker thread because google-auth's transport is synchronous; only
-  ``RS256`` is accepted; then ``domain.federation.gcp.check_claims`` adds ``iss``,
-  ``email_verified`` and the rest. Certificates are cached per certs URL for their
-  ``Cache-Control: max-age`` (bounded), and refetched when a token names an unknown key id
-  (Google rotates keys), at most once per ``gcp_certs_min_refetch_seconds``.
+  Google's certificates, ``exp``/``iat`` with ``gcp_clock_skew_seconds`` of leeway, the shared
+  ``clockskew.LEEWAY_SECONDS``, ``aud`` = the bound audience), run in a worker thread because
+  google-auth's transport is synchronous; only ``RS256`` is accepted; then
+  ``domain.federation.gcp.check_claims`` adds ``iss``, ``email_verified`` and the rest.
+  Certificates are cached per certs URL for their ``Cache-Control: max-age`` (bounded), and
+  refetched when a token names an unknown key id (Google rotates keys), at most once per
+  ``gcp_certs_min_refetch_seconds``.
 
 Both functions return a ``FederatedIdentity``; ``domain.federation.matching.match_agent`` turns
 it into an Agent.
@@ -36,7 +42,7 @@ from xml.etree import ElementTree
 
 import aiohttp
 
-from agentauth.domain import errors
+from agentauth.domain import clockskew, errors
 from agentauth.domain.federation import aws, gcp
 from agentauth.domain.federation.matching import FederatedIdentity
 
@@ -48,8 +54,8 @@ _MAX_AGE = re.compile(r"max-age=(\d+)")
 class FederationSettings:
     """What the token service needs to verify cloud identities.
 
-    ``issuer`` is our issuer URL: the value the AWS ``X-AgentAuth-Server-ID`` header and the
-    GCP ``aud`` must carry. ``aws_sts_test_endpoint`` (tests and local emulators only) is one
+    ``issuer`` is our issuer URL: the value the AWS ``X-AgentAuth-Server-ID`` header carries and
+    the GCP ``aud`` starts with. ``aws_sts_test_endpoint`` (tests and local emulators only) is one
     extra origin accepted as STS, over http too; it is normalised at construction and a
     malformed one raises ``ValueError``.
     """
@@ -59,7 +65,7 @@ class FederationSettings:
     aws_sts_timeout_seconds: float = 10.0
     aws_sts_max_response_bytes: int = 64 * 1024
     gcp_certs_url: str = gcp.GOOGLE_CERTS_URL
-    gcp_clock_skew_seconds: int = 60
+    gcp_clock_skew_seconds: int = clockskew.LEEWAY_SECONDS
     gcp_certs_timeout_seconds: float = 10.0
     gcp_certs_min_refetch_seconds: float = 30.0
 
@@ -74,6 +80,7 @@ async def verify_aws_subject_token(
     *,
     settings: FederationSettings,
     replay_cache: aws.ReplayCache,
+    signer_jkt: str | None,
     http_session: aiohttp.ClientSession | None = None,
 ) -> FederatedIdentity:
     """Validate a signed ``GetCallerIdentity``, have STS check it, return who signed it.
@@ -84,17 +91,31 @@ async def verify_aws_subject_token(
     envelope = aws.decode_subject_token(token)
     now = datetime.datetime.now(datetime.UTC)
     request = aws.validate_signed_request(
-        envelope, issuer=settings.issuer, now=now, test_endpoint=settings.aws_sts_test_endpoint
+        envelope,
+        issuer=settings.issuer,
+        now=now,
+        signer_jkt=signer_jkt,
+        test_endpoint=settings.aws_sts_test_endpoint,
     )
     # Recorded before forwarding: two concurrent presentations of one request cannot both pass.
+    # Forgotten again when STS does not vouch for it, so garbage signatures (which anyone can
+    # make up) cannot fill the cache and lock everyone out of AWS federation.
     replay_cache.remember(request.replay_key, expires_at=request.replay_expires_at, now=now)
-    if http_session is None:
-        async with aiohttp.ClientSession() as private_session:
+    try:
+        if http_session is None:
+            async with aiohttp.ClientSession() as private_session:
+                status, content_type, body = await _post_to_sts(
+                    private_session, request, settings=settings
+                )
+        else:
             status, content_type, body = await _post_to_sts(
-                private_session, request, settings=settings
+                http_session, request, settings=settings
             )
-    else:
-        status, content_type, body = await _post_to_sts(http_session, request, settings=settings)
+    except errors.OAuthError:
+        replay_cache.forget(request.replay_key)
+        raise
+    if status != 200:
+        replay_cache.forget(request.replay_key)
     if 300 <= status < 400:
         raise errors.InvalidGrant("AWS STS answered a redirect, which is never followed")
     if 400 <= status < 500:
@@ -153,16 +174,24 @@ def _sts_error_code(body: bytes) -> str:
 
 
 async def verify_gcp_subject_token(
-    token: str, *, settings: FederationSettings
+    token: str, *, settings: FederationSettings, signer_jkt: str | None
 ) -> FederatedIdentity:
     """Verify a Google-signed ID token with google-auth and return the service account."""
     gcp.check_token_shape(token)
-    claims = await asyncio.to_thread(_verify_with_google_auth, token, settings)
-    identity = gcp.check_claims(claims, issuer=settings.issuer)
+    if signer_jkt is None:
+        raise errors.InvalidGrant(
+            "the token request must be signed (RFC 9421) by the key the GCP ID token's audience "
+            "names"
+        )
+    audience = gcp.bound_audience(settings.issuer, signer_jkt)
+    claims = await asyncio.to_thread(_verify_with_google_auth, token, settings, audience)
+    identity = gcp.check_claims(claims, audience=audience)
     return FederatedIdentity.from_gcp(identity)
 
 
-def _verify_with_google_auth(token: str, settings: FederationSettings) -> dict[str, Any]:
+def _verify_with_google_auth(
+    token: str, settings: FederationSettings, audience: str
+) -> dict[str, Any]:
     # Lazy: google-auth is the optional "gcp" extra.
     import google.auth.exceptions
     import jwt as pyjwt  # google-auth's JWKS path raises PyJWT's errors
@@ -177,7 +206,7 @@ def _verify_with_google_auth(token: str, settings: FederationSettings) -> dict[s
             claims = id_token.verify_token(
                 token,
                 certs_request,
-                audience=settings.issuer,
+                audience=audience,
                 certs_url=settings.gcp_certs_url,
                 clock_skew_in_seconds=settings.gcp_clock_skew_seconds,
             )

@@ -92,7 +92,9 @@ class Settings:
 
     trusted_issuers: tuple[delegation.TrustedIssuer, ...] = ()
     """``--trusted-issuers`` / ``AGENTAUTH_TRUSTED_ISSUERS``: JSON list of
-    ``{"issuer", "jwks_url", "audience"}`` whose user tokens may be delegated to agents."""
+    ``{"issuer", "jwks_url", "audience"}`` whose user tokens may be delegated to agents; each
+    may add ``"require_may_act": false`` to accept user tokens without a ``may_act`` claim
+    (default ``true``: the user token must name the acting agent)."""
 
     trusted_ca_file: Path | None = None
     """``--trusted-ca-file`` / ``AGENTAUTH_TRUSTED_CA_FILE``: extra CA bundle for fetching the
@@ -107,10 +109,12 @@ class Settings:
     no namespace may claim a cloud identity; resource URIs unrestricted."""
 
     rate_limit_per_second: float = 20.0
-    """``--rate-limit`` / ``AGENTAUTH_RATE_LIMIT``: token requests per agent per second."""
+    """``--rate-limit`` / ``AGENTAUTH_RATE_LIMIT``: token requests per agent per second; Ask
+    requests have a budget of the same size of their own."""
 
     rate_limit_burst: int = 40
-    """``--rate-limit-burst`` / ``AGENTAUTH_RATE_LIMIT_BURST``: bucket size per agent."""
+    """``--rate-limit-burst`` / ``AGENTAUTH_RATE_LIMIT_BURST``: bucket size per agent (token
+    requests, and separately Ask requests)."""
 
     client_rate_limit_per_second: float = 50.0
     """``--client-rate-limit`` / ``AGENTAUTH_CLIENT_RATE_LIMIT``: token-endpoint requests per
@@ -121,8 +125,27 @@ class Settings:
     """``--client-rate-limit-burst`` / ``AGENTAUTH_CLIENT_RATE_LIMIT_BURST``: bucket size per
     client address."""
 
+    introspection_rate_limit_per_second: float = 50.0
+    """``--introspection-rate-limit`` / ``AGENTAUTH_INTROSPECTION_RATE_LIMIT``: introspection
+    requests per authenticated caller (agent or service account) per second. Requests are also
+    counted per client address against ``--client-rate-limit`` before the caller is
+    authenticated."""
+
+    introspection_rate_limit_burst: int = 100
+    """``--introspection-rate-limit-burst`` / ``AGENTAUTH_INTROSPECTION_RATE_LIMIT_BURST``: bucket
+    size per introspection caller."""
+
     max_body_bytes: int = 64 * 1024
     """``--max-body-bytes`` / ``AGENTAUTH_MAX_BODY_BYTES``: larger requests get 413."""
+
+    header_timeout: float = 10.0
+    """``--header-timeout`` / ``AGENTAUTH_HEADER_TIMEOUT``: seconds a connection may take to send
+    a complete request head (from being opened, or from its previous response) before it is
+    closed; also how long an idle kept-alive connection stays open."""
+
+    body_timeout: float = 10.0
+    """``--body-timeout`` / ``AGENTAUTH_BODY_TIMEOUT``: seconds a request body may take to arrive
+    once its head did (408 ``invalid_request`` after that)."""
 
     aws_sts_test_endpoint: str | None = None
     """``--aws-sts-test-endpoint`` / ``AGENTAUTH_AWS_STS_TEST_ENDPOINT`` (tests only)."""
@@ -155,6 +178,12 @@ class Settings:
             raise SettingsError("--tls-cert and --tls-key must be given together")
         if self.rate_limit_per_second <= 0 or self.rate_limit_burst < 1:
             raise SettingsError("--rate-limit must be > 0 and --rate-limit-burst >= 1")
+        if self.introspection_rate_limit_per_second <= 0 or self.introspection_rate_limit_burst < 1:
+            raise SettingsError(
+                "--introspection-rate-limit must be > 0 and --introspection-rate-limit-burst >= 1"
+            )
+        if not (0 < self.header_timeout <= 300) or not (0 < self.body_timeout <= 300):
+            raise SettingsError("--header-timeout and --body-timeout must be in (0, 300] seconds")
         if self.client_rate_limit_per_second < 0 or self.client_rate_limit_burst < 1:
             raise SettingsError(
                 "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1"
@@ -177,17 +206,28 @@ class Settings:
 def _parse_trusted(raw: str) -> tuple[delegation.TrustedIssuer, ...]:
     try:
         entries = json.loads(raw)
-        return tuple(
-            delegation.TrustedIssuer(
-                issuer=str(e["issuer"]), jwks_url=str(e["jwks_url"]), audience=str(e["audience"])
+        parsed = []
+        for e in entries:
+            require_may_act = e.get("require_may_act", True)
+            if not isinstance(require_may_act, bool) or set(e) - _TRUSTED_KEYS:
+                raise ValueError("unknown key or non-boolean require_may_act")
+            parsed.append(
+                delegation.TrustedIssuer(
+                    issuer=str(e["issuer"]),
+                    jwks_url=str(e["jwks_url"]),
+                    audience=str(e["audience"]),
+                    require_may_act=require_may_act,
+                )
             )
-            for e in entries
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        return tuple(parsed)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SettingsError(
             "--trusted-issuers / AGENTAUTH_TRUSTED_ISSUERS must be a JSON list of "
-            '{"issuer", "jwks_url", "audience"}'
+            '{"issuer", "jwks_url", "audience"} with an optional boolean "require_may_act"'
         ) from exc
+
+
+_TRUSTED_KEYS = frozenset({"issuer", "jwks_url", "audience", "require_may_act"})
 
 
 def _bool(raw: str) -> bool:
@@ -223,7 +263,17 @@ _FIELDS: dict[str, tuple[str, str]] = {
         "--client-rate-limit-burst",
         "AGENTAUTH_CLIENT_RATE_LIMIT_BURST",
     ),
+    "introspection_rate_limit_per_second": (
+        "--introspection-rate-limit",
+        "AGENTAUTH_INTROSPECTION_RATE_LIMIT",
+    ),
+    "introspection_rate_limit_burst": (
+        "--introspection-rate-limit-burst",
+        "AGENTAUTH_INTROSPECTION_RATE_LIMIT_BURST",
+    ),
     "max_body_bytes": ("--max-body-bytes", "AGENTAUTH_MAX_BODY_BYTES"),
+    "header_timeout": ("--header-timeout", "AGENTAUTH_HEADER_TIMEOUT"),
+    "body_timeout": ("--body-timeout", "AGENTAUTH_BODY_TIMEOUT"),
     "aws_sts_test_endpoint": ("--aws-sts-test-endpoint", "AGENTAUTH_AWS_STS_TEST_ENDPOINT"),
     "gcp_certs_url": ("--gcp-certs-url", "AGENTAUTH_GCP_CERTS_URL"),
     "log_format": ("--log-format", "AGENTAUTH_LOG_FORMAT"),
@@ -276,10 +326,17 @@ def from_sources(
                 "listen_port",
                 "rate_limit_burst",
                 "client_rate_limit_burst",
+                "introspection_rate_limit_burst",
                 "max_body_bytes",
             ):
                 converted[name] = int(value)
-            elif name in ("rate_limit_per_second", "client_rate_limit_per_second"):
+            elif name in (
+                "rate_limit_per_second",
+                "client_rate_limit_per_second",
+                "introspection_rate_limit_per_second",
+                "header_timeout",
+                "body_timeout",
+            ):
                 converted[name] = float(value)
             elif name in ("tls_cert", "tls_key", "kubeconfig", "trusted_ca_file"):
                 converted[name] = Path(value)

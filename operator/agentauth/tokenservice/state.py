@@ -2,8 +2,8 @@
 
 ``ServiceState`` is the one seam between the HTTP handlers and their data. ``KubeState`` is the
 production source (caches of Agents, CapabilityGrants, AccessRequests, ToolServers, pods with the
-``agentauth.dev/agent`` label, and the issuer-key Secret); ``MemoryState`` holds the same data in
-memory for tests, benchmarks and embedding.
+``agentauth.dev/agent`` label, service accounts (uid by name) and the issuer-key Secret);
+``MemoryState`` holds the same data in memory for tests, benchmarks and embedding.
 
 Guarantees:
 - ``snapshot()`` is rebuilt only when some cache changed, so handlers get a consistent view at
@@ -12,6 +12,10 @@ Guarantees:
 - ``KubeState`` watches the namespaces in ``settings.watch_namespaces`` (one list+watch per
   namespace and resource, merged into one snapshot), or the whole cluster when there are none:
   the same scope as the controller, which the chart configures from the same value.
+- ``confirm_identity`` confirms that the pod and service account a verified service-account
+  token names still exist with the token's uids (introspection callers, who need not be agent
+  pods in a watched namespace): ``KubeState`` reads both from the API server and believes a
+  confirmation for ``CONFIRMATION_SECONDS``; API failures are ``temporarily_unavailable``.
 - Remote JWKS (cluster, trusted issuers) are cached; an unknown ``kid`` triggers a refetch at most
   once per ``MIN_REFETCH_INTERVAL`` seconds per source, so a stream of forged ``kid``s cannot turn
   the service into a fetch amplifier.
@@ -46,6 +50,9 @@ log = logging.getLogger(__name__)
 MIN_REFETCH_INTERVAL = 10.0
 JWKS_MAX_AGE = 300.0
 MAX_JWKS_BYTES = 256 * 1024
+CONFIRMATION_SECONDS = 2.0
+"""How long a confirmed introspection caller (its pod and service account exist) is believed."""
+MAX_CONFIRMATIONS = 10_000
 
 
 class ServiceState(Protocol):
@@ -66,6 +73,30 @@ class ServiceState(Protocol):
     async def trusted_keys(self, issuer: str, *, refresh: bool) -> jose.PublicKeySet | None: ...
 
     async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity: ...
+
+    async def confirm_identity(self, identity: serviceaccounts.ServiceAccountIdentity) -> None:
+        """Raise ``InvalidGrant`` unless the pod and the service account a verified token is
+        bound to still exist with the token's uids (the pod not being deleted)."""
+        ...
+
+
+def _confirm_objects(
+    identity: serviceaccounts.ServiceAccountIdentity,
+    *,
+    pod_uid: str | None,
+    pod_terminating: bool,
+    service_account_uid: str | None,
+) -> None:
+    where = f"{identity.namespace}/{identity.pod_name}"
+    if pod_uid != identity.pod_uid:
+        raise errors.InvalidGrant(f"pod {where} bound to the token no longer exists")
+    if pod_terminating:
+        raise errors.InvalidGrant(f"pod {where} bound to the token is being deleted")
+    if service_account_uid is None or service_account_uid != identity.service_account_uid:
+        raise errors.InvalidGrant(
+            f"service account {identity.namespace}/{identity.service_account} of the token no "
+            "longer exists (deleted, or created again under the same name)"
+        )
 
 
 class RemoteKeys:
@@ -169,6 +200,17 @@ class MemoryState:
     async def review_token(self, token: str) -> serviceaccounts.ServiceAccountIdentity:
         raise errors.TemporarilyUnavailable("TokenReview needs a Kubernetes API")
 
+    async def confirm_identity(self, identity: serviceaccounts.ServiceAccountIdentity) -> None:
+        pod = self._snapshot.pods.get((identity.namespace, identity.pod_name))
+        _confirm_objects(
+            identity,
+            pod_uid=pod.uid if pod is not None else None,
+            pod_terminating=pod is not None and pod.terminating,
+            service_account_uid=self._snapshot.service_accounts.get(
+                (identity.namespace, identity.service_account)
+            ),
+        )
+
 
 T = TypeVar("T")
 
@@ -176,6 +218,11 @@ T = TypeVar("T")
 def _merged(scoped: list[caches.Cache[T]]) -> list[T]:
     """The items of one resource's caches (one per watched namespace), as one list."""
     return [item for cache in scoped for item in cache.items()]
+
+
+def _service_account_uid(obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", ""))
 
 
 def _parse_secret(obj: dict[str, Any]) -> keys.KeySet:
@@ -224,6 +271,10 @@ class KubeState:
             )
             for ns in scopes
         ]
+        self.service_accounts = [
+            caches.Cache(api, kubeclient.SERVICE_ACCOUNTS, parse=_service_account_uid, namespace=ns)
+            for ns in scopes
+        ]
         secret_ns, secret_name = settings.key_secret
         self.secret = caches.Cache(
             api,
@@ -238,6 +289,7 @@ class KubeState:
             *self.access_requests,
             *self.tool_servers,
             *self.pods,
+            *self.service_accounts,
             self.secret,
         ]
         self.changed = asyncio.Condition()
@@ -250,6 +302,7 @@ class KubeState:
         }
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._confirmed: dict[tuple[str, ...], float] = {}
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(c.run()) for c in self._all]
@@ -295,6 +348,10 @@ class KubeState:
                 tool_servers=_merged(self.tool_servers),
                 pods={(p.namespace, p.name): p for p in _merged(self.pods)},
                 claim_policy=self.settings.claim_policy,
+                service_accounts={
+                    (namespace, name): uid
+                    for namespace, name, uid in _merged(self.service_accounts)
+                },
             )
             self._revisions = revisions
         return self._snapshot
@@ -364,3 +421,51 @@ class KubeState:
         return serviceaccounts.identity_from_token_review(
             review.get("status") or {}, audience=self.settings.issuer
         )
+
+    async def confirm_identity(self, identity: serviceaccounts.ServiceAccountIdentity) -> None:
+        """Read the pod and the service account from the API server (for callers outside the
+        watched namespaces and pods without the agent label); a confirmation is remembered for
+        ``CONFIRMATION_SECONDS``, so deleting either takes effect within that time."""
+        key = (
+            identity.namespace,
+            identity.pod_name,
+            identity.pod_uid,
+            identity.service_account,
+            identity.service_account_uid,
+        )
+        now = time.monotonic()
+        if self._confirmed.get(key, 0.0) > now:
+            return
+        try:
+            pod = await self._get_or_none(kubeclient.PODS, identity.pod_name, identity.namespace)
+            account = await self._get_or_none(
+                kubeclient.SERVICE_ACCOUNTS, identity.service_account, identity.namespace
+            )
+        except (kubeclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            raise errors.TemporarilyUnavailable(
+                "cannot confirm the caller's pod with the Kubernetes API"
+            ) from exc
+        pod_meta = (pod or {}).get("metadata") or {}
+        _confirm_objects(
+            identity,
+            pod_uid=pod_meta.get("uid") if pod is not None else None,
+            pod_terminating=pod_meta.get("deletionTimestamp") is not None,
+            service_account_uid=((account or {}).get("metadata") or {}).get("uid")
+            if account is not None
+            else None,
+        )
+        if len(self._confirmed) >= MAX_CONFIRMATIONS:
+            self._confirmed = {k: v for k, v in self._confirmed.items() if v > now}
+            if len(self._confirmed) >= MAX_CONFIRMATIONS:
+                self._confirmed.clear()
+        self._confirmed[key] = now + CONFIRMATION_SECONDS
+
+    async def _get_or_none(
+        self, resource: kubeclient.Resource, name: str, namespace: str
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.api.get(resource, name, namespace=namespace)
+        except kubeclient.ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise

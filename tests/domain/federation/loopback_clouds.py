@@ -161,6 +161,8 @@ class LoopbackSts:
 
 
 GET_CALLER_IDENTITY = "Action=GetCallerIdentity&Version=2011-06-15"
+KEY_THUMBPRINT = "kbNlbH3cDLIq2fwSn1xOZq2hbnzvB9qoNeoXjAhKxw8"
+"""The RFC 7638 thumbprint a test's token request is signed with (signed into the request)."""
 
 
 def signed_sts_token(
@@ -173,15 +175,19 @@ def signed_sts_token(
     region: str = "us-east-1",
     at: datetime.datetime | None = None,
     extra_headers: dict[str, str] | None = None,
+    key_thumbprint: str | None = KEY_THUMBPRINT,
 ) -> dict[str, Any]:
     """A request signed by botocore's SigV4 signer, as a decoded subject-token envelope.
 
-    ``issuer`` ``None`` leaves the server-ID header out of the signature. ``at`` signs at
-    another instant (botocore's ``add_auth`` always uses now), through the same signer steps.
+    ``issuer`` ``None`` leaves the server-ID header out of the signature, ``key_thumbprint``
+    ``None`` the key-thumbprint header. ``at`` signs at another instant (botocore's ``add_auth``
+    always uses now), through the same signer steps.
     """
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
     if issuer is not None:
         headers["X-AgentAuth-Server-ID"] = issuer
+    if key_thumbprint is not None:
+        headers["X-AgentAuth-Key-Thumbprint"] = key_thumbprint
     headers.update(extra_headers or {})
     request = botocore.awsrequest.AWSRequest(method=method, url=url, data=body, headers=headers)
     signer = botocore.auth.SigV4Auth(

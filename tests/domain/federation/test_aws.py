@@ -13,9 +13,13 @@ from typing import Any
 
 import pytest
 
-from agentauth.domain import errors
+from agentauth.domain import clockskew, errors
 from agentauth.domain.federation import aws
-from tests.domain.federation.loopback_clouds import AwsPrincipal, signed_sts_token
+from tests.domain.federation.loopback_clouds import (
+    KEY_THUMBPRINT,
+    AwsPrincipal,
+    signed_sts_token,
+)
 
 ISSUER = "https://agentauth.example.com"
 GLOBAL_STS = "https://sts.amazonaws.com/"
@@ -34,6 +38,7 @@ def now() -> datetime.datetime:
 
 def validate(envelope: dict[str, Any], **kwargs: Any) -> aws.SignedStsRequest:
     kwargs.setdefault("test_endpoint", TEST_ENDPOINT)
+    kwargs.setdefault("signer_jkt", KEY_THUMBPRINT)
     return aws.validate_signed_request(envelope, issuer=ISSUER, now=now(), **kwargs)
 
 
@@ -52,7 +57,9 @@ def test_a_botocore_signed_request_validates_and_is_rebuilt_from_validated_parts
     assert request.body == b"Action=GetCallerIdentity&Version=2011-06-15"
     assert request.access_key_id == PRINCIPAL.access_key_id
     assert request.replay_key == envelope["headers"]["Authorization"].rsplit("=", 1)[1]
-    assert request.replay_expires_at - request.signed_at == datetime.timedelta(minutes=15)
+    assert request.replay_expires_at - request.signed_at == datetime.timedelta(
+        seconds=60 + clockskew.LEEWAY_SECONDS
+    )
     forwarded = dict(request.headers)
     assert forwarded["X-AgentAuth-Server-ID"] == ISSUER
     assert "Authorization" in forwarded and "X-Amz-Date" in forwarded
@@ -248,18 +255,51 @@ def test_server_id_header_prefix_of_our_issuer_is_not_ours() -> None:
     )
 
 
-@pytest.mark.parametrize("minutes", [16, -16])
-def test_x_amz_date_more_than_15_minutes_away(minutes: int) -> None:
-    at = now() - datetime.timedelta(minutes=minutes)
+def test_x_amz_date_older_than_a_minute_and_the_leeway_is_stale() -> None:
+    at = now() - datetime.timedelta(seconds=60 + clockskew.LEEWAY_SECONDS + 2)
     envelope = signed_sts_token(PRINCIPAL, url=GLOBAL_STS, issuer=ISSUER, at=at)
     assert_grant_error(
-        envelope, "the AWS signed request's X-Amz-Date is more than 15 minutes from now"
+        envelope,
+        "the AWS signed request's X-Amz-Date is more than 60 seconds old; sign a fresh "
+        "request for each exchange",
     )
 
 
-def test_x_amz_date_14_minutes_old_is_fresh() -> None:
-    at = now() - datetime.timedelta(minutes=14)
+def test_x_amz_date_beyond_the_leeway_in_the_future() -> None:
+    at = now() + datetime.timedelta(seconds=clockskew.LEEWAY_SECONDS + 2)
+    envelope = signed_sts_token(PRINCIPAL, url=GLOBAL_STS, issuer=ISSUER, at=at)
+    assert_grant_error(envelope, "the AWS signed request's X-Amz-Date is in the future")
+
+
+def test_x_amz_date_within_a_minute_is_fresh() -> None:
+    at = now() - datetime.timedelta(seconds=58)
     validate(signed_sts_token(PRINCIPAL, url=GLOBAL_STS, issuer=ISSUER, at=at))
+
+
+def test_key_thumbprint_header_missing_or_unsigned() -> None:
+    envelope = signed_sts_token(PRINCIPAL, url=GLOBAL_STS, issuer=ISSUER, key_thumbprint=None)
+    assert_grant_error(envelope, "the AWS signed request has no X-AgentAuth-Key-Thumbprint header")
+    envelope["headers"]["X-AgentAuth-Key-Thumbprint"] = KEY_THUMBPRINT
+    assert_grant_error(
+        envelope, "the AWS signed request does not sign the 'x-agentauth-key-thumbprint' header"
+    )
+
+
+def test_request_is_bound_to_the_key_that_signs_the_token_request() -> None:
+    """A captured signed request is useless with another key (issue 14, replay across replicas)."""
+    envelope = signed_sts_token(PRINCIPAL, url=GLOBAL_STS, issuer=ISSUER)
+    with pytest.raises(errors.InvalidGrant) as caught:
+        validate(envelope, signer_jkt="an-attackers-key-thumbprint")
+    assert caught.value.description == (
+        "the token request is not signed by the key the AWS signed request names in "
+        "X-AgentAuth-Key-Thumbprint"
+    )
+    with pytest.raises(errors.InvalidGrant) as caught:
+        validate(envelope, signer_jkt=None)
+    assert caught.value.description == (
+        "the token request must be signed (RFC 9421) by the key the AWS signed request names "
+        "in X-AgentAuth-Key-Thumbprint"
+    )
 
 
 def test_x_amz_date_not_matching_the_credential_scope() -> None:
@@ -451,7 +491,7 @@ def test_replay_cache_forgets_expired_entries_and_fails_closed_when_full() -> No
         cache.remember("c", expires_at=later, now=t0)
     assert caught.value.status == 503
     assert caught.value.description == (
-        "too many AWS signed requests in the last 15 minutes; retry later"
+        "too many AWS signed requests in the last minute; retry later"
     )
     t2 = t0 + datetime.timedelta(minutes=2)
     cache.remember("c", expires_at=later, now=t2)  # "a" expired and was pruned

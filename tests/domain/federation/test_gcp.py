@@ -17,13 +17,15 @@ from agentauth.domain import errors
 from agentauth.domain.federation import gcp
 
 ISSUER = "https://agentauth.example.com"
+SIGNER_JKT = "kbNlbH3cDLIq2fwSn1xOZq2hbnzvB9qoNeoXjAhKxw8"
+AUDIENCE = f"{ISSUER}#jkt={SIGNER_JKT}"
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     base: dict[str, Any] = {
         "iss": "https://accounts.google.com",
-        "aud": ISSUER,
+        "aud": AUDIENCE,
         "sub": "1133",
         "email": "Agent@research-prod.iam.gserviceaccount.com",
         "email_verified": True,
@@ -36,7 +38,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
 
 
 def test_good_claims_give_the_lower_cased_email_and_project() -> None:
-    identity = gcp.check_claims(claims(), issuer=ISSUER)
+    identity = gcp.check_claims(claims(), audience=AUDIENCE)
     assert identity == gcp.GoogleIdentity(
         email="agent@research-prod.iam.gserviceaccount.com",
         subject="1133",
@@ -45,11 +47,11 @@ def test_good_claims_give_the_lower_cased_email_and_project() -> None:
 
 
 def test_the_short_issuer_form_is_google_too() -> None:
-    gcp.check_claims(claims(iss="accounts.google.com"), issuer=ISSUER)
+    gcp.check_claims(claims(iss="accounts.google.com"), audience=AUDIENCE)
 
 
 def test_a_token_without_compute_engine_claims_has_no_project() -> None:
-    assert gcp.check_claims(claims(google=None), issuer=ISSUER).project_id is None
+    assert gcp.check_claims(claims(google=None), audience=AUDIENCE).project_id is None
 
 
 @pytest.mark.parametrize(
@@ -57,8 +59,10 @@ def test_a_token_without_compute_engine_claims_has_no_project() -> None:
     [
         ({"iss": "https://evil.example"}, "the GCP ID token is not issued by Google"),
         ({"iss": None}, "the GCP ID token is not issued by Google"),
-        ({"aud": "https://other.example"}, "the GCP ID token's audience is not this issuer"),
-        ({"aud": [ISSUER]}, "the GCP ID token's audience is not this issuer"),
+        ({"aud": "https://other.example"}, gcp.WRONG_AUDIENCE_DESCRIPTION),
+        ({"aud": ISSUER}, gcp.WRONG_AUDIENCE_DESCRIPTION),  # not bound to a key
+        ({"aud": f"{ISSUER}#jkt=another-key"}, gcp.WRONG_AUDIENCE_DESCRIPTION),
+        ({"aud": [AUDIENCE]}, gcp.WRONG_AUDIENCE_DESCRIPTION),
         ({"exp": None}, "the GCP ID token has no expiry"),
         ({"exp": True}, "the GCP ID token has no expiry"),
         ({"email": None}, "the GCP ID token has no email claim; request it with format=full"),
@@ -70,7 +74,7 @@ def test_a_token_without_compute_engine_claims_has_no_project() -> None:
 )
 def test_bad_claims(overrides: dict[str, Any], description: str) -> None:
     with pytest.raises(errors.InvalidGrant) as caught:
-        gcp.check_claims(claims(**overrides), issuer=ISSUER)
+        gcp.check_claims(claims(**overrides), audience=AUDIENCE)
     assert (caught.value.error, caught.value.description) == ("invalid_grant", description)
 
 
@@ -125,7 +129,7 @@ def test_rs256_passes_the_shape_gate() -> None:
         ("Token used too early, 3 < 4. Check ...", "the GCP ID token is not valid yet"),
         (
             "Token has wrong audience x, expected one of [y]",
-            "the GCP ID token's audience is not this issuer",
+            gcp.WRONG_AUDIENCE_DESCRIPTION,
         ),
         ("Could not verify token signature.", "the GCP ID token's signature is invalid"),
         ("Certificate for key id k not found.", gcp.UNKNOWN_KEY_DESCRIPTION),
@@ -134,3 +138,7 @@ def test_rs256_passes_the_shape_gate() -> None:
 )
 def test_google_auth_messages_become_stable_descriptions(message: str, description: str) -> None:
     assert gcp.describe_google_auth_error(message) == description
+
+
+def test_bound_audience_is_the_issuer_and_the_key_thumbprint() -> None:
+    assert gcp.bound_audience(ISSUER + "/", SIGNER_JKT) == AUDIENCE

@@ -17,13 +17,23 @@ What this module guarantees before anything is forwarded (every failure raises a
 - the method is ``POST``; the form body is parsed strictly and holds only
   ``Action=GetCallerIdentity`` and ``Version=2011-06-15``;
 - the ``Authorization`` header is a well-formed SigV4 header for service ``sts`` whose
-  ``SignedHeaders`` include ``host``, ``x-amz-date`` and ``x-agentauth-server-id``;
-- ``X-Amz-Date`` is within 15 minutes of now and agrees with the credential scope date;
+  ``SignedHeaders`` include ``host``, ``x-amz-date``, ``x-agentauth-server-id`` and
+  ``x-agentauth-key-thumbprint``;
+- ``X-Amz-Date`` agrees with the credential scope date, is at most ``clockskew.LEEWAY_SECONDS``
+  in the future and at most ``MAX_REQUEST_AGE`` (+ leeway) old: the SDK signs a fresh request
+  for every exchange, so nothing needs STS's own 15-minute window;
 - ``X-AgentAuth-Server-ID`` is present once and equal to our issuer, so a request signed for
-  another server (or for us, replayed elsewhere) cannot be used here.
+  another server (or for us, replayed elsewhere) cannot be used here;
+- ``X-AgentAuth-Key-Thumbprint`` is present once and equal to ``signer_jkt``, the RFC 7638
+  thumbprint of the key whose RFC 9421 signature over the token request verified; the issued
+  token is bound to that key. A captured signed request is therefore worth nothing without that
+  private key: presented with any other key (at any token-service replica) it is refused before
+  anything is forwarded, and replayed with its original signature it yields a token only the
+  original holder can use.
 
 The signature itself is checked by STS (it needs the secret key); a replay cache keyed by the
-signature (``ReplayCache``) makes each signed request usable once within its 15-minute window.
+signature (``ReplayCache``) makes each signed request usable once per replica, as defence in
+depth behind the key binding.
 The STS answer is parsed by ``parse_caller_identity`` and an assumed-role ARN is mapped to its
 IAM role ARN by ``role_arn_from_caller_arn``.
 """
@@ -43,11 +53,14 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from xml.etree import ElementTree
 
-from agentauth.domain import errors, strictjson
+from agentauth.domain import clockskew, errors, strictjson
 
 SUBJECT_TOKEN_TYPE = "urn:agentauth:params:token-type:aws-signed-request"
 SERVER_ID_HEADER = "X-AgentAuth-Server-ID"
-MAX_CLOCK_SKEW = datetime.timedelta(minutes=15)
+KEY_THUMBPRINT_HEADER = "X-AgentAuth-Key-Thumbprint"
+MAX_REQUEST_AGE = datetime.timedelta(seconds=60)
+"""How old a signed ``GetCallerIdentity`` may be (plus the shared leeway)."""
+_LEEWAY = datetime.timedelta(seconds=clockskew.LEEWAY_SECONDS)
 # A botocore-signed GetCallerIdentity with a session token is about 2-3 KiB once encoded; 16 KiB
 # leaves room for long session tokens while bounding the work done on garbage.
 MAX_SUBJECT_TOKEN_CHARS = 16 * 1024
@@ -91,7 +104,12 @@ _FORBIDDEN_HEADERS = frozenset(
         "expect",
     }
 )
-_REQUIRED_SIGNED_HEADERS = ("host", "x-amz-date", SERVER_ID_HEADER.lower())
+_REQUIRED_SIGNED_HEADERS = (
+    "host",
+    "x-amz-date",
+    SERVER_ID_HEADER.lower(),
+    KEY_THUMBPRINT_HEADER.lower(),
+)
 
 # arn:<partition>:sts::<account>:assumed-role/<role name>/<session name>. STS drops the role's
 # path from assumed-role ARNs, so the role name is the last segment before the session.
@@ -130,7 +148,7 @@ class SignedStsRequest:
     @property
     def replay_expires_at(self) -> datetime.datetime:
         """After this instant the date check rejects the request, so the cache may forget it."""
-        return self.signed_at + MAX_CLOCK_SKEW
+        return self.signed_at + MAX_REQUEST_AGE + _LEEWAY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,14 +171,17 @@ class ReplayCache(Protocol):
     def remember(self, key: str, *, expires_at: datetime.datetime, now: datetime.datetime) -> None:
         """Record ``key`` or raise ``errors.InvalidGrant`` if it is already recorded."""
 
+    def forget(self, key: str) -> None:
+        """Drop ``key``: STS refused the request, so replaying it gains nothing."""
+
 
 class InMemoryReplayCache:
     """A bounded, thread-safe in-process ``ReplayCache``.
 
     Per process only: with several token-service replicas a request replayed against another
-    replica is not caught here (STS itself does not dedupe either); the 15-minute window and the
-    server-ID binding bound that exposure. When full of live entries it refuses new requests
-    (fail closed) rather than forgetting live ones.
+    replica is not caught here (STS itself does not dedupe either); the key-thumbprint binding
+    makes such a replay useless (see the module docstring). When full of live entries it refuses
+    new requests (fail closed) rather than forgetting live ones.
     """
 
     def __init__(self, *, max_entries: int = 100_000) -> None:
@@ -180,9 +201,13 @@ class InMemoryReplayCache:
                 self._expiry_by_key = {k: v for k, v in self._expiry_by_key.items() if v > now}
             if len(self._expiry_by_key) >= self._max_entries:
                 raise errors.TemporarilyUnavailable(
-                    "too many AWS signed requests in the last 15 minutes; retry later"
+                    "too many AWS signed requests in the last minute; retry later"
                 )
             self._expiry_by_key[key] = expires_at
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._expiry_by_key.pop(key, None)
 
 
 def decode_subject_token(token: str) -> dict[str, Any]:
@@ -304,12 +329,14 @@ def validate_signed_request(
     *,
     issuer: str,
     now: datetime.datetime,
+    signer_jkt: str | None,
     test_endpoint: str | None = None,
 ) -> SignedStsRequest:
     """Check a decoded envelope against every rule in the module docstring.
 
-    ``test_endpoint`` must already be normalised by ``normalize_test_endpoint``. ``now`` must be
-    timezone-aware.
+    ``signer_jkt`` is the thumbprint of the key that signed the token request (``None`` when it
+    is unsigned, which is refused). ``test_endpoint`` must already be normalised by
+    ``normalize_test_endpoint``. ``now`` must be timezone-aware.
     """
     if envelope["method"] != "POST":
         raise errors.InvalidGrant("the AWS signed request's method must be POST")
@@ -350,8 +377,9 @@ def validate_signed_request(
         )
     if match["service"] != "sts":
         raise errors.InvalidGrant("the AWS signed request is not signed for the sts service")
-    if SERVER_ID_HEADER.lower() not in by_lower_name:
-        raise errors.InvalidGrant(f"the AWS signed request has no {SERVER_ID_HEADER} header")
+    for header in (SERVER_ID_HEADER, KEY_THUMBPRINT_HEADER):
+        if header.lower() not in by_lower_name:
+            raise errors.InvalidGrant(f"the AWS signed request has no {header} header")
     signed_headers = match["signed"].split(";")
     if len(set(signed_headers)) != len(signed_headers):
         raise errors.InvalidGrant("the AWS signed request's SignedHeaders repeats a header")
@@ -371,6 +399,17 @@ def validate_signed_request(
         raise errors.InvalidGrant(
             f"the AWS signed request's {SERVER_ID_HEADER} header does not name this issuer"
         )
+    thumbprint = by_lower_name[KEY_THUMBPRINT_HEADER.lower()]
+    if signer_jkt is None:
+        raise errors.InvalidGrant(
+            "the token request must be signed (RFC 9421) by the key the AWS signed request "
+            f"names in {KEY_THUMBPRINT_HEADER}"
+        )
+    if not hmac.compare_digest(thumbprint.encode(), signer_jkt.encode()):
+        raise errors.InvalidGrant(
+            "the token request is not signed by the key the AWS signed request names in "
+            f"{KEY_THUMBPRINT_HEADER}"
+        )
 
     amz_date = by_lower_name["x-amz-date"]
     if not _AMZ_DATE.fullmatch(amz_date):
@@ -385,9 +424,13 @@ def validate_signed_request(
         raise errors.InvalidGrant(
             "the AWS signed request's X-Amz-Date does not match its credential scope"
         )
-    if abs(now - signed_at) > MAX_CLOCK_SKEW:
+    if signed_at > now + _LEEWAY:
+        raise errors.InvalidGrant("the AWS signed request's X-Amz-Date is in the future")
+    if now - signed_at > MAX_REQUEST_AGE + _LEEWAY:
         raise errors.InvalidGrant(
-            "the AWS signed request's X-Amz-Date is more than 15 minutes from now"
+            "the AWS signed request's X-Amz-Date is more than "
+            f"{int(MAX_REQUEST_AGE.total_seconds())} seconds old; sign a fresh request for each "
+            "exchange"
         )
 
     return SignedStsRequest(

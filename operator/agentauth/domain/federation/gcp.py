@@ -5,8 +5,10 @@ in the token-service adapter; this module adds what google-auth leaves to the ca
 applied to the claims it returned (every failure raises ``errors.InvalidGrant``):
 
 - ``iss`` is Google (``https://accounts.google.com`` or ``accounts.google.com``);
-- ``aud`` is exactly our issuer (checked again here, so the domain never trusts the adapter's
-  arguments) and ``exp`` is present;
+- ``aud`` is exactly :func:`bound_audience`: our issuer, ``#jkt=`` and the RFC 7638 thumbprint of
+  the key that signs the token request (checked again here, so the domain never trusts the
+  adapter's arguments), so an ID token is worth nothing to anyone without that key; ``exp`` is
+  present;
 - ``email`` is present and ``email_verified`` is the JSON ``true``;
 - ``sub`` (the service account's unique ID) is present.
 
@@ -36,6 +38,11 @@ MAX_ID_TOKEN_CHARS = 8 * 1024
 # Google signs ID tokens with RS256 only; anything else is refused before any key is looked up.
 ALLOWED_ALGORITHMS = frozenset({"RS256"})
 UNKNOWN_KEY_DESCRIPTION = "the GCP ID token is signed by an unknown Google key"
+AUDIENCE_KEY_MARK = "#jkt="
+WRONG_AUDIENCE_DESCRIPTION = (
+    "the GCP ID token's audience is not this issuer bound to the key that signs this request "
+    "(<issuer>#jkt=<RFC 7638 thumbprint>)"
+)
 _JWT_SHAPE = re.compile(r"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 # google-auth's messages (google/auth/jwt.py, 2.x; PyJWT's when the certs URL serves a JWKS) by
@@ -46,9 +53,9 @@ _GOOGLE_AUTH_MESSAGES = (
     ("Signature has expired", "the GCP ID token has expired"),
     ("Token used too early", "the GCP ID token is not valid yet"),
     ("The token is not yet valid", "the GCP ID token is not valid yet"),
-    ("Token has wrong audience", "the GCP ID token's audience is not this issuer"),
-    ("Audience doesn't match", "the GCP ID token's audience is not this issuer"),
-    ("Invalid audience", "the GCP ID token's audience is not this issuer"),
+    ("Token has wrong audience", WRONG_AUDIENCE_DESCRIPTION),
+    ("Audience doesn't match", WRONG_AUDIENCE_DESCRIPTION),
+    ("Invalid audience", WRONG_AUDIENCE_DESCRIPTION),
     ("Could not verify token signature", "the GCP ID token's signature is invalid"),
     ("Signature verification failed", "the GCP ID token's signature is invalid"),
     ("Certificate for key id", UNKNOWN_KEY_DESCRIPTION),
@@ -96,13 +103,22 @@ def describe_google_auth_error(message: str) -> str:
     return "the GCP ID token failed verification"
 
 
-def check_claims(claims: Mapping[str, Any], *, issuer: str) -> GoogleIdentity:
-    """Apply the checks google-auth leaves to us; return the identity the token speaks for."""
+def bound_audience(issuer: str, key_thumbprint: str) -> str:
+    """The audience a GCP ID token must carry to be exchanged in a request signed by the key
+    with RFC 7638 thumbprint ``key_thumbprint``: ``<issuer>#jkt=<thumbprint>``."""
+    return f"{issuer.rstrip('/')}{AUDIENCE_KEY_MARK}{key_thumbprint}"
+
+
+def check_claims(claims: Mapping[str, Any], *, audience: str) -> GoogleIdentity:
+    """Apply the checks google-auth leaves to us; return the identity the token speaks for.
+
+    ``audience`` is :func:`bound_audience` for our issuer and the key that signed the request.
+    """
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise errors.InvalidGrant("the GCP ID token is not issued by Google")
-    audience = claims.get("aud")
-    if not isinstance(audience, str) or not hmac.compare_digest(audience.encode(), issuer.encode()):
-        raise errors.InvalidGrant("the GCP ID token's audience is not this issuer")
+    aud = claims.get("aud")
+    if not isinstance(aud, str) or not hmac.compare_digest(aud.encode(), audience.encode()):
+        raise errors.InvalidGrant(WRONG_AUDIENCE_DESCRIPTION)
     expiry = claims.get("exp")
     if isinstance(expiry, bool) or not isinstance(expiry, int | float):
         raise errors.InvalidGrant("the GCP ID token has no expiry")

@@ -121,7 +121,10 @@ class AgentSpec(common.ApiModel):
     token_ttl: common.Duration = pydantic.Field(
         default=common.DEFAULT_TOKEN_TTL,
         alias="tokenTTL",
-        description="Lifetime of the agent tokens issued to this agent, at most 1h. Default 5m.",
+        description=(
+            "Lifetime of the agent tokens issued to this agent, at most 1h. Default 2m: a token "
+            "verified offline outlives suspension or grant removal by at most this long."
+        ),
     )
     delegation: Delegation = pydantic.Field(
         default_factory=Delegation,

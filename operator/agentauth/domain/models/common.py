@@ -22,7 +22,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "agentauth"
 AGENT_LABEL = "agentauth.dev/agent"
 MAX_TOKEN_TTL = datetime.timedelta(hours=1)
-DEFAULT_TOKEN_TTL = "5m"
+DEFAULT_TOKEN_TTL = "2m"
+"""Short, so that suspension and grant removal reach offline verifiers within minutes too."""
 
 DNS1123_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
