@@ -15,6 +15,7 @@ import dataclasses
 import json
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,10 +25,12 @@ import httpx
 import pytest
 import yaml
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from kubernetes import client
 
 from agentauth.devcluster import server
-from agentauth.domain import claimpolicy
+from agentauth.domain import claimpolicy, signatures
+from agentauth.domain.federation import gcp as gcp_federation
 from agentauth.sdk import aws as sdk_aws
 from agentauth.verify import JwksCache, ResourceVerifier
 from agentauth.verify import aiohttp as verify_aiohttp
@@ -983,20 +986,37 @@ def test_no_namespace_can_deny_another_its_cloud_identity(
     session = botocore.session.Session()
     session.set_credentials(VICTIM_PRINCIPAL.access_key_id, VICTIM_PRINCIPAL.secret_access_key)
 
+    # Every cloud credential names the key that signs its exchange (the replay binding).
+    key = ed25519.Ed25519PrivateKey.generate()
+    jkt = signatures.jwk_thumbprint(signatures.public_jwk(key))
+
     def federate(token: str, token_type: str) -> httpx.Response:
-        return httpx.post(
-            f"{env.issuer}/oauth2/token",
-            data={
+        body = urllib.parse.urlencode(
+            {
                 "grant_type": stack.TOKEN_EXCHANGE,
                 "subject_token": token,
                 "subject_token_type": token_type,
-            },
-            timeout=15,
-            verify=env.tls,
+            }
+        ).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        headers.update(
+            signatures.sign_request(
+                method="POST",
+                url=f"{env.issuer}/oauth2/token",
+                headers=headers,
+                body=body,
+                private_key=key,
+                signature_key_header=signatures.signature_key_hwk(key),
+            )
+        )
+        return httpx.post(
+            f"{env.issuer}/oauth2/token", content=body, headers=headers, timeout=15, verify=env.tls
         )
 
     def federate_aws() -> httpx.Response:
-        signed = sdk_aws.aws_subject_token(issuer=env.issuer, session=session, endpoint_url=sts.url)
+        signed = sdk_aws.aws_subject_token(
+            issuer=env.issuer, key_thumbprint=jkt, session=session, endpoint_url=sts.url
+        )
         return federate(signed, sdk_aws.SUBJECT_TOKEN_TYPE)
 
     last: list[str] = []
@@ -1010,7 +1030,11 @@ def test_no_namespace_can_deny_another_its_cloud_identity(
     response = federate_aws()
     assert response.status_code == 200, (response.text, last)
     assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"
-    id_token = google_id_token(google.signing_key, aud=env.issuer, email=VICTIM_SERVICE_ACCOUNT)
+    id_token = google_id_token(
+        google.signing_key,
+        aud=gcp_federation.bound_audience(env.issuer, jkt),
+        email=VICTIM_SERVICE_ACCOUNT,
+    )
     response = federate(id_token, "urn:ietf:params:oauth:token-type:id_token")
     assert response.status_code == 200, response.text
     assert claims_of(response.json()["access_token"])["agent"]["name"] == "cloud-reader"

@@ -35,6 +35,7 @@ from agentauth.sdk import client as sdk_client
 from agentauth.tokenservice import settings as settings_module
 from tests import stack
 from tests.domain import tokenkit
+from tests.domain.federation import policies
 from tests.domain.federation.loopback_clouds import (
     AwsPrincipal,
     LoopbackGoogle,
@@ -275,6 +276,8 @@ def settings(
         gcp_certs_url=google.certs_url,
         # The whole suite comes from 127.0.0.1: the per-address limit would count every test
         # against one bucket (the limit itself is tested on a replica of its own).
+        # The cluster admin lets this namespace claim the loopback clouds' identities.
+        claim_policy=policies.allowing(namespace),
         **{"client_rate_limit_per_second": 1000.0, "client_rate_limit_burst": 2000, **extra},
     )
 
