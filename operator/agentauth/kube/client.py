@@ -9,7 +9,8 @@ Guarantees:
   as the subclass callers act on: ``NotFound`` (404), ``Conflict`` (409: already exists, or a
   stale resourceVersion), ``ResourceExpired`` (410, from the HTTP status or an ``ERROR`` event,
   so callers relist), ``Unauthorized`` (401) and ``ApiUnavailable`` (429, 5xx, and a server that
-  cannot be reached or does not answer in time: code 503 for those). So a caller that catches
+  cannot be reached (code 503) or does not answer in time (504); ``failure`` says which). So a
+  caller that catches
   ``ApiError`` sees every failure of the API server, never a bare transport exception.
 - ``watch`` yields typed events and passes ``BOOKMARK`` events through so callers can advance
   their resourceVersion.
@@ -99,8 +100,20 @@ class ResourceExpired(ApiError):
 
 
 class ApiUnavailable(ApiError):
-    """The API server is overloaded (429), failing (5xx), unreachable or did not answer before
-    the deadline (code 503 for the last two). The call may or may not have taken effect."""
+    """The API server is overloaded (429), failing (5xx), unreachable (code 503) or did not
+    answer before the deadline (code 504). ``failure`` says which: ``answer`` (it answered
+    429/5xx), ``unreachable`` or ``timeout``. The call may or may not have taken effect."""
+
+    def __init__(
+        self,
+        *,
+        code: int,
+        reason: str,
+        message: str,
+        failure: Literal["answer", "unreachable", "timeout"] = "answer",
+    ) -> None:
+        super().__init__(code=code, reason=reason, message=message)
+        self.failure = failure
 
 
 _BY_CODE: dict[int, type[ApiError]] = {
@@ -132,10 +145,18 @@ def _error_from(code: int, body: bytes) -> ApiError:
 
 def _unavailable(what: str, error: BaseException, *, deadline: float) -> ApiUnavailable:
     if isinstance(error, TimeoutError):
-        message = f"{what}: no answer from the API server within {deadline:g}s"
-    else:
-        message = f"{what}: cannot reach the API server: {error!r}"
-    return ApiUnavailable(code=503, reason="ServiceUnavailable", message=message)
+        return ApiUnavailable(
+            code=504,
+            reason="Timeout",
+            message=f"{what}: no answer from the API server within {deadline:g}s",
+            failure="timeout",
+        )
+    return ApiUnavailable(
+        code=503,
+        reason="ServiceUnavailable",
+        message=f"{what}: cannot reach the API server: {error!r}",
+        failure="unreachable",
+    )
 
 
 class KubeClient:

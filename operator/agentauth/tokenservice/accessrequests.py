@@ -197,14 +197,15 @@ class _Handlers:
                     kube, agent=agent, document=document, digest=digest, retry=key is not None
                 )
         except (TimeoutError, kubeclient.ApiUnavailable) as exc:
-            reason = (
-                f"no answer within {deadline:g}s"
-                if isinstance(exc, TimeoutError)
-                else f"{exc.code} {exc.reason}"
-            )
+            if isinstance(exc, TimeoutError) or exc.failure == "timeout":
+                what = f"gave no answer within {deadline:g}s"
+            elif exc.failure == "unreachable":
+                what = "cannot be reached"
+            else:
+                what = f"answered {exc.code} {exc.reason}"
             raise errors.TemporarilyUnavailable(
-                f"cannot file the access request now: the Kubernetes API gave {reason}; retry "
-                f"with the same {filing.IDEMPOTENCY_KEY_HEADER} (a retry never files twice)"
+                f"cannot file the access request now: the Kubernetes API {what}; retry with "
+                f"the same {filing.IDEMPOTENCY_KEY_HEADER} (a retry never files twice)"
             ) from None
         view = request_view(filed)
         headers = {"Location": f"/v1/access-requests/{name}", "Cache-Control": "no-store"}
@@ -279,7 +280,7 @@ class _Handlers:
     @staticmethod
     def _replayed(existing: AccessRequest, *, agent: Agent, digest: str) -> AccessRequest:
         """``existing`` if it is this agent's request with this body; 422 otherwise."""
-        annotations = (existing.metadata.model_extra or {}).get("annotations") or {}
+        annotations = existing.metadata.annotations
         owners = (existing.metadata.model_extra or {}).get("ownerReferences") or []
         owned = any(
             isinstance(o, dict) and o.get("kind") == "Agent" and o.get("uid") == agent.metadata.uid
@@ -481,10 +482,13 @@ class _Handlers:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or self.stopping:
                     break
+                self.context.metrics.long_polls.inc()
                 try:
                     await asyncio.wait_for(state.changed.wait(), timeout=remaining)
                 except TimeoutError:
                     continue
+                finally:
+                    self.context.metrics.long_polls.dec()
         if found is None:
             raise errors.NotFound(
                 f"access request {name!r} not found for agent "
