@@ -220,7 +220,7 @@ def token_service_environment(settings: Any, **overrides: str) -> dict[str, str]
         if flag_env is None:
             continue
         value = getattr(settings, field.name)
-        if value == getattr(defaults, field.name) or value is None:
+        if field.name != "issuer" and (value == getattr(defaults, field.name) or value is None):
             continue
         if field.name == "trusted_issuers":
             continue  # not needed by these tests

@@ -882,8 +882,9 @@ class AgentClient:
         )
 
     def _poll_call(self, name: str, wait: float, token: str) -> _Call:
-        seconds = max(0, int(wait))
-        url = f"{self.base_url}/v1/access-requests/{urllib.parse.quote(name)}?wait={seconds}"
+        # Fractions kept: flooring the last second of a wait to 0 would poll in a tight loop.
+        seconds = round(max(0.0, wait), 3)
+        url = f"{self.base_url}/v1/access-requests/{urllib.parse.quote(name)}?wait={seconds:g}"
         return self._signed_call(
             "GET", url, body=b"", content_type=None, token=token, timeout=seconds + self._timeout
         )
