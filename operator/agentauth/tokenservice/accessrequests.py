@@ -64,6 +64,7 @@ MAX_BODY_BYTES = 16 * 1024
 AGENT_TOKEN_JTI_ANNOTATION = "agentauth.dev/agent-token-jti"
 REQUEST_DIGEST_ANNOTATION = "agentauth.dev/request-digest"
 REPLAYED_HEADER = "Idempotent-Replayed"
+SLOT_TRIES_PER_ROUND = 3
 
 
 def add_routes(app: web.Application, *, context: ServiceContext) -> None:
@@ -324,46 +325,56 @@ class _Handlers:
     async def _take_slot(
         self, kube: kubeclient.KubeClient, *, agent: Agent, holder: str
     ) -> filing.Slot:
-        """One of the agent's pending slots, now held by ``holder``; 429 when none is free."""
+        """One of the agent's pending slots, now held by ``holder``; 429 when none is free.
+
+        Reads the slots, tries a few that look free (in random order, so concurrent filings
+        mostly try different ones), and reads them again after losing those races: each round
+        costs a list and a few writes, and a full set of held slots is a 429 at once.
+        """
         namespace = agent.metadata.namespace or ""
         agent_name, agent_uid = agent.metadata.name or "", agent.metadata.uid or ""
-        listing = await kube.list(
-            kubeclient.LEASES,
-            namespace=namespace,
-            label_selector=f"{filing.SLOT_LABEL}={agent_uid}",
-        )
-        slots = {
-            slot.name: slot
-            for slot in (filing.Slot.from_api(item) for item in listing.get("items") or [])
-        }
-        order = list(range(MAX_PENDING_PER_AGENT))
-        random.shuffle(order)  # replicas filing at once mostly try different slots first
-        for index in order:
-            now = self.context.now()
-            name = filing.slot_name(agent_name=agent_name, agent_uid=agent_uid, index=index)
-            current = slots.get(name)
-            lease = filing.slot_lease(
-                name=name,
+        while True:  # bounded by the filing's deadline; each round sees more slots taken
+            listing = await kube.list(
+                kubeclient.LEASES,
                 namespace=namespace,
-                agent_name=agent_name,
-                agent_uid=agent_uid,
-                holder=holder,
-                now=now,
-                api_version=model_common.API_VERSION,
-                resource_version=current.resource_version if current is not None else None,
+                label_selector=f"{filing.SLOT_LABEL}={agent_uid}",
             )
-            try:
-                if current is None:
-                    written = await kube.create(kubeclient.LEASES, lease, namespace=namespace)
-                else:
+            slots = {
+                slot.name: slot
+                for slot in (filing.Slot.from_api(item) for item in listing.get("items") or [])
+            }
+            now = self.context.now()
+            candidates: list[tuple[str, filing.Slot | None]] = []
+            for index in range(MAX_PENDING_PER_AGENT):
+                name = filing.slot_name(agent_name=agent_name, agent_uid=agent_uid, index=index)
+                current = slots.get(name)
+                if current is not None:
                     state = await self._holder_state(kube, agent=agent, slot=current, now=now)
                     if not filing.slot_is_free(current, holder=state, now=now):
                         continue
-                    written = await kube.replace(kubeclient.LEASES, lease, namespace=namespace)
-            except (kubeclient.Conflict, kubeclient.NotFound):
-                continue  # another filing took it first (or it was just deleted): next slot
-            return filing.Slot.from_api(written)
-        raise _too_many(agent, MAX_PENDING_PER_AGENT)
+                candidates.append((name, current))
+            if not candidates:
+                raise _too_many(agent, MAX_PENDING_PER_AGENT)
+            random.shuffle(candidates)
+            for name, current in candidates[:SLOT_TRIES_PER_ROUND]:
+                lease = filing.slot_lease(
+                    name=name,
+                    namespace=namespace,
+                    agent_name=agent_name,
+                    agent_uid=agent_uid,
+                    holder=holder,
+                    now=now,
+                    api_version=model_common.API_VERSION,
+                    resource_version=current.resource_version if current is not None else None,
+                )
+                try:
+                    if current is None:
+                        written = await kube.create(kubeclient.LEASES, lease, namespace=namespace)
+                    else:
+                        written = await kube.replace(kubeclient.LEASES, lease, namespace=namespace)
+                except (kubeclient.Conflict, kubeclient.NotFound):
+                    continue  # another filing took it first (or it was just deleted)
+                return filing.Slot.from_api(written)
 
     async def _release_slot(
         self, kube: kubeclient.KubeClient, *, agent: Agent, slot: filing.Slot
