@@ -107,15 +107,25 @@ def test_seventy_concurrent_filings_through_two_replicas_create_exactly_the_cap(
 
     statuses = Counter(answer.status_code for answer in answers)
     cap = accessrequests.MAX_PENDING_PER_AGENT
-    assert statuses == {201: cap, 429: 70 - cap}, [a.text for a in answers if a.status_code >= 500]
-    refused = next(a for a in answers if a.status_code == 429)
-    assert refused.json() == {
-        "error": "rate_limited",
-        "error_description": f"agent {replicas.namespace}/racer already has {cap} undecided "
-        "access requests; wait for a decision before filing more",
-    }
-    assert int(refused.headers["Retry-After"]) > 0
-    assert len(replicas.filed(dev_stack, "racer")) == cap
+    # Never more than the cap, whatever the timing: every request was created after its filing
+    # took one of the cap's slots.
+    assert len(replicas.filed(dev_stack, "racer")) <= cap
+    assert set(statuses) <= {201, 429, 503}, [a.text for a in answers]
+    if 503 not in statuses:
+        # A filing past its deadline (a heavily loaded machine) answers 503 and may still land;
+        # without one, the count is exact.
+        assert statuses == {201: cap, 429: 70 - cap}
+        assert len(replicas.filed(dev_stack, "racer")) == cap
+    for refused in (a for a in answers if a.status_code == 429):
+        assert refused.json() == {
+            "error": "rate_limited",
+            "error_description": f"agent {replicas.namespace}/racer already has {cap} undecided "
+            "access requests; wait for a decision before filing more",
+        }
+        assert int(refused.headers["Retry-After"]) > 0
+    for late in (a for a in answers if a.status_code == 503):
+        assert late.json()["error"] == "temporarily_unavailable"
+        assert int(late.headers["Retry-After"]) > 0
 
 
 def test_the_same_idempotency_key_racing_through_two_replicas_files_once(

@@ -150,6 +150,10 @@ class _Handlers:
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
         self.stopping = False
+        # One slot-taking at a time per agent in this replica: concurrent filings of one agent
+        # would only lose races to each other (each loss costs API calls). Across replicas the
+        # API server's create-if-absent decides; this lock is an optimisation, not the guarantee.
+        self._slot_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def shutdown(self, _app: web.Application) -> None:
         """Wake every open long-poll: each answers with its current state."""
@@ -238,7 +242,18 @@ class _Handlers:
         ]
         if len(pending) >= MAX_PENDING_PER_AGENT:
             raise _too_many(agent, len(pending))
-        slot = await self._take_slot(kube, agent=agent, holder=name)
+        key = agent.metadata.uid or f"{namespace}/{agent.metadata.name}"
+        lock, users = self._slot_locks.get(key, (asyncio.Lock(), 0))
+        self._slot_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                slot = await self._take_slot(kube, agent=agent, holder=name)
+        finally:
+            lock, users = self._slot_locks[key]
+            if users == 1:
+                del self._slot_locks[key]  # no one else uses it: no growth per agent
+            else:
+                self._slot_locks[key] = (lock, users - 1)
         try:
             created = await kube.create(kubeclient.ACCESS_REQUESTS, document, namespace=namespace)
         except kubeclient.Conflict:
