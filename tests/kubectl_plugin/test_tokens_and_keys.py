@@ -37,7 +37,8 @@ class Issuer:
             audience="https://tools.example.test",
             scope=["document.read"],
             lifetime=lifetime,
-            now=extra.pop("now", NOW),
+            # issued now, not at import: a long suite run must not expire a "good" token
+            now=extra.pop("now", datetime.datetime.now(datetime.UTC)),
             client_id="aauth:buyer.shop@example.test",
         )
         return issued.token
