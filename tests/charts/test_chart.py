@@ -336,3 +336,34 @@ def test_components_accept_the_environment_the_chart_gives_them(variant: str) ->
     tokens = tokenservice_settings.from_sources(environ=environment("agentauth-token-service"))
     assert tokens.issuer == controller.issuer
     assert tokens.namespace == controller.namespace
+
+
+def test_token_service_drains_before_it_stops() -> None:
+    """Rolling updates drop nothing (issue 20): a terminating pod keeps serving through the
+    preStop sleep while endpoints drop it, then has shutdownTimeoutSeconds to finish; the grace
+    period covers both; the API deadline reaches the service."""
+    objects = chart.render()
+    pod = chart.one(objects, "Deployment", "agentauth-token-service")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert container["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["AGENTAUTH_SHUTDOWN_TIMEOUT"], env["AGENTAUTH_API_TIMEOUT"]) == ("5", "5")
+    # pending-request slots: create-if-absent and compare-and-swap on Leases, never delete
+    (rule,) = [
+        r
+        for r in chart.one(objects, "ClusterRole", "agentauth-token-service")["rules"]
+        if r["apiGroups"] == ["coordination.k8s.io"]
+    ]
+    assert (rule["resources"], rule["verbs"]) == (["leases"], ["get", "list", "create", "update"])
+
+    without = chart.render({"tokenService": {"preStopSleepSeconds": 0}})
+    bare = chart.one(without, "Deployment", "agentauth-token-service")["spec"]["template"]["spec"]
+    assert "lifecycle" not in bare["containers"][0]
+
+    with pytest.raises(helm.HelmRenderError) as caught:
+        chart.render({"tokenService": {"terminationGracePeriodSeconds": 10}})
+    assert (
+        "tokenService.terminationGracePeriodSeconds must exceed preStopSleepSeconds + "
+        "shutdownTimeoutSeconds" in str(caught.value)
+    )

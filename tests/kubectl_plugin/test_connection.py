@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
+from urllib3 import exceptions as urllib3_exceptions
 
-from agentauth.kubectl_plugin import connection
+from agentauth.kubectl_plugin import connection, errors
 
 
 def options(**overrides: Any) -> argparse.Namespace:
@@ -24,6 +28,7 @@ def options(**overrides: Any) -> argparse.Namespace:
         "server": None,
         "certificate_authority": None,
         "insecure_skip_tls_verify": None,
+        "request_timeout": None,
     }
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -147,3 +152,75 @@ def test_default_path_is_home_kube_config(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert connection.kubeconfig_paths(None) == [tmp_path / ".kube" / "config"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(None, 30.0), ("30s", 30.0), ("1m30s", 90.0), ("500ms", 0.5), ("2", 2.0), ("1h", 3600.0)],
+)
+def test_request_timeout_takes_kubectl_durations(
+    two_files: tuple[Path, Path], text: str | None, seconds: float
+) -> None:
+    conn = connection.connect(options(kubeconfig=str(two_files[0]), request_timeout=text))
+    assert conn.request_timeout == seconds
+    assert conn.api_client.request_timeout == seconds
+
+
+NO_ZERO = "--request-timeout must be more than 0: every call to the API server has a deadline"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "--request-timeout must be more than 0: every call to the API server has a deadline"),
+        (
+            "0s",
+            "--request-timeout must be more than 0: every call to the API server has a deadline",
+        ),
+        (
+            "soon",
+            "--request-timeout 'soon' is not a duration: use a number of seconds or units such as "
+            "30s, 2m, 1m30s",
+        ),
+        (
+            "-5s",
+            "--request-timeout '-5s' is not a duration: use a number of seconds or units such as "
+            "30s, 2m, 1m30s",
+        ),
+    ],
+)
+def test_request_timeout_refusals(two_files: tuple[Path, Path], text: str, message: str) -> None:
+    with pytest.raises(connection.KubeconfigError) as caught:
+        connection.connect(options(kubeconfig=str(two_files[0]), request_timeout=text))
+    assert str(caught.value) == message
+
+
+def test_every_call_ends_at_the_deadline_and_says_what_it_waited_for() -> None:
+    # A socket that listens and never answers: a stopped API server looks exactly like this
+    # (the kernel completes the TCP handshake, nothing answers the TLS one).
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(8)
+        server = f"https://127.0.0.1:{frozen.getsockname()[1]}"
+        conn = connection.connect(
+            options(server=server, token="t", insecure_skip_tls_verify=True, request_timeout="1s")
+        )
+        started = time.monotonic()
+        with pytest.raises(urllib3_exceptions.HTTPError) as caught:
+            client.CustomObjectsApi(conn.api_client).list_namespaced_custom_object(
+                "agentauth.dev", "v1alpha1", "default", "accessrequests"
+            )
+        assert time.monotonic() - started < 5
+    message = errors.from_connection_error(
+        caught.value,
+        server=server,
+        context="",
+        action="list",
+        what="accessrequests",
+        timeout=conn.request_timeout,
+    ).message
+    assert message == (
+        f"timed out waiting for the API server at {server} (context '') to list accessrequests: "
+        "no answer within 1s; the cluster may be down or overloaded; try again, or allow longer "
+        "with --request-timeout"
+    )

@@ -49,6 +49,7 @@ class Env:
         keyset: keys.KeySet,
         agent: Agent,
         api: client.ApiClient,
+        runner: web.AppRunner,
     ) -> None:
         self.base = base
         self.state = state
@@ -56,6 +57,8 @@ class Env:
         self.keyset = keyset
         self.agent = agent
         self.api = api
+        self.runner = runner
+        self.stopped = False
 
     def token(self, agent: Agent | None = None) -> str:
         who = agent or self.agent
@@ -140,11 +143,13 @@ async def env(
         keyset=keyset,
         agent=agent,
         api=kube_api,
+        runner=runner,
     )
     await environment.world()
     yield environment
     await http.close()
-    await runner.cleanup()
+    if not environment.stopped:
+        await runner.cleanup()
     await kube.close()
 
 
@@ -399,3 +404,149 @@ async def test_long_poll_times_out_with_the_current_state(env: Env) -> None:
     assert time.monotonic() - started >= 0.3
     status, body = await env.call("GET", "/v1/access-requests/missing?wait=0.2")
     assert status == 404
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+PAYMENT = {"capabilities": ["payments.authorize"], "justification": "Pay invoice INV-7"}
+
+
+async def file_with_key(
+    env: Env, key: str, body: dict[str, Any], *, token: str | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token or env.token()}", "Idempotency-Key": key}
+    async with env.http.post(
+        env.base + "/v1/access-requests", json=body, headers=headers
+    ) as response:
+        return response.status, await response.json(), dict(response.headers)
+
+
+def filed_for(env: Env, agent: str) -> list[dict[str, Any]]:
+    listing = client.CustomObjectsApi(env.api).list_namespaced_custom_object(
+        "agentauth.dev", "v1alpha1", env.agent.metadata.namespace, "accessrequests"
+    )
+    return [item for item in listing["items"] if item["spec"]["agent"] == agent]
+
+
+async def test_a_retry_with_the_same_idempotency_key_returns_the_same_request(env: Env) -> None:
+    status, first, headers = await file_with_key(env, '"order-42"', PAYMENT)
+    assert (status, "Idempotent-Replayed" in headers) == (201, False)
+    status, again, headers = await file_with_key(env, '"order-42"', PAYMENT)
+    assert (status, headers["Idempotent-Replayed"]) == (201, "true")
+    assert again == first
+    assert headers["Location"] == f"/v1/access-requests/{first['name']}"
+    (stored_request,) = filed_for(env, "buyer")
+    assert stored_request["metadata"]["name"] == first["name"]
+    # another key is another request
+    status, other, _ = await file_with_key(env, '"order-43"', PAYMENT)
+    assert status == 201 and other["name"] != first["name"]
+
+
+async def test_an_idempotency_key_reused_for_a_different_request_is_refused(env: Env) -> None:
+    assert (await file_with_key(env, "k-1", PAYMENT))[0] == 201
+    status, body, _ = await file_with_key(env, "k-1", {**PAYMENT, "justification": "Other"})
+    assert (status, body) == (
+        422,
+        {
+            "error": "invalid_request",
+            "error_description": "this Idempotency-Key was already used for a different "
+            "request; use a new key for a new request",
+        },
+    )
+    assert len(filed_for(env, "buyer")) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "description"),
+    [
+        ('"unterminated', "Idempotency-Key: the string has no closing quote"),
+        ("two words", "Idempotency-Key must be a quoted string or a token of visible ASCII"),
+        ('""', "Idempotency-Key must have 1 to 255 characters"),
+    ],
+)
+async def test_malformed_idempotency_keys_are_refused(env: Env, key: str, description: str) -> None:
+    status, body, _ = await file_with_key(env, key, PAYMENT)
+    assert (status, body) == (400, {"error": "invalid_request", "error_description": description})
+    assert filed_for(env, "buyer") == []
+
+
+async def test_one_agent_s_idempotency_key_never_reaches_another_agent_s_request(
+    env: Env,
+) -> None:
+    namespace = env.agent.metadata.namespace or ""
+    other = Agent.model_validate(
+        client.CustomObjectsApi(env.api).create_namespaced_custom_object(
+            "agentauth.dev",
+            "v1alpha1",
+            namespace,
+            "agents",
+            {
+                "apiVersion": "agentauth.dev/v1alpha1",
+                "kind": "Agent",
+                "metadata": {"name": "other"},
+                "spec": {"serviceAccountName": "other-sa"},
+            },
+        )
+    )
+    snapshot = env.state.snapshot()
+    await env.state.update(
+        snapshot=exchanging.Snapshot(
+            agents={**snapshot.agents, (namespace, "other"): other},
+            grants=snapshot.grants,
+        )
+    )
+    status, mine, _ = await file_with_key(env, '"shared-key"', PAYMENT)
+    assert status == 201
+    status, theirs, headers = await file_with_key(
+        env, '"shared-key"', PAYMENT, token=env.token(other)
+    )
+    assert (status, theirs["agent"], "Idempotent-Replayed" in headers) == (201, "other", False)
+    assert theirs["name"] != mine["name"] and theirs["name"].startswith("other-")
+    # and buyer's request stays invisible to the other agent
+    status, _ = await env.call("GET", f"/v1/access-requests/{mine['name']}", token=env.token(other))
+    assert status == 404
+
+
+async def test_each_request_holds_a_pending_slot_lease_owned_by_the_agent(env: Env) -> None:
+    status, filed, _ = await file_with_key(env, "slot-1", PAYMENT)
+    assert status == 201
+    leases = client.CoordinationV1Api(env.api).list_namespaced_lease(
+        env.agent.metadata.namespace,
+        label_selector=f"agentauth.dev/pending-slot-of={env.agent.metadata.uid}",
+    )
+    (lease,) = leases.items
+    assert lease.spec.holder_identity == filed["name"]
+    assert lease.metadata.name.startswith("buyer-jit-")
+    (owner,) = lease.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("Agent", "buyer", env.agent.metadata.uid)
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+async def test_shutdown_answers_open_long_polls_at_once_and_closes_their_connections(
+    env: Env,
+) -> None:
+    await env.world(
+        requests=[request_of(env, "buyer-sd", phase="Pending", expiresAt="2030-01-01T00:00:00Z")]
+    )
+
+    async def poll() -> tuple[int, Any, dict[str, str]]:
+        headers = {"Authorization": f"Bearer {env.token()}"}
+        async with env.http.get(
+            env.base + "/v1/access-requests/buyer-sd?wait=30", headers=headers
+        ) as response:
+            return response.status, await response.json(), dict(response.headers)
+
+    waiting = asyncio.create_task(poll())
+    deadline = time.monotonic() + 10
+    while not env.state.changed._waiters:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the long-poll never waited"
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    env.stopped = True
+    await env.runner.cleanup()  # what serve() does after SIGTERM
+    status, body, headers = await waiting
+    assert time.monotonic() - started < 2
+    assert (status, body["phase"], headers["Connection"]) == (200, "Pending", "close")

@@ -669,6 +669,24 @@ async def test_readyz_needs_keys_and_metrics_count_exchanges(
         await runner.cleanup()
 
 
+async def test_readyz_says_why_it_is_not_ready_and_fails_first_when_shutting_down(
+    cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer, keyset: keys.KeySet
+) -> None:
+    runner, svc = await start(keyset=None, cluster=cluster, idp=idp)
+    try:
+        status, _, body = await svc.get("/readyz")
+        assert (status, body) == (503, {"status": "not ready", "reason": "no signing key"})
+        await svc.state.update(keyset=keyset)
+        assert (await svc.get("/readyz"))[::2] == (200, {"status": "ready"})
+        svc.state.drain()  # serve() does this first on SIGTERM, then stops accepting
+        status, _, body = await svc.get("/readyz")
+        assert (status, body) == (503, {"status": "not ready", "reason": "shutting down"})
+        assert (await svc.exchange(sa_token(cluster)))[0] == 200  # still serving meanwhile
+    finally:
+        await svc.http.close()
+        await runner.cleanup()
+
+
 async def test_per_agent_rate_limit(
     cluster: tokenkit.ClusterIssuer, idp: tokenkit.ClusterIssuer, keyset: keys.KeySet
 ) -> None:

@@ -286,6 +286,51 @@ async def test_serve_becomes_ready_once_caches_sync_and_stops_cleanly(
     await asyncio.wait_for(task, 10)
 
 
+async def test_serve_with_a_shutdown_delay_fails_readiness_first_then_stops_accepting(
+    dev_cluster: server.DevCluster, running: tuple[Running, dict[str, Any]]
+) -> None:
+    """``--shutdown-delay``: for load balancers that route by readiness, /readyz fails at once
+    on stop while requests are still served for the delay; then the listener closes."""
+    svc, _ = running
+    settings = settings_module.Settings(
+        issuer=ISSUER,
+        cluster_issuer=dev_cluster.issuer,
+        kubeconfig=dev_cluster.kubeconfig_path,
+        namespace=svc.namespace,
+        watch_namespaces=(svc.namespace,),
+        listen_host="127.0.0.1",
+        listen_port=0,
+        shutdown_delay=1.5,
+    )
+    stop = asyncio.Event()
+    urls: list[str] = []
+    task = asyncio.create_task(service_app.serve(settings, stop=stop, started=urls.append))
+
+    async def readiness() -> tuple[int, Any]:
+        async with svc.http.get(f"{urls[0]}/readyz") as response:
+            return response.status, await response.json()
+
+    await eventually(lambda: _ready(urls, readiness), within=10.0)
+    stop.set()
+    stopping = time.monotonic()
+    await eventually(lambda: _not_ready(readiness), within=1.0)
+    assert await readiness() == (503, {"status": "not ready", "reason": "shutting down"})
+    async with svc.http.get(f"{urls[0]}/jwks") as response:
+        assert response.status == 200  # still serving during the delay
+    await asyncio.wait_for(task, 10)
+    assert time.monotonic() - stopping >= settings.shutdown_delay
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await readiness()
+
+
+async def _ready(urls: list[str], readiness: Callable[[], Awaitable[tuple[int, Any]]]) -> bool:
+    return bool(urls) and (await readiness())[0] == 200
+
+
+async def _not_ready(readiness: Callable[[], Awaitable[tuple[int, Any]]]) -> bool:
+    return (await readiness())[0] == 503
+
+
 async def test_state_watches_exactly_the_listed_namespaces(dev_cluster: server.DevCluster) -> None:
     """``watch_namespaces`` (the chart passes ``controller.watchNamespaces``) covers every listed
     namespace, merged into one snapshot, and nothing else."""

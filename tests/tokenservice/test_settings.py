@@ -118,6 +118,41 @@ def test_bad_settings_name_the_flag(env: dict[str, str], message: str) -> None:
     assert str(caught.value).startswith(message)
 
 
+def test_api_deadline_and_shutdown_timings() -> None:
+    base = {"AGENTAUTH_ISSUER": "https://x"}
+    defaults = settings.from_sources(environ=base)
+    assert (defaults.api_timeout, defaults.shutdown_delay, defaults.shutdown_timeout) == (5, 0, 5)
+    tuned = settings.from_sources(
+        environ={
+            **base,
+            "AGENTAUTH_API_TIMEOUT": "2.5",
+            "AGENTAUTH_SHUTDOWN_DELAY": "3",
+            "AGENTAUTH_SHUTDOWN_TIMEOUT": "10",
+        }
+    )
+    assert (tuned.api_timeout, tuned.shutdown_delay, tuned.shutdown_timeout) == (2.5, 3, 10)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("AGENTAUTH_API_TIMEOUT", "0", "--api-timeout must be more than 0 and at most 300"),
+        ("AGENTAUTH_API_TIMEOUT", "nan", "--api-timeout must be more than 0 and at most 300"),
+        ("AGENTAUTH_API_TIMEOUT", "soon", "--api-timeout / AGENTAUTH_API_TIMEOUT: 'soon' is not"),
+        (
+            "AGENTAUTH_SHUTDOWN_TIMEOUT",
+            "301",
+            "--shutdown-timeout must be more than 0 and at most 300",
+        ),
+        ("AGENTAUTH_SHUTDOWN_DELAY", "-1", "--shutdown-delay must be between 0 and 300 seconds"),
+    ],
+)
+def test_bad_timings_name_the_flag(variable: str, value: str, message: str) -> None:
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.from_sources(environ={"AGENTAUTH_ISSUER": "https://x", variable: value})
+    assert str(caught.value).startswith(message)
+
+
 def test_token_bucket_allows_burst_then_refills() -> None:
     clock = [0.0]
     buckets = ratelimit.TokenBuckets(rate=2.0, burst=3, clock=lambda: clock[0])

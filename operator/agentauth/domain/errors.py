@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+DEFAULT_RETRY_AFTER_SECONDS = 2
+"""What a 503 answer's ``Retry-After`` says unless the raiser knows better."""
+
 
 class OAuthError(Exception):
     """An error answered to an OAuth client as RFC 6749 JSON.
@@ -145,10 +148,21 @@ class RateLimited(_Fixed):
 
 
 class TemporarilyUnavailable(_Fixed):
-    """The service cannot answer yet (caches not synced, no signing key)."""
+    """The service cannot answer now (caches not synced, no signing key, the Kubernetes API
+    not answering); ``Retry-After`` (RFC 9110 section 10.2.3) tells the client when to retry."""
 
     default_error = "temporarily_unavailable"
     default_status = 503
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(description, headers={"Retry-After": str(retry_after), **(headers or {})})
+        self.retry_after = retry_after
 
 
 class ServerError(_Fixed):

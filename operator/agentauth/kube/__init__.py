@@ -2,6 +2,7 @@
 
 Layer between the services (controller, tokenservice) and the SDK/domain: it may import aiohttp
 but never kopf. ``config`` loads a kubeconfig or the in-cluster configuration, ``client`` talks
-to the API (get/list/watch/create/patch/delete with typed ``ApiError``), ``caches`` keeps a
-watched collection in memory with a ``synced`` event.
+to the API (get/list/watch/create/patch/delete with typed ``ApiError``, every call with a
+deadline), ``caches`` keeps a watched collection in memory with a ``synced`` event, ``health``
+probes whether the API server answers at all.
 """

@@ -10,12 +10,19 @@ Guarantees:
   something changed; ``parse`` turns the raw object into a typed value, and objects that fail to
   parse are left out (logged), never half-used.
 - ``changed`` (an ``asyncio.Condition``) is notified on every change, for long-polls.
+- Failures are retried forever with a capped, jittered backoff (at most :data:`RETRY_MAX`
+  seconds apart), so a watch recovers within seconds of the API server coming back; every call
+  has the client's deadline, so a frozen API server cannot hang the loop. ``reconnect()`` drops
+  the current watch and relists at once (used when an API health check sees the server return).
+- ``healthy`` says whether the last list or watch attempt succeeded, ``last_error`` why not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -26,7 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Key = tuple[str, str]
 RETRY_INITIAL = 0.2
-RETRY_MAX = 5.0
+RETRY_MAX = 2.0
 
 
 def object_key(obj: dict[str, Any]) -> Key:
@@ -60,6 +67,9 @@ class Cache(Generic[T]):
         self.changed = asyncio.Condition()
         self.revision = 0
         self.resource_version = ""
+        self.healthy = False
+        self.last_error: str | None = None
+        self._reconnect = asyncio.Event()
 
     def items(self) -> list[T]:
         return list(self._items.values())
@@ -117,23 +127,57 @@ class Cache(Generic[T]):
             if version:
                 self.resource_version = str(version)
 
+    def reconnect(self) -> None:
+        """Drop the current watch (if any) and relist now."""
+        self._reconnect.set()
+
+    async def _watch_or_reconnect(self) -> None:
+        """``_watch_once`` unless ``reconnect()`` is called first (then ``_Reconnect``)."""
+        watch = asyncio.ensure_future(self._watch_once())
+        interrupt = asyncio.ensure_future(self._reconnect.wait())
+        try:
+            await asyncio.wait({watch, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, interrupt):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(watch, interrupt, return_exceptions=True)
+        if interrupt.done() and not interrupt.cancelled():
+            raise _Reconnect
+        watch.result()  # the server ended the watch (None), or its failure is raised here
+
     async def run(self) -> None:
         """List, then watch forever; relist on 410 or errors (with capped backoff)."""
         delay = RETRY_INITIAL
         need_list = True
         while True:
             try:
+                self._reconnect.clear()
                 if need_list:
                     await self._relist()
                     need_list = False
-                await self._watch_once()
-                delay = RETRY_INITIAL
+                    self.healthy, self.last_error = True, None
+                    delay = RETRY_INITIAL
+                await self._watch_or_reconnect()
             except asyncio.CancelledError:
                 raise
+            except _Reconnect:
+                need_list = True
             except kubeclient.ResourceExpired:
                 need_list = True
             except Exception as exc:
                 log.warning("watch of %s failed, relisting: %r", self.resource.plural, exc)
+                self.healthy, self.last_error = False, str(exc)
                 need_list = True
-                await asyncio.sleep(delay)  # back off between reconnects, not synchronisation
+                # back off between reconnects (jittered so caches do not retry in lockstep), or
+                # less if reconnect() says the API server is back
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._reconnect.wait(),
+                        timeout=delay * random.uniform(0.5, 1.0),  # noqa: S311
+                    )
                 delay = min(delay * 2, RETRY_MAX)
+
+
+class _Reconnect(Exception):
+    """``Cache.reconnect()`` interrupted the watch."""

@@ -1,13 +1,27 @@
 """Async Kubernetes API client over aiohttp.
 
-Guarantees: every non-2xx answer raises ``ApiError`` carrying the API ``Status`` (code, reason,
-message); ``watch`` yields typed events, surfaces ``410 Gone`` (from the HTTP status or an
-``ERROR`` event) as ``ResourceExpired`` so callers relist, and passes ``BOOKMARK`` events through
-so callers can advance their resourceVersion. Nothing here retries silently.
+Guarantees:
+- Every call has a deadline: ``request`` (and the verbs built on it) the client's ``timeout``
+  (or the call's own) for the whole exchange; ``watch`` the same for the response headers, then
+  at most :data:`WATCH_IDLE_SECONDS` without a byte (the API server sends bookmarks and ends the
+  watch after ``timeoutSeconds``) and ``timeoutSeconds`` + :data:`WATCH_GRACE_SECONDS` in all.
+- Every non-2xx answer raises ``ApiError`` carrying the API ``Status`` (code, reason, message),
+  as the subclass callers act on: ``NotFound`` (404), ``Conflict`` (409: already exists, or a
+  stale resourceVersion), ``ResourceExpired`` (410, from the HTTP status or an ``ERROR`` event,
+  so callers relist), ``Unauthorized`` (401) and ``ApiUnavailable`` (429, 5xx, and a server that
+  cannot be reached (code 503) or does not answer in time (504); ``failure`` says which). So a
+  caller that catches
+  ``ApiError`` sees every failure of the API server, never a bare transport exception.
+- ``watch`` yields typed events and passes ``BOOKMARK`` events through so callers can advance
+  their resourceVersion.
+- The only retry: a request refused with 401 is sent once more if the credentials changed
+  meanwhile (a rotated token file, see ``KubeConfig.refresh_token``). Nothing else retries
+  silently.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -49,10 +63,18 @@ AGENTS = Resource("agentauth.dev", "v1alpha1", "agents")
 CAPABILITY_GRANTS = Resource("agentauth.dev", "v1alpha1", "capabilitygrants")
 ACCESS_REQUESTS = Resource("agentauth.dev", "v1alpha1", "accessrequests")
 TOOL_SERVERS = Resource("agentauth.dev", "v1alpha1", "toolservers")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+
+
+WATCH_IDLE_SECONDS = 120.0
+"""A watch that delivers nothing (not even a bookmark) for this long is given up as dead."""
+WATCH_GRACE_SECONDS = 30.0
+"""How long past its ``timeoutSeconds`` a watch may run before the client ends it."""
+UNAVAILABLE_CODES = frozenset({429, 500, 502, 503, 504})
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server."""
+    """A non-2xx answer from the API server (or none at all: see ``ApiUnavailable``)."""
 
     def __init__(self, *, code: int, reason: str, message: str) -> None:
         super().__init__(f"{code} {reason}: {message}")
@@ -61,8 +83,45 @@ class ApiError(Exception):
         self.message = message
 
 
+class NotFound(ApiError):
+    """404: no such object (or collection)."""
+
+
+class Conflict(ApiError):
+    """409: the name is taken (``AlreadyExists``) or the resourceVersion precondition failed."""
+
+
+class Unauthorized(ApiError):
+    """401: the API server did not accept the credentials."""
+
+
 class ResourceExpired(ApiError):
     """410 Gone: the resourceVersion is too old; list again."""
+
+
+class ApiUnavailable(ApiError):
+    """The API server is overloaded (429), failing (5xx), unreachable (code 503) or did not
+    answer before the deadline (code 504). ``failure`` says which: ``answer`` (it answered
+    429/5xx), ``unreachable`` or ``timeout``. The call may or may not have taken effect."""
+
+    def __init__(
+        self,
+        *,
+        code: int,
+        reason: str,
+        message: str,
+        failure: Literal["answer", "unreachable", "timeout"] = "answer",
+    ) -> None:
+        super().__init__(code=code, reason=reason, message=message)
+        self.failure = failure
+
+
+_BY_CODE: dict[int, type[ApiError]] = {
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    410: ResourceExpired,
+}
 
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
@@ -80,14 +139,31 @@ def _error_from(code: int, body: bytes) -> ApiError:
         reason, message = str(status.get("reason", "")), str(status.get("message", ""))
     except ValueError:
         reason, message = "", body[:500].decode("utf-8", "replace")
-    cls = ResourceExpired if code == 410 else ApiError
+    cls = ApiUnavailable if code in UNAVAILABLE_CODES else _BY_CODE.get(code, ApiError)
     return cls(code=code, reason=reason, message=message)
+
+
+def _unavailable(what: str, error: BaseException, *, deadline: float) -> ApiUnavailable:
+    if isinstance(error, TimeoutError):
+        return ApiUnavailable(
+            code=504,
+            reason="Timeout",
+            message=f"{what}: no answer from the API server within {deadline:g}s",
+            failure="timeout",
+        )
+    return ApiUnavailable(
+        code=503,
+        reason="ServiceUnavailable",
+        message=f"{what}: cannot reach the API server: {error!r}",
+        failure="unreachable",
+    )
 
 
 class KubeClient:
     """One aiohttp session to one API server. Use as an async context manager."""
 
     def __init__(self, cfg: kubeconfig.KubeConfig, *, timeout: float = 30.0) -> None:
+        """``timeout``: the deadline, in seconds, of each call (see the module guarantees)."""
         self.config = cfg
         self._ssl = cfg.ssl_context() if cfg.server.startswith("https") else None
         self._timeout = timeout
@@ -122,6 +198,10 @@ class KubeClient:
             headers["Content-Type"] = content_type
         return headers
 
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     async def request(
         self,
         method: str,
@@ -133,19 +213,27 @@ class KubeClient:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        async with self.session.request(
-            method,
-            self.config.server + path,
-            params=params,
-            data=data,
-            headers=self._headers(content_type if data is not None else None),
-            timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
-        ) as response:
-            raw = await response.read()
+        deadline = timeout or self._timeout
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(
+                    method,
+                    self.config.server + path,
+                    params=params,
+                    data=data,
+                    headers=self._headers(content_type if data is not None else None),
+                    timeout=aiohttp.ClientTimeout(total=deadline),
+                ) as response:
+                    raw = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _unavailable(f"{method} {path}", exc, deadline=deadline) from exc
+            if response.status == 401 and attempt == 1 and self.config.refresh_token():
+                continue  # the token file changed: the new credentials get one try
             if response.status >= 300:
                 raise _error_from(response.status, raw)
             result: dict[str, Any] = json.loads(raw) if raw else {}
             return result
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def get(
         self, resource: Resource, name: str, *, namespace: str | None = None
@@ -222,21 +310,38 @@ class KubeClient:
             params["labelSelector"] = label_selector
         if field_selector:
             params["fieldSelector"] = field_selector
-        async with self.session.get(
-            self.config.server + resource.path(namespace=namespace),
-            params=params,
-            headers=self._headers(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
-        ) as response:
-            if response.status >= 300:
-                raise _error_from(response.status, await response.read())
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    code = int(obj.get("code", 500))
-                    raise _error_from(code, json.dumps(obj).encode())
-                if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
-                    yield WatchEvent(type=kind, object=obj)
+        what = f"watch {resource.path(namespace=namespace)}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self.session.get(
+                    self.config.server + resource.path(namespace=namespace),
+                    params=params,
+                    headers=self._headers(),
+                    timeout=aiohttp.ClientTimeout(
+                        total=timeout_seconds + WATCH_GRACE_SECONDS,
+                        sock_connect=self._timeout,
+                        sock_read=WATCH_IDLE_SECONDS,
+                    ),
+                )
+                if response.status >= 300:
+                    raw = await response.read()
+                    response.release()
+                    if response.status == 401:
+                        self.config.refresh_token()  # the caller's next attempt uses new ones
+                    raise _error_from(response.status, raw)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unavailable(what, exc, deadline=self._timeout) from exc
+        async with response:
+            try:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        code = int(obj.get("code", 500))
+                        raise _error_from(code, json.dumps(obj).encode())
+                    if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                        yield WatchEvent(type=kind, object=obj)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _unavailable(what, exc, deadline=WATCH_IDLE_SECONDS) from exc

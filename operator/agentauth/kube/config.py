@@ -2,8 +2,11 @@
 
 Guarantees: TLS verification is always on unless the kubeconfig says
 ``insecure-skip-tls-verify: true``; the cluster CA from the kubeconfig (file or inline data) or the
-in-cluster ``ca.crt`` is the only trust anchor added; in-cluster bearer tokens are re-read from
-disk (kubelet rotates them) at most every ``TOKEN_REFRESH`` seconds.
+in-cluster ``ca.crt`` is the only trust anchor added; a bearer token file (in-cluster, or a
+kubeconfig ``tokenFile``) is re-read as soon as the file changes (kubelet rotation, a restarted dev
+cluster writing a new one) and at least every ``TOKEN_REFRESH`` seconds, and at once after
+:meth:`KubeConfig.refresh_token` (what the client calls on a 401); a file caught empty mid-write
+never replaces a token already read.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class KubeConfig:
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
     namespace: str = "default"
-    _token_cache: tuple[float, str] | None = field(default=None, repr=False)
+    _token_cache: tuple[float, tuple[int, int, int], str] | None = field(default=None, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -62,9 +65,33 @@ class KubeConfig:
         if self.token_file is None:
             return None
         now = time.monotonic()
-        if self._token_cache is None or now - self._token_cache[0] > TOKEN_REFRESH:
-            self._token_cache = (now, self.token_file.read_text().strip())
-        return self._token_cache[1]
+        cached = self._token_cache
+        try:
+            stat = self.token_file.stat()
+            identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            if cached is not None:
+                return cached[2]  # the file is being replaced: keep the token we have
+            raise
+        if cached is None or cached[1] != identity or now - cached[0] > TOKEN_REFRESH:
+            token = self.token_file.read_text().strip()
+            if not token and cached is not None:
+                return cached[2]  # caught mid-write: the next call reads the complete file
+            self._token_cache = (now, identity, token)
+            return token
+        return cached[2]
+
+    def refresh_token(self) -> bool:
+        """Forget the cached token file contents; True if a token file will be re-read (so a
+        request refused with 401 is worth retrying once)."""
+        if self.token is not None or self.token_file is None:
+            return False
+        previous = self._token_cache[2] if self._token_cache is not None else None
+        self._token_cache = None
+        try:
+            return self.bearer_token() != previous
+        except OSError:
+            return False
 
 
 def _data_or_file(entry: dict[str, Any], key: str, base: Path) -> tuple[bytes | None, Path | None]:

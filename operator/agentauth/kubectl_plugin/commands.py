@@ -87,7 +87,12 @@ class Context:
             ) from error
         except (urllib3_exceptions.HTTPError, OSError) as error:
             raise from_connection_error(
-                error, server=str(self.conn.cluster.get("server")), context=self.conn.context
+                error,
+                server=str(self.conn.cluster.get("server")),
+                context=self.conn.context,
+                action=action,
+                what=what,
+                timeout=self.conn.request_timeout,
             ) from error
 
     def print(self, text: str = "") -> None:
@@ -365,7 +370,12 @@ def _decide(ctx: Context, *, kind: approvals.DecisionKind) -> int:
             ) from error
         except (urllib3_exceptions.HTTPError, OSError) as error:
             raise from_connection_error(
-                error, server=str(ctx.conn.cluster.get("server")), context=ctx.conn.context
+                error,
+                server=str(ctx.conn.cluster.get("server")),
+                context=ctx.conn.context,
+                action=verb,
+                what=what,
+                timeout=ctx.conn.request_timeout,
             ) from error
         recorded = (result.get("status") or {}).get(field) or [{}]
         user = recorded[-1].get("user") or "you"

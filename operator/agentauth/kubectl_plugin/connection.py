@@ -11,6 +11,10 @@ connection flags after it. Guarantees, matching kubectl's loading rules:
   ``--certificate-authority`` and ``--insecure-skip-tls-verify`` replace the cluster's; ``--token``
   replaces the user's credentials.
 - The namespace is ``-n/--namespace``, else the context's namespace, else ``default``.
+- Every API call has a deadline: ``--request-timeout`` (kubectl's syntax: ``30s``, ``2m``, or
+  plain seconds; default :data:`DEFAULT_REQUEST_TIMEOUT`), for connecting, the TLS handshake and
+  the answer together. Unlike kubectl, ``0`` (no deadline) is refused: a person at a terminal is
+  owed an answer, and a frozen API server must not hang ``kubectl agentauth approve``.
 """
 
 from __future__ import annotations
@@ -18,12 +22,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes.config import kube_config
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds an API call may take when ``--request-timeout`` is not given."""
+_DURATION = re.compile(r"^(?:(?P<plain>\d+(?:\.\d+)?)|(?P<parts>(?:\d+(?:\.\d+)?(?:ms|s|m|h))+))$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _PATH_KEYS = {
     "cluster": ("certificate-authority",),
@@ -44,6 +55,45 @@ class Connection:
     context: str
     cluster: dict[str, Any]
     user: str
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+
+
+class DeadlineApiClient(k8s_client.ApiClient):  # type: ignore[misc]
+    """An ``ApiClient`` whose every request has a deadline (``request_timeout`` seconds, unless
+    a call passes its own ``_request_timeout``): the generated API classes pass none."""
+
+    def __init__(self, configuration: k8s_client.Configuration, *, request_timeout: float) -> None:
+        super().__init__(configuration)
+        self.request_timeout = request_timeout
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("_request_timeout"):
+            kwargs["_request_timeout"] = self.request_timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def parse_request_timeout(text: str | None) -> float:
+    """Seconds from a ``--request-timeout`` value (``30s``, ``1m30s``, ``500ms``, ``10``)."""
+    if text is None:
+        return DEFAULT_REQUEST_TIMEOUT
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise KubeconfigError(
+            f"--request-timeout {text!r} is not a duration: use a number of seconds or units "
+            "such as 30s, 2m, 1m30s"
+        )
+    if match["plain"] is not None:
+        seconds = float(match["plain"])
+    else:
+        seconds = sum(
+            float(number) * _UNIT_SECONDS[unit]
+            for number, unit in _DURATION_PART.findall(match["parts"])
+        )
+    if seconds <= 0:
+        raise KubeconfigError(
+            "--request-timeout must be more than 0: every call to the API server has a deadline"
+        )
+    return seconds
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +108,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-s", "--server", help="the address and port of the API server")
     group.add_argument(
         "--certificate-authority", help="path to a CA certificate file for the API server"
+    )
+    group.add_argument(
+        "--request-timeout",
+        help="how long to wait for each API call, e.g. 30s, 2m "
+        f"(default {DEFAULT_REQUEST_TIMEOUT:g}s; 0 is not allowed)",
     )
     group.add_argument(
         "--insecure-skip-tls-verify",
@@ -111,6 +166,7 @@ def merge_kubeconfigs(paths: list[Path], *, explicit: bool) -> dict[str, Any]:
 
 def connect(options: argparse.Namespace) -> Connection:
     """Build an API client from the parsed connection flags and the kubeconfig."""
+    request_timeout = parse_request_timeout(getattr(options, "request_timeout", None))
     paths = kubeconfig_paths(options.kubeconfig)
     merged = merge_kubeconfigs(paths, explicit=bool(options.kubeconfig))
     contexts = {entry["name"]: entry["context"] for entry in merged["contexts"]}
@@ -170,9 +226,10 @@ def connect(options: argparse.Namespace) -> Connection:
     configuration.retries = 0
     namespace = options.namespace or context.get("namespace") or "default"
     return Connection(
-        api_client=k8s_client.ApiClient(configuration),
+        api_client=DeadlineApiClient(configuration, request_timeout=request_timeout),
         namespace=namespace,
         context=context_name,
         cluster=cluster,
         user=user_name,
+        request_timeout=request_timeout,
     )

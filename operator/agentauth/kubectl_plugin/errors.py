@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from kubernetes.client import exceptions as k8s_exceptions
+from urllib3 import exceptions as urllib3_exceptions
 
 _WEBHOOK_PREFIX = re.compile(r'^admission webhook "[^"]+" denied the request:\s*')
 _FORBIDDEN = re.compile(
@@ -101,8 +102,34 @@ def from_api_error(
     return PluginError(f"cannot {action} {what}: API error {code}: {message or error.reason}")
 
 
-def from_connection_error(error: Exception, *, server: str, context: str) -> PluginError:
-    """Explain a failure to reach the API server at all."""
+def _timed_out(error: BaseException) -> bool:
+    cause: object = error
+    for _ in range(4):  # urllib3 wraps: MaxRetryError(reason=ConnectTimeoutError(...)), ...
+        if isinstance(cause, TimeoutError | urllib3_exceptions.TimeoutError):
+            return True
+        cause = getattr(cause, "reason", None)
+    return False
+
+
+def from_connection_error(
+    error: Exception,
+    *,
+    server: str,
+    context: str,
+    action: str | None = None,
+    what: str | None = None,
+    timeout: float | None = None,
+) -> PluginError:
+    """Explain a failure to reach the API server at all (or to get its answer in time, while
+    trying to ``action`` ``what`` with a ``timeout`` of that many seconds)."""
+    if _timed_out(error):
+        doing = f" to {action} {what}" if action and what else ""
+        limit = f" within {timeout:g}s" if timeout else ""
+        return PluginError(
+            f"timed out waiting for the API server at {server} (context {context!r}){doing}: "
+            f"no answer{limit}; the cluster may be down or overloaded; try again, or allow "
+            "longer with --request-timeout"
+        )
     reason = str(getattr(error, "reason", None) or error)
     if "CERTIFICATE_VERIFY_FAILED" in reason or "SSL" in reason:
         return PluginError(

@@ -11,6 +11,12 @@ Guarantees:
   concurrent callers (threads, or tasks on one event loop) share one in-flight exchange.
 - Every failure raises an :mod:`agentauth.sdk.errors` exception carrying the server's RFC
   error code and description.
+- Token exchanges and access requests survive a token-service replica going away: a request
+  whose connection failed (refused, reset, closed before the answer) or that was answered 502/503/
+  504 is re-signed and sent again, at most :data:`RETRY_ATTEMPTS` times in all, after a short
+  backoff or the server's ``Retry-After`` (if it is at most :data:`MAX_RETRY_AFTER` seconds). A
+  filing carries an ``Idempotency-Key`` (one per logical request, covered by the signature), so
+  a retry never files twice; a long-poll answered early (the replica shut down) polls again.
 
 Environment (injected by the agentauth pod webhook; see docs/sdk.md):
 ``AGENTAUTH_AGENT``, ``AGENTAUTH_NAMESPACE``, ``AGENTAUTH_ISSUER``, ``AGENTAUTH_TOKEN_URL``
@@ -24,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import ssl
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +52,15 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_AT_FRACTION = 0.8
 """A cached token is refreshed once this fraction of its lifetime has passed."""
+
+RETRY_ATTEMPTS = 3
+"""Attempts per call (the first included) when the connection fails or the answer is 502-504."""
+RETRY_BACKOFF = (0.1, 0.5)
+"""Seconds (jittered) before the second and third attempts when the server gives no Retry-After."""
+MAX_RETRY_AFTER = 5.0
+"""A longer ``Retry-After`` is not waited for: the error is raised for the caller to decide."""
+RETRY_STATUSES = frozenset({502, 503, 504})
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 
 ENV_AGENT = "AGENTAUTH_AGENT"
 ENV_NAMESPACE = "AGENTAUTH_NAMESPACE"
@@ -211,6 +228,37 @@ def _base_urls(token_url: str) -> tuple[str, str]:
     if url.endswith("/oauth2/token"):
         return url[: -len("/oauth2/token")], url
     return url, url + "/oauth2/token"
+
+
+def _retriable_failure(error: BaseException | None) -> bool:
+    """A failure after which the request certainly or harmlessly did not complete: the
+    connection was refused, reset or closed before an answer (a replica going away). Timeouts
+    are not retried: the caller's timeout is the caller's budget."""
+    return isinstance(
+        error, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError
+    )
+
+
+def _retry_delay(response: httpx.Response, attempt: int) -> float | None:
+    """Seconds to wait before trying ``response``'s request again; None: do not."""
+    if attempt >= RETRY_ATTEMPTS or response.status_code not in RETRY_STATUSES:
+        return None
+    backoff = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF)) - 1] * random.uniform(0.5, 1.0)  # noqa: S311
+    header = response.headers.get("retry-after")
+    if header is None:
+        return backoff
+    try:
+        retry_after = float(header)
+    except ValueError:
+        return backoff
+    if not 0 <= retry_after <= MAX_RETRY_AFTER:
+        return None
+    return max(retry_after, backoff)
+
+
+def _sf_string(value: str) -> str:
+    """``value`` as an RFC 9651 Structured Field string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --------------------------------------------------------------------------- the client
@@ -389,6 +437,41 @@ class AgentClient:
         except httpx.HTTPError as exc:
             raise errors.TransportError("transport_error", f"{call.url}: {exc}") from exc
 
+    def _send_retrying(self, build: Callable[[], _Call]) -> httpx.Response:
+        """``_send(build())``, built (so signed) anew and sent again after a failure worth
+        retrying (see the module guarantees)."""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                response = self._send(build())
+            except errors.TransportError as exc:
+                if attempt == RETRY_ATTEMPTS or not _retriable_failure(exc.__cause__):
+                    raise
+                time.sleep(RETRY_BACKOFF[attempt - 1] * random.uniform(0.5, 1.0))  # noqa: S311
+                continue
+            delay = _retry_delay(response, attempt)
+            if delay is None:
+                return response
+            response.close()
+            time.sleep(delay)  # backoff before a retry, not synchronisation
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _asend_retrying(self, build: Callable[[], Any]) -> httpx.Response:
+        """Async twin of :meth:`_send_retrying`; ``build`` returns an awaitable ``_Call``."""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                response = await self._asend(await build())
+            except errors.TransportError as exc:
+                if attempt == RETRY_ATTEMPTS or not _retriable_failure(exc.__cause__):
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF[attempt - 1] * random.uniform(0.5, 1.0))  # noqa: S311
+                continue
+            delay = _retry_delay(response, attempt)
+            if delay is None:
+                return response
+            await response.aclose()
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     # ------------------------------------------------------------------ signing
 
     def sign(
@@ -430,6 +513,7 @@ class AgentClient:
         content_type: str | None,
         token: str | None,
         timeout: float | None = None,
+        covered: Mapping[str, str] | None = None,
     ) -> _Call:
         headers = {"Accept": "application/json"}
         if content_type is not None:
@@ -439,6 +523,13 @@ class AgentClient:
             # Bearer for the token service's own APIs, and covered by the signature.
             headers["Authorization"] = f"Bearer {token}"
             components = (*signatures.BASE_COMPONENTS, "authorization")
+        if covered:
+            # More headers the signature covers (an Idempotency-Key, say).
+            headers.update(covered)
+            components = (
+                *(components or signatures.BASE_COMPONENTS),
+                *(k.lower() for k in covered),
+            )
         headers.update(
             self.sign(
                 method=method,
@@ -555,7 +646,7 @@ class AgentClient:
             if not force_refresh and (entry := self._cached(key)) is not None:
                 return entry
             started = self._clock()
-            response = self._send(self._exchange_call(audience, key[1], None))
+            response = self._send_retrying(lambda: self._exchange_call(audience, key[1], None))
             fresh = self._parse_token(response, audience, started)
             self._store(key, fresh)
             return fresh
@@ -604,7 +695,11 @@ class AgentClient:
 
     async def _exchange_async(self, key: tuple[str | None, tuple[str, ...]]) -> AgentToken:
         started = self._clock()
-        response = await self._asend(self._exchange_call(key[0], key[1], None))
+
+        async def build() -> _Call:
+            return self._exchange_call(key[0], key[1], None)
+
+        response = await self._asend_retrying(build)
         fresh = self._parse_token(response, key[0], started)
         self._store(key, fresh)
         return fresh
@@ -777,6 +872,7 @@ class AgentClient:
         duration: str | None,
         context: Mapping[str, Any] | None,
         token: str,
+        idempotency_key: str,
     ) -> _Call:
         payload: dict[str, Any] = {
             "capabilities": list(capabilities),
@@ -792,14 +888,25 @@ class AgentClient:
             body=json.dumps(payload).encode(),
             content_type="application/json",
             token=token,
+            covered={IDEMPOTENCY_KEY_HEADER: _sf_string(idempotency_key)},
         )
 
     def _poll_call(self, name: str, wait: float, token: str) -> _Call:
-        seconds = max(0, int(wait))
-        url = f"{self.base_url}/v1/access-requests/{urllib.parse.quote(name)}?wait={seconds}"
+        # Fractions kept: flooring the last second of a wait to 0 would poll in a tight loop.
+        seconds = round(max(0.0, wait), 3)
+        url = f"{self.base_url}/v1/access-requests/{urllib.parse.quote(name)}?wait={seconds:g}"
         return self._signed_call(
             "GET", url, body=b"", content_type=None, token=token, timeout=seconds + self._timeout
         )
+
+    def _poller(self, name: str, wait: float) -> Callable[[], _Call]:
+        return lambda: self._poll_call(name, wait, self.token())
+
+    def _apoller(self, name: str, wait: float) -> Callable[[], Any]:
+        async def build() -> _Call:
+            return self._poll_call(name, wait, await self.atoken())
+
+        return build
 
     def _finish(self, state: AccessRequestState) -> AccessRequestState:
         if state.phase in ("Denied", "Expired"):
@@ -821,20 +928,28 @@ class AgentClient:
         duration: str | None = None,
         context: Mapping[str, Any] | None = None,
         wait: float | None = None,
+        idempotency_key: str | None = None,
     ) -> AccessRequestState:
         """File a just-in-time ``AccessRequest``; with ``wait`` (seconds), long-poll until it
         is decided.  Raises :class:`~agentauth.sdk.errors.AccessRequestDeniedError` when it
         ends Denied/Expired while waiting; returns the (maybe still Pending) state otherwise.
+
+        ``idempotency_key`` names this logical request (default: a new random one): filing
+        again with the same key, from any process, returns the same request instead of filing
+        another, so a caller that lost the answer (a crash, a timeout) can safely call again.
         """
-        response = self._send(
-            self._file_call(capabilities, justification, duration, context, self.token())
+        key = idempotency_key or str(uuid.uuid4())
+        response = self._send_retrying(
+            lambda: self._file_call(
+                capabilities, justification, duration, context, self.token(), key
+            )
         )
         state = self._access_state(_check(response))
         if wait is None:
             return state
         deadline = time.monotonic() + wait
         while state.phase == "Pending" and (remaining := deadline - time.monotonic()) > 0:
-            response = self._send(self._poll_call(state.name, min(remaining, 30.0), self.token()))
+            response = self._send_retrying(self._poller(state.name, min(remaining, 30.0)))
             state = self._access_state(_check(response))
         return self._finish(state)
 
@@ -846,20 +961,25 @@ class AgentClient:
         duration: str | None = None,
         context: Mapping[str, Any] | None = None,
         wait: float | None = None,
+        idempotency_key: str | None = None,
     ) -> AccessRequestState:
         """Async twin of :meth:`request_access`."""
-        response = await self._asend(
-            self._file_call(capabilities, justification, duration, context, await self.atoken())
-        )
-        state = self._access_state(_check(response))
+        key = idempotency_key or str(uuid.uuid4())
+
+        async def file() -> _Call:
+            token = await self.atoken()
+            return self._file_call(capabilities, justification, duration, context, token, key)
+
+        state = self._access_state(_check(await self._asend_retrying(file)))
         if wait is None:
             return state
         deadline = time.monotonic() + wait
         while state.phase == "Pending" and (remaining := deadline - time.monotonic()) > 0:
-            call = self._poll_call(state.name, min(remaining, 30.0), await self.atoken())
-            state = self._access_state(_check(await self._asend(call)))
+            poll = self._apoller(state.name, min(remaining, 30.0))
+            state = self._access_state(_check(await self._asend_retrying(poll)))
         return self._finish(state)
 
     def access_request(self, name: str) -> AccessRequestState:
         """The current state of a filed request (no waiting)."""
-        return self._access_state(_check(self._send(self._poll_call(name, 0, self.token()))))
+        response = self._send_retrying(lambda: self._poll_call(name, 0, self.token()))
+        return self._access_state(_check(response))

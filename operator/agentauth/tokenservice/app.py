@@ -753,9 +753,10 @@ class TokenService:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if not self.state.is_ready():
-            return web.json_response({"status": "not ready"}, status=503)
-        return web.json_response({"status": "ready"})
+        report = dict(self.state.readiness())
+        ready = bool(report.pop("ready"))
+        body = {"status": "ready" if ready else "not ready", **report}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -878,11 +879,17 @@ async def serve(
 
     The listener starts at once (``/healthz`` answers, ``/readyz`` is 503 until the caches
     synced); ``started`` receives the base URL once listening (useful with ``listen_port=0``).
+
+    Shutdown, once ``stop`` is set: ``/readyz`` fails at once; after ``settings.shutdown_delay``
+    seconds of serving as usual (0 by default) the listener closes, idle keep-alive connections
+    are closed, every open long-poll is answered at once with its current state (the client
+    polls again, through the load balancer, on a replica still serving), and in-flight requests
+    get ``settings.shutdown_timeout`` seconds to finish before they are cancelled.
     """
-    kube = kubeclient.KubeClient(kubeconfig.load(settings.kubeconfig))
+    kube = kubeclient.KubeClient(kubeconfig.load(settings.kubeconfig), timeout=settings.api_timeout)
     state = state_module.KubeState(kube, settings)
     app = build_app(settings=settings, state=state, kube=kube)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(
         runner, settings.listen_host, settings.listen_port, ssl_context=ssl_context(settings)
@@ -892,11 +899,24 @@ async def serve(
         await site.start()
         if started is not None:
             started(_bound_url(runner, settings))
-        with contextlib.suppress(TimeoutError):
-            await state.wait_synced(sync_timeout)
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        synced = asyncio.ensure_future(state.wait_synced(sync_timeout))
+        await asyncio.wait({stopping, synced}, return_when=asyncio.FIRST_COMPLETED)
+        synced.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await synced  # not synced in time: /readyz stays 503 and says why
+        await stopping
+        state.drain()
+        log.info(
+            "stopping: not ready any more; closing the listener in %gs", settings.shutdown_delay
+        )
+        if settings.shutdown_delay > 0:
+            await asyncio.sleep(settings.shutdown_delay)  # time for load balancers to notice
     finally:
+        state.drain()
+        started_cleanup = time.monotonic()
         await runner.cleanup()
+        log.info("stopped serving in %.2fs", time.monotonic() - started_cleanup)
         await state.stop()
         await kube.close()
 

@@ -50,6 +50,11 @@ class Metrics:
             ["active"],
             registry=self.registry,
         )
+        self.long_polls = prometheus_client.Gauge(
+            "agentauth_access_request_long_polls",
+            "Long-polls of access requests waiting for a decision now.",
+            registry=self.registry,
+        )
         cache_gauge = prometheus_client.Gauge(
             "agentauth_cache_objects",
             "Objects held by each list+watch cache.",

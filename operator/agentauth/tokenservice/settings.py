@@ -29,6 +29,7 @@ DEFAULT_CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 RETIRED_WATCH_NAMESPACE = "AGENTAUTH_WATCH_NAMESPACE"
+MAX_TIMEOUT_SECONDS = 300.0
 
 
 class SettingsError(ValueError):
@@ -154,6 +155,22 @@ class Settings:
     """``--gcp-certs-url`` / ``AGENTAUTH_GCP_CERTS_URL``: Google's ID-token certificates
     (override for tests only)."""
 
+    api_timeout: float = 5.0
+    """``--api-timeout`` / ``AGENTAUTH_API_TIMEOUT`` (seconds): the deadline of every call to the
+    Kubernetes API, and of filing an access request as a whole (past it the agent gets 503 with
+    ``Retry-After`` and may retry with the same ``Idempotency-Key``)."""
+
+    shutdown_delay: float = 0.0
+    """``--shutdown-delay`` / ``AGENTAUTH_SHUTDOWN_DELAY`` (seconds): after SIGTERM, ``/readyz``
+    fails at once but requests are still accepted this long, for load balancers that route by
+    readiness. In Kubernetes the chart's ``preStop`` hook does this job instead (endpoints drop a
+    terminating pod without waiting for its probe), so the chart leaves this at 0."""
+
+    shutdown_timeout: float = 5.0
+    """``--shutdown-timeout`` / ``AGENTAUTH_SHUTDOWN_TIMEOUT`` (seconds): once the service stops
+    accepting, open long-polls are answered at once and in-flight requests get this long to
+    finish; anything still running then is cancelled."""
+
     log_format: Literal["json", "text"] = "json"
     """``--log-format`` / ``AGENTAUTH_LOG_FORMAT``."""
 
@@ -187,6 +204,18 @@ class Settings:
         if self.client_rate_limit_per_second < 0 or self.client_rate_limit_burst < 1:
             raise SettingsError(
                 "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1"
+            )
+        for name, flag in (
+            ("api_timeout", "--api-timeout"),
+            ("shutdown_timeout", "--shutdown-timeout"),
+        ):
+            if not 0 < getattr(self, name) <= MAX_TIMEOUT_SECONDS:
+                raise SettingsError(
+                    f"{flag} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds"
+                )
+        if not 0 <= self.shutdown_delay <= MAX_TIMEOUT_SECONDS:
+            raise SettingsError(
+                f"--shutdown-delay must be between 0 and {MAX_TIMEOUT_SECONDS:g} seconds"
             )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
@@ -278,6 +307,9 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "gcp_certs_url": ("--gcp-certs-url", "AGENTAUTH_GCP_CERTS_URL"),
     "log_format": ("--log-format", "AGENTAUTH_LOG_FORMAT"),
     "log_level": ("--log-level", "AGENTAUTH_LOG_LEVEL"),
+    "api_timeout": ("--api-timeout", "AGENTAUTH_API_TIMEOUT"),
+    "shutdown_delay": ("--shutdown-delay", "AGENTAUTH_SHUTDOWN_DELAY"),
+    "shutdown_timeout": ("--shutdown-timeout", "AGENTAUTH_SHUTDOWN_TIMEOUT"),
 }
 _LISTS = frozenset({"watch_namespaces"})
 
@@ -336,6 +368,9 @@ def from_sources(
                 "introspection_rate_limit_per_second",
                 "header_timeout",
                 "body_timeout",
+                "api_timeout",
+                "shutdown_delay",
+                "shutdown_timeout",
             ):
                 converted[name] = float(value)
             elif name in ("tls_cert", "tls_key", "kubeconfig", "trusted_ca_file"):

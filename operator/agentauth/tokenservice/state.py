@@ -8,7 +8,11 @@ production source (caches of Agents, CapabilityGrants, AccessRequests, ToolServe
 Guarantees:
 - ``snapshot()`` is rebuilt only when some cache changed, so handlers get a consistent view at
   the cost of one revision comparison per request.
-- ``is_ready()`` is true only once every cache has synced and a usable signing key exists.
+- ``is_ready()`` is true only once every cache has synced and a usable signing key exists, and
+  until ``drain()`` (shutdown) is called. ``readiness()`` says the same with what is degraded:
+  once synced, an API server that stops answering does not make the service unready (exchanges,
+  introspection, Ask and access-request reads are served from the caches), it is reported as
+  ``apiServer: unreachable`` with what cannot be served (filing access requests, TokenReview).
 - ``KubeState`` watches the namespaces in ``settings.watch_namespaces`` (one list+watch per
   namespace and resource, merged into one snapshot), or the whole cluster when there are none:
   the same scope as the controller, which the chart configures from the same value.
@@ -41,7 +45,7 @@ from agentauth.domain.models import (
     CapabilityGrant,
     ToolServer,
 )
-from agentauth.kube import caches
+from agentauth.kube import caches, health
 from agentauth.kube import client as kubeclient
 from agentauth.tokenservice import settings as settings_module
 
@@ -65,6 +69,10 @@ class ServiceState(Protocol):
     def keyset(self) -> keys.KeySet | None: ...
 
     def is_ready(self) -> bool: ...
+
+    def readiness(self) -> dict[str, Any]: ...
+
+    def drain(self) -> None: ...
 
     def cache_sizes(self) -> dict[str, int]: ...
 
@@ -161,6 +169,7 @@ class MemoryState:
         self._cluster = jose.PublicKeySet.from_jwks(cluster_jwks or {"keys": []})
         self._trusted = {k: jose.PublicKeySet.from_jwks(v) for k, v in (trusted_jwks or {}).items()}
         self.changed = asyncio.Condition()
+        self.draining = False
 
     async def update(
         self, *, snapshot: exchanging.Snapshot | None = None, keyset: keys.KeySet | None = None
@@ -179,7 +188,17 @@ class MemoryState:
         return self._keyset
 
     def is_ready(self) -> bool:
-        return self._keyset is not None
+        return self._keyset is not None and not self.draining
+
+    def readiness(self) -> dict[str, Any]:
+        if self.draining:
+            return {"ready": False, "reason": "shutting down"}
+        if self._keyset is None:
+            return {"ready": False, "reason": "no signing key"}
+        return {"ready": True}
+
+    def drain(self) -> None:
+        self.draining = True
 
     def cache_sizes(self) -> dict[str, int]:
         s = self._snapshot
@@ -303,10 +322,16 @@ class KubeState:
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._confirmed: dict[tuple[str, ...], float] = {}
+        self.health = health.ApiHealth(api)
+        # A server that answers again after a freeze or partition: relist now, do not wait for
+        # each watch's idle deadline.
+        self.health.on_recovered.extend(c.reconnect for c in self._all)
+        self.draining = False
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(c.run()) for c in self._all]
         self._tasks.append(asyncio.create_task(self._relay_changes()))
+        self._tasks.append(asyncio.create_task(self.health.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -361,7 +386,35 @@ class KubeState:
         return found[0] if found else None
 
     def is_ready(self) -> bool:
-        return all(c.synced.is_set() for c in self._all) and self.keyset() is not None
+        return bool(self.readiness()["ready"])
+
+    def readiness(self) -> dict[str, Any]:
+        if self.draining:
+            return {"ready": False, "reason": "shutting down"}
+        unsynced = sorted({c.resource.plural for c in self._all if not c.synced.is_set()})
+        if unsynced:
+            return {"ready": False, "reason": "caches not synced: " + ", ".join(unsynced)}
+        if self.keyset() is None:
+            return {"ready": False, "reason": "no signing key"}
+        reachable = self.health.reachable
+        report: dict[str, Any] = {
+            "ready": True,
+            "apiServer": "reachable" if reachable else "unreachable",
+        }
+        failing = sorted({c.resource.plural for c in self._all if not c.healthy})
+        if failing:
+            report["watchesFailing"] = failing
+        if not reachable:
+            report["unreachableSeconds"] = round(self.health.unreachable_for(), 1)
+            report["notServing"] = ["filing access requests"] + (
+                ["service-account token exchanges (TokenReview)"]
+                if self.settings.token_review
+                else []
+            )
+        return report
+
+    def drain(self) -> None:
+        self.draining = True
 
     def cache_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
