@@ -192,7 +192,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         agent = sdk.AgentClient(
             issuer=dev.issuer,
             token_url=service.url,
-            subject_token_source=lambda: sdk.SubjectToken(subject_token, sdk.JWT_TOKEN_TYPE),
+            subject_token_source=lambda _jkt: sdk.SubjectToken(subject_token, sdk.JWT_TOKEN_TYPE),
         )
         yield World(dev, proxy, service, environment, namespace, subject_token, bearer, agent, tmp)
     finally:

@@ -72,7 +72,9 @@ class Load:
         return sdk.AgentClient(
             issuer=self.issuer,
             token_url=self.url,
-            subject_token_source=lambda: sdk.SubjectToken(self.subject_token, sdk.JWT_TOKEN_TYPE),
+            subject_token_source=lambda _jkt: sdk.SubjectToken(
+                self.subject_token, sdk.JWT_TOKEN_TYPE
+            ),
             transport=CountingTransport(self.record),
         )
 
