@@ -8,8 +8,10 @@ header (draft-hardt-httpbis-signature-key, as used by AAuth):
 - ``Signature-Key: sig=hwk;kty="OKP";crv="Ed25519";x="..."`` -- a bare public key ("header web
   key"), used to sign a token request so that the issued token gets bound to that key.
 
-The signature base is built by the ``http-message-signatures`` library (never by hand); this
-module only decides *what* is covered and *which* key is trusted.
+Signing builds the signature base with the ``http-message-signatures`` library.  Verifying
+joins it directly (:mod:`agentauth.domain.signaturebase`) for the plain shapes every signer
+emits -- the same bytes, checked against the library by differential tests -- and hands
+anything else to the library.  This module decides *what* is covered and *which* key is trusted.
 
 Guarantees of :func:`verify_request`:
 
@@ -18,10 +20,12 @@ Guarantees of :func:`verify_request`:
 - ``created`` is required, not more than ``MAX_CLOCK_SKEW`` seconds in the future and not more
   than ``max_age`` seconds in the past (relative to the caller's ``now``); ``expires``, when
   present, must not have passed;
+- ``keyid`` is optional (RFC 9421 section 2.3); when present it must be the RFC 7638
+  thumbprint of the key named by ``Signature-Key``;
 - every component in ``required_components`` is covered, and ``content-digest`` is covered and
   matches the body whenever the body is not empty (RFC 9530);
-- covered values with CR/LF or control characters are refused by the library (no header
-  injection into the signature base);
+- covered values with CR/LF or control characters are refused (no header injection into the
+  signature base), and ``@signature-params`` cannot be covered;
 - for ``sig=jwt`` the token must carry ``cnf.jwk`` (Ed25519) and, when present, ``cnf.jkt``
   must equal its RFC 7638 thumbprint.  The token itself is only verified when a
   ``token_verifier`` is passed; otherwise ``VerifiedRequest.token_claims`` is ``None`` and the
@@ -51,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures.structures import normalize_header_value
 from http_sf.compat import InnerList, Item
 
-from agentauth.domain import errors, jose
+from agentauth.domain import errors, jose, signaturebase
 
 SIGNATURE_LABEL = "sig"
 """The signature label AAuth uses in ``Signature-Input``, ``Signature`` and ``Signature-Key``."""
@@ -86,7 +90,8 @@ class VerifiedRequest:
     ``public_jwk``/``jkt`` identify the key that signed the request.  ``token`` is the agent
     token from ``sig=jwt`` (``None`` for ``sig=hwk``); ``token_claims`` are its claims when a
     ``token_verifier`` vouched for them, else ``None``.  ``signature`` is the raw signature,
-    usable as a replay-cache key together with ``created``.
+    usable as a replay-cache key together with ``created``.  ``keyid`` is the signed
+    ``keyid`` parameter, ``None`` when the signer left it out (when present it equals ``jkt``).
     """
 
     scheme: SignatureKeyScheme
@@ -95,7 +100,7 @@ class VerifiedRequest:
     token: str | None
     token_claims: Mapping[str, Any] | None
     label: str
-    keyid: str
+    keyid: str | None
     created: int
     covered_components: tuple[str, ...]
     replay_id: bytes
@@ -404,9 +409,11 @@ _ALGORITHM_ID = hms.algorithms.ED25519.algorithm_id
 # components, escapes -- goes through the library's parser.
 _SF_KEY = r"[a-z*][a-z0-9_.*-]*"
 _SF_COMPONENT = r'"[a-z0-9@_.-]+"'
+# Integers are matched in their canonical serialisation only (no leading zeros, no "-0"), so
+# that the text after ``label=`` is exactly what the library serialises as ``@signature-params``.
 _SIGNATURE_INPUT_MEMBER = re.compile(
-    rf"({_SF_KEY})=\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)"
-    rf'((?:;{_SF_KEY}=(?:-?[0-9]{{1,15}}|"[ !#-\[\]-~]*"))*)'
+    rf"({_SF_KEY})=(\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)"
+    rf'((?:;{_SF_KEY}=(?:0|-?[1-9][0-9]{{0,14}}|"[ !#-\[\]-~]*"))*))'
 )
 _SIGNATURE_PARAM = re.compile(rf'({_SF_KEY})=(?:(-?[0-9]+)|"([^"]*)")')
 _SIGNATURE_MEMBER = re.compile(rf"({_SF_KEY})=:([A-Za-z0-9+/]+={{0,2}}):")
@@ -434,9 +441,13 @@ def _components(inner: str) -> tuple[_Component, ...]:
 
 class _SignatureInput:
     """The one signature of a request: its label, covered component identifiers (Items as
-    the library expects them), signature parameters and raw signature bytes."""
+    the library expects them), signature parameters and raw signature bytes.
 
-    __slots__ = ("components", "label", "params", "signature")
+    ``names`` and ``params_text`` are set only when ``Signature-Input`` was read by the fast
+    path: the plain component names and the member's text after ``label=``, which is then
+    the canonical ``@signature-params`` serialisation (see :mod:`signaturebase`)."""
+
+    __slots__ = ("components", "label", "names", "params", "params_text", "signature")
 
     def __init__(
         self,
@@ -445,11 +456,15 @@ class _SignatureInput:
         components: Sequence[Item],
         params: dict[str, Any],
         signature: bytes,
+        names: tuple[str, ...] | None = None,
+        params_text: str | None = None,
     ) -> None:
         self.label = label
         self.components = components
         self.params = params
         self.signature = signature
+        self.names = names
+        self.params_text = params_text
 
 
 def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInput | None:
@@ -461,17 +476,20 @@ def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInp
         raw_signature = base64.b64decode(sig.group(2), validate=True)
     except (binascii.Error, ValueError):
         return None
-    found = _SIGNATURE_PARAM.findall(members.group(3))
+    found = _SIGNATURE_PARAM.findall(members.group(4))
     params: dict[str, Any] = {
         name: int(integer) if integer else string for name, integer, string in found
     }
     if len(params) != len(found):
         return None  # duplicate parameter: let the full parser decide
+    components = _components(members.group(3))
     return _SignatureInput(
         label=members.group(1),
-        components=_components(members.group(2)),
+        components=components,
         params=params,
         signature=raw_signature,
+        names=tuple(str(c.value) for c in components),
+        params_text=members.group(2),
     )
 
 
@@ -528,8 +546,9 @@ def _check_signature_parameters(params: Mapping[str, Any], *, now: float, max_ag
         raise SignatureError('signature "expires" has passed')
     if "alg" in params and params["alg"] != _ALGORITHM_ID:
         raise SignatureError("Unexpected algorithm specified in the signature")
-    if "keyid" not in params:
-        raise SignatureError('Signature is missing a required "keyid" parameter')
+    keyid = params.get("keyid")
+    if keyid is not None and not isinstance(keyid, str):
+        raise SignatureError('signature "keyid" parameter must be a string')
     for name in params:
         if name not in _BASE_BUILDER.signature_metadata_parameters:
             raise SignatureError(f'Unexpected signature metadata parameter "{name}"')
@@ -592,26 +611,21 @@ def verify_request(
     signed = _parse_signature_input(signature_input_value, signature_value, label=label)
     params = signed.params
     created = _check_signature_parameters(params, now=now, max_age=max_age)
-
-    # Only the covered fields reach the library's component resolver (it indexes every
-    # line it is given); the values it sees for them are unchanged.
-    covered_fields = {str(c.value).lower() for c in signed.components}
-    message = _Request(
-        method=method.upper(),
-        url=url,
-        headers=_FieldLines([(n, v) for n, v in lines if n.lower() in covered_fields]),
+    signature_base, covered_values = _signature_base(
+        method=method.upper(), url=url, lines=lines, signed=signed
     )
-    try:
-        base, _, covered_values = _BASE_BUILDER._build_signature_base(
-            message, covered_component_ids=list(signed.components), signature_params=params
-        )
-        signature_base = base.encode("ascii")
-    except (hms.HTTPMessageSignaturesException, ValueError, TypeError) as exc:
-        raise SignatureError(_reason(exc)) from None
     try:
         public_key.verify(signed.signature, signature_base)
     except InvalidSignature:
         raise SignatureError("signature does not verify with the presented key") from None
+    keyid = params.get("keyid")
+    if keyid is not None and not hmac.compare_digest(keyid.encode(), thumbprint.encode()):
+        # RFC 9421 makes keyid optional; the key comes from Signature-Key, and a keyid that
+        # names another key is a signer's mistake or a confusion attempt.
+        raise SignatureError(
+            'signature "keyid" does not name the signing key (use its RFC 7638 thumbprint, '
+            "or leave keyid out)"
+        )
     try:
         _check_body(covered_values, body or b"")
     except hms.HTTPMessageSignaturesException as exc:
@@ -631,7 +645,7 @@ def verify_request(
         token=token,
         token_claims=claims,
         label=signed.label,
-        keyid=str(params.get("keyid", "")),
+        keyid=keyid,
         created=created,
         covered_components=covered,
         # Replay identity: a digest of the signed base (covered values plus the signed
@@ -639,6 +653,40 @@ def verify_request(
         # change it.
         replay_id=hashlib.sha256(signature_base).digest(),
     )
+
+
+def _signature_base(
+    *, method: str, url: str, lines: Sequence[tuple[str, str]], signed: _SignatureInput
+) -> tuple[bytes, Mapping[str, str]]:
+    """The signature base and the covered values: joined directly for the plain shapes
+    (:mod:`signaturebase`), by the library for everything else."""
+    if signed.names is not None and signed.params_text is not None:
+        fast = signaturebase.build(
+            method=method,
+            url=url,
+            lines=lines,
+            components=signed.names,
+            signature_params=signed.params_text,
+        )
+        if fast is not None:
+            return fast
+    if any(str(c.value) == "@signature-params" for c in signed.components):
+        raise SignatureError('"@signature-params" cannot be a covered component')
+    # Only the covered fields reach the library's component resolver (it indexes every
+    # line it is given); the values it sees for them are unchanged.
+    covered_fields = {str(c.value).lower() for c in signed.components}
+    message = _Request(
+        method=method,
+        url=url,
+        headers=_FieldLines([(n, v) for n, v in lines if n.lower() in covered_fields]),
+    )
+    try:
+        base, _, covered_values = _BASE_BUILDER._build_signature_base(
+            message, covered_component_ids=list(signed.components), signature_params=signed.params
+        )
+        return base.encode("ascii"), covered_values
+    except (hms.HTTPMessageSignaturesException, ValueError, TypeError) as exc:
+        raise SignatureError(_reason(exc)) from None
 
 
 _SIGNATURE_FIELDS = frozenset({"signature-key", "signature-input", "signature"})
