@@ -571,8 +571,9 @@ def mint(
     issuer: str,
     now: datetime,
     cnf_jwk: Mapping[str, Any] | None = None,
+    algorithm: str = tokens.ALGORITHM,
 ) -> tokens.IssuedToken:
-    """Sign the token ``decision`` describes."""
+    """Sign the token ``decision`` describes (``algorithm``: the name in its ``alg``)."""
     agent = decision.agent
     return tokens.issue(
         keyset=keyset,
@@ -592,6 +593,7 @@ def mint(
         act=decision.act,
         pod={"name": decision.pod.name, "uid": decision.pod.uid} if decision.pod else None,
         extra_claims={"may_act": {"sub": decision.may_act}} if decision.may_act else None,
+        algorithm=algorithm,
     )
 
 

@@ -20,8 +20,8 @@ Guarantees of :func:`verify_request`:
 - ``created`` is required, not more than ``MAX_CLOCK_SKEW`` seconds in the future and not more
   than ``max_age`` seconds in the past (relative to the caller's ``now``); ``expires``, when
   present, must not have passed;
-- ``keyid`` is optional (RFC 9421 section 2.3); when present it must be the RFC 7638
-  thumbprint of the key named by ``Signature-Key``;
+- ``keyid`` is optional (RFC 9421 section 2.3); when present it must name the key that
+  ``Signature-Key`` carries: its RFC 7638 thumbprint, or the ``kid`` member of its JWK;
 - every component in ``required_components`` is covered, and ``content-digest`` is covered and
   matches the body whenever the body is not empty (RFC 9530);
 - covered values with CR/LF or control characters are refused (no header injection into the
@@ -242,8 +242,8 @@ def _parse_signature_key_fully(value: str, *, label: str) -> _SignatureKey:
 def _key_from_jwt(
     token: str, verifier: Callable[[str], Mapping[str, Any]] | None
 ) -> tuple[dict[str, str], Mapping[str, Any] | None, object]:
-    """The token's ``cnf.jwk`` (its key members), its vouched claims, and ``cnf.jkt`` as
-    the token states it (the caller checks it against the key's thumbprint)."""
+    """The token's ``cnf.jwk`` (its key members and ``kid``), its vouched claims, and
+    ``cnf.jkt`` as the token states it (the caller checks it against the key's thumbprint)."""
     if verifier is not None:
         claims: Mapping[str, Any] = verifier(token)
         vouched: Mapping[str, Any] | None = claims
@@ -256,8 +256,24 @@ def _key_from_jwt(
     cnf = claims.get("cnf")
     if not isinstance(cnf, Mapping) or not isinstance(jwk := cnf.get("jwk"), Mapping):
         raise SignatureError("token is not bound to a key (no cnf.jwk)")
-    jwk_dict = {str(k): str(v) for k, v in jwk.items() if k in ("kty", "crv", "x", "d")}
+    _check_key_algorithm(jwk.get("alg"), what="cnf.jwk")
+    jwk_dict = {str(k): str(v) for k, v in jwk.items() if k in ("kty", "crv", "x", "d", "kid")}
     return jwk_dict, vouched, cnf.get("jkt")
+
+
+def _names_key(keyid: str, *, thumbprint: str, kid: str | None) -> bool:
+    """Whether a signed ``keyid`` names the signing key: its RFC 7638 thumbprint, or the
+    ``kid`` member its JWK carries (in ``cnf.jwk`` or the ``hwk`` parameters)."""
+    names = keyid.encode()
+    return hmac.compare_digest(names, thumbprint.encode()) or (
+        kid is not None and hmac.compare_digest(names, kid.encode())
+    )
+
+
+def _check_key_algorithm(alg: object, *, what: str) -> None:
+    """A key's optional ``alg`` must name Ed25519: ``EdDSA`` or ``Ed25519`` (RFC 9864)."""
+    if alg is not None and alg not in jose.ED25519_ALGORITHMS:
+        raise SignatureError(f"{what} alg must be EdDSA or Ed25519, not {str(alg)[:32]!r}")
 
 
 # --------------------------------------------------------------------------- message adapter
@@ -600,12 +616,18 @@ def verify_request(
         jwk, claims, stated_jkt = _key_from_jwt(token, token_verifier)
     else:
         stated_jkt = None
-        jwk = {k: str(v) for k, v in signature_key.params.items() if k in ("kty", "crv", "x", "d")}
+        _check_key_algorithm(signature_key.params.get("alg"), what="Signature-Key hwk")
+        jwk = {
+            k: str(v)
+            for k, v in signature_key.params.items()
+            if k in ("kty", "crv", "x", "d", "kid")
+        }
     public_key, thumbprint = _public_key_and_thumbprint(jwk)  # validates the key type first
     if stated_jkt is not None and (
         not isinstance(stated_jkt, str) or not hmac.compare_digest(stated_jkt, thumbprint)
     ):
         raise SignatureError("token cnf.jkt does not match cnf.jwk")
+    named_kid = jwk.get("kid")
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
 
     signed = _parse_signature_input(signature_input_value, signature_value, label=label)
@@ -619,12 +641,12 @@ def verify_request(
     except InvalidSignature:
         raise SignatureError("signature does not verify with the presented key") from None
     keyid = params.get("keyid")
-    if keyid is not None and not hmac.compare_digest(keyid.encode(), thumbprint.encode()):
+    if keyid is not None and not _names_key(keyid, thumbprint=thumbprint, kid=named_kid):
         # RFC 9421 makes keyid optional; the key comes from Signature-Key, and a keyid that
         # names another key is a signer's mistake or a confusion attempt.
         raise SignatureError(
-            'signature "keyid" does not name the signing key (use its RFC 7638 thumbprint, '
-            "or leave keyid out)"
+            'signature "keyid" does not name the signing key (use its RFC 7638 thumbprint or '
+            "the kid of its JWK, or leave keyid out)"
         )
     try:
         _check_body(covered_values, body or b"")

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
-from agentauth.domain import delegation, keys
+from agentauth.domain import delegation, keys, tokens
 
 DEFAULT_NAMESPACE = "agentauth-system"
 DEFAULT_CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -123,6 +123,13 @@ class Settings:
     """``--gcp-certs-url`` / ``AGENTAUTH_GCP_CERTS_URL``: Google's ID-token certificates
     (override for tests only)."""
 
+    token_algorithm: str = tokens.ALGORITHM
+    """``--token-algorithm`` / ``AGENTAUTH_TOKEN_ALGORITHM`` (``EdDSA`` or ``Ed25519``, default
+    ``EdDSA``): the ``alg`` name agent tokens are issued under and that ``/jwks`` publishes with
+    each key. Both names are Ed25519 signatures and both are always accepted on input;
+    ``EdDSA`` verifies with pyjwt, joserfc, jwcrypto and the JavaScript ``jose`` package, while
+    pyjwt refuses ``Ed25519`` (see docs/token-exchange.md). Every replica must use the same."""
+
     log_format: Literal["json", "text"] = "json"
     """``--log-format`` / ``AGENTAUTH_LOG_FORMAT``."""
 
@@ -150,6 +157,11 @@ class Settings:
         if self.client_rate_limit_per_second < 0 or self.client_rate_limit_burst < 1:
             raise SettingsError(
                 "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1"
+            )
+        if self.token_algorithm not in tokens.ALGORITHMS:
+            raise SettingsError(
+                f"--token-algorithm / AGENTAUTH_TOKEN_ALGORITHM: {self.token_algorithm!r} is not "
+                "one of " + ", ".join(tokens.ALGORITHMS)
             )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
@@ -217,6 +229,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "max_body_bytes": ("--max-body-bytes", "AGENTAUTH_MAX_BODY_BYTES"),
     "aws_sts_test_endpoint": ("--aws-sts-test-endpoint", "AGENTAUTH_AWS_STS_TEST_ENDPOINT"),
     "gcp_certs_url": ("--gcp-certs-url", "AGENTAUTH_GCP_CERTS_URL"),
+    "token_algorithm": ("--token-algorithm", "AGENTAUTH_TOKEN_ALGORITHM"),
     "log_format": ("--log-format", "AGENTAUTH_LOG_FORMAT"),
     "log_level": ("--log-level", "AGENTAUTH_LOG_LEVEL"),
 }
