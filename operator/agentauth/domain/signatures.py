@@ -450,9 +450,11 @@ class _Component(Item):
 
 
 @functools.lru_cache(maxsize=128)
-def _components(inner: str) -> tuple[_Component, ...]:
-    # ``inner`` matched _SF_COMPONENT items separated by single spaces.
-    return tuple(_Component(name[1:-1]) for name in inner.split(" ") if name)
+def _components(inner: str) -> tuple[tuple[_Component, ...], tuple[str, ...]]:
+    # ``inner`` matched _SF_COMPONENT items separated by single spaces: the identifiers and
+    # their names.
+    names = tuple(name[1:-1] for name in inner.split(" ") if name)
+    return tuple(_Component(name) for name in names), names
 
 
 class _SignatureInput:
@@ -498,13 +500,13 @@ def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInp
     }
     if len(params) != len(found):
         return None  # duplicate parameter: let the full parser decide
-    components = _components(members.group(3))
+    components, names = _components(members.group(3))
     return _SignatureInput(
         label=members.group(1),
         components=components,
         params=params,
         signature=raw_signature,
-        names=tuple(str(c.value) for c in components),
+        names=names,
         params_text=members.group(2),
     )
 
@@ -654,7 +656,11 @@ def verify_request(
         raise SignatureError(_reason(exc)) from None
     # A bare identifier counts as its name; one with parameters (``"content-digest";sf``)
     # only in its serialised form, so it never stands in for the bare component.
-    covered = tuple(str(c.value) if not c.params else str(c) for c in signed.components)
+    covered = (
+        signed.names
+        if signed.names is not None
+        else tuple(str(c.value) if not c.params else str(c) for c in signed.components)
+    )
     for component in required_components:
         if component not in covered:
             raise SignatureError(f"signature does not cover required component {component!r}")
@@ -717,12 +723,15 @@ _SIGNATURE_FIELDS = frozenset({"signature-key", "signature-input", "signature"})
 def _signature_fields(lines: Sequence[tuple[str, str]]) -> dict[str, str]:
     """The three signature fields, each line normalised and the lines of one field joined
     as RFC 9110 section 5.3 combines them (what the library does for any field)."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, str] = {}
     for name, value in lines:
         lowered = name.lower()
         if lowered in _SIGNATURE_FIELDS:
-            found.setdefault(lowered, []).append(normalize_header_value(value))
-    return {name: ", ".join(values) for name, values in found.items()}
+            # normalize_header_value is a strip unless there is obsolete line folding.
+            value = normalize_header_value(value) if "\r\n" in value else value.strip(" \t")
+            seen = found.get(lowered)
+            found[lowered] = value if seen is None else f"{seen}, {value}"
+    return found
 
 
 _SHA256_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/]{43}=):")
