@@ -352,19 +352,25 @@ def verify(token: str, *, keys: PublicKeySet, allowed_algorithms: Iterable[str])
     return parsed
 
 
+@functools.lru_cache(maxsize=64)
+def _header_segment(header: tuple[tuple[str, str], ...]) -> str:
+    # An issuer signs every token under one of a few headers: each is encoded once.
+    return b64url_encode(json.dumps(dict(header), separators=(",", ":")).encode())
+
+
 def sign(
-    payload: Mapping[str, Any], *, key: PrivateKey, alg: str, headers: Mapping[str, Any]
+    payload: Mapping[str, Any], *, key: PrivateKey, alg: str, headers: Mapping[str, str]
 ) -> str:
-    """A compact JWS of ``payload`` (compact JSON) signed by pyjwt with ``key`` for ``alg``;
-    ``headers`` are added to ``alg`` (``typ`` only when given)."""
+    """A compact JWS of ``payload`` (compact JSON) signed with ``key`` by pyjwt's
+    implementation of ``alg``; the protected header is ``alg`` plus ``headers``, members in
+    sorted order (as pyjwt writes them)."""
     if alg not in ASYMMETRIC_ALGORITHMS:
         raise AlgorithmNotAllowed(f"token algorithm {alg!r} is not allowed")
-    return _JWS.encode(
-        json.dumps(payload, separators=(",", ":")).encode(),
-        key,
-        algorithm=alg,
-        headers={"typ": None, **headers},
-    )
+    header = _header_segment(tuple(sorted({**headers, "alg": alg}.items())))
+    body = b64url_encode(json.dumps(payload, separators=(",", ":")).encode())
+    signing_input = f"{header}.{body}"
+    signature = _ALGORITHMS[alg].sign(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64url_encode(signature)}"
 
 
 # --------------------------------------------------------------------------- claims
