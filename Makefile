@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS := test,aws,gcp,mcp,integrations
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format crds demo dev bench kind-e2e clean
+.PHONY: venv interop-deps test lint format crds demo dev bench kind-e2e clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The independent JavaScript implementations tests/interop drives (jose, two RFC 9421 libraries),
+# pinned by its package-lock.json. npm ci reinstalls only when the lock file changes; with
+# --prefer-offline a warm npm cache needs no network.
+INTEROP := tests/interop
+INTEROP_STAMP := $(INTEROP)/node_modules/.package-lock.json
+$(INTEROP_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
+	cd $(INTEROP) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	@touch $(INTEROP_STAMP)
+
+interop-deps: $(INTEROP_STAMP)
+
 lint: venv
 	$(BIN)/ruff check operator tests bench demo hack
 	$(BIN)/ruff format --check operator tests bench demo hack
@@ -26,7 +37,7 @@ lint: venv
 	$(BIN)/agentauth crds --check
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
-test: lint
+test: lint interop-deps
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
@@ -52,6 +63,7 @@ dev: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info operator/*.egg-info
+	rm -rf $(INTEROP)/node_modules
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -10,6 +10,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from agentauth.domain import assertions, errors, jose, signatures
 
 NOW = 1_790_000_000.0
+LIFETIME_EXCEEDED = (
+    "assertion lifetime exceeds 5 minutes: set exp to at most iat + 300 (authlib: expires_in=300)"
+)
 AGENT_ID = "aauth:reporter.team-a@cluster.local"
 TOKEN_ENDPOINT = "https://agentauth.test/oauth2/token"
 SIGNER_JKT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
@@ -127,13 +130,13 @@ def test_expired_and_far_future(agent_key: ed25519.Ed25519PrivateKey, kid: str, 
         _claims(exp=int(NOW) + 301),
         agent_key.sign,
     )
-    assert _error(too_long, jwks) == "assertion lifetime exceeds 5 minutes"
+    assert _error(too_long, jwks) == LIFETIME_EXCEEDED
     backdated_iat = _forge(
         {"alg": "EdDSA", "kid": kid},
         _claims(iat=int(NOW) - 100, exp=int(NOW) + 400),
         agent_key.sign,
     )
-    assert _error(backdated_iat, jwks) == "assertion lifetime exceeds 5 minutes"
+    assert _error(backdated_iat, jwks) == LIFETIME_EXCEEDED
 
 
 def test_lifetime_is_capped_when_creating(agent_key: ed25519.Ed25519PrivateKey, kid: str) -> None:
@@ -185,9 +188,42 @@ def test_missing_claims(agent_key: ed25519.Ed25519PrivateKey, kid: str, jwks: di
     }.items():
         forged = _forge(header, _claims(**{claim: None}), agent_key.sign)
         assert _error(forged, jwks) == message, claim
-    assert _error(_forge({"alg": "EdDSA"}, _claims(), agent_key.sign), jwks) == (
-        "assertion header has no kid"
+    assert _error(_forge({"alg": "EdDSA", "kid": ""}, _claims(), agent_key.sign), jwks) == (
+        "assertion header kid must be a non-empty string"
     )
+
+
+def test_without_kid_the_one_registered_key_is_used(
+    agent_key: ed25519.Ed25519PrivateKey, kid: str, jwks: dict
+) -> None:
+    # authlib's PrivateKeyJWT sends no kid; with one registered key there is no ambiguity.
+    assertion = _forge({"alg": "EdDSA", "typ": "JWT"}, _claims(), agent_key.sign)
+    assert _verify(assertion, jwks).kid == kid
+    unnamed = {"keys": [signatures.public_jwk(agent_key)]}  # no kid: its thumbprint names it
+    assertion = _forge({"alg": "EdDSA"}, _claims(jti="jti-2"), agent_key.sign)
+    assert _verify(assertion, unnamed).kid == kid
+
+
+def test_without_kid_a_second_registered_key_makes_it_ambiguous(
+    agent_key: ed25519.Ed25519PrivateKey, jwks: dict
+) -> None:
+    other = ed25519.Ed25519PrivateKey.generate()
+    two = {"keys": [*jwks["keys"], signatures.public_jwk(other)]}
+    assertion = _forge({"alg": "EdDSA"}, _claims(), agent_key.sign)
+    assert _error(assertion, two) == (
+        "assertion header has no kid and the agent has 2 registered keys: name the signing key "
+        "in kid"
+    )
+    # Without kid the one key is the only candidate: another key's signature does not verify.
+    forged = _forge({"alg": "EdDSA"}, _claims(), other.sign)
+    assert _error(forged, jwks) == "assertion signature is invalid"
+
+
+def test_the_rfc9864_algorithm_name_is_accepted(
+    agent_key: ed25519.Ed25519PrivateKey, kid: str, jwks: dict
+) -> None:
+    assertion = _forge({"alg": "Ed25519", "kid": kid}, _claims(jti="jti-9864"), agent_key.sign)
+    assert _verify(assertion, jwks).jti == "jti-9864"
 
 
 def test_rsa_and_hmac_keys_and_algorithms_are_refused(
@@ -217,7 +253,7 @@ def test_rsa_and_hmac_keys_and_algorithms_are_refused(
         _claims(),
         lambda data: hmac_module.new(b"s" * 32, data, hashlib.sha256).digest(),
     )
-    assert _error(hs256, jwks) == "assertion algorithm 'HS256' is not allowed; use EdDSA"
+    assert _error(hs256, jwks) == "assertion algorithm 'HS256' is not allowed; use EdDSA or Ed25519"
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -226,9 +262,12 @@ def test_rsa_and_hmac_keys_and_algorithms_are_refused(
         _claims(),
         lambda data: rsa_key.sign(data, padding.PKCS1v15(), hashes.SHA256()),
     )
-    assert _error(rs256, jwks) == "assertion algorithm 'RS256' is not allowed; use EdDSA"
+    assert _error(rs256, jwks) == "assertion algorithm 'RS256' is not allowed; use EdDSA or Ed25519"
     unsigned = _forge({"alg": "none", "kid": kid}, _claims(), lambda data: b"")
-    assert _error(unsigned, {"keys": []}) == "assertion algorithm 'none' is not allowed; use EdDSA"
+    assert (
+        _error(unsigned, {"keys": []})
+        == "assertion algorithm 'none' is not allowed; use EdDSA or Ed25519"
+    )
 
 
 def test_malformed_assertion(jwks: dict) -> None:

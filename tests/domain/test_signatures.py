@@ -557,3 +557,74 @@ def test_a_parameterised_digest_component_does_not_stand_for_content_digest(
     )
     reason = "signature does not cover content-digest for a request with a body"
     assert _reason(headers) == reason
+
+
+# --------------------------------------------------------------------------- keyid, key alg
+
+
+def _signed_by_hand(
+    key: ed25519.Ed25519PrivateKey, *, signature_key: str, params: str
+) -> dict[str, str]:
+    """A GET signed as the Signature-Key draft's examples are: the base built by the library
+    from the given parameters (``keyid`` only when ``params`` has it)."""
+    signature_input = f'sig=("@method" "@authority" "@path" "signature-key");{params}'
+    parsed = hms.HTTPMessageVerifier._parse_signature_dictionary(signature_input)["sig"]
+    headers = {"Signature-Key": signature_key}
+    message = signatures._Request(
+        method="GET", url=URL, headers=signatures._FieldLines(list(headers.items()))
+    )
+    builder = hms.HTTPMessageVerifier(signature_algorithm=hms.algorithms.ED25519, key_resolver=None)
+    base, _, _ = builder._build_signature_base(
+        message, covered_component_ids=list(parsed), signature_params=dict(parsed.params)
+    )
+    signature = base64.b64encode(key.sign(base.encode())).decode()
+    return {**headers, "Signature-Input": signature_input, "Signature": f"sig=:{signature}:"}
+
+
+def test_keyid_is_optional(agent_key: ed25519.Ed25519PrivateKey) -> None:
+    headers = _signed_by_hand(
+        agent_key, signature_key=signatures.signature_key_hwk(agent_key), params=f"created={NOW}"
+    )
+    verified = _verify(method="GET", headers=headers, body=None)
+    assert verified.keyid is None
+    assert verified.jkt == signatures.jwk_thumbprint(signatures.public_jwk(agent_key))
+
+
+def test_a_keyid_must_name_the_signing_key(agent_key: ed25519.Ed25519PrivateKey) -> None:
+    hwk = signatures.signature_key_hwk(agent_key)
+    thumbprint = signatures.jwk_thumbprint(signatures.public_jwk(agent_key))
+    named = _signed_by_hand(
+        agent_key, signature_key=hwk, params=f'created={NOW};keyid="{thumbprint}"'
+    )
+    assert _verify(method="GET", headers=named, body=None).keyid == thumbprint
+    other = _signed_by_hand(agent_key, signature_key=hwk, params=f'created={NOW};keyid="key-2"')
+    assert _reason(other, method="GET", body=None) == (
+        'signature "keyid" does not name the signing key (use its RFC 7638 thumbprint or the kid '
+        "of its JWK, or leave keyid out)"
+    )
+    # The kid member of the hwk JWK names the key too.
+    with_kid = hwk + ';kid="key-2"'
+    named_by_kid = _signed_by_hand(
+        agent_key, signature_key=with_kid, params=f'created={NOW};keyid="key-2"'
+    )
+    assert _verify(method="GET", headers=named_by_kid, body=None).keyid == "key-2"
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
+def test_a_signature_key_may_name_either_ed25519_algorithm(
+    agent_key: ed25519.Ed25519PrivateKey, alg: str
+) -> None:
+    hwk = signatures.signature_key_hwk(agent_key) + f';alg="{alg}"'
+    headers = _signed_by_hand(agent_key, signature_key=hwk, params=f"created={NOW}")
+    assert _verify(method="GET", headers=headers, body=None).scheme == "hwk"
+
+
+def test_a_signature_key_naming_another_algorithm_is_refused(
+    agent_key: ed25519.Ed25519PrivateKey,
+) -> None:
+    hwk = signatures.signature_key_hwk(agent_key) + ';alg="RS256"'
+    headers = _signed_by_hand(agent_key, signature_key=hwk, params=f"created={NOW}")
+    assert (
+        _reason(headers, method="GET", body=None)
+        == "Signature-Key hwk alg must be EdDSA or Ed25519, not 'RS256'"
+    )

@@ -144,3 +144,22 @@ def test_verify_takes_now_as_epoch_seconds_too(keyset: keys.KeySet) -> None:
     with pytest.raises(errors.InvalidGrant) as caught:
         tokens.verify(issued.token, public_keys=public_keys, issuer=ISSUER, now=at + 301, leeway=0)
     assert caught.value.description == "token has expired"
+
+
+def test_the_issued_algorithm_name_is_a_choice_and_both_names_verify(keyset: keys.KeySet) -> None:
+    for alg in tokens.ALGORITHMS:
+        issued = issue(keyset, algorithm=alg)
+        assert jwt.get_unverified_header(issued.token)["alg"] == alg
+        verified = tokens.verify(
+            issued.token, public_keys=keyset.public_keys(), issuer=ISSUER, now=NOW
+        )
+        assert verified.subject == SUB
+    with pytest.raises(ValueError, match="agent tokens are signed with one of"):
+        issue(keyset, algorithm="RS256")
+
+
+def test_the_jwks_names_the_algorithm_tokens_are_issued_under(keyset: keys.KeySet) -> None:
+    assert {k["alg"] for k in keyset.public_jwks()["keys"]} == {"EdDSA"}
+    assert {k["alg"] for k in keyset.public_jwks(algorithm="Ed25519")["keys"]} == {"Ed25519"}
+    with pytest.raises(keys.KeySetError):
+        keyset.public_jwks(algorithm="ES256")

@@ -176,13 +176,12 @@ async def test_exchange_issues_an_agent_token_verifiable_with_the_jwks(
 
 
 async def test_metadata_documents(service: Service) -> None:
-    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
-        status, _, doc = await service.get(path)
-        assert status == 200
-        assert doc["issuer"] == ISSUER
-        assert doc["token_endpoint"] == f"{ISSUER}/oauth2/token"
-        assert doc["jwks_uri"] == f"{ISSUER}/jwks"
-        assert EXCHANGE in doc["grant_types_supported"]
+    status, _, doc = await service.get("/.well-known/oauth-authorization-server")
+    assert status == 200
+    assert doc["issuer"] == ISSUER
+    assert doc["token_endpoint"] == f"{ISSUER}/oauth2/token"
+    assert doc["jwks_uri"] == f"{ISSUER}/jwks"
+    assert EXCHANGE in doc["grant_types_supported"]
 
 
 # -- bad inputs --------------------------------------------------------------------------

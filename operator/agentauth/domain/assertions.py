@@ -19,10 +19,12 @@ there with an explicit ``invalid_request``.  The RFC 7523 section 2.1 *grant* fo
 Guarantees of :func:`verify_client_assertion` (every failure is ``errors.InvalidClient``,
 RFC 7523 section 3.2, with a fixed description):
 
-- header ``alg`` is ``EdDSA`` (``none``, ``HS*``, ``RS*``, ``ES*`` ... are refused by name);
+- header ``alg`` is ``EdDSA`` or its RFC 9864 name ``Ed25519`` (``none``, ``HS*``, ``RS*``,
+  ``ES*`` ... are refused by name);
 - the key is found by ``kid`` (a registered key's ``kid`` or, when it has none, its RFC 7638
   thumbprint) among the Agent's registered keys, and it must be an OKP/Ed25519 key (RSA and
-  symmetric ``oct`` keys are refused by name);
+  symmetric ``oct`` keys are refused by name); an assertion without ``kid`` (authlib's
+  ``PrivateKeyJWT`` sends none) is accepted only when the Agent has exactly one registered key;
 - ``iss`` = ``sub`` = the agent identifier; ``aud`` is (or contains) the token endpoint URL;
 - ``exp`` is required and in the future, ``iat`` is required and not in the future,
   ``exp - iat`` is at most five minutes, and ``exp`` is at most five minutes (+ leeway) away;
@@ -65,6 +67,7 @@ LEEWAY = clockskew.LEEWAY_SECONDS
 """Clock skew tolerated on ``exp``/``iat``/``nbf`` (seconds): the one leeway of every verifier."""
 
 _ALGORITHM = "EdDSA"
+_ALGORITHMS = jose.ED25519_ALGORITHMS  # EdDSA and Ed25519 (RFC 9864)
 
 
 class Replayed(Exception):
@@ -236,6 +239,25 @@ def registered_key(public_keys: Mapping[str, Any], kid: str) -> ed25519.Ed25519P
     raise errors.InvalidClient(f"assertion key {kid!r} is not registered for this agent")
 
 
+def _only_kid(public_keys: Mapping[str, Any]) -> str:
+    """The ``kid`` (or RFC 7638 thumbprint) of the Agent's one registered key, for an
+    assertion that names none; ``InvalidClient`` when there is not exactly one."""
+    keys = public_keys.get("keys")
+    registered = [jwk for jwk in keys if isinstance(jwk, Mapping)] if isinstance(keys, list) else []
+    if len(registered) != 1:
+        raise errors.InvalidClient(
+            f"assertion header has no kid and the agent has {len(registered)} registered keys: "
+            "name the signing key in kid"
+        )
+    kid = registered[0].get("kid")
+    if isinstance(kid, str) and kid:
+        return kid
+    try:
+        return jose.jwk_thumbprint(registered[0])
+    except (KeyError, ValueError):
+        raise errors.InvalidClient("the agent's registered key is malformed") from None
+
+
 def _parse(assertion: str) -> jose.ParsedJWS:
     try:
         return jose.parse(assertion)
@@ -263,14 +285,18 @@ def verify_client_assertion(
     """
     parsed = _parse(assertion)
     alg = parsed.header.get("alg")
-    if alg != _ALGORITHM:
-        raise errors.InvalidClient(f"assertion algorithm {alg!r} is not allowed; use EdDSA")
+    if not isinstance(alg, str) or alg not in _ALGORITHMS:
+        raise errors.InvalidClient(
+            f"assertion algorithm {alg!r} is not allowed; use EdDSA or Ed25519"
+        )
     kid = parsed.header.get("kid")
+    if kid is None:
+        kid = _only_kid(public_keys)
     if not isinstance(kid, str) or not kid:
-        raise errors.InvalidClient("assertion header has no kid")
+        raise errors.InvalidClient("assertion header kid must be a non-empty string")
     key = registered_key(public_keys, kid)
     try:
-        jose.verify_signature(parsed, alg=_ALGORITHM, key=key)
+        jose.verify_signature(parsed, alg=alg, key=key)
     except errors.OAuthError:
         raise errors.InvalidClient("assertion signature is invalid") from None
 
@@ -298,7 +324,8 @@ def verify_client_assertion(
         raise errors.InvalidClient("assertion is not yet valid")
     if exp - iat > MAX_ASSERTION_LIFETIME or exp > now + MAX_ASSERTION_LIFETIME + LEEWAY:
         raise errors.InvalidClient(
-            f"assertion lifetime exceeds {MAX_ASSERTION_LIFETIME // 60} minutes"
+            f"assertion lifetime exceeds {MAX_ASSERTION_LIFETIME // 60} minutes: set exp to at "
+            f"most iat + {MAX_ASSERTION_LIFETIME} (authlib: expires_in={MAX_ASSERTION_LIFETIME})"
         )
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:

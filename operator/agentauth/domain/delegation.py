@@ -38,7 +38,9 @@ from typing import Any
 from agentauth.domain import errors, exchanging, jose, tokens
 from agentauth.domain.models import Agent
 
-USER_TOKEN_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
+USER_TOKEN_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "Ed25519"}
+)
 
 
 @dataclass(frozen=True, slots=True)

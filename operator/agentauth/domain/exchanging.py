@@ -690,8 +690,9 @@ def mint(
     issuer: str,
     now: datetime,
     cnf_jwk: Mapping[str, Any] | None = None,
+    algorithm: str = tokens.ALGORITHM,
 ) -> tokens.IssuedToken:
-    """Sign the token ``decision`` describes.
+    """Sign the token ``decision`` describes (``algorithm``: the name in its ``alg``).
 
     A token for any audience but our issuer names its ToolServer (``tool_server``); a decision
     without one is a bug and is refused rather than minted unnamed.
@@ -725,6 +726,7 @@ def mint(
         act=decision.act,
         pod={"name": decision.pod.name, "uid": decision.pod.uid} if decision.pod else None,
         extra_claims=extra or None,
+        algorithm=algorithm,
     )
 
 

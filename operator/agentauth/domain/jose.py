@@ -1,14 +1,26 @@
-"""Minimal, strict compact JWS (RFC 7515) parsing and verification with an explicit allow-list.
+"""JWS (RFC 7515) and JWT verification and signing on pyjwt, behind a strict wrapper.
+
+pyjwt's algorithm implementations verify and make every signature and load every JWK; this
+module is the thin wrapper that adds what agentauth requires of them.
 
 Guarantees:
-- A token is rejected before any crypto when it is larger than ``MAX_TOKEN_BYTES``, is not three
-  base64url segments (unpadded, RFC 7515 section 2), or its header/payload is not a JSON object.
+- A token is rejected before any crypto when it is larger than ``MAX_TOKEN_BYTES``
+  (:class:`TokenTooLarge`, an ``invalid_request``), is not three unpadded base64url segments
+  (RFC 7515 section 2; pyjwt would accept padding), or its header/payload is not a JSON object
+  of RFC 8259 (``strictjson``: no ``NaN``/``Infinity``, which slip through time checks).
 - ``alg`` must be in the caller's allow-list; ``none`` and every ``HS*`` algorithm are refused
-  unconditionally, so a public key can never be used as an HMAC secret.
+  unconditionally, so a public key can never be used as an HMAC secret.  ``EdDSA`` and its
+  fully specified name ``Ed25519`` (RFC 9864) both mean Ed25519 and are accepted wherever
+  either is allowed (:func:`allowing_ed25519_names`); pyjwt knows only ``EdDSA``, so
+  ``Ed25519`` is registered on this module's own ``PyJWS`` instance (never globally).
 - The verification key is chosen by ``kid`` and its type must match the algorithm family
-  (RSA for RS*/PS*, EC P-256/384 for ES*, Ed25519 for EdDSA).
-- Verification failures raise ``errors.InvalidGrant`` (``UnknownKeyId`` for a ``kid`` that is not
-  in the key set, so a caller may refresh its JWKS once and retry).
+  (RSA for RS*/PS*, EC P-256/P-384 for ES256/ES384, Ed25519 for EdDSA/Ed25519).
+- Every failure raises a :class:`JoseError`, one class per reason (the pyjwt way:
+  ``MalformedToken``, ``AlgorithmNotAllowed``, ``KeyTypeMismatch``, ``BadSignature``,
+  ``UnknownKeyId``, ``UnsupportedJwk`` and one class per registered-claim check).  The tree is
+  rooted in ``errors.InvalidGrant`` so that every caller that answers OAuth errors keeps doing
+  so unchanged (``UnknownKeyId`` in particular lets a caller refresh its JWKS once and retry);
+  callers with a more precise OAuth meaning catch the typed classes and translate them.
 """
 
 from __future__ import annotations
@@ -19,39 +31,71 @@ import functools
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt import algorithms as jwt_algorithms
 
 from agentauth.domain import errors, strictjson
 
 MAX_TOKEN_BYTES = 16 * 1024
 """Upper bound for any JWT we parse; Kubernetes, cloud and our own tokens are a few KiB."""
 
+ED25519_ALGORITHMS = frozenset({"EdDSA", "Ed25519"})
+"""The two names of Ed25519 signatures: ``EdDSA`` (RFC 8037) and ``Ed25519`` (RFC 9864)."""
+
 FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"} | ED25519_ALGORITHMS
 )
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "256": hashes.SHA256,
-    "384": hashes.SHA384,
-    "512": hashes.SHA512,
-}
-_EC_CURVES: dict[str, tuple[type[ec.EllipticCurve], int]] = {
-    "ES256": (ec.SECP256R1, 32),
-    "ES384": (ec.SECP384R1, 48),
-}
-
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+# pyjwt with exactly the asymmetric algorithms allowed here, plus the RFC 9864 name.
+_JWS = jwt.PyJWS(algorithms=sorted(ASYMMETRIC_ALGORITHMS - {"Ed25519"}))
+_JWS.register_algorithm("Ed25519", jwt_algorithms.OKPAlgorithm())
+_ALGORITHMS: dict[str, jwt_algorithms.Algorithm] = {
+    name: _JWS.get_algorithm_by_name(name) for name in ASYMMETRIC_ALGORITHMS
+}
+_EC_CURVES: dict[str, type[ec.EllipticCurve]] = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
+_JWK_CURVES = {"EC": ("P-256", "P-384"), "OKP": ("Ed25519",)}
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
-class UnknownKeyId(errors.InvalidGrant):
+# --------------------------------------------------------------------------- errors
+
+
+class JoseError(errors.InvalidGrant):
+    """A JWS or JWT failed a check of this module (see the module docstring on the root)."""
+
+
+class TokenTooLarge(errors.InvalidRequest, JoseError):
+    """The token is larger than :data:`MAX_TOKEN_BYTES` (``invalid_request``)."""
+
+
+class MalformedToken(JoseError):
+    """Not a compact JWS of base64url segments with JSON-object header and payload."""
+
+
+class AlgorithmNotAllowed(JoseError):
+    """``alg`` is missing, forbidden, or not in the caller's allow-list."""
+
+
+class KeyTypeMismatch(JoseError):
+    """The key found by ``kid`` is not of the family ``alg`` needs."""
+
+
+class BadSignature(JoseError):
+    """The signature does not verify."""
+
+
+class UnknownKeyId(JoseError):
     """The token's ``kid`` is not in the key set (the caller may refresh its JWKS and retry)."""
 
     def __init__(self, kid: str) -> None:
@@ -59,22 +103,60 @@ class UnknownKeyId(errors.InvalidGrant):
         self.kid = kid
 
 
+class MissingKeyId(JoseError):
+    """The header has no ``kid`` where one is needed to choose the key."""
+
+
+class UnsupportedJwk(JoseError, ValueError):
+    """A JWK this module cannot load (type, curve or members); also a ``ValueError``."""
+
+
+class InvalidClaim(JoseError):
+    """A registered claim is missing or malformed; ``claim`` names it."""
+
+    def __init__(self, description: str, *, claim: str) -> None:
+        super().__init__(description)
+        self.claim = claim
+
+
+class UntrustedIssuer(InvalidClaim):
+    """``iss`` is not one of the trusted issuers."""
+
+
+class WrongAudience(InvalidClaim):
+    """``aud`` does not contain the expected audience."""
+
+
+class Expired(InvalidClaim):
+    """``exp`` has passed (beyond the leeway)."""
+
+
+class NotYetValid(InvalidClaim):
+    """``nbf`` or ``iat`` lies in the future (beyond the leeway)."""
+
+
+# --------------------------------------------------------------------------- base64url
+
+
 def b64url_decode(segment: str) -> bytes:
-    """Strict unpadded base64url decoding; raises ``InvalidGrant`` on anything else."""
+    """Strict unpadded base64url decoding; raises :class:`MalformedToken` on anything else."""
     # "+", "/" and "=" are not base64url; translating first would let them through, so refuse
     # them explicitly, then decode with validation (which refuses every other stray byte).
     if "+" in segment or "/" in segment or "=" in segment or len(segment) % 4 == 1:
-        raise errors.InvalidGrant("token is not valid base64url")
+        raise MalformedToken("token is not valid base64url")
     try:
         return base64.b64decode(
             segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4), validate=True
         )
     except (binascii.Error, ValueError) as exc:
-        raise errors.InvalidGrant("token is not valid base64url") from exc
+        raise MalformedToken("token is not valid base64url") from exc
 
 
 def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+# --------------------------------------------------------------------------- parsing
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +173,9 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = strictjson.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise errors.InvalidGrant(f"token {what} is not valid JSON") from exc
+        raise MalformedToken(f"token {what} is not valid JSON") from exc
     if not isinstance(value, dict):
-        raise errors.InvalidGrant(f"token {what} is not a JSON object")
+        raise MalformedToken(f"token {what} is not a JSON object")
     return value
 
 
@@ -117,10 +199,10 @@ def _header(segment: str) -> dict[str, Any]:
 def parse(token: str) -> ParsedJWS:
     """Split and decode a compact JWS without verifying it."""
     if len(token) > MAX_TOKEN_BYTES:
-        raise errors.InvalidRequest(f"token exceeds {MAX_TOKEN_BYTES} bytes")
+        raise TokenTooLarge(f"token exceeds {MAX_TOKEN_BYTES} bytes")
     parts = token.split(".")
     if len(parts) != 3:
-        raise errors.InvalidGrant("token is not a compact JWS (expected three segments)")
+        raise MalformedToken("token is not a compact JWS (expected three segments)")
     header_b64, payload_b64, signature_b64 = parts
     header = _header(header_b64)
     payload = _json_object(b64url_decode(payload_b64), "payload")
@@ -133,72 +215,76 @@ def parse(token: str) -> ParsedJWS:
     )
 
 
+# --------------------------------------------------------------------------- algorithms, keys
+
+
+def allowing_ed25519_names(allowed: Iterable[str]) -> frozenset[str]:
+    """``allowed`` with both names of Ed25519 when it has either (RFC 9864 section 2.2)."""
+    names = frozenset(allowed)
+    return names | ED25519_ALGORITHMS if names & ED25519_ALGORITHMS else names
+
+
 def check_algorithm(header: Mapping[str, Any], *, allowed: Iterable[str]) -> str:
     """Return the header's ``alg`` when it is allowed; ``none``/``HS*`` are never allowed."""
     alg = header.get("alg")
     if not isinstance(alg, str):
-        raise errors.InvalidGrant("token header has no alg")
+        raise AlgorithmNotAllowed("token header has no alg")
     if alg in FORBIDDEN_ALGORITHMS or alg not in allowed or alg not in ASYMMETRIC_ALGORITHMS:
-        raise errors.InvalidGrant(f"token algorithm {alg!r} is not allowed")
+        raise AlgorithmNotAllowed(f"token algorithm {alg!r} is not allowed")
     return alg
 
 
+def _check_key_type(alg: str, key: object) -> None:
+    if alg in ED25519_ALGORITHMS:
+        ok = isinstance(key, ed25519.Ed25519PublicKey)
+    elif alg[:2] in ("RS", "PS"):
+        ok = isinstance(key, rsa.RSAPublicKey)
+    else:
+        ok = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
+    if not ok:
+        raise KeyTypeMismatch(f"token key type does not match algorithm {alg}")
+
+
 def verify_signature(parsed: ParsedJWS, *, alg: str, key: PublicKey) -> None:
-    """Verify ``parsed.signature`` with ``key`` for ``alg``; raise ``InvalidGrant`` on failure."""
-    data, sig = parsed.signing_input, parsed.signature
-    try:
-        if alg == "EdDSA":
-            if not isinstance(key, ed25519.Ed25519PublicKey):
-                raise errors.InvalidGrant("token key type does not match algorithm EdDSA")
-            key.verify(sig, data)
-        elif alg[:2] in ("RS", "PS"):
-            if not isinstance(key, rsa.RSAPublicKey):
-                raise errors.InvalidGrant(f"token key type does not match algorithm {alg}")
-            digest = _HASHES[alg[2:]]()
-            pad: padding.AsymmetricPadding = (
-                padding.PKCS1v15()
-                if alg[:2] == "RS"
-                else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-            )
-            key.verify(sig, data, pad, digest)
-        else:
-            curve, size = _EC_CURVES[alg]
-            if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
-                raise errors.InvalidGrant(f"token key type does not match algorithm {alg}")
-            if len(sig) != 2 * size:
-                raise errors.InvalidGrant("token signature is invalid")
-            der = encode_dss_signature(
-                int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big")
-            )
-            key.verify(der, data, ec.ECDSA(_HASHES[alg[2:]]()))
-    except InvalidSignature as exc:
-        raise errors.InvalidGrant("token signature is invalid") from exc
+    """Verify ``parsed.signature`` with ``key`` for ``alg`` (pyjwt's implementation of ``alg``,
+    after the key family check); raise :class:`BadSignature` when it does not verify."""
+    _check_key_type(alg, key)
+    if not _ALGORITHMS[alg].verify(parsed.signing_input, key, parsed.signature):
+        raise BadSignature("token signature is invalid")
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
-    """Load a public JWK (RSA, EC P-256/P-384, OKP Ed25519); private members are ignored."""
+    """Load a public JWK (RSA, EC P-256/P-384, OKP Ed25519) with pyjwt; private members are
+    ignored, everything else raises :class:`UnsupportedJwk`."""
     kty = jwk.get("kty")
+    public = {str(k): v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS}
+    if kty == "RSA":
+        loader: type[jwt_algorithms.Algorithm] = jwt_algorithms.RSAAlgorithm
+    elif kty == "EC":
+        loader = jwt_algorithms.ECAlgorithm
+    elif kty == "OKP":
+        loader = jwt_algorithms.OKPAlgorithm
+    else:
+        raise UnsupportedJwk(f"unsupported JWK key type {kty!r}")
+    if kty in _JWK_CURVES and public.get("crv") not in _JWK_CURVES[kty]:
+        raise UnsupportedJwk(f"unsupported {kty} curve {public.get('crv')!r}")
+    for member in ("n", "e", "x", "y"):
+        value = public.get(member)
+        if value is not None and (not isinstance(value, str) or not _B64URL.fullmatch(value)):
+            raise UnsupportedJwk(f"malformed {kty} JWK")
     try:
-        if kty == "RSA":
-            n = int.from_bytes(b64url_decode(str(jwk["n"])), "big")
-            e = int.from_bytes(b64url_decode(str(jwk["e"])), "big")
-            return rsa.RSAPublicNumbers(e, n).public_key()
-        if kty == "EC":
-            curves: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
-            curve = curves[str(jwk["crv"])]
-            x = int.from_bytes(b64url_decode(str(jwk["x"])), "big")
-            y = int.from_bytes(b64url_decode(str(jwk["y"])), "big")
-            return ec.EllipticCurvePublicNumbers(x, y, curve).public_key()
-        if kty == "OKP" and jwk.get("crv") == "Ed25519":
-            return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(str(jwk["x"])))
-    except (KeyError, ValueError, errors.InvalidGrant) as exc:
-        raise ValueError(f"malformed {kty} JWK") from exc
-    raise ValueError(f"unsupported JWK key type {kty!r}")
+        key = loader.from_jwk(public)
+    except (jwt.InvalidKeyError, KeyError, ValueError, TypeError) as exc:
+        raise UnsupportedJwk(f"malformed {kty} JWK") from exc
+    if not isinstance(key, PublicKey):
+        raise UnsupportedJwk(f"malformed {kty} JWK")
+    return key
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def ed25519_jwk(key: ed25519.Ed25519PublicKey) -> dict[str, str]:
-    from cryptography.hazmat.primitives import serialization
-
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
 
@@ -212,7 +298,7 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     }
     members = required.get(str(jwk.get("kty")))
     if members is None:
-        raise ValueError(f"unsupported JWK key type {jwk.get('kty')!r}")
+        raise UnsupportedJwk(f"unsupported JWK key type {jwk.get('kty')!r}")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
     return b64url_encode(hashlib.sha256(canonical.encode("utf-8")).digest())
 
@@ -225,7 +311,8 @@ class PublicKeySet:
 
     @classmethod
     def from_jwks(cls, jwks: Mapping[str, Any]) -> PublicKeySet:
-        """Parse ``{"keys": [...]}``; keys without ``kid`` or of unsupported types are skipped."""
+        """Parse ``{"keys": [...]}``; keys without ``kid``, of unsupported types or for
+        another use than signing are skipped."""
         loaded: dict[str, PublicKey] = {}
         for jwk in jwks.get("keys", []):
             if not isinstance(jwk, Mapping) or not isinstance(jwk.get("kid"), str):
@@ -234,7 +321,7 @@ class PublicKeySet:
                 continue
             try:
                 loaded[jwk["kid"]] = public_key_from_jwk(jwk)
-            except ValueError:
+            except UnsupportedJwk:
                 continue
         return cls(loaded)
 
@@ -251,15 +338,82 @@ class PublicKeySet:
         return len(self._keys)
 
 
+# --------------------------------------------------------------------------- verify, sign
+
+
 def verify(token: str, *, keys: PublicKeySet, allowed_algorithms: Iterable[str]) -> ParsedJWS:
     """Parse, check the algorithm against the allow-list, find the key by kid, verify."""
     parsed = parse(token)
     alg = check_algorithm(parsed.header, allowed=allowed_algorithms)
     kid = parsed.header.get("kid")
     if not isinstance(kid, str) or not kid:
-        raise errors.InvalidGrant("token header has no kid")
+        raise MissingKeyId("token header has no kid")
     verify_signature(parsed, alg=alg, key=keys.get(kid))
     return parsed
+
+
+@functools.lru_cache(maxsize=64)
+def _header_segment(header: tuple[tuple[str, str], ...]) -> str:
+    # An issuer signs every token under one of a few headers: each is encoded once.
+    return b64url_encode(json.dumps(dict(header), separators=(",", ":")).encode())
+
+
+def sign(
+    payload: Mapping[str, Any], *, key: PrivateKey, alg: str, headers: Mapping[str, str]
+) -> str:
+    """A compact JWS of ``payload`` (compact JSON) signed with ``key`` by pyjwt's
+    implementation of ``alg``; the protected header is ``alg`` plus ``headers``, members in
+    sorted order (as pyjwt writes them)."""
+    if alg not in ASYMMETRIC_ALGORITHMS:
+        raise AlgorithmNotAllowed(f"token algorithm {alg!r} is not allowed")
+    header = _header_segment(tuple(sorted({**headers, "alg": alg}.items())))
+    body = b64url_encode(json.dumps(payload, separators=(",", ":")).encode())
+    signing_input = f"{header}.{body}"
+    signature = _ALGORITHMS[alg].sign(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64url_encode(signature)}"
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_issuer(claims: Mapping[str, Any], *, issuers: Iterable[str]) -> None:
+    iss = claims.get("iss")
+    if not isinstance(iss, str) or iss not in set(issuers):
+        raise UntrustedIssuer("token issuer is not trusted", claim="iss")
+
+
+def check_audience(claims: Mapping[str, Any], *, audience: str) -> None:
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
+    if audiences is None:
+        raise InvalidClaim("token has no aud claim", claim="aud")
+    if audience not in audiences:
+        raise WrongAudience("token audience does not include this issuer", claim="aud")
+
+
+def check_expiry(claims: Mapping[str, Any], *, now: float, leeway: float) -> None:
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise InvalidClaim("token has no exp claim", claim="exp")
+    if not math.isfinite(exp):  # NaN compares false with everything: it would never expire
+        raise InvalidClaim("token exp claim is not a finite number", claim="exp")
+    if now >= exp + leeway:
+        raise Expired("token has expired", claim="exp")
+
+
+def check_not_before(claims: Mapping[str, Any], *, name: str, now: float, leeway: float) -> None:
+    """``nbf`` or ``iat`` (``name``), when present, is a number not in the future."""
+    value = claims.get(name)
+    if value is None:
+        return
+    if not _is_number(value) or not math.isfinite(value):
+        raise InvalidClaim(f"token {name} claim is not a number", claim=name)
+    if value > now + leeway:
+        raise NotYetValid("token is not yet valid", claim=name)
 
 
 def check_registered_claims(
@@ -273,32 +427,9 @@ def check_registered_claims(
     """Require ``iss`` in ``issuers``, ``aud`` containing ``audience`` (when given), ``exp``
     in the future, and ``nbf``/``iat`` not in the future, each with at most ``leeway`` seconds.
     """
-    iss = claims.get("iss")
-    if not isinstance(iss, str) or iss not in set(issuers):
-        raise errors.InvalidGrant("token issuer is not trusted")
+    check_issuer(claims, issuers=issuers)
     if audience is not None:
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
-        if audiences is None:
-            raise errors.InvalidGrant("token has no aud claim")
-        if audience not in audiences:
-            raise errors.InvalidGrant("token audience does not include this issuer")
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise errors.InvalidGrant("token has no exp claim")
-    if not math.isfinite(exp):  # NaN compares false with everything: it would never expire
-        raise errors.InvalidGrant("token exp claim is not a finite number")
-    if now >= exp + leeway:
-        raise errors.InvalidGrant("token has expired")
-    for name in ("nbf", "iat"):
-        value = claims.get(name)
-        if value is None:
-            continue
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise errors.InvalidGrant(f"token {name} claim is not a number")
-        if value > now + leeway:
-            raise errors.InvalidGrant("token is not yet valid")
+        check_audience(claims, audience=audience)
+    check_expiry(claims, now=now, leeway=leeway)
+    check_not_before(claims, name="nbf", now=now, leeway=leeway)
+    check_not_before(claims, name="iat", now=now, leeway=leeway)

@@ -51,8 +51,13 @@ class IssuerKey:
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self.private_key.public_key()
 
-    def public_jwk(self) -> dict[str, str]:
-        return {**jose.ed25519_jwk(self.public_key), "kid": self.kid, "use": "sig", "alg": "EdDSA"}
+    def public_jwk(self, *, algorithm: str = "EdDSA") -> dict[str, str]:
+        """The public JWK; ``alg`` is the name tokens are issued under (``EdDSA`` or
+        ``Ed25519``), since verifiers such as the JavaScript ``jose`` package select keys by it."""
+        if algorithm not in jose.ED25519_ALGORITHMS:
+            raise KeySetError(f"issuer keys sign EdDSA/Ed25519, not {algorithm!r}")
+        jwk = jose.ed25519_jwk(self.public_key)
+        return {**jwk, "kid": self.kid, "use": "sig", "alg": algorithm}
 
 
 def new_key(*, now: datetime) -> IssuerKey:
@@ -88,10 +93,11 @@ class KeySet:
     def public_keys(self) -> jose.PublicKeySet:
         return jose.PublicKeySet({k.kid: k.public_key for k in self.keys})
 
-    def public_jwks(self) -> dict[str, Any]:
-        """The JWKS document served at ``/jwks``: current key first, public members only."""
+    def public_jwks(self, *, algorithm: str = "EdDSA") -> dict[str, Any]:
+        """The JWKS document served at ``/jwks``: current key first, public members only,
+        each with ``alg`` = ``algorithm`` (the name the token service issues tokens under)."""
         ordered = sorted(self.keys, key=lambda k: (k.retired_at is not None, k.created_at))
-        return {"keys": [k.public_jwk() for k in ordered]}
+        return {"keys": [k.public_jwk(algorithm=algorithm) for k in ordered]}
 
     def to_secret_data(self) -> dict[str, str]:
         """The Secret's ``data`` (base64 values): one JSON document under ``keys.json``."""

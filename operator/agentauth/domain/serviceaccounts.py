@@ -19,7 +19,7 @@ from typing import Any
 from agentauth.domain import clockskew, errors, jose
 
 ALLOWED_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "Ed25519"}
 )
 MAX_LEEWAY = float(clockskew.LEEWAY_SECONDS)
 

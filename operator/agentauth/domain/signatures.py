@@ -8,8 +8,10 @@ header (draft-hardt-httpbis-signature-key, as used by AAuth):
 - ``Signature-Key: sig=hwk;kty="OKP";crv="Ed25519";x="..."`` -- a bare public key ("header web
   key"), used to sign a token request so that the issued token gets bound to that key.
 
-The signature base is built by the ``http-message-signatures`` library (never by hand); this
-module only decides *what* is covered and *which* key is trusted.
+Signing builds the signature base with the ``http-message-signatures`` library.  Verifying
+joins it directly (:mod:`agentauth.domain.signaturebase`) for the plain shapes every signer
+emits -- the same bytes, checked against the library by differential tests -- and hands
+anything else to the library.  This module decides *what* is covered and *which* key is trusted.
 
 Guarantees of :func:`verify_request`:
 
@@ -18,10 +20,12 @@ Guarantees of :func:`verify_request`:
 - ``created`` is required, not more than ``MAX_CLOCK_SKEW`` seconds in the future and not more
   than ``max_age`` seconds in the past (relative to the caller's ``now``); ``expires``, when
   present, must not have passed;
+- ``keyid`` is optional (RFC 9421 section 2.3); when present it must name the key that
+  ``Signature-Key`` carries: its RFC 7638 thumbprint, or the ``kid`` member of its JWK;
 - every component in ``required_components`` is covered, and ``content-digest`` is covered and
   matches the body whenever the body is not empty (RFC 9530);
-- covered values with CR/LF or control characters are refused by the library (no header
-  injection into the signature base);
+- covered values with CR/LF or control characters are refused (no header injection into the
+  signature base), and ``@signature-params`` cannot be covered;
 - for ``sig=jwt`` the token must carry ``cnf.jwk`` (Ed25519) and, when present, ``cnf.jkt``
   must equal its RFC 7638 thumbprint.  The token itself is only verified when a
   ``token_verifier`` is passed; otherwise ``VerifiedRequest.token_claims`` is ``None`` and the
@@ -51,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures.structures import normalize_header_value
 from http_sf.compat import InnerList, Item
 
-from agentauth.domain import clockskew, errors, jose
+from agentauth.domain import clockskew, errors, jose, signaturebase
 
 SIGNATURE_LABEL = "sig"
 """The signature label AAuth uses in ``Signature-Input``, ``Signature`` and ``Signature-Key``."""
@@ -86,7 +90,8 @@ class VerifiedRequest:
     ``public_jwk``/``jkt`` identify the key that signed the request.  ``token`` is the agent
     token from ``sig=jwt`` (``None`` for ``sig=hwk``); ``token_claims`` are its claims when a
     ``token_verifier`` vouched for them, else ``None``.  ``signature`` is the raw signature,
-    usable as a replay-cache key together with ``created``.
+    usable as a replay-cache key together with ``created``.  ``keyid`` is the signed
+    ``keyid`` parameter, ``None`` when the signer left it out (when present it equals ``jkt``).
     """
 
     scheme: SignatureKeyScheme
@@ -95,7 +100,7 @@ class VerifiedRequest:
     token: str | None
     token_claims: Mapping[str, Any] | None
     label: str
-    keyid: str
+    keyid: str | None
     created: int
     covered_components: tuple[str, ...]
     replay_id: bytes
@@ -237,8 +242,8 @@ def _parse_signature_key_fully(value: str, *, label: str) -> _SignatureKey:
 def _key_from_jwt(
     token: str, verifier: Callable[[str], Mapping[str, Any]] | None
 ) -> tuple[dict[str, str], Mapping[str, Any] | None, object]:
-    """The token's ``cnf.jwk`` (its key members), its vouched claims, and ``cnf.jkt`` as
-    the token states it (the caller checks it against the key's thumbprint)."""
+    """The token's ``cnf.jwk`` (its key members and ``kid``), its vouched claims, and
+    ``cnf.jkt`` as the token states it (the caller checks it against the key's thumbprint)."""
     if verifier is not None:
         claims: Mapping[str, Any] = verifier(token)
         vouched: Mapping[str, Any] | None = claims
@@ -251,8 +256,24 @@ def _key_from_jwt(
     cnf = claims.get("cnf")
     if not isinstance(cnf, Mapping) or not isinstance(jwk := cnf.get("jwk"), Mapping):
         raise SignatureError("token is not bound to a key (no cnf.jwk)")
-    jwk_dict = {str(k): str(v) for k, v in jwk.items() if k in ("kty", "crv", "x", "d")}
+    _check_key_algorithm(jwk.get("alg"), what="cnf.jwk")
+    jwk_dict = {str(k): str(v) for k, v in jwk.items() if k in ("kty", "crv", "x", "d", "kid")}
     return jwk_dict, vouched, cnf.get("jkt")
+
+
+def _names_key(keyid: str, *, thumbprint: str, kid: str | None) -> bool:
+    """Whether a signed ``keyid`` names the signing key: its RFC 7638 thumbprint, or the
+    ``kid`` member its JWK carries (in ``cnf.jwk`` or the ``hwk`` parameters)."""
+    names = keyid.encode()
+    return hmac.compare_digest(names, thumbprint.encode()) or (
+        kid is not None and hmac.compare_digest(names, kid.encode())
+    )
+
+
+def _check_key_algorithm(alg: object, *, what: str) -> None:
+    """A key's optional ``alg`` must name Ed25519: ``EdDSA`` or ``Ed25519`` (RFC 9864)."""
+    if alg is not None and alg not in jose.ED25519_ALGORITHMS:
+        raise SignatureError(f"{what} alg must be EdDSA or Ed25519, not {str(alg)[:32]!r}")
 
 
 # --------------------------------------------------------------------------- message adapter
@@ -404,9 +425,11 @@ _ALGORITHM_ID = hms.algorithms.ED25519.algorithm_id
 # components, escapes -- goes through the library's parser.
 _SF_KEY = r"[a-z*][a-z0-9_.*-]*"
 _SF_COMPONENT = r'"[a-z0-9@_.-]+"'
+# Integers are matched in their canonical serialisation only (no leading zeros, no "-0"), so
+# that the text after ``label=`` is exactly what the library serialises as ``@signature-params``.
 _SIGNATURE_INPUT_MEMBER = re.compile(
-    rf"({_SF_KEY})=\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)"
-    rf'((?:;{_SF_KEY}=(?:-?[0-9]{{1,15}}|"[ !#-\[\]-~]*"))*)'
+    rf"({_SF_KEY})=(\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)"
+    rf'((?:;{_SF_KEY}=(?:0|-?[1-9][0-9]{{0,14}}|"[ !#-\[\]-~]*"))*))'
 )
 _SIGNATURE_PARAM = re.compile(rf'({_SF_KEY})=(?:(-?[0-9]+)|"([^"]*)")')
 _SIGNATURE_MEMBER = re.compile(rf"({_SF_KEY})=:([A-Za-z0-9+/]+={{0,2}}):")
@@ -427,16 +450,22 @@ class _Component(Item):
 
 
 @functools.lru_cache(maxsize=128)
-def _components(inner: str) -> tuple[_Component, ...]:
-    # ``inner`` matched _SF_COMPONENT items separated by single spaces.
-    return tuple(_Component(name[1:-1]) for name in inner.split(" ") if name)
+def _components(inner: str) -> tuple[tuple[_Component, ...], tuple[str, ...]]:
+    # ``inner`` matched _SF_COMPONENT items separated by single spaces: the identifiers and
+    # their names.
+    names = tuple(name[1:-1] for name in inner.split(" ") if name)
+    return tuple(_Component(name) for name in names), names
 
 
 class _SignatureInput:
     """The one signature of a request: its label, covered component identifiers (Items as
-    the library expects them), signature parameters and raw signature bytes."""
+    the library expects them), signature parameters and raw signature bytes.
 
-    __slots__ = ("components", "label", "params", "signature")
+    ``names`` and ``params_text`` are set only when ``Signature-Input`` was read by the fast
+    path: the plain component names and the member's text after ``label=``, which is then
+    the canonical ``@signature-params`` serialisation (see :mod:`signaturebase`)."""
+
+    __slots__ = ("components", "label", "names", "params", "params_text", "signature")
 
     def __init__(
         self,
@@ -445,11 +474,15 @@ class _SignatureInput:
         components: Sequence[Item],
         params: dict[str, Any],
         signature: bytes,
+        names: tuple[str, ...] | None = None,
+        params_text: str | None = None,
     ) -> None:
         self.label = label
         self.components = components
         self.params = params
         self.signature = signature
+        self.names = names
+        self.params_text = params_text
 
 
 def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInput | None:
@@ -461,17 +494,20 @@ def _fast_signature_input(signature_input: str, signature: str) -> _SignatureInp
         raw_signature = base64.b64decode(sig.group(2), validate=True)
     except (binascii.Error, ValueError):
         return None
-    found = _SIGNATURE_PARAM.findall(members.group(3))
+    found = _SIGNATURE_PARAM.findall(members.group(4))
     params: dict[str, Any] = {
         name: int(integer) if integer else string for name, integer, string in found
     }
     if len(params) != len(found):
         return None  # duplicate parameter: let the full parser decide
+    components, names = _components(members.group(3))
     return _SignatureInput(
         label=members.group(1),
-        components=_components(members.group(2)),
+        components=components,
         params=params,
         signature=raw_signature,
+        names=names,
+        params_text=members.group(2),
     )
 
 
@@ -528,8 +564,9 @@ def _check_signature_parameters(params: Mapping[str, Any], *, now: float, max_ag
         raise SignatureError('signature "expires" has passed')
     if "alg" in params and params["alg"] != _ALGORITHM_ID:
         raise SignatureError("Unexpected algorithm specified in the signature")
-    if "keyid" not in params:
-        raise SignatureError('Signature is missing a required "keyid" parameter')
+    keyid = params.get("keyid")
+    if keyid is not None and not isinstance(keyid, str):
+        raise SignatureError('signature "keyid" parameter must be a string')
     for name in params:
         if name not in _BASE_BUILDER.signature_metadata_parameters:
             raise SignatureError(f'Unexpected signature metadata parameter "{name}"')
@@ -581,44 +618,49 @@ def verify_request(
         jwk, claims, stated_jkt = _key_from_jwt(token, token_verifier)
     else:
         stated_jkt = None
-        jwk = {k: str(v) for k, v in signature_key.params.items() if k in ("kty", "crv", "x", "d")}
+        _check_key_algorithm(signature_key.params.get("alg"), what="Signature-Key hwk")
+        jwk = {
+            k: str(v)
+            for k, v in signature_key.params.items()
+            if k in ("kty", "crv", "x", "d", "kid")
+        }
     public_key, thumbprint = _public_key_and_thumbprint(jwk)  # validates the key type first
     if stated_jkt is not None and (
         not isinstance(stated_jkt, str) or not hmac.compare_digest(stated_jkt, thumbprint)
     ):
         raise SignatureError("token cnf.jkt does not match cnf.jwk")
+    named_kid = jwk.get("kid")
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]}
 
     signed = _parse_signature_input(signature_input_value, signature_value, label=label)
     params = signed.params
     created = _check_signature_parameters(params, now=now, max_age=max_age)
-
-    # Only the covered fields reach the library's component resolver (it indexes every
-    # line it is given); the values it sees for them are unchanged.
-    covered_fields = {str(c.value).lower() for c in signed.components}
-    message = _Request(
-        method=method.upper(),
-        url=url,
-        headers=_FieldLines([(n, v) for n, v in lines if n.lower() in covered_fields]),
+    signature_base, covered_values = _signature_base(
+        method=method.upper(), url=url, lines=lines, signed=signed
     )
-    try:
-        base, _, covered_values = _BASE_BUILDER._build_signature_base(
-            message, covered_component_ids=list(signed.components), signature_params=params
-        )
-        signature_base = base.encode("ascii")
-    except (hms.HTTPMessageSignaturesException, ValueError, TypeError) as exc:
-        raise SignatureError(_reason(exc)) from None
     try:
         public_key.verify(signed.signature, signature_base)
     except InvalidSignature:
         raise SignatureError("signature does not verify with the presented key") from None
+    keyid = params.get("keyid")
+    if keyid is not None and not _names_key(keyid, thumbprint=thumbprint, kid=named_kid):
+        # RFC 9421 makes keyid optional; the key comes from Signature-Key, and a keyid that
+        # names another key is a signer's mistake or a confusion attempt.
+        raise SignatureError(
+            'signature "keyid" does not name the signing key (use its RFC 7638 thumbprint or '
+            "the kid of its JWK, or leave keyid out)"
+        )
     try:
         _check_body(covered_values, body or b"")
     except hms.HTTPMessageSignaturesException as exc:
         raise SignatureError(_reason(exc)) from None
     # A bare identifier counts as its name; one with parameters (``"content-digest";sf``)
     # only in its serialised form, so it never stands in for the bare component.
-    covered = tuple(str(c.value) if not c.params else str(c) for c in signed.components)
+    covered = (
+        signed.names
+        if signed.names is not None
+        else tuple(str(c.value) if not c.params else str(c) for c in signed.components)
+    )
     for component in required_components:
         if component not in covered:
             raise SignatureError(f"signature does not cover required component {component!r}")
@@ -631,7 +673,7 @@ def verify_request(
         token=token,
         token_claims=claims,
         label=signed.label,
-        keyid=str(params.get("keyid", "")),
+        keyid=keyid,
         created=created,
         covered_components=covered,
         # Replay identity: a digest of the signed base (covered values plus the signed
@@ -641,18 +683,55 @@ def verify_request(
     )
 
 
+def _signature_base(
+    *, method: str, url: str, lines: Sequence[tuple[str, str]], signed: _SignatureInput
+) -> tuple[bytes, Mapping[str, str]]:
+    """The signature base and the covered values: joined directly for the plain shapes
+    (:mod:`signaturebase`), by the library for everything else."""
+    if signed.names is not None and signed.params_text is not None:
+        fast = signaturebase.build(
+            method=method,
+            url=url,
+            lines=lines,
+            components=signed.names,
+            signature_params=signed.params_text,
+        )
+        if fast is not None:
+            return fast
+    if any(str(c.value) == "@signature-params" for c in signed.components):
+        raise SignatureError('"@signature-params" cannot be a covered component')
+    # Only the covered fields reach the library's component resolver (it indexes every
+    # line it is given); the values it sees for them are unchanged.
+    covered_fields = {str(c.value).lower() for c in signed.components}
+    message = _Request(
+        method=method,
+        url=url,
+        headers=_FieldLines([(n, v) for n, v in lines if n.lower() in covered_fields]),
+    )
+    try:
+        base, _, covered_values = _BASE_BUILDER._build_signature_base(
+            message, covered_component_ids=list(signed.components), signature_params=signed.params
+        )
+        return base.encode("ascii"), covered_values
+    except (hms.HTTPMessageSignaturesException, ValueError, TypeError) as exc:
+        raise SignatureError(_reason(exc)) from None
+
+
 _SIGNATURE_FIELDS = frozenset({"signature-key", "signature-input", "signature"})
 
 
 def _signature_fields(lines: Sequence[tuple[str, str]]) -> dict[str, str]:
     """The three signature fields, each line normalised and the lines of one field joined
     as RFC 9110 section 5.3 combines them (what the library does for any field)."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, str] = {}
     for name, value in lines:
         lowered = name.lower()
         if lowered in _SIGNATURE_FIELDS:
-            found.setdefault(lowered, []).append(normalize_header_value(value))
-    return {name: ", ".join(values) for name, values in found.items()}
+            # normalize_header_value is a strip unless there is obsolete line folding.
+            value = normalize_header_value(value) if "\r\n" in value else value.strip(" \t")
+            seen = found.get(lowered)
+            found[lowered] = value if seen is None else f"{seen}, {value}"
+    return found
 
 
 _SHA256_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/]{43}=):")

@@ -1,19 +1,24 @@
 """Agent tokens: RFC 9068 JWT access tokens signed with the issuer's current Ed25519 key.
 
 Guarantees:
-- Minted tokens carry ``typ: at+jwt``, ``alg: EdDSA`` and the current ``kid``; the claims are
-  exactly those of DESIGN.md (``iss, sub, aud, exp, iat, nbf, jti, client_id, scope, agent`` and
-  where they apply ``cnf``, ``act``, ``pod``).
+- Minted tokens carry ``typ: at+jwt``, the configured algorithm name (``EdDSA`` by default,
+  or ``Ed25519``, its RFC 9864 name: ``ALGORITHMS``) and the current ``kid``, and are signed by
+  pyjwt (``jose.sign``); the claims are exactly those of DESIGN.md (``iss, sub, aud, exp, iat,
+  nbf, jti, client_id, scope, agent`` and where they apply ``cnf``, ``act``, ``pod``).
 - A lifetime is never longer than ``MAX_LIFETIME`` (1 h); callers pass the already-clamped one.
-- ``verify`` accepts only ``EdDSA`` with a key of our key set, requires ``typ: at+jwt``, our
-  ``iss``, ``exp`` (and honours ``nbf``/``iat``) with at most ``leeway`` seconds, and the agent
-  claims; everything else raises ``errors.InvalidGrant``.
+- ``verify`` accepts an Ed25519 signature under either name with a key of our key set, requires
+  ``typ: at+jwt``, our ``iss``, ``exp`` (and honours ``nbf``/``iat``) with at most ``leeway``
+  seconds, and the agent claims; everything else raises ``errors.InvalidGrant`` (a
+  ``jose.JoseError`` for JWS and registered-claim failures).
+
+Why ``EdDSA`` is the default: of the libraries resource servers use, pyjwt (2.x) knows only
+``EdDSA``, while joserfc, jwcrypto and the JavaScript ``jose`` package verify both names
+(``tests/interop`` measures it).  ``Ed25519`` is for verifiers that require the fully
+specified name.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +29,9 @@ from agentauth.domain import clockskew, errors, jose, keys
 
 TOKEN_TYPE = "at+jwt"
 ALGORITHM = "EdDSA"
+"""The default algorithm name of issued tokens."""
+ALGORITHMS: tuple[str, ...] = ("EdDSA", "Ed25519")
+"""Names an agent token may be issued (and is accepted) under: RFC 8037 and RFC 9864."""
 DEFAULT_LIFETIME = timedelta(minutes=2)
 MAX_LIFETIME = keys.MAX_TOKEN_LIFETIME
 DEFAULT_LEEWAY = float(clockskew.LEEWAY_SECONDS)
@@ -43,12 +51,6 @@ class AgentRef:
 
     def claim(self) -> dict[str, str]:
         return {"name": self.name, "namespace": self.namespace, "uid": self.uid}
-
-
-@functools.lru_cache(maxsize=16)
-def _header_segment(kid: str) -> str:
-    header = {"alg": ALGORITHM, "kid": kid, "typ": TOKEN_TYPE}
-    return jose.b64url_encode(json.dumps(header, separators=(",", ":")).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +76,14 @@ def issue(
     act: Mapping[str, Any] | None = None,
     pod: Mapping[str, str] | None = None,
     extra_claims: Mapping[str, Any] | None = None,
+    algorithm: str = ALGORITHM,
 ) -> IssuedToken:
     """Mint and sign one agent token. ``subject`` is the agent's identifier, or under
     delegation the user's ``sub`` (the agent then appears in ``act``); ``client_id`` is the
-    agent's identifier (the OAuth client that the token was issued to)."""
+    agent's identifier (the OAuth client that the token was issued to); ``algorithm`` one of
+    :data:`ALGORITHMS`."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"agent tokens are signed with one of {ALGORITHMS}, not {algorithm!r}")
     if lifetime <= timedelta(0):
         raise errors.InvalidRequest("token lifetime must be positive")
     lifetime = min(lifetime, MAX_LIFETIME)
@@ -106,14 +112,14 @@ def issue(
     if extra_claims:
         for name, value in extra_claims.items():
             claims.setdefault(name, value)
-    signing_input = (
-        _header_segment(signing.kid)
-        + "."
-        + jose.b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    token = jose.sign(
+        claims,
+        key=signing.private_key,
+        alg=algorithm,
+        headers={"kid": signing.kid, "typ": TOKEN_TYPE},
     )
-    signature = signing.private_key.sign(signing_input.encode("ascii"))
     return IssuedToken(
-        token=f"{signing_input}.{jose.b64url_encode(signature)}",
+        token=token,
         claims=claims,
         expires_in=expires_in,
         kid=signing.kid,
@@ -155,7 +161,7 @@ def verify(
     """Verify one of our agent tokens (signature, typ, iss, exp/nbf/iat, optional aud).
 
     ``now`` is an aware datetime or epoch seconds."""
-    parsed = jose.verify(token, keys=public_keys, allowed_algorithms=(ALGORITHM,))
+    parsed = jose.verify(token, keys=public_keys, allowed_algorithms=ALGORITHMS)
     if parsed.header.get("typ") != TOKEN_TYPE:
         raise errors.InvalidGrant("token is not an at+jwt access token")
     claims = parsed.payload

@@ -1,8 +1,9 @@
 """The token service's HTTP application (aiohttp): thin handlers over the domain layer.
 
 Routes (DESIGN.md): ``POST /oauth2/token`` (RFC 8693 exchange; RFC 7523 client assertions with
-``grant_type=client_credentials``), ``GET /.well-known/oauth-authorization-server`` and
-``/.well-known/openid-configuration`` (RFC 8414), ``GET /jwks``, ``POST /oauth2/introspect``
+``grant_type=client_credentials``), ``GET /.well-known/oauth-authorization-server`` (RFC 8414;
+no OpenID Connect discovery document: agentauth is not an OpenID Provider), ``GET /jwks``,
+``POST /oauth2/introspect``
 (RFC 7662), ``POST /v1/ask``, ``GET /metrics``, ``/healthz``, ``/readyz``.
 
 Every handler parses, calls a pure function of ``agentauth.domain`` and answers. Errors are
@@ -337,7 +338,12 @@ class TokenService:
             fields["agent_name"] = exchanging.agent_label(decision.agent)
             self.buckets.take(fields["agent_name"])
             issued = exchanging.mint(
-                decision, keyset=keyset, issuer=self.settings.issuer, now=now, cnf_jwk=cnf
+                decision,
+                keyset=keyset,
+                issuer=self.settings.issuer,
+                now=now,
+                cnf_jwk=cnf,
+                algorithm=self.settings.token_algorithm,
             )
         except errors.OAuthError as exc:
             fields.update(error=exc.error, error_description=exc.description)
@@ -592,13 +598,11 @@ class TokenService:
                 GRANT_TYPE_CLIENT_CREDENTIALS,
             ],
             "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
-            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+            "token_endpoint_auth_signing_alg_values_supported": list(tokens.ALGORITHMS),
             # Not a registered client-auth method: callers present a bearer agent token or a
             # service-account token for this issuer (RFC 7662 section 2.1 asks for some).
             "introspection_endpoint_auth_methods_supported": ["bearer"],
             "response_types_supported": ["token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": [tokens.ALGORITHM],
             "token_types_supported": list(exchanging.SUBJECT_TOKEN_TYPES),
             "ask_endpoint": f"{base}/v1/ask",
             "access_requests_endpoint": f"{base}/v1/access-requests",
@@ -609,7 +613,8 @@ class TokenService:
 
     async def jwks(self, request: web.Request) -> web.Response:
         return self._json(
-            self.context.keyset().public_jwks(), headers={"Cache-Control": "max-age=60"}
+            self.context.keyset().public_jwks(algorithm=self.settings.token_algorithm),
+            headers={"Cache-Control": "max-age=60"},
         )
 
     async def _introspection_caller(self, request: web.Request, *, now: datetime) -> str:
@@ -834,8 +839,10 @@ def build_app(
     app[MAX_BODY_KEY] = settings.max_body_bytes
     app[SERVICE_KEY] = service
     app.router.add_post("/oauth2/token", service.token)
+    # RFC 8414 only. No /.well-known/openid-configuration: agentauth is no OpenID Provider
+    # (no authorization endpoint, no ID tokens, no RS256), so no valid OIDC discovery document
+    # exists for it; clients that try OIDC discovery first (MCP, authlib) fall back to RFC 8414.
     app.router.add_get("/.well-known/oauth-authorization-server", service.metadata)
-    app.router.add_get("/.well-known/openid-configuration", service.metadata)
     app.router.add_get("/jwks", service.jwks)
     app.router.add_post("/oauth2/introspect", service.introspect)
     app.router.add_post("/v1/ask", service.ask)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
-from agentauth.domain import claimpolicy, delegation, keys
+from agentauth.domain import claimpolicy, delegation, keys, tokens
 
 DEFAULT_NAMESPACE = "agentauth-system"
 DEFAULT_CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -170,6 +170,12 @@ class Settings:
     """``--shutdown-timeout`` / ``AGENTAUTH_SHUTDOWN_TIMEOUT`` (seconds): once the service stops
     accepting, open long-polls are answered at once and in-flight requests get this long to
     finish; anything still running then is cancelled."""
+    token_algorithm: str = tokens.ALGORITHM
+    """``--token-algorithm`` / ``AGENTAUTH_TOKEN_ALGORITHM`` (``EdDSA`` or ``Ed25519``, default
+    ``EdDSA``): the ``alg`` name agent tokens are issued under and that ``/jwks`` publishes with
+    each key. Both names are Ed25519 signatures and both are always accepted on input;
+    ``EdDSA`` verifies with pyjwt, joserfc, jwcrypto and the JavaScript ``jose`` package, while
+    pyjwt refuses ``Ed25519`` (see docs/token-exchange.md). Every replica must use the same."""
 
     log_format: Literal["json", "text"] = "json"
     """``--log-format`` / ``AGENTAUTH_LOG_FORMAT``."""
@@ -216,6 +222,11 @@ class Settings:
         if not 0 <= self.shutdown_delay <= MAX_TIMEOUT_SECONDS:
             raise SettingsError(
                 f"--shutdown-delay must be between 0 and {MAX_TIMEOUT_SECONDS:g} seconds"
+            )
+        if self.token_algorithm not in tokens.ALGORITHMS:
+            raise SettingsError(
+                f"--token-algorithm / AGENTAUTH_TOKEN_ALGORITHM: {self.token_algorithm!r} is not "
+                "one of " + ", ".join(tokens.ALGORITHMS)
             )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
@@ -305,6 +316,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "body_timeout": ("--body-timeout", "AGENTAUTH_BODY_TIMEOUT"),
     "aws_sts_test_endpoint": ("--aws-sts-test-endpoint", "AGENTAUTH_AWS_STS_TEST_ENDPOINT"),
     "gcp_certs_url": ("--gcp-certs-url", "AGENTAUTH_GCP_CERTS_URL"),
+    "token_algorithm": ("--token-algorithm", "AGENTAUTH_TOKEN_ALGORITHM"),
     "log_format": ("--log-format", "AGENTAUTH_LOG_FORMAT"),
     "log_level": ("--log-level", "AGENTAUTH_LOG_LEVEL"),
     "api_timeout": ("--api-timeout", "AGENTAUTH_API_TIMEOUT"),

@@ -81,7 +81,9 @@ class PublicKey(common.ApiModel):
         description="The base64url-encoded 32-byte public key.",
     )
     kid: str = pydantic.Field(min_length=1, max_length=128, description="Key ID.")
-    alg: Literal["EdDSA"] | None = pydantic.Field(default=None, description="EdDSA, if given.")
+    alg: Literal["EdDSA", "Ed25519"] | None = pydantic.Field(
+        default=None, description="EdDSA or its RFC 9864 name Ed25519, if given."
+    )
     use: Literal["sig"] | None = pydantic.Field(default=None, description="sig, if given.")
 
 
