@@ -348,11 +348,21 @@ def test_assertion_is_bound_to_the_key_that_signs_the_request(
     )
     # the refused attempts did not spend the jti: its holder's own request still succeeds
     assert _verify(assertion, jwks, cache=cache).jti
+    # Without cnf the token goes to the registered key itself: a captured cnf-less assertion
+    # yields a token only the registered key's holder can use, and a request signed by any other
+    # key is refused.
     unbound = _forge({"alg": "EdDSA", "kid": kid}, _claims(cnf=None), agent_key.sign)
-    assert _error(unbound, jwks) == (
-        "assertion has no cnf.jkt claim: it must name the key that signs the token request"
+    registered = jose.ed25519_jwk(agent_key.public_key())
+    assert _error(unbound, jwks, signer_jkt="an-attackers-key-thumbprint") == (
+        "the token request is signed by a key the assertion does not name: put that key's "
+        "RFC 7638 thumbprint in the assertion's cnf.jkt, or sign with the registered key"
     )
+    assert _verify(unbound, jwks, signer_jkt=None).holder_jwk == registered
+    again = _forge({"alg": "EdDSA", "kid": kid}, _claims(cnf=None, jti="jti-2"), agent_key.sign)
+    by_registered = _verify(again, jwks, signer_jkt=jose.jwk_thumbprint(registered))
+    assert by_registered.holder_jwk is None
+    assert _verify(assertion, jwks, cache=assertions.InMemoryReplayCache()).holder_jwk is None
     malformed = _forge({"alg": "EdDSA", "kid": kid}, _claims(cnf={"jkt": 7}), agent_key.sign)
     assert _error(malformed, jwks) == (
-        "assertion has no cnf.jkt claim: it must name the key that signs the token request"
+        "assertion cnf must carry jkt: the thumbprint of the key that signs the token request"
     )

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from joserfc.jwk import OKPKey
 
+from agentauth.domain import signatures
 from tests.interop.conftest import OUTSIDE_AGENT, TokenService
 
 DOCS = Path(__file__).parents[2] / "docs" / "aauth.md"
@@ -89,6 +90,9 @@ def test_the_documented_authlib_snippet_gets_a_token(
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["sub"] == OUTSIDE_AGENT
     assert jwt.get_unverified_header(token)["alg"] == service.algorithm
+    # No cnf in authlib's assertion: the token is bound to the registered key itself.
+    registered = signatures.public_jwk(outside_key)
+    assert claims["cnf"] == {"jwk": registered, "jkt": signatures.jwk_thumbprint(registered)}
 
 
 def _client(service: TokenService, key: ed25519.Ed25519PrivateKey, **auth: object) -> OAuth2Client:

@@ -10,12 +10,15 @@ is refused.
 
 from __future__ import annotations
 
+import time
 import urllib.parse
+import uuid
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from agentauth.domain import signatures
 from agentauth.sdk import aws as sdk_aws
 from agentauth.sdk import client as sdk_client
 from agentauth.sdk import gcp as sdk_gcp
@@ -120,6 +123,57 @@ def test_captured_client_assertion_is_refused_with_any_other_key(attack: Stack) 
     assert elsewhere.status_code == 200, elsewhere.text
     assert claims(elsewhere.json()["access_token"])["cnf"]["jkt"] == victim.jkt  # type: ignore[index]
     assert_useless_to_the_attacker(elsewhere.json()["access_token"], attack)
+
+
+def test_a_captured_plain_rfc7523_assertion_yields_a_token_only_the_registered_key_can_use(
+    attack: Stack,
+) -> None:
+    """An assertion without cnf (authlib's PrivateKeyJWT) binds the token to the registered key
+    itself: replayed unsigned at either replica it yields nothing the attacker can use, and a
+    request signed by the attacker's key is refused."""
+    now = int(time.time())
+    agent = realstack.agent_id("outside", attack.namespace)
+    assertion = jwt.encode(
+        {
+            "iss": agent,
+            "sub": agent,
+            "aud": f"{ISSUER}/oauth2/token",
+            "iat": now,
+            "exp": now + 120,
+            "jti": uuid.uuid4().hex,
+        },
+        attack.registered_key,
+        algorithm="EdDSA",
+        headers={"kid": "registered-1"},
+    )
+    body = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        }
+    ).encode()
+    resigned = signed_post(attack.b.url, TOKEN, body=body, key=attacker_key())
+    assert (resigned.status_code, resigned.json()["error_description"]) == (
+        401,
+        "the token request is signed by a key the assertion does not name: put that key's "
+        "RFC 7638 thumbprint in the assertion's cnf.jkt, or sign with the registered key",
+    )
+    registered = signatures.public_jwk(attack.registered_key)
+    issued = signed_post(attack.a.url, TOKEN, body=body, key=None)
+    assert issued.status_code == 200, issued.text
+    token = issued.json()["access_token"]
+    assert claims(token)["cnf"] == {  # type: ignore[index]
+        "jwk": registered,
+        "jkt": signatures.jwk_thumbprint(registered),
+    }
+    assert_useless_to_the_attacker(token, attack)
+    replayed = signed_post(attack.b.url, TOKEN, body=body, key=None)
+    assert replayed.status_code == 200, replayed.text
+    assert claims(replayed.json()["access_token"])["cnf"]["jkt"] == signatures.jwk_thumbprint(  # type: ignore[index]
+        registered
+    )
+    assert_useless_to_the_attacker(replayed.json()["access_token"], attack)
 
 
 def test_captured_aws_signed_request_is_refused_with_any_other_key(attack: Stack) -> None:

@@ -28,14 +28,19 @@ RFC 7523 section 3.2, with a fixed description):
 - ``iss`` = ``sub`` = the agent identifier; ``aud`` is (or contains) the token endpoint URL;
 - ``exp`` is required and in the future, ``iat`` is required and not in the future,
   ``exp - iat`` is at most five minutes, and ``exp`` is at most five minutes (+ leeway) away;
-- the assertion is bound to the key that will hold the token: its ``cnf`` claim (RFC 7800)
-  carries ``jkt``, the RFC 7638 thumbprint of a key, and the token request must be signed
-  (RFC 9421) by exactly that key, whose thumbprint the caller passes as ``signer_jkt``. The
-  issued token is bound to the same key, so a captured assertion is worth nothing without the
-  private key that signs with it: replayed in its original signed request (to any token-service
-  replica) it yields a token only its original holder can use, and presented in a request signed
-  by any other key it is refused. The binding is checked before the ``jti`` is recorded, so a
-  refused replay does not spend the holder's assertion;
+- the assertion is bound to the key that will hold the token, in one of two ways:
+
+  * its ``cnf`` claim (RFC 7800) carries ``jkt``, the RFC 7638 thumbprint of a key, and the
+    token request must be signed (RFC 9421) by exactly that key, whose thumbprint the caller
+    passes as ``signer_jkt`` (what the SDK does, with a key generated in memory);
+  * it has no ``cnf``: then the token is bound to the registered key that signed the assertion
+    (:attr:`VerifiedAssertion.holder_jwk`), and a signed request must be signed by that same key
+    (what a plain RFC 7523 client such as authlib's ``PrivateKeyJWT`` gets).
+
+  Either way a captured assertion is worth nothing without a private key its owner holds:
+  replayed (to any token-service replica) it yields a token only the original holder can use,
+  and presented in a request signed by any other key it is refused. The binding is checked
+  before the ``jti`` is recorded, so a refused replay does not spend the holder's assertion;
 - ``jti`` is required and accepted once per replica (the replay cache remembers it until
   ``exp`` + leeway); the binding above is what makes a replay to another replica harmless.
 """
@@ -133,6 +138,10 @@ class VerifiedAssertion:
     jti: str
     expires_at: int
     claims: dict[str, Any]
+    holder_jwk: dict[str, str] | None = None
+    """The public JWK the issued token must be bound to when the token request is not signed
+    (the registered key that signed a ``cnf``-less assertion); ``None`` when the request's own
+    signing key holds the token."""
 
 
 def agent_name_from_identifier(identifier: str, *, trust_domain: str) -> AgentName:
@@ -281,7 +290,7 @@ def verify_client_assertion(
     ``agent_id`` is the identifier of the Agent looked up from :func:`peek_issuer`;
     ``public_keys`` its ``spec.publicKeys`` as a JWKS mapping (``PublicKeySet.to_api()``);
     ``signer_jkt`` the thumbprint of the key whose RFC 9421 signature over the token request
-    verified (``None`` for an unsigned request, which is refused).
+    verified (``None`` for an unsigned request).
     """
     parsed = _parse(assertion)
     alg = parsed.header.get("alg")
@@ -330,23 +339,48 @@ def verify_client_assertion(
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
         raise errors.InvalidClient("assertion has no jti claim")
-    check_binding(claims, signer_jkt=signer_jkt)
+    holder_jwk = check_binding(claims, signer_jkt=signer_jkt, assertion_key=key)
     try:
         replay_cache.remember(f"assertion|{agent_id}|{jti}", expires_at=exp + LEEWAY, now=now)
     except Replayed:
         raise errors.InvalidClient("assertion jti has already been used") from None
     return VerifiedAssertion(
-        agent_id=agent_id, kid=kid, jti=jti, expires_at=int(exp), claims=dict(claims)
+        agent_id=agent_id,
+        kid=kid,
+        jti=jti,
+        expires_at=int(exp),
+        claims=dict(claims),
+        holder_jwk=holder_jwk,
     )
 
 
-def check_binding(claims: Mapping[str, Any], *, signer_jkt: str | None) -> None:
-    """The assertion's ``cnf.jkt`` names the key that signed the token request."""
+def check_binding(
+    claims: Mapping[str, Any],
+    *,
+    signer_jkt: str | None,
+    assertion_key: ed25519.Ed25519PublicKey,
+) -> dict[str, str] | None:
+    """Bind the assertion to the key that will hold the token (see the module docstring).
+
+    Returns the JWK the token must be bound to when that is not the request's signing key (an
+    unsigned request with a ``cnf``-less assertion: the registered ``assertion_key``), else
+    ``None``; raises ``InvalidClient`` when the binding does not hold."""
     cnf = claims.get("cnf")
+    if cnf is None:
+        holder = jose.ed25519_jwk(assertion_key)
+        if signer_jkt is None:
+            return holder
+        if not hmac.compare_digest(jose.jwk_thumbprint(holder), signer_jkt):
+            raise errors.InvalidClient(
+                "the token request is signed by a key the assertion does not name: put that "
+                "key's RFC 7638 thumbprint in the assertion's cnf.jkt, or sign with the "
+                "registered key"
+            )
+        return None
     jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
     if not isinstance(jkt, str) or not jkt:
         raise errors.InvalidClient(
-            "assertion has no cnf.jkt claim: it must name the key that signs the token request"
+            "assertion cnf must carry jkt: the thumbprint of the key that signs the token request"
         )
     if signer_jkt is None:
         raise errors.InvalidClient(
@@ -356,6 +390,7 @@ def check_binding(claims: Mapping[str, Any], *, signer_jkt: str | None) -> None:
         raise errors.InvalidClient(
             "the token request is not signed by the key the assertion names in cnf.jkt"
         )
+    return None
 
 
 def _is_number(value: object) -> bool:

@@ -39,6 +39,14 @@ class OAuthError(Exception):
         self.headers: dict[str, str] = dict(headers or {})
         super().__init__(f"{self.error}: {description}" if description else self.error)
 
+    def about(self, parameter: str) -> OAuthError:
+        """The same error (code, status, headers), its description naming the request
+        ``parameter`` it concerns. A plain ``OAuthError``: subclasses may take other
+        constructor arguments, so none is rebuilt from its type."""
+        return OAuthError(
+            self.error, f"{parameter}: {self.description}", self.status, headers=self.headers
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The RFC 6749 section 5.2 response body."""
         body: dict[str, Any] = {"error": self.error}

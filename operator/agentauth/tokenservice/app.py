@@ -328,7 +328,10 @@ class TokenService:
             signed = await self.context.verify_signed_request(request, now=now)
             cnf = signed.public_jwk if signed is not None else None
             if grant_type == GRANT_TYPE_CLIENT_CREDENTIALS:
-                decision = self._client_assertion(form, snapshot=snapshot, now=now, signed=signed)
+                decision, holder = self._client_assertion(
+                    form, snapshot=snapshot, now=now, signed=signed
+                )
+                cnf = holder or cnf
             else:
                 assertions.reject_grant_type(grant_type)
                 exchange = exchanging.parse_request(form)
@@ -502,7 +505,7 @@ class TokenService:
                 now=now,
             )
         except errors.OAuthError as exc:
-            raise type(exc)(f"actor_token: {exc.description}") from None
+            raise exc.about("actor_token") from None
         # The actor is who presents this request: a bound actor token needs its key's signature.
         self.context.require_possession(actor.claims, signed, what="actor_token")
         subject_issuer = delegation.peek_issuer(exchange.subject_token)
@@ -535,7 +538,7 @@ class TokenService:
                 trusted_keys[subject_issuer] = refreshed
                 subject = verify_subject()
         except errors.OAuthError as exc:
-            raise type(exc)(f"subject_token: {exc.description}") from None
+            raise exc.about("subject_token") from None
         return delegation.decide(
             subject=subject,
             actor=actor,
@@ -553,7 +556,9 @@ class TokenService:
         snapshot: exchanging.Snapshot,
         now: datetime,
         signed: signatures.VerifiedRequest | None,
-    ) -> exchanging.Decision:
+    ) -> tuple[exchanging.Decision, dict[str, str] | None]:
+        """The decision for a registered-key agent, and the JWK its token is bound to when that
+        is not the request's signing key (:attr:`assertions.VerifiedAssertion.holder_jwk`)."""
         assertion = (form.get("client_assertion") or [""])[0]
         assertions.check_assertion_type(_first(form, "client_assertion_type"))
         if not assertion:
@@ -565,7 +570,7 @@ class TokenService:
         agent = snapshot.agent(name.namespace, name.name)
         if agent is None or agent.spec.public_keys is None:
             raise errors.InvalidClient(f"agent {name.namespace}/{name.name} has no registered keys")
-        assertions.verify_client_assertion(
+        verified = assertions.verify_client_assertion(
             assertion=assertion,
             agent_id=agent_id,
             public_keys=agent.spec.public_keys.to_api(),
@@ -575,7 +580,7 @@ class TokenService:
             signer_jkt=signed.jkt if signed is not None else None,
             client_id=_first(form, "client_id"),
         )
-        return exchanging.decide_for_agent(
+        decision = exchanging.decide_for_agent(
             agent=agent,
             target=exchanging.parse_target(form),
             snapshot=snapshot,
@@ -583,6 +588,7 @@ class TokenService:
             trust_domain=self.settings.trust_domain,
             now=now,
         )
+        return decision, verified.holder_jwk
 
     # -- discovery, keys, introspection ------------------------------------------------------
 
