@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS := test,aws,gcp,mcp,integrations
+EXTRAS := dev,test,aws,gcp,mcp,integrations
 PYTEST_ARGS ?=
 
 .PHONY: venv test lint format crds demo dev bench kind-e2e clean
@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The distribution was called "agentauth" before it became "agentauth-k8s"; drop the old one.
+	@$(BIN)/python -m pip uninstall --quiet --yes agentauth 2>/dev/null || true
+	@rm -rf operator/agentauth.egg-info
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)

@@ -187,7 +187,7 @@ def render_chart(chart: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise DevStackError(
             "agentauth dev renders the Helm chart with helm-python-sdk; install it with "
-            "`pip install 'agentauth[test]'` (or `make venv`)"
+            "`pip install 'agentauth-k8s[dev]'` (or `make venv`)"
         ) from exc
     if not (chart / "Chart.yaml").is_file():
         raise DevStackError(f"no Helm chart at {chart} (agentauth dev runs from a source checkout)")

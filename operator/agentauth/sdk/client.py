@@ -67,7 +67,7 @@ class SubjectToken:
 class SubjectTokenSource(Protocol):
     """Produces a fresh subject token for each exchange (a file read, a cloud call, ...).
 
-    AWS and GCP sources (``agentauth[aws]``, ``agentauth[gcp]``) implement this protocol.
+    AWS and GCP sources (``agentauth-k8s[aws]``, ``agentauth-k8s[gcp]``) implement this protocol.
     """
 
     def __call__(self) -> SubjectToken: ...
