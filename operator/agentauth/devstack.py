@@ -176,6 +176,8 @@ def chart_values(*, issuer: str, token_service_port: int, webhook_port: int) -> 
             "replicaCount": 1,
             "containerPort": token_service_port,
             "podDisruptionBudget": {"enabled": False},
+            # The dev token service serves HTTPS itself (the dev CA's certificate), in process.
+            "tls": {"enabled": False},
         },
     }
 
