@@ -95,8 +95,8 @@ def test_crd_metadata_names_and_columns() -> None:
         "Capabilities",
         "Phase",
         "Approved By",
-        "Expires",
-        "Granted Until",
+        "Decide By",
+        "Access Until",
         "Age",
     ]
 
