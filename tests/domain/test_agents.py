@@ -211,3 +211,29 @@ def test_invalid_statuses() -> None:
     assert status.capabilities == []
     grant = agents.invalid_grant_status(generation=2, previous=[], message="bad", now=NOW)
     assert agents.grant_events(None, grant) == [agents.Event("Warning", "Invalid", "bad")]
+
+
+def test_a_grant_naming_a_missing_agent_names_it_and_warns() -> None:
+    typo = make_grant("typo", caps=[{"name": "document.read"}], agents={"names": ["reserch"]})
+    status = agents.grant_status(typo, [make_agent()], now=NOW)
+    active = status.conditions[0]
+    assert (active.status, active.reason, active.message) == (
+        "False",
+        "NoMatchingAgents",
+        "No Agent in this namespace matches spec.agents: spec.agents.names lists 'reserch', "
+        "which does not exist in this namespace",
+    )
+    assert agents.grant_events(None, status) == [
+        agents.Event("Warning", "NoMatchingAgents", active.message)
+    ]
+    assert agents.grant_events(status, status) == []
+
+    partly = make_grant(
+        "partly", caps=[{"name": "document.read"}], agents={"names": ["research", "a", "b"]}
+    )
+    found = agents.grant_status(partly, [make_agent()], now=NOW).conditions[0]
+    assert (found.status, found.message) == (
+        "True",
+        "Applies to 1 agent; spec.agents.names lists 'a', 'b', which do not exist in this "
+        "namespace",
+    )
