@@ -227,7 +227,7 @@ INVALID: list[tuple[str, type[pydantic.BaseModel], dict[str, Any], str, str]] = 
         models.ToolServer,
         {"metadata": {"name": "t"}, "spec": {"resourceURI": "http://tools.example/mcp"}},
         "spec.resourceURI",
-        "String should match pattern '^https://[^\\s#]+$'",
+        "resourceURI 'http://tools.example/mcp' must be an absolute https URL without fragment",
     ),
     (
         "unknown field in spec",

@@ -411,3 +411,81 @@ def test_token_verify_uses_agentauth_ca_file_and_explains_an_unknown_ca(
     )
     decoded = base64.b64decode(payer["token"].split(".")[1] + "==")
     assert json.loads(decoded)["iss"] == dev_stack.issuer
+
+
+# -- validation where users make mistakes -----------------------------------------------------
+
+
+def test_a_grant_naming_a_missing_agent_names_it_and_posts_an_event(dev_stack: Stack) -> None:
+    namespace = dev_stack.new_namespace("typo")
+    dev_stack.create_agent(namespace, "research")
+    dev_stack.apply(
+        [
+            {
+                "apiVersion": "agentauth.dev/v1alpha1",
+                "kind": "CapabilityGrant",
+                "metadata": {"name": "typo"},
+                "spec": {
+                    "agents": {"names": ["reserch"]},
+                    "capabilities": [{"name": "document.write"}],
+                },
+            }
+        ],
+        namespace=namespace,
+    )
+    message = (
+        "No Agent in this namespace matches spec.agents: spec.agents.names lists 'reserch', "
+        "which does not exist in this namespace"
+    )
+
+    def active() -> dict[str, Any] | None:
+        status = dev_stack.get("capabilitygrant", "typo", namespace=namespace).get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "Active"), None)
+
+    condition = stack.wait_for(active, timeout=30, message="grant status")
+    assert (condition["status"], condition["reason"], condition["message"]) == (
+        "False",
+        "NoMatchingAgents",
+        message,
+    )
+
+    def warning() -> dict[str, Any] | None:
+        events = json.loads(dev_stack.admin("get", "events", "-n", namespace, "-o", "json").stdout)[
+            "items"
+        ]
+        return next(
+            (
+                e
+                for e in events
+                if e["involvedObject"]["name"] == "typo" and e["reason"] == "NoMatchingAgents"
+            ),
+            None,
+        )
+
+    event = stack.wait_for(warning, timeout=30, message="NoMatchingAgents event")
+    assert (event["type"], event["message"]) == ("Warning", message)
+
+
+def test_a_two_hour_token_ttl_is_refused_by_the_api_server_with_the_rule(dev_stack: Stack) -> None:
+    namespace = dev_stack.new_namespace("ttl")
+    refused = dev_stack.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(
+            {
+                "apiVersion": "agentauth.dev/v1alpha1",
+                "kind": "Agent",
+                "metadata": {"name": "slow"},
+                "spec": {"tokenTTL": "2h"},
+            }
+        ),
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        'The Agent "slow" is invalid: spec.tokenTTL: Invalid value: "string": tokenTTL must be at '
+        "most 1h"
+    )

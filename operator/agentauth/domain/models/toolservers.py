@@ -13,6 +13,9 @@ import pydantic
 
 from agentauth.domain.models import common
 
+# What the API server checks of resourceURI (the model's validator checks it with urlsplit too).
+RESOURCE_URI_PATTERN = r"^https://[^/?#\s@]+(:[0-9]+)?([/?][^#\s]*)?$"
+
 
 class Tool(common.ApiModel):
     """A tool the server exposes and the capability a caller needs to use it."""
@@ -35,7 +38,13 @@ class ToolServerSpec(common.ApiModel):
     resource_uri: str = pydantic.Field(
         alias="resourceURI",
         max_length=2048,
-        pattern=r"^https://[^\s#]+$",
+        json_schema_extra=common.validations(
+            common.cel_rule(
+                common.cel_matches(RESOURCE_URI_PATTERN),
+                "resourceURI must be an absolute https URL without a fragment, such as "
+                "https://tools.example.com/mcp",
+            )
+        ),
         description=(
             "The server's resource identifier (RFC 8707), an https URL; tokens for this server "
             "carry it as their audience."
@@ -43,7 +52,11 @@ class ToolServerSpec(common.ApiModel):
     )
     description: str = pydantic.Field(default="", max_length=1024, description="What it serves.")
     tools: list[Tool] = pydantic.Field(
-        default_factory=list, max_length=512, description="Tools and the capability each needs."
+        default_factory=list,
+        max_length=512,
+        description="Tools and the capability each needs; names are unique.",
+        # Unique names as the API server checks list maps (no CEL cost over 512 items).
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
     @pydantic.field_validator("resource_uri")
