@@ -64,6 +64,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]},
         }
     },
+    "notifications": {
+        "notifications": {
+            "webhook": {"enabled": True, "secretName": "approver-hook", "format": "json"}
+        }
+    },
     "dev-url-tokenreview": {
         "webhook": {
             "url": "https://127.0.0.1:9443",

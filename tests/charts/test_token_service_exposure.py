@@ -237,3 +237,21 @@ def test_metrics_scraping_follows_the_scheme() -> None:
     endpoint = chart.one(chart.render(values), "ServiceMonitor")["spec"]["endpoints"][0]
     assert endpoint["port"] == "https"
     assert endpoint["scheme"] == "https"
+
+
+def test_notifications_read_the_webhook_url_from_a_secret() -> None:
+    values = {"notifications": {"webhook": {"enabled": True, "secretName": "approver-hook"}}}
+    controller = chart.one(chart.render(values), "Deployment", "agentauth-controller")
+    env = {e["name"]: e for e in controller["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AGENTAUTH_NOTIFY_WEBHOOK_URL"] == {
+        "name": "AGENTAUTH_NOTIFY_WEBHOOK_URL",
+        "valueFrom": {"secretKeyRef": {"name": "approver-hook", "key": "url"}},
+    }
+    assert env["AGENTAUTH_NOTIFY_FORMAT"]["value"] == "slack"
+    assert env["AGENTAUTH_NOTIFY_ATTEMPTS"]["value"] == "5"
+    with pytest.raises(helm.HelmRenderError) as caught:
+        chart.render({"notifications": {"webhook": {"enabled": True}}})
+    assert "notifications.webhook.secretName is required" in str(caught.value)
+    plain = chart.one(chart.render(), "Deployment", "agentauth-controller")
+    names = {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "AGENTAUTH_NOTIFY_WEBHOOK_URL" not in names
