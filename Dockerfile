@@ -8,9 +8,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
+# The `operator` extra: the controller's and token service's server dependencies (the base
+# distribution, agentauth-k8s, is only the agent SDK); aws/gcp for workload-identity federation.
 RUN python -m venv /opt/agentauth \
  && /opt/agentauth/bin/pip install --upgrade pip \
- && /opt/agentauth/bin/pip install ".[aws,gcp]"
+ && /opt/agentauth/bin/pip install ".[operator,aws,gcp]"
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="agentauth" \

@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS := test,aws,gcp,mcp,integrations
+# `make demo` needs only the dev extra (no framework adapters, no test tools).
+DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+EXTRAS := dev,test,aws,gcp,mcp,integrations
 PYTEST_ARGS ?=
 
 .PHONY: venv interop-deps test lint format crds demo dev bench kind-e2e clean
@@ -11,6 +13,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The distribution was called "agentauth" before it became "agentauth-k8s"; drop the old one.
+	@$(BIN)/python -m pip uninstall --quiet --yes agentauth 2>/dev/null || true
+	@rm -rf operator/agentauth.egg-info
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
@@ -49,16 +54,25 @@ format: venv
 crds: venv
 	$(BIN)/agentauth crds
 
+$(DEMO_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "make demo: installing agentauth-k8s[dev] into $(VENV) (first run only; see README.md"
+	@echo "           'Set-up' for what it downloads). pip's progress follows."
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	@rm -f $(VENV)/.demo-*
+	@touch $(DEMO_STAMP)
+
 # The whole story in under a minute on an embedded control plane (demo/run.py): agentauth dev,
 # the samples, an agent exchanging, asking, being refused, asking a person (alice approves with
 # kubectl agentauth) and acting for a user. Stops everything it started.
-demo: venv
+demo: $(DEMO_STAMP)
 	$(BIN)/python demo/run.py
 
 # agentauth dev, left running in the foreground (Ctrl-C stops it): it prints the
 # `export KUBECONFIG=...` line to use in another shell. State is kept in $(DEV_DIR).
 DEV_DIR ?= .dev
-dev: venv
+dev: $(DEMO_STAMP)
 	$(BIN)/agentauth dev --dir $(DEV_DIR)
 
 clean:

@@ -176,6 +176,8 @@ def chart_values(*, issuer: str, token_service_port: int, webhook_port: int) -> 
             "replicaCount": 1,
             "containerPort": token_service_port,
             "podDisruptionBudget": {"enabled": False},
+            # The dev token service serves HTTPS itself (the dev CA's certificate), in process.
+            "tls": {"enabled": False},
         },
     }
 
@@ -187,7 +189,7 @@ def render_chart(chart: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise DevStackError(
             "agentauth dev renders the Helm chart with helm-python-sdk; install it with "
-            "`pip install 'agentauth[test]'` (or `make venv`)"
+            "`pip install 'agentauth-k8s[dev]'` (or `make venv`)"
         ) from exc
     if not (chart / "Chart.yaml").is_file():
         raise DevStackError(f"no Helm chart at {chart} (agentauth dev runs from a source checkout)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,18 @@ import helm_python as helm
 import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "agentauth"
+ISSUER = "https://agentauth.example.com"
+TLS_SECRET = "agentauth-token-service-tls"
+
+
+def with_required(values: dict[str, Any] | None) -> dict[str, Any]:
+    """``values`` plus what every install must choose (the chart refuses to render without):
+    ``issuer.url``, and a certificate for the token service unless ``tokenService.tls`` is
+    given."""
+    merged = copy.deepcopy(values or {})
+    merged.setdefault("issuer", {}).setdefault("url", ISSUER)
+    merged.setdefault("tokenService", {}).setdefault("tls", {"secretName": TLS_SECRET})
+    return merged
 
 
 def render(
@@ -16,10 +29,13 @@ def render(
     *,
     release: str = "agentauth",
     namespace: str = "agentauth-system",
+    required: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every object the chart renders (templates only; ``crds/`` is applied separately)."""
+    """Every object the chart renders (templates only; ``crds/`` is applied separately), with
+    :func:`with_required` added unless ``required`` is false."""
     chart = helm.Chart.load(CHART)
-    manifests = chart.render(values or {}, name=release, namespace=namespace, is_install=True)
+    given = with_required(values) if required else (values or {})
+    manifests = chart.render(given, name=release, namespace=namespace, is_install=True)
     objects: list[dict[str, Any]] = []
     for path, text in sorted(manifests.items()):
         if path.endswith("NOTES.txt"):
@@ -31,7 +47,7 @@ def render(
 def notes(values: dict[str, Any] | None = None) -> str:
     chart = helm.Chart.load(CHART)
     manifests = chart.render(
-        values or {}, name="agentauth", namespace="agentauth-system", is_install=True
+        with_required(values), name="agentauth", namespace="agentauth-system", is_install=True
     )
     return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
 

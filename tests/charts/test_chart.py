@@ -2,7 +2,8 @@
 
 Every rendered object of the default values and of each variant is applied with real
 ``kubectl apply``. The dev control plane does not serve ``policy/v1``,
-``networking.k8s.io/v1``, ``monitoring.coreos.com`` and ``cert-manager.io``; for those kinds the
+``networking.k8s.io/v1``, ``monitoring.coreos.com``, ``cert-manager.io`` and
+``gateway.networking.k8s.io``; for those kinds the
 test first registers a stand-in CRD (schema-less), so apply still proves the objects are
 well-formed API objects in the right group/version, not that their fields are valid.
 """
@@ -32,6 +33,42 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "prometheus": {"servicemonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "networkPolicy": {"enabled": True},
     },
+    "token-service-cert-manager-ingress": {
+        "tokenService": {
+            "tls": {
+                "certManager": {
+                    "enabled": True,
+                    "issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"},
+                }
+            },
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"},
+                "tls": [{"secretName": "public-tls", "hosts": ["agentauth.example.com"]}],
+            },
+        }
+    },
+    "token-service-httproute-backend-tls": {
+        "tokenService": {
+            "httpRoute": {
+                "enabled": True,
+                "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}],
+                "backendTLSPolicy": {"enabled": True, "caConfigMap": "agentauth-ca"},
+            }
+        }
+    },
+    "token-service-plain-behind-gateway": {
+        "tokenService": {
+            "tls": {"enabled": False},
+            "httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]},
+        }
+    },
+    "notifications": {
+        "notifications": {
+            "webhook": {"enabled": True, "secretName": "approver-hook", "format": "json"}
+        }
+    },
     "dev-url-tokenreview": {
         "webhook": {
             "url": "https://127.0.0.1:9443",
@@ -58,7 +95,7 @@ RESTRICTED_CONTAINER = {
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_lint_is_clean(variant: str) -> None:
-    report = helm.lint(chart.CHART, VARIANTS[variant], strict=True)
+    report = helm.lint(chart.CHART, chart.with_required(VARIANTS[variant]), strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert problems == [], problems
     assert report["errors"] == []
@@ -172,7 +209,9 @@ def test_variants_render_what_they_promise() -> None:
     assert chart.one(cm, "Issuer")["spec"] == {"selfSigned": {}}
     mutating = chart.one(cm, "MutatingWebhookConfiguration")
     assert mutating["metadata"]["annotations"] == {
-        "cert-manager.io/inject-ca-from": "agentauth-system/agentauth-webhook"
+        "agentauth.dev/issuer": "https://agentauth.example.com",
+        "agentauth.dev/namespace": "agentauth-system",
+        "cert-manager.io/inject-ca-from": "agentauth-system/agentauth-webhook",
     }
     role = chart.one(cm, "ClusterRole", "agentauth-controller")
     assert not any("admissionregistration.k8s.io" in r["apiGroups"] for r in role["rules"])
@@ -245,6 +284,9 @@ STAND_INS = [
     ("monitoring.coreos.com", "servicemonitors", "ServiceMonitor", "v1"),
     ("cert-manager.io", "certificates", "Certificate", "v1"),
     ("cert-manager.io", "issuers", "Issuer", "v1"),
+    ("networking.k8s.io", "ingresses", "Ingress", "v1"),
+    ("gateway.networking.k8s.io", "httproutes", "HTTPRoute", "v1"),
+    ("gateway.networking.k8s.io", "backendtlspolicies", "BackendTLSPolicy", "v1"),
 ]
 
 

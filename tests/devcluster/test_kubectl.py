@@ -450,10 +450,14 @@ spec: {serviceAccountName: 7}
 """,
     )
     assert invalid.returncode == 1
-    assert (
-        'The Agent "bad" is invalid: spec.serviceAccountName: Invalid value: 7: '
-        'spec.serviceAccountName in body must be of type string: "integer"'
-    ) in invalid.stderr
+    # A type error blocks the CRD's CEL rules, which the server says (as kube-apiserver does).
+    assert invalid.stderr.splitlines()[:3] == [
+        'The Agent "bad" is invalid: ',
+        "* spec.serviceAccountName: Invalid value: 7: spec.serviceAccountName in body must be of "
+        'type string: "integer"',
+        '* <nil>: Invalid value: "null": some validation rules were not checked because the '
+        "object was invalid; correct the existing errors to complete validation",
+    ]
     unknown = kubectl(
         "create",
         "-n",

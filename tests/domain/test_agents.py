@@ -263,3 +263,29 @@ def test_federation_claims_the_policy_does_not_allow_are_reported_once() -> None
     assert [e.reason for e in agents.agent_events(first, fixed)] == ["ClaimsAllowed"]  # type: ignore[arg-type]
     dropped = status_of(make_agent(), fixed)
     assert [c.type for c in dropped.conditions] == ["Ready"]  # type: ignore[attr-defined]
+
+
+def test_a_grant_naming_a_missing_agent_names_it_and_warns() -> None:
+    typo = make_grant("typo", caps=[{"name": "document.read"}], agents={"names": ["reserch"]})
+    status = agents.grant_status(typo, [make_agent()], now=NOW)
+    active = status.conditions[0]
+    assert (active.status, active.reason, active.message) == (
+        "False",
+        "NoMatchingAgents",
+        "No Agent in this namespace matches spec.agents: spec.agents.names lists 'reserch', "
+        "which does not exist in this namespace",
+    )
+    assert agents.grant_events(None, status) == [
+        agents.Event("Warning", "NoMatchingAgents", active.message)
+    ]
+    assert agents.grant_events(status, status) == []
+
+    partly = make_grant(
+        "partly", caps=[{"name": "document.read"}], agents={"names": ["research", "a", "b"]}
+    )
+    found = agents.grant_status(partly, [make_agent()], now=NOW).conditions[0]
+    assert (found.status, found.message) == (
+        "True",
+        "Applies to 1 agent; spec.agents.names lists 'a', 'b', which do not exist in this "
+        "namespace",
+    )

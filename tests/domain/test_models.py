@@ -227,14 +227,16 @@ INVALID: list[tuple[str, type[pydantic.BaseModel], dict[str, Any], str, str]] = 
         models.ToolServer,
         {"metadata": {"name": "t"}, "spec": {"resourceURI": "http://tools.example/mcp"}},
         "spec.resourceURI",
-        "String should match pattern '^https://[A-Za-z0-9._~:/?@!$&'()*+,;=%\\[\\]-]+$'",
+        "resourceURI 'http://tools.example/mcp' must be an absolute https URL of URI characters "
+        "(no userinfo, fragment, spaces, quotes or control characters)",
     ),
     (
         "tool server URI with a terminal escape",
         models.ToolServer,
         {"metadata": {"name": "t"}, "spec": {"resourceURI": "https://t.example/\x1b[2J"}},
         "spec.resourceURI",
-        "String should match pattern '^https://[A-Za-z0-9._~:/?@!$&'()*+,;=%\\[\\]-]+$'",
+        "resourceURI 'https://t.example/\\x1b[2J' must be an absolute https URL of URI characters "
+        "(no userinfo, fragment, spaces, quotes or control characters)",
     ),
     (
         "unknown field in spec",

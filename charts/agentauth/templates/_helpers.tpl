@@ -53,8 +53,40 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* issuer.url, or a render failure saying what to set (values.schema.json also requires it). */}}
+{{- define "agentauth.issuerURL" -}}
+{{- required "issuer.url is required: the public HTTPS URL of the token service, which every agent token and agent pod carries (e.g. --set issuer.url=https://agentauth.example.com)" .Values.issuer.url -}}
+{{- end -}}
+
 {{- define "agentauth.tokenServiceURL" -}}
-{{- default .Values.issuer.url .Values.issuer.tokenServiceURL -}}
+{{- default (include "agentauth.issuerURL" .) .Values.issuer.tokenServiceURL -}}
+{{- end -}}
+
+{{/* Host name (no port) of a URL; call with the URL string. */}}
+{{- define "agentauth.urlHost" -}}
+{{- regexReplaceAll ":[0-9]+$" (urlParse .).host "" -}}
+{{- end -}}
+
+{{/* The Secret holding the token service's certificate, or "" without TLS. Fails when TLS is on
+without exactly one certificate source. */}}
+{{- define "agentauth.tokenService.tlsSecretName" -}}
+{{- $tls := .Values.tokenService.tls -}}
+{{- if $tls.enabled -}}
+{{- if and $tls.secretName $tls.certManager.enabled -}}
+{{- fail "tokenService.tls: set either secretName (a Secret you created) or certManager.enabled=true, not both" -}}
+{{- else if $tls.secretName -}}
+{{- $tls.secretName -}}
+{{- else if $tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "agentauth.tokenService.fullname" .) -}}
+{{- else -}}
+{{- fail "tokenService.tls.enabled is true but there is no certificate: set tokenService.tls.secretName to a kubernetes.io/tls Secret you created, or tokenService.tls.certManager.enabled=true with tokenService.tls.certManager.issuerRef, or (only when TLS ends at an Ingress or Gateway in front of it) tokenService.tls.enabled=false. See docs/operations.md#tls-for-the-token-service" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the token service's Service port: https with TLS, else http. */}}
+{{- define "agentauth.tokenService.portName" -}}
+{{- if .Values.tokenService.tls.enabled }}https{{ else }}http{{ end -}}
 {{- end -}}
 
 {{/* Environment shared by both components (each reads every variable here). */}}
@@ -62,7 +94,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: AGENTAUTH_CONTROLLER_NAMESPACE
   value: {{ .Release.Namespace | quote }}
 - name: AGENTAUTH_ISSUER
-  value: {{ required "issuer.url is required" .Values.issuer.url | quote }}
+  value: {{ include "agentauth.issuerURL" . | quote }}
 - name: AGENTAUTH_TOKEN_SERVICE_URL
   value: {{ include "agentauth.tokenServiceURL" . | quote }}
 {{- with .Values.issuer.trustDomain }}

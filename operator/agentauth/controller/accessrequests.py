@@ -46,8 +46,9 @@ import kopf
 import pydantic
 
 from agentauth.controller import agents as agent_handlers
-from agentauth.controller import runtime, webhooks
+from agentauth.controller import notifications, runtime, webhooks
 from agentauth.domain import approvals
+from agentauth.domain import capabilities as domain_capabilities
 from agentauth.domain.models import AccessRequest, AccessRequestStatus, Agent, CapabilityGrant
 from agentauth.kube import client as kube
 
@@ -172,6 +173,14 @@ async def reconcile(ctl: runtime.Controller, namespace: str, name: str) -> None:
             raise
     decided = request.model_copy(update={"status": new})
     await post_events(ctl, decided, request_body=body, now=now)
+    notifications.notifier(ctl).schedule(
+        decided,
+        request_body=body,
+        agent_id=domain_capabilities.agent_id(
+            name=request.spec.agent, namespace=namespace, trust_domain=ctl.settings.trust_domain
+        ),
+        now=now,
+    )
     deadline = approvals.next_deadline(new)
     if deadline is not None:
         ctl.wake_at((KIND, namespace, name), deadline)

@@ -31,6 +31,7 @@ DEFAULT_MUTATING_WEBHOOK = "agentauth-pods"
 DEFAULT_VALIDATING_WEBHOOK = "agentauth-pods"
 WEBHOOK_TLS_SECRET = "agentauth-webhook-tls"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+NOTIFY_FORMATS = ("json", "slack")
 
 
 class SettingsError(ValueError):
@@ -141,6 +142,24 @@ class Settings:
     case-insensitive; default ``info``): the least severe record the controller (and Kopf) log on
     stderr. Applied once at startup by ``agentauth controller``."""
 
+    notify_webhook_url: str | None = dataclasses.field(default=None, repr=False)
+    """``--notify-webhook-url`` / ``AGENTAUTH_NOTIFY_WEBHOOK_URL`` (default unset: no
+    notifications): where approvers are notified of AccessRequests (a Slack incoming webhook, or
+    any endpoint taking JSON). A credential: the chart reads it from a Secret, and it is never
+    logged or shown in Events."""
+
+    notify_format: str = "json"
+    """``--notify-format`` / ``AGENTAUTH_NOTIFY_FORMAT`` (``json`` or ``slack``; default ``json``):
+    the payload shape (``docs/jit.md#notifications``)."""
+
+    notify_attempts: int = 5
+    """``--notify-attempts`` / ``AGENTAUTH_NOTIFY_ATTEMPTS`` (default 5, at least 1): delivery
+    attempts per notification before it is recorded as failed."""
+
+    notify_backoff: float = 1.0
+    """``--notify-backoff`` / ``AGENTAUTH_NOTIFY_BACKOFF`` (seconds, default 1): the wait after the
+    first failed attempt; it doubles each time, up to 60 s."""
+
     @property
     def token_endpoint(self) -> str:
         """What pods get as ``AGENTAUTH_TOKEN_URL``: the RFC 8693 token endpoint."""
@@ -187,6 +206,24 @@ class Settings:
                 raise SettingsError(f"--{name}: {port} is not a TCP port")
         if self.workers < 1:
             raise SettingsError("--workers / AGENTAUTH_WORKERS: must be at least 1")
+        if self.notify_webhook_url is not None and urllib.parse.urlsplit(
+            self.notify_webhook_url
+        ).scheme not in ("https", "http"):
+            # Never echo the value: it is a credential.
+            raise SettingsError(
+                "--notify-webhook-url / AGENTAUTH_NOTIFY_WEBHOOK_URL: not an http(s) URL"
+            )
+        if self.notify_format not in NOTIFY_FORMATS:
+            raise SettingsError(
+                f"--notify-format / AGENTAUTH_NOTIFY_FORMAT: {self.notify_format!r} is not one of "
+                + ", ".join(NOTIFY_FORMATS)
+            )
+        if self.notify_attempts < 1:
+            raise SettingsError("--notify-attempts / AGENTAUTH_NOTIFY_ATTEMPTS: must be at least 1")
+        if not 0 <= self.notify_backoff <= 3600:
+            raise SettingsError(
+                "--notify-backoff / AGENTAUTH_NOTIFY_BACKOFF: must be between 0 and 3600 seconds"
+            )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 f"--log-level / AGENTAUTH_LOG_LEVEL: {self.log_level!r} is not one of "
@@ -244,6 +281,10 @@ _OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--workers", "AGENTAUTH_WORKERS", "workers", "int"),
     ("--claim-policy", "AGENTAUTH_CLAIM_POLICY", "claim_policy", "claim_policy"),
     ("--log-level", "AGENTAUTH_LOG_LEVEL", "log_level", "lower"),
+    ("--notify-webhook-url", "AGENTAUTH_NOTIFY_WEBHOOK_URL", "notify_webhook_url", "str"),
+    ("--notify-format", "AGENTAUTH_NOTIFY_FORMAT", "notify_format", "lower"),
+    ("--notify-attempts", "AGENTAUTH_NOTIFY_ATTEMPTS", "notify_attempts", "int"),
+    ("--notify-backoff", "AGENTAUTH_NOTIFY_BACKOFF", "notify_backoff", "float"),
 )
 
 ENVIRONMENT_VARIABLES: frozenset[str] = frozenset(
@@ -299,6 +340,8 @@ def _convert(raw: object, *, kind: str, flag: str, env_name: str) -> object:
         text = str(raw)
         if kind == "int":
             return int(text)
+        if kind == "float":
+            return float(text)
         if kind == "duration":
             return durations.parse_duration(text)
         if kind == "lower":

@@ -35,6 +35,7 @@ from aiohttp import web
 from agentauth.devcluster import (
     admission,
     authn,
+    cel,
     discovery,
     events,
     openapi,
@@ -772,6 +773,7 @@ class ApiServer:
                         warnings += [f'unknown field "{u}"' for u in unknown]
                 schema.apply_defaults(obj, found)
                 errors += schema.validate(obj, found)
+                errors += cel.validate(obj, found, schema_errors=errors)
         elif rt.group == "" and rt.plural == "pods":
             errors += _pod_errors(obj)
         elif rt.group == "apiextensions.k8s.io":

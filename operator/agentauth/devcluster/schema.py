@@ -252,6 +252,24 @@ def _validate(
                         )
                     )
                 seen.append(item)
+        if schema.get("x-kubernetes-list-type") == "map":
+            keys = list(schema.get("x-kubernetes-list-map-keys") or ())
+            seen_keys: list[dict[str, Any]] = []
+            for index, item in enumerate(value):
+                if not isinstance(item, dict):
+                    continue
+                key = {k: item.get(k) for k in keys}
+                if key in seen_keys:
+                    # kube-apiserver prints the key as Go's %#v of map[string]interface{}.
+                    shown = ", ".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in key.items())
+                    errors.append(
+                        FieldError(
+                            "FieldValueDuplicate",
+                            f"{path}[{index}]",
+                            f"Duplicate value: map[string]interface {{}}{{{shown}}}",
+                        )
+                    )
+                seen_keys.append(key)
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
         for key in schema.get("required") or ():

@@ -288,19 +288,30 @@ def grant_status(
     now: datetime.datetime,
 ) -> grant_models.CapabilityGrantStatus:
     """The grant's status: the agents it selects and whether it is ``Active`` at ``now``."""
+    present = list(agents)
     matched = sorted(
-        agent.metadata.name or "" for agent in agents if capabilities.grant_selects(grant, agent)
+        agent.metadata.name or "" for agent in present if capabilities.grant_selects(grant, agent)
     )
+    missing = sorted(set(grant.spec.agents.names) - {a.metadata.name or "" for a in present})
+    absent = ""
+    if missing:
+        listed = ", ".join(repr(name) for name in missing)
+        verb = "does" if len(missing) == 1 else "do"
+        absent = f"spec.agents.names lists {listed}, which {verb} not exist in this namespace"
     if not capabilities.grant_is_active(grant, now=now):
         status: Literal["True", "False"] = "False"
         reason = REASON_EXPIRED
         message = f"Grant expired at {_rfc3339(grant.spec.expires_at)}; it gives nothing"
     elif not matched:
         status, reason = "False", REASON_NO_MATCH
-        message = "No Agent in this namespace matches spec.agents"
+        message = "No Agent in this namespace matches spec.agents" + (
+            f": {absent}" if absent else ""
+        )
     else:
         status, reason = "True", REASON_ACTIVE
         message = f"Applies to {_count(len(matched), 'agent', 'agents')}"
+        if absent:
+            message += f"; {absent}"
     condition = common.Condition(
         type=ACTIVE,
         status=status,
@@ -340,7 +351,15 @@ def grant_events(
     """Events for a grant's transition: it expired, or it became invalid."""
     old_active = next((c for c in (old.conditions if old else []) if c.type == ACTIVE), None)
     new_active = next((c for c in new.conditions if c.type == ACTIVE), None)
-    if new_active is None or (old_active is not None and old_active.reason == new_active.reason):
+    if new_active is None:
+        return []
+    if new_active.reason == REASON_NO_MATCH and (
+        old_active is None or old_active.message != new_active.message
+    ):
+        # Names the missing Agents (a typo in agents.names is the usual cause); again when the
+        # list of missing names changes.
+        return [Event("Warning", REASON_NO_MATCH, new_active.message)]
+    if old_active is not None and old_active.reason == new_active.reason:
         return []
     if new_active.reason == REASON_EXPIRED:
         return [Event("Normal", "Expired", new_active.message)]

@@ -100,13 +100,10 @@ KINDS: tuple[Kind, ...] = (
             {"name": "Capabilities", "type": "string", "jsonPath": ".spec.capabilities[*]"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Approved By", "type": "string", "jsonPath": ".status.approvals[*].user"},
-            {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
-            {
-                "name": "Granted Until",
-                "type": "string",
-                "jsonPath": ".status.grantedUntil",
-                "priority": 1,
-            },
+            # A pending request's deadline, and once approved when access actually ends: both
+            # by default (a column cannot switch fields by phase).
+            {"name": "Decide By", "type": "string", "jsonPath": ".status.expiresAt"},
+            {"name": "Access Until", "type": "string", "jsonPath": ".status.grantedUntil"},
             _AGE,
         ),
     ),

@@ -1,4 +1,4 @@
-"""agentauth for Agno: a tool hook on each guarded tool (``agentauth[agno]``).
+"""agentauth for Agno: a tool hook on each guarded tool (``agentauth-k8s[agno]``).
 
 Agno's documented middleware for tools is the *tool hook*: a callable that receives the
 function name, the next step in the chain and the arguments, and decides whether (and how) the

@@ -1,4 +1,4 @@
-"""agentauth for CrewAI: guarded tools (``agentauth[crewai]``).
+"""agentauth for CrewAI: guarded tools (``agentauth-k8s[crewai]``).
 
 CrewAI agents run ``crewai.tools.BaseTool`` objects; :func:`guard_tool` returns a
 ``BaseTool`` with the same name, description and arguments (plus a ``justification``

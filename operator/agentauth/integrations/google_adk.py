@@ -1,4 +1,4 @@
-"""agentauth for Google's Agent Development Kit: guarded tools (``agentauth[google-adk]``).
+"""agentauth for Google's Agent Development Kit: guarded tools (``agentauth-k8s[google-adk]``).
 
 ADK agents call ``BaseTool.run_async(args=..., tool_context=...)`` for each function call the
 model makes. :func:`guard_tool` wraps a tool (or a plain function, as a ``FunctionTool``) in

@@ -1,4 +1,4 @@
-"""agentauth for LangChain and LangGraph: guarded tools (install ``agentauth[langchain]``).
+"""agentauth for LangChain and LangGraph: guarded tools (install ``agentauth-k8s[langchain]``).
 
 LangChain's extension point for "run something around a tool" is the tool itself: every agent
 runtime (LangGraph's ``create_react_agent`` and ``ToolNode``, ``langchain.agents``, plain

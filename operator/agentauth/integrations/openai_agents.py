@@ -1,4 +1,4 @@
-"""agentauth for the OpenAI Agents SDK: guarded function tools (``agentauth[openai-agents]``).
+"""agentauth for the OpenAI Agents SDK: guarded function tools (``agentauth-k8s[openai-agents]``).
 
 The Agents SDK runs every function tool through ``FunctionTool.on_invoke_tool(ctx, json)``;
 :func:`guard_tool` returns a new ``FunctionTool`` with the same name, description and schema

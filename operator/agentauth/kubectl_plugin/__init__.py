@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from agentauth.kubectl_plugin import commands, connection
+from agentauth.kubectl_plugin import agent_commands, commands, connection, health, watching
 from agentauth.kubectl_plugin.errors import PluginError
 
 Handler = Callable[[commands.Context], int]
@@ -44,13 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
         return child
 
     requests = command(
-        "requests", commands.cmd_requests, "list access requests (pending ones first)"
+        "requests", watching.cmd_requests, "list access requests (pending ones first)"
     )
     requests.add_argument(
         "-A", "--all-namespaces", action="store_true", help="list across all namespaces"
     )
     requests.add_argument(
         "--all", action="store_true", help="include approved, denied and expired requests"
+    )
+    requests.add_argument(
+        "-w", "--watch", action="store_true", help="after listing, print each change as it happens"
+    )
+    requests.add_argument(
+        "--watch-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --watch: stop after this many seconds (default: until interrupted)",
     )
     _output_flag(requests)
 
@@ -87,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the issuer URL you trust (default: $AGENTAUTH_ISSUER)",
     )
     verify.add_argument("--audience", help="also require this audience")
-    verify.add_argument("--issuer-ca", help="CA bundle for the issuer's HTTPS certificate")
+    verify.add_argument(
+        "--issuer-ca",
+        default=os.environ.get("AGENTAUTH_CA_FILE") or None,
+        help="CA bundle for the issuer's HTTPS certificate (default: $AGENTAUTH_CA_FILE)",
+    )
     _output_flag(verify)
 
     keys = sub.add_parser("keys", help="key pairs for agents outside the cluster")
@@ -99,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="where to write the private key (0600)")
     generate.add_argument("--force", action="store_true", help="overwrite an existing file")
     _output_flag(generate, formats=("json", "yaml"))
+
+    agent_commands.add_commands(command)
+    health.add_commands(command)
 
     version = command("version", commands.cmd_version, "print client and server versions")
     version.add_argument("--client", action="store_true", help="client version only")

@@ -132,18 +132,48 @@ def _list(ctx: Context, plural: str, *, all_namespaces: bool) -> list[dict[str, 
     return items
 
 
-def _get_request(ctx: Context, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = ctx.call(
-        ctx.custom().get_namespaced_custom_object,
-        common.GROUP,
-        common.VERSION,
-        ctx.namespace,
-        "accessrequests",
-        name,
-        action="read",
-        what=f"access request {name!r}",
-        namespace=ctx.namespace,
+def _namespaces_holding(ctx: Context, name: str) -> list[str]:
+    """Namespaces with an AccessRequest called ``name`` that this user may list (else [])."""
+    try:
+        found = ctx.custom().list_cluster_custom_object(
+            common.GROUP,
+            common.VERSION,
+            "accessrequests",
+            field_selector=f"metadata.name={name}",
+        )
+    except (k8s_exceptions.ApiException, urllib3_exceptions.HTTPError, OSError):
+        return []
+    return sorted(
+        {i["metadata"].get("namespace", "") for i in found.get("items", [])} - {ctx.namespace}
     )
+
+
+def _get_request(ctx: Context, name: str) -> dict[str, Any]:
+    try:
+        obj: dict[str, Any] = ctx.call(
+            ctx.custom().get_namespaced_custom_object,
+            common.GROUP,
+            common.VERSION,
+            ctx.namespace,
+            "accessrequests",
+            name,
+            action="read",
+            what=f"access request {name!r}",
+            namespace=ctx.namespace,
+        )
+    except PluginError as error:
+        cause = error.__cause__
+        if not (isinstance(cause, k8s_exceptions.ApiException) and cause.status == 404):
+            raise
+        elsewhere = _namespaces_holding(ctx, name)
+        if not elsewhere:
+            raise
+        command = getattr(ctx.options, "command", None) or "describe"
+        raise PluginError(
+            f"access request {name!r} not found in namespace {ctx.namespace!r}; it exists in "
+            f"namespace {', '.join(repr(ns) for ns in elsewhere)}: pass -n, e.g. "
+            f"'kubectl agentauth {command} {name} -n {elsewhere[0]}'"
+        ) from error
     return obj
 
 
@@ -237,11 +267,12 @@ def cmd_describe(ctx: Context) -> int:
     meta, spec, status = item["metadata"], item.get("spec", {}), item.get("status") or {}
     name, namespace = meta.get("name", ""), meta.get("namespace", ctx.namespace)
     requester = spec.get("requester") or {}
+    agent_id = _agent_id(ctx, spec.get("agent", ""), namespace=namespace)
     lines = [
         f"Name:           {name}",
         f"Namespace:      {namespace}",
-        f"Agent:          {spec.get('agent', '')}",
-        f"Requester:      {display.clean(requester.get('username', '<not stamped>'))}",
+        f"Agent:          {spec.get('agent', '')} ({agent_id})",
+        f"Filed by:       {display.clean(requester.get('username', '<not stamped>'))}",
         f"Capabilities:   {', '.join(spec.get('capabilities', []))}",
         f"Duration:       {spec.get('duration', '')}",
         f"Phase:          {status.get('phase') or 'New'}",
@@ -318,6 +349,21 @@ def cmd_describe(ctx: Context) -> int:
         lines.extend(f"  {line}" for line in table.splitlines())
     ctx.print("\n".join(lines))
     return 0
+
+
+def _agent_id(ctx: Context, agent: str, *, namespace: str) -> str:
+    """The asking Agent's ID from its status, or why it cannot be shown."""
+    try:
+        found = ctx.custom().get_namespaced_custom_object(
+            common.GROUP, common.VERSION, namespace, "agents", agent
+        )
+    except k8s_exceptions.ApiException as error:
+        if error.status == 404:
+            return "no such Agent in this namespace"
+        return f"agent ID not readable: HTTP {error.status}"
+    except (urllib3_exceptions.HTTPError, OSError):
+        return "agent ID not readable"
+    return str((found.get("status") or {}).get("agentID") or "agent ID not assigned yet")
 
 
 def _decide(ctx: Context, *, kind: approvals.DecisionKind) -> int:
@@ -461,6 +507,12 @@ def _fetch_json(client: httpx.Client, url: str, *, what: str) -> dict[str, Any]:
     try:
         response = client.get(url)
     except httpx.HTTPError as error:
+        if "CERTIFICATE_VERIFY_FAILED" in str(error):
+            raise PluginError(
+                f"cannot fetch {what} from {url}: its HTTPS certificate is not signed by a CA "
+                "trusted here; pass --issuer-ca FILE (or set AGENTAUTH_CA_FILE) with the CA "
+                "that signed it"
+            ) from error
         raise PluginError(f"cannot fetch {what} from {url}: {error}") from error
     if response.status_code != 200:
         raise PluginError(f"cannot fetch {what} from {url}: HTTP {response.status_code}")

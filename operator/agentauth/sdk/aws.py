@@ -1,4 +1,4 @@
-"""AWS subject token (extra ``agentauth[aws]``): a SigV4-signed ``sts:GetCallerIdentity``.
+"""AWS subject token (extra ``agentauth-k8s[aws]``): a SigV4-signed ``sts:GetCallerIdentity``.
 
 The agent never sends its AWS credentials anywhere: it signs a ``GetCallerIdentity`` POST with
 them (botocore's SigV4 signer, credentials from the default chain: environment, web identity,

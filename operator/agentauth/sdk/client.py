@@ -88,7 +88,7 @@ class SubjectTokenSource(Protocol):
     will hold the token; a source binds its credential to it where the credential allows (the
     AWS source signs it into ``GetCallerIdentity``, the GCP source puts it in the ID token's
     audience), so a captured credential is useless to anyone without that key. AWS and GCP
-    sources (``agentauth[aws]``, ``agentauth[gcp]``) implement this protocol.
+    sources (``agentauth-k8s[aws]``, ``agentauth-k8s[gcp]``) implement this protocol.
     """
 
     def __call__(self, key_thumbprint: str) -> SubjectToken: ...

@@ -1,4 +1,4 @@
-"""GCP subject token (extra ``agentauth[gcp]``): a Google-signed ID token from the metadata server.
+"""GCP subject token (``agentauth-k8s[gcp]``): a Google-signed ID token from the metadata server.
 
 On Compute Engine, GKE (workload identity), Cloud Run and Cloud Functions, the metadata server
 mints an ID token for the workload's service account with the audience we ask for. We ask for

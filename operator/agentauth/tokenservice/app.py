@@ -874,11 +874,10 @@ def _bound_url(runner: web.AppRunner, settings: settings_module.Settings) -> str
 def ssl_context(settings: settings_module.Settings) -> Any:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
-    import ssl
+    from agentauth.tokenservice import tlsreload
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-    return context
+    # Follows renewed certificate files (cert-manager) without a restart.
+    return tlsreload.serving_context(settings.tls_cert, settings.tls_key)
 
 
 async def serve(

@@ -40,6 +40,11 @@ class AccessRequestSpec(common.ApiModel):
         min_length=1,
         max_length=MAX_JUSTIFICATION,
         description="Why the agent needs them, in plain text, shown to approvers.",
+        json_schema_extra=common.validations(
+            common.cel_rule(
+                common.cel_matches(r"\S"), "justification must not be blank: say why it is needed"
+            )
+        ),
     )
     duration: common.Duration = pydantic.Field(
         default=DEFAULT_DURATION,

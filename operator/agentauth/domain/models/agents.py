@@ -120,7 +120,7 @@ class AgentSpec(common.ApiModel):
         max_length=253,
         description="Who is accountable for the agent: a person, team or e-mail address.",
     )
-    token_ttl: common.Duration = pydantic.Field(
+    token_ttl: common.TokenTTL = pydantic.Field(
         default=common.DEFAULT_TOKEN_TTL,
         alias="tokenTTL",
         description=(

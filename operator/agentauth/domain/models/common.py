@@ -8,6 +8,7 @@ messages a cluster admin can act on. Constants here are the single source for th
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -77,35 +78,129 @@ def _check_duration(value: str) -> str:
     return value
 
 
+def cel_rule(rule: str, message: str) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry: a CEL ``rule`` over ``self`` and the ``message`` the
+    API server returns when it is false (written for the person who wrote the manifest)."""
+    return {"rule": rule, "message": message}
+
+
+def cel_matches(pattern: str) -> str:
+    """CEL testing ``self`` against ``pattern`` (RE2 syntax; a JSON string is a CEL literal)."""
+    return f"self.matches({json.dumps(pattern)})"
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules into the generated CRD schema."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+DNS_LABEL_MESSAGE = (
+    "must be a DNS-1123 label: at most 63 lower-case letters, digits or '-', starting and ending "
+    "with a letter or digit"
+)
+DNS_SUBDOMAIN_MESSAGE = (
+    "must be a DNS-1123 subdomain: lower-case letters, digits, '-' or '.', starting and ending "
+    "with a letter or digit"
+)
+CAPABILITY_MESSAGE = (
+    "must be a capability name '<resource>.<action>' in lower case, such as 'document.read'"
+)
+CAPABILITY_GRANT_MESSAGE = (
+    "must be a capability name '<resource>.<action>' in lower case, such as 'document.read', or "
+    "end in a wildcard such as 'document.*'"
+)
+DURATION_MESSAGE = (
+    "must be a duration such as '300s', '5m', '1h' or '1h30m' (whole hours, minutes and seconds, "
+    "in that order), greater than zero"
+)
+# Go and CEL durations accept every string durations.PATTERN admits, so a rule can compare them
+# once the pattern holds (the guard keeps a malformed value from becoming an evaluation error).
+DURATION_RULE = (
+    f"{cel_matches(durations.PATTERN)} && size(self) >= {durations.MIN_LENGTH} && "
+    "duration(self) > duration('0s')"
+)
+DURATION_MAX_LENGTH = 24
+
+
+def bounded_duration_rule(*, field: str, maximum: str) -> dict[str, str]:
+    """A CEL upper bound for a duration field (true while the value is malformed: the duration
+    rule reports that)."""
+    return cel_rule(
+        f"!{cel_matches(durations.PATTERN)} || size(self) < {durations.MIN_LENGTH} || "
+        f"duration(self) <= duration('{maximum}')",
+        f"{field} must be at most {maximum}",
+    )
+
+
+def _string_schema(*, max_length: int, rules: list[dict[str, str]]) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, "x-kubernetes-validations": rules}
+
+
+# Formats are CEL rules with a message rather than bare `pattern`s: the API server then says what
+# a valid value looks like instead of printing the regular expression.
 DNSLabel = Annotated[
     str,
     pydantic.AfterValidator(_check_dns_label),
-    pydantic.WithJsonSchema({"type": "string", "maxLength": 63, "pattern": DNS1123_LABEL_PATTERN}),
+    pydantic.WithJsonSchema(
+        _string_schema(
+            max_length=63,
+            rules=[cel_rule(cel_matches(DNS1123_LABEL_PATTERN), DNS_LABEL_MESSAGE)],
+        )
+    ),
 ]
 DNSSubdomain = Annotated[
     str,
     pydantic.AfterValidator(_check_dns_subdomain),
     pydantic.WithJsonSchema(
-        {"type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN_PATTERN}
+        _string_schema(
+            max_length=253,
+            rules=[cel_rule(cel_matches(DNS1123_SUBDOMAIN_PATTERN), DNS_SUBDOMAIN_MESSAGE)],
+        )
     ),
 ]
 CapabilityName = Annotated[
     str,
     pydantic.AfterValidator(_check_capability),
-    pydantic.WithJsonSchema({"type": "string", "maxLength": 253, "pattern": CAPABILITY_PATTERN}),
+    pydantic.WithJsonSchema(
+        _string_schema(
+            max_length=253, rules=[cel_rule(cel_matches(CAPABILITY_PATTERN), CAPABILITY_MESSAGE)]
+        )
+    ),
 ]
 CapabilityPattern = Annotated[
     str,
     pydantic.AfterValidator(_check_capability_grant),
     pydantic.WithJsonSchema(
-        {"type": "string", "maxLength": 253, "pattern": CAPABILITY_GRANT_PATTERN}
+        _string_schema(
+            max_length=253,
+            rules=[cel_rule(cel_matches(CAPABILITY_GRANT_PATTERN), CAPABILITY_GRANT_MESSAGE)],
+        )
     ),
 ]
 Duration = Annotated[
     str,
     pydantic.AfterValidator(_check_duration),
     pydantic.WithJsonSchema(
-        {"type": "string", "minLength": durations.MIN_LENGTH, "pattern": durations.PATTERN}
+        _string_schema(
+            max_length=DURATION_MAX_LENGTH, rules=[cel_rule(DURATION_RULE, DURATION_MESSAGE)]
+        )
+    ),
+]
+
+
+# An agent token's lifetime: a duration of at most 1h (MAX_TOKEN_TTL); the Agent model checks
+# the bound too, with its own message.
+TokenTTL = Annotated[
+    str,
+    pydantic.AfterValidator(_check_duration),
+    pydantic.WithJsonSchema(
+        _string_schema(
+            max_length=DURATION_MAX_LENGTH,
+            rules=[
+                cel_rule(DURATION_RULE, DURATION_MESSAGE),
+                bounded_duration_rule(field="tokenTTL", maximum="1h"),
+            ],
+        )
     ),
 ]
 Timestamp = Annotated[
@@ -200,6 +295,16 @@ def set_condition(conditions: list[Condition], new: Condition) -> list[Condition
 
 class LabelSelectorRequirement(ApiModel):
     """One ``matchExpressions`` entry of a Kubernetes label selector."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=validations(
+            cel_rule(
+                "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0)"
+                " : (!has(self.values) || size(self.values) == 0)",
+                "operators In and NotIn need at least one value; Exists and DoesNotExist take none",
+            )
+        )
+    )
 
     key: str = pydantic.Field(description="The label key the selector applies to.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = pydantic.Field(

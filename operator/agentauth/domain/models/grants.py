@@ -18,8 +18,17 @@ DEFAULT_MAX_DURATION = "1h"
 class AgentSelection(common.ApiModel):
     """Which agents in the grant's namespace receive its capabilities."""
 
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=common.validations(
+            common.cel_rule(
+                "(has(self.names) && size(self.names) > 0) || has(self.selector)",
+                "set agents.names or agents.selector: a grant must say which agents it applies to",
+            )
+        )
+    )
+
     names: list[common.DNSLabel] = pydantic.Field(
-        default_factory=list, description="Agent names, in the grant's namespace."
+        default_factory=list, max_length=256, description="Agent names, in the grant's namespace."
     )
     selector: common.LabelSelector | None = pydantic.Field(
         default=None, description="A label selector over Agents in the grant's namespace."
@@ -34,6 +43,15 @@ class AgentSelection(common.ApiModel):
 
 class CapabilitySpec(common.ApiModel):
     """One capability granted."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=common.validations(
+            common.cel_rule(
+                "!has(self.maxDuration) || self.approval == 'Required'",
+                "maxDuration applies only to capabilities with approval Required",
+            )
+        )
+    )
 
     name: common.CapabilityPattern = pydantic.Field(
         description=(

@@ -7,12 +7,20 @@ valid capability name.
 
 from __future__ import annotations
 
-import urllib.parse
+import re
 from typing import Literal
 
 import pydantic
 
 from agentauth.domain.models import common
+
+# What the API server checks of resourceURI (the model's validator checks the same pattern).
+# An absolute https URL of RFC 3986 characters: no userinfo, fragment, spaces, quotes or control
+# characters (a URI is shown to people and compared as a string).
+RESOURCE_URI_PATTERN = (
+    r"^https://[A-Za-z0-9._~!$&'()*+,;=%:\[\]-]+([/?][A-Za-z0-9._~:/?@!$&'()*+,;=%\[\]-]*)?$"
+)
+_RESOURCE_URI = re.compile(RESOURCE_URI_PATTERN)
 
 
 class Tool(common.ApiModel):
@@ -36,7 +44,14 @@ class ToolServerSpec(common.ApiModel):
     resource_uri: str = pydantic.Field(
         alias="resourceURI",
         max_length=2048,
-        pattern=r"^https://[A-Za-z0-9._~:/?@!$&'()*+,;=%\[\]-]+$",
+        json_schema_extra=common.validations(
+            common.cel_rule(
+                common.cel_matches(RESOURCE_URI_PATTERN),
+                "resourceURI must be an absolute https URL of URI characters (no userinfo, "
+                "fragment, spaces, quotes or control characters), such as "
+                "https://tools.example.com/mcp",
+            )
+        ),
         description=(
             "The server's resource identifier (RFC 8707), an https URL of URI characters (RFC "
             "3986; no fragment, spaces, quotes or control characters); tokens for this server "
@@ -46,16 +61,20 @@ class ToolServerSpec(common.ApiModel):
     )
     description: str = pydantic.Field(default="", max_length=1024, description="What it serves.")
     tools: list[Tool] = pydantic.Field(
-        default_factory=list, max_length=512, description="Tools and the capability each needs."
+        default_factory=list,
+        max_length=512,
+        description="Tools and the capability each needs; names are unique.",
+        # Unique names as the API server checks list maps (no CEL cost over 512 items).
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
     @pydantic.field_validator("resource_uri")
     @classmethod
     def _absolute_https(cls, value: str) -> str:
-        parsed = urllib.parse.urlsplit(value)
-        if parsed.scheme != "https" or not parsed.hostname or parsed.fragment:
+        if not _RESOURCE_URI.fullmatch(value):
             raise ValueError(
-                f"resourceURI {value!r} must be an absolute https URL without fragment"
+                f"resourceURI {value!r} must be an absolute https URL of URI characters (no "
+                "userinfo, fragment, spaces, quotes or control characters)"
             )
         return value
 
