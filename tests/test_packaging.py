@@ -25,7 +25,6 @@ SERVER_MODULES = {
     "pydantic",
     "yaml",
     "prometheus_client",
-    "jwt",
     "celpy",
     "helm_python",
 }
@@ -51,7 +50,7 @@ def test_the_distribution_name_is_ours_and_the_scripts_point_at_the_entry_points
 
 def test_the_base_install_is_the_sdk_dependencies_only() -> None:
     base = _requirement_names(PYPROJECT["project"]["dependencies"])
-    assert base == {"cryptography", "httpx", "http-message-signatures", "http-sf"}
+    assert base == {"cryptography", "httpx", "http-message-signatures", "http-sf", "pyjwt"}
     operator = _requirement_names(PYPROJECT["project"]["optional-dependencies"]["operator"])
     assert {"kopf", "kubernetes", "aiohttp", "pydantic", "prometheus-client"} <= operator
 

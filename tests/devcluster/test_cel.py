@@ -110,8 +110,8 @@ CASES = [
         "plain-http-resource",
         tool_server(resourceURI="http://tools.example.com/mcp"),
         'ToolServer "t" is invalid: spec.resourceURI: Invalid value: "string": '
-        "resourceURI must be an absolute https URL without a fragment, such as "
-        "https://tools.example.com/mcp",
+        "resourceURI must be an absolute https URL of URI characters (no userinfo, fragment, "
+        "spaces, quotes or control characters), such as https://tools.example.com/mcp",
     ),
     (
         "duplicate-tools",
