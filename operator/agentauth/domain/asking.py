@@ -34,7 +34,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from agentauth.domain import approvals, capabilities, exchanging
-from agentauth.domain.models import AccessRequest, CapabilityGrant, EffectiveCapability
+from agentauth.domain.models import (
+    AccessRequest,
+    Agent,
+    CapabilityGrant,
+    EffectiveCapability,
+)
 
 CONFIDENCE_THRESHOLD = 0.5
 AMBIGUITY_MARGIN = 0.15
@@ -482,6 +487,13 @@ def parse_request(body: object) -> AskRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ClauseAnswer:
+    """What one clause of a question was matched to."""
+
+    capability: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AskAnswer:
     allowed: bool
     capability: str | None
@@ -489,6 +501,10 @@ class AskAnswer:
     confidence: float
     reason: str
     candidates: tuple[Candidate, ...] = ()
+
+    @property
+    def clauses(self) -> tuple[ClauseAnswer, ...]:
+        return (ClauseAnswer(self.capability),)
 
 
 def decide(
@@ -542,4 +558,38 @@ def decide(
         confidence,
         f"{capability} requires approval: file an AccessRequest (grant {entry.grant})",
         candidates,
+    )
+
+
+def answer_question(
+    question: str | None,
+    *,
+    agent: Agent,
+    snapshot: exchanging.Snapshot,
+    now: datetime,
+    action: str | None = None,
+) -> AskAnswer:
+    """The answer of ``/v1/ask`` for ``agent``: to the structured ``action`` when given, else to
+    the plain-language ``question``."""
+    if action is not None:
+        capability: str | None = action
+        confidence, explanation = 1.0, f"asked for {action}"
+        candidates: tuple[Candidate, ...] = ()
+    else:
+        assert question is not None  # noqa: S101 - parse_request gives one of the two
+        catalog = catalog_from_grants(
+            g for g in snapshot.grants if g.metadata.namespace == agent.metadata.namespace
+        )
+        matched = match(question, catalog)
+        capability, confidence = matched.capability, matched.confidence
+        candidates, explanation = matched.candidates, matched.explanation
+    return decide(
+        capability=capability,
+        confidence=confidence,
+        candidates=candidates,
+        explanation=explanation,
+        agent_label=exchanging.agent_label(agent),
+        held=snapshot.held(agent, now=now),
+        requests=snapshot.access_requests_of(agent),
+        now=now,
     )
