@@ -1,0 +1,748 @@
+"""The Ask matcher: from a plain-language question to the agent's own capabilities, clause by
+clause, failing closed.
+
+Guarantees (no model, no randomness: the same question and catalog always give the same result):
+
+- **The vocabulary is the agent's own capabilities.** A capability ``<resource>.<action>``
+  contributes its action verb, the verbs and nouns of its description and examples, its resource
+  nouns with their WordNet synonyms, and, when its action is a support verb ("issue", "generate",
+  "authorize"), the verbs WordNet derives from its resource (``refunds.issue``: "refund";
+  ``summaries.generate``: "summarize"; ``payments.authorize``: "pay"). Words are compared as
+  WordNet lemmas (:mod:`agentauth.domain.asklexicon`), so inflections ("restarting", "escalated")
+  and WordNet synonyms ("okay" for "approve", "give back" for "refund") match.
+- **Every clause counts.** The question is split into clauses ("look up the order and give them a
+  voucher" is two); each clause that asks for an action must be covered by a capability, and a
+  clause that only gives context ("so the auditors don't see them") may not ask to destroy,
+  transfer or grant anything.
+- **Fail closed.** A clause is covered only when its verb names the capability's action and its
+  object is the capability's resource (or what its description says it acts on), with nothing
+  foreign in the object: an object that is another capability's resource, or a credential or
+  privilege ("permissions", "password", "admin"), is foreign. A verb that destroys, transfers data
+  out or changes privileges (WordNet-derived classes) never matches a capability whose action is
+  not of the same class, and a capability whose action only reads matches only verbs that read.
+  Otherwise the clause is not covered, with the closest capabilities as suggestions.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from agentauth.domain import asklexicon
+
+# -- closed-class English: the words that frame a request rather than say what it is ---------
+
+_FRAMING = frozenset(
+    """please kindly just now also then ok okay so hey hi can could may might would will shall
+    should must i we you me us am is are be do does did have has to need needs want wants like
+    allowed able permitted going gonna wanna about ahead go it possible really quickly quick
+    actually first next finally right away again yes sure if whether fine alright""".split()
+)
+"""Words stripped from the start of a clause: "can I", "I need to", "please go ahead and"."""
+_CONDITIONAL_FRAMING = frozenset("do does did have has".split())
+"""Framing only before a pronoun or more framing ("do I", "have to"): "do a restart" is a request."""
+_WH = frozenset("what which where who whom whose when how".split())
+_HOW_INFO = frozenset("many much long often".split())
+_SUBORDINATORS = frozenset(
+    """so because since while when whenever if unless once before after until that which who
+    whom where whereas though although""".split()
+)
+_COORDINATORS = frozenset("and then also plus but or".split())
+_PREPOSITIONS = frozenset(
+    """for about with from in on at to into onto by via during since after before until because
+    within without across against toward towards per like than regarding concerning""".split()
+)
+_DETERMINERS = frozenset(
+    """a an the this that these those my our your their his her its some any all every each
+    no other another such what which whose both either neither few more most less least much
+    many several""".split()
+)
+_PRONOUNS = frozenset(
+    """i me my mine we us our ours you your yours he him his she her hers it its they them their
+    theirs this that these those who whom someone somebody something anyone anybody anything
+    everyone everybody everything everyone nobody nothing one ones myself yourself ourselves
+    themselves itself there here""".split()
+)
+_AUXILIARIES = frozenset(
+    """am is are was were be been being do does did done have has had having can could may might
+    must shall should will would not no""".split()
+)
+_PARTICLES = ("up", "down", "off", "out", "back", "over", "in", "on", "away", "through")
+_FUNCTION = (
+    _FRAMING | _WH | _SUBORDINATORS | _COORDINATORS | _PREPOSITIONS | _DETERMINERS | _PRONOUNS
+) | _AUXILIARIES | frozenset(("of", "as", "than", "too", "very", "not", "no", "s", "t"))
+
+SUPPORT_VERBS = frozenset(
+    """issue create generate make produce prepare send give provide authorize authorise process
+    execute perform do run initiate start trigger submit file draft write compose extend deliver
+    place open book raise conduct carry_out""".split()
+)
+"""Verbs that say "bring about the thing named by the noun": a capability ``refunds.issue`` is
+done by "refund"; a clause "do a restart" or "process a refund" asks for "restart" or "refund"."""
+LIGHT_VERBS = frozenset("do make perform run process carry_out take have give get conduct".split())
+"""Verbs that lend their clause the action of a derived noun: "do a restart", "run a query"."""
+
+SENSITIVE_NOUNS = frozenset(
+    """admin administrator root superuser sudo permission privilege right role rolebinding
+    access password passphrase credential key token secret certificate quota limit approver
+    owner ownership policy mfa login""".split()
+)
+"""Objects that change who may do what: foreign to any capability that does not name them."""
+
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)?(?:[-_/.@:+#][^\W_]+)*|[.;!?,]")
+_CONTRACTIONS = (
+    ("n't", " not"),
+    ("'m", " am"),
+    ("'re", " are"),
+    ("'d", " would"),
+    ("'ll", " will"),
+    ("'ve", " have"),
+    ("'s", ""),
+    ("s'", "s"),
+)
+
+DIRECT_MATCH = 0.85
+"""The least verb similarity that names a capability's action without a resource match."""
+VERB_MATCH = 0.7
+"""The least verb similarity that counts at all."""
+READ_MATCH = 0.8
+"""The verb score of a reading verb for a reading capability ("show" for ``logs.read``)."""
+AMBIGUITY_MARGIN = 0.05
+DANGEROUS = ("destroy", "transfer", "privilege")
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str
+    kind: str  # word | id | foreign | punct
+    verbs: tuple[str, ...] = ()
+    nouns: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=32768)
+def _word(text: str) -> Token:
+    if not text.isascii():
+        return Token(text, "foreign")
+    if text in (".", ";", "!", "?", ","):
+        return Token(text, "punct")
+    if any(ch.isdigit() for ch in text) or any(ch in "_/.@:+#" for ch in text):
+        return Token(text, "id")
+    verbs = asklexicon.verb_lemmas(text)
+    nouns = asklexicon.noun_lemmas(text)
+    if not nouns and not verbs and text.endswith("s") and len(text) > 3:
+        nouns = (text[:-1],)  # "configmaps" -> "configmap": plural of a word WordNet lacks
+    return Token(text, "word", verbs, nouns)
+
+
+def tokenize(text: str) -> list[Token]:
+    """Lower-cased tokens of ``text``; hyphenated English words are split into their words
+    ("high-latency"), other hyphenated or dotted strings are identifiers ("INV-2231")."""
+    lowered = text.lower().replace("\u2019", "'")
+    for contraction, expansion in _CONTRACTIONS:
+        lowered = lowered.replace(contraction, expansion)
+    tokens: list[Token] = []
+    for raw in _TOKEN.findall(lowered):
+        if "-" in raw and raw.replace("-", "").isalpha() and raw.isascii():
+            whole = _word(raw)
+            if whole.verbs or whole.nouns and not raw.endswith("s"):
+                tokens.append(whole)
+            else:
+                tokens.extend(_word(part) for part in raw.split("-") if part)
+            continue
+        tokens.append(_word(raw))
+    return tokens
+
+
+def looks_english(tokens: Sequence[Token]) -> bool:
+    """Most words are English words WordNet or the closed-class lists know (a few names aside)."""
+    words = [t for t in tokens if t.kind in ("word", "foreign")]
+    if not words:
+        return False
+    known = sum(
+        1 for t in words if t.kind == "word" and (t.text in _FUNCTION or t.verbs or t.nouns)
+    )
+    return known * 10 >= len(words) * 6
+
+
+# -- clauses ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One clause of a question: ``request`` when it asks for something (an action verb after the
+    framing, or a question for information), else ``context``."""
+
+    tokens: tuple[Token, ...]
+    kind: str  # request | context
+    verb: Token | None = None
+    particle: str | None = None
+    info: bool = False
+    noun_request: bool = False
+    after_verb: tuple[Token, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return " ".join(t.text for t in self.tokens)
+
+
+def _is_base_verb(token: Token) -> bool:
+    return token.kind == "word" and token.text in token.verbs
+
+
+def _could_start_request(token: Token) -> bool:
+    """A clause starting with this word asks for an action (imperative or gerund)."""
+    if token.kind != "word" or token.text in _FUNCTION - {"open", "check"}:
+        return False
+    if not token.verbs:
+        return False
+    return token.text in token.verbs or token.text.endswith("ing")
+
+
+def _strip_framing(tokens: Sequence[Token]) -> tuple[list[Token], bool]:
+    """The clause without its leading framing, and whether that framing asked for a thing
+    ("I need a report", "I'd like the invoices")."""
+    rest = list(tokens)
+    wanted = False
+    while rest:
+        head = rest[0].text
+        if head == "how" and len(rest) > 1 and rest[1].text in _HOW_INFO:
+            break
+        if head == "let" and len(rest) > 1 and rest[1].text in ("me", "us"):
+            rest = rest[2:]
+            continue
+        if head in _CONDITIONAL_FRAMING and not (
+            len(rest) > 1 and (rest[1].text in _PRONOUNS or rest[1].text in _FRAMING)
+        ):
+            break
+        if head in _FRAMING or head == "how" or (head == "to" and len(rest) > 1):
+            if head in ("need", "needs", "want", "wants", "like"):
+                wanted = True
+            rest = rest[1:]
+            continue
+        if rest[0].kind == "punct":
+            rest = rest[1:]
+            continue
+        break
+    return rest, wanted
+
+
+def _split(tokens: Sequence[Token]) -> list[tuple[str, list[Token]]]:
+    """Pieces of a sentence with how each begins: ``main`` (first, after a coordinator or a
+    comma) or ``sub`` (after a subordinator or an infinitive of purpose)."""
+    pieces: list[tuple[str, list[Token]]] = [("main", [])]
+    for index, token in enumerate(tokens):
+        current = pieces[-1][1]
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token.text == "," or token.text in _COORDINATORS:
+            pieces.append(("main", []))
+            continue
+        if token.text in _SUBORDINATORS and current and not _starts_wh(current, token):
+            pieces.append(("sub", []))
+            continue
+        if (
+            token.text == "to"
+            and current
+            and following is not None
+            and _is_base_verb(following)
+            and not following.nouns
+            and not _framing_only(current)
+        ):
+            pieces.append(("sub", []))
+            continue
+        current.append(token)
+    return [(kind, piece) for kind, piece in pieces if piece]
+
+
+def _starts_wh(current: Sequence[Token], token: Token) -> bool:
+    return token.text in _WH and all(t.text in _FRAMING for t in current)
+
+
+def _framing_only(tokens: Sequence[Token]) -> bool:
+    return all(t.text in _FRAMING for t in tokens)
+
+
+def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
+    """A piece after "and" or a comma that does not start with a verb continues the previous
+    one ("invoices and receipts"), unless it starts its own question."""
+    merged: list[tuple[str, list[Token]]] = []
+    for kind, piece in pieces:
+        body, _ = _strip_framing(piece)
+        starts = bool(body) and (_could_start_request(body[0]) or body[0].text in _WH)
+        if merged and kind == "main" and not starts and not _framing_only(piece):
+            previous_kind, previous = merged[-1]
+            if previous_kind == "main":
+                merged[-1] = (previous_kind, previous + piece)
+                continue
+            merged.append(("context", piece))
+            continue
+        merged.append((kind, piece))
+    return merged
+
+
+def clauses(tokens: Sequence[Token]) -> list[Clause]:
+    """The clauses of a tokenized question."""
+    sentences: list[list[Token]] = [[]]
+    for token in tokens:
+        if token.text in (".", ";", "!", "?"):
+            sentences.append([])
+        else:
+            sentences[-1].append(token)
+    found: list[Clause] = []
+    for sentence in sentences:
+        if not sentence:
+            continue
+        for kind, piece in _merge(_split(sentence)):
+            found.append(_clause(kind, piece))
+    return found
+
+
+def _clause(kind: str, piece: list[Token]) -> Clause:
+    body, wanted = _strip_framing(piece)
+    tokens = tuple(piece)
+    if kind != "main" or not body:
+        return Clause(tokens, "context", after_verb=tuple(body))
+    head = body[0]
+    if head.text in _WH or (head.text in ("is", "are") and len(body) > 1 and body[1].text == "there"):
+        return Clause(tokens, "request", info=True, after_verb=tuple(body[1:]))
+    if _could_start_request(head) or (head.kind == "word" and head.verbs and not head.nouns):
+        particle = _particle(head, body[1:])
+        return Clause(tokens, "request", verb=head, particle=particle, after_verb=tuple(body[1:]))
+    if wanted and (head.text in _DETERMINERS or head.nouns and not head.verbs):
+        return Clause(tokens, "request", noun_request=True, after_verb=tuple(body))
+    if head.kind == "word" and not head.verbs and head.text not in _FUNCTION:
+        # a first word where a verb belongs that WordNet knows only as a noun ("rollback"), or
+        # not at all (a typo, a name, another language): the matcher compares its spelling
+        return Clause(tokens, "request", verb=head, after_verb=tuple(body[1:]))
+    if wanted and (head.text in _DETERMINERS or head.nouns):
+        return Clause(tokens, "request", noun_request=True, after_verb=tuple(body))
+    # "the checkout pods need restarting": a subject, then need(s) + gerund
+    for index, token in enumerate(body[:-1]):
+        if token.text in ("need", "needs") and body[index + 1].text.endswith("ing"):
+            verb = body[index + 1]
+            if verb.verbs:
+                rest = tuple(body[:index]) + tuple(body[index + 2 :])
+                return Clause(tokens, "request", verb=verb, after_verb=rest)
+    return Clause(tokens, "context", after_verb=tuple(body))
+
+
+def _particle(verb: Token, rest: Sequence[Token]) -> str | None:
+    """A particle that makes a phrasal verb WordNet knows with this verb ("roll ... back")."""
+    for token in rest[:5]:
+        if token.text in _PARTICLES:
+            for lemma in verb.verbs:
+                if asklexicon.is_verb(f"{lemma}_{token.text}"):
+                    return token.text
+    return None
+
+
+# -- the catalog ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One capability as the matcher sees it."""
+
+    name: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    actions: dict[str, float] = field(default_factory=dict, compare=False)
+    """Verb lemma -> weight: the name's action 1.0, support-derived verbs 0.95, description and
+    example verbs 0.9."""
+    strong_actions: frozenset[str] = field(default=frozenset(), compare=False)
+    """The name's action and the verbs derived from its resource: these alone name it."""
+    resource: frozenset[str] = field(default=frozenset(), compare=False)
+    synonyms: frozenset[str] = field(default=frozenset(), compare=False)
+    described: frozenset[str] = field(default=frozenset(), compare=False)
+    action_class: str | None = field(default=None, compare=False)
+    person_resource: bool = field(default=False, compare=False)
+
+    @property
+    def reads(self) -> bool:
+        return self.action_class == "read"
+
+    @property
+    def nouns(self) -> frozenset[str]:
+        return self.resource | self.synonyms | self.described
+
+    @classmethod
+    def build(
+        cls, *, name: str, description: str = "", examples: Sequence[str] = ()
+    ) -> CatalogEntry:
+        return _build_entry(name, description, tuple(examples))
+
+
+def _split_compound(word: str, known: Iterable[str]) -> list[str]:
+    """``rollback`` -> ``roll_back``; ``backgroundchecks`` -> ``background_check``."""
+    for index in range(3, len(word) - 1):
+        left, right = word[:index], word[index:]
+        if right in _PARTICLES and asklexicon.is_verb(f"{left}_{right}"):
+            return [f"{left}_{right}"]
+        rights = asklexicon.noun_lemmas(right)
+        if asklexicon.noun_lemmas(left) and rights and len(left) > 3 and len(right) > 3:
+            return [f"{left}_{rights[0]}"]
+    del known
+    return []
+
+
+def _noun_forms(token: Token) -> tuple[str, ...]:
+    return token.nouns or ((token.text,) if token.kind == "word" else ())
+
+
+def _content_nouns(tokens: Sequence[Token]) -> list[str]:
+    """Noun lemmas (and WordNet compounds of two adjacent words) among ``tokens``."""
+    found: list[str] = []
+    words = [t for t in tokens if t.kind == "word" and t.text not in _FUNCTION]
+    for index, token in enumerate(words):
+        found.extend(_noun_forms(token))
+        if index + 1 < len(words):
+            following = words[index + 1]
+            for second in _noun_forms(following):
+                for joined in (f"{token.text}_{second}", f"{token.text}{second}"):
+                    if asklexicon.is_noun(joined) or joined.replace("_", "") == joined:
+                        found.append(joined)
+    return found
+
+
+def _phrase_verbs(text: str) -> tuple[list[str], list[str]]:
+    """The verbs of a description or example, read as one or more imperative clauses ("Create,
+    move or cancel meetings"), and its nouns."""
+    verbs: list[str] = []
+    nouns: list[str] = []
+    for clause in clauses(tokenize(text)):
+        if clause.verb is not None:
+            verbs.extend(_verb_lemmas(clause))
+        nouns.extend(_content_nouns(clause.after_verb if clause.verb else clause.tokens))
+    return verbs, nouns
+
+
+def _verb_lemmas(clause: Clause) -> list[str]:
+    assert clause.verb is not None  # noqa: S101 - callers check
+    lemmas = list(clause.verb.verbs) or [clause.verb.text]
+    if clause.particle:
+        lemmas = [f"{lemma}_{clause.particle}" for lemma in lemmas] + lemmas
+    return lemmas
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> CatalogEntry:
+    parts = name.split(".")
+    action_words = [w for w in re.split(r"[_-]", parts[-1]) if w]
+    actions: dict[str, float] = {}
+    for word in action_words[:1]:
+        lemmas = list(asklexicon.verb_lemmas(word)) or _split_compound(word, ()) or [word]
+        for lemma in lemmas:
+            actions[lemma] = 1.0
+    resource: set[str] = set()
+    for part in parts[:-1]:
+        words = [w for w in re.split(r"[_-]", part) if w]
+        for word in words:
+            token = _word(word)
+            resource.update(_noun_forms(token))
+            resource.update(c for c in _split_compound(word, ()) if "_" in c)
+        if len(words) > 1:
+            resource.add("_".join(words))
+            resource.add("".join(words))
+    resource.update(r.split("_")[-1] for r in list(resource) if "_" in r)
+    synonyms = {s for r in resource for s in asklexicon.noun_synonyms(r)} - resource
+    strong = set(actions)
+    described_verbs: list[str] = []
+    described: set[str] = set()
+    for text in (description, *examples):
+        verbs, nouns = _phrase_verbs(text)
+        described_verbs.extend(verbs)
+        described.update(nouns)
+    if set(actions) & SUPPORT_VERBS or (described_verbs and described_verbs[0] in SUPPORT_VERBS):
+        for noun in resource:
+            for verb in asklexicon.derived_verbs(noun):
+                actions.setdefault(verb, 0.95)
+                strong.add(verb)
+    for verb in described_verbs:
+        actions.setdefault(verb, 0.9)
+    action_class = None
+    for lemma in [*actions, *described_verbs[:1]]:
+        action_class = asklexicon.verb_class(lemma)
+        if action_class is not None:
+            break
+    return CatalogEntry(
+        name=name,
+        description=description,
+        examples=examples,
+        actions=actions,
+        strong_actions=frozenset(strong),
+        resource=frozenset(resource),
+        synonyms=frozenset(synonyms),
+        described=frozenset(described - resource),
+        action_class=action_class,
+        person_resource=any(asklexicon.is_person(r) for r in resource),
+    )
+
+
+# -- matching ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    capability: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseMatch:
+    """What one requesting clause was matched to; ``capability`` None when not covered."""
+
+    text: str
+    capability: str | None
+    confidence: float
+    matched_words: tuple[str, ...]
+    reason: str
+    candidates: tuple[Candidate, ...] = ()
+
+
+def _damerau(a: str, b: str) -> int:
+    """Optimal string alignment distance (for typos: one transposition counts one)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
+    """The one vocabulary word ``word`` is a likely typo of (distance 1, or 2 from 8 letters)."""
+    if len(word) < 4:
+        return None
+    limit = 2 if len(word) >= 8 else 1
+    found = {v for v in vocabulary if abs(len(v) - len(word)) <= limit and _damerau(word, v) <= limit}
+    return found.pop() if len(found) == 1 else None
+
+
+@dataclass(slots=True)
+class _Scored:
+    entry: CatalogEntry
+    score: float
+    verb: float
+    words: list[str]
+
+
+def _asked_verbs(clause: Clause, nouns: list[str], vocabulary: frozenset[str]) -> tuple[list[str], list[str]]:
+    """The verb lemmas the clause asks for, and nouns used up as its action ("do a restart")."""
+    if clause.verb is None:
+        return [], []
+    lemmas = _verb_lemmas(clause)
+    if not clause.verb.verbs and not clause.verb.nouns:
+        typo = _typo_of(clause.verb.text, vocabulary)
+        lemmas = [typo] if typo else [clause.verb.text]
+    used: list[str] = []
+    if set(lemmas) & LIGHT_VERBS:
+        for noun in nouns[:3]:
+            derived = [v for v in asklexicon.derived_verbs(noun) if v == noun or noun.startswith(v[:4])]
+            if derived:
+                lemmas = derived + lemmas
+                used.append(noun)
+                break
+    return lemmas, used
+
+
+def _class_of(lemmas: Sequence[str]) -> str | None:
+    """The most dangerous class among the readings of a verb."""
+    classes = {asklexicon.verb_class(lemma) for lemma in lemmas}
+    for name in ("privilege", "destroy", "transfer", "read"):
+        if name in classes:
+            return name
+    return None
+
+
+def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str | None]:
+    best, word = 0.0, None
+    for asked in lemmas:
+        for action, weight in entry.actions.items():
+            similarity = asklexicon.verb_similarity(asked, action) * weight
+            if similarity > best:
+                best, word = similarity, asked
+    return best, word
+
+
+def _heads(tokens: Sequence[Token]) -> list[tuple[str, ...]]:
+    """The head of each noun phrase of ``tokens`` that is not a person (its last word, with the
+    compounds it ends), first phrase first; a phrase ending in a word WordNet does not know (a
+    name such as "frontend") has no head."""
+    runs: list[list[Token]] = [[]]
+    for token in tokens:
+        if token.kind != "word" or token.text in _FUNCTION:
+            runs.append([])
+        else:
+            runs[-1].append(token)
+    heads: list[tuple[str, ...]] = []
+    for run in runs:
+        if not run or not run[-1].nouns:
+            continue
+        last = run[-1]
+        forms = list(last.nouns)
+        if len(run) > 1:
+            previous = run[-2].text
+            forms.extend(f"{previous}{n}" for n in last.nouns)
+            forms.extend(f"{previous}_{n}" for n in last.nouns)
+        if any(asklexicon.is_person(n) for n in last.nouns):
+            continue
+        heads.append(tuple(forms))
+    return heads
+
+
+def _object_nouns(tokens: Sequence[Token]) -> list[Token]:
+    """The direct object: the tokens after the verb up to the first preposition (an "of" phrase
+    belongs to the object: "the logs of the checkout pods")."""
+    found: list[Token] = []
+    for token in tokens:
+        if token.text in _PREPOSITIONS:
+            break
+        found.append(token)
+    return found
+
+
+def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch:
+    """The capability that covers one requesting clause, or why none does."""
+    all_nouns = _content_nouns(clause.after_verb)
+    direct_tokens = _object_nouns(clause.after_verb)
+    direct = _content_nouns(direct_tokens)
+    vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
+    lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
+    heads = [h for h in _heads(direct_tokens) if not set(h) & set(used)]
+    asked_class = _class_of(lemmas)
+    resources = {r: e.name for e in catalog for r in e.resource}
+    scored: list[_Scored] = []
+    for entry in catalog:
+        nouns = entry.nouns
+        # object evidence
+        if entry.person_resource:
+            evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
+        else:
+            evidence = [n for n in all_nouns if n in nouns and not asklexicon.is_person(n)]
+        object_score = 0.0
+        for noun in evidence:
+            weight = 1.0 if noun in entry.resource else 0.8 if noun in entry.synonyms else 0.6
+            object_score = max(object_score, weight)
+        foreign = [
+            n
+            for n in direct
+            if n not in nouns
+            and n not in used
+            and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
+        ]
+        if foreign and not (entry.reads and clause.info):
+            continue
+        # action evidence
+        if clause.info or clause.noun_request:
+            if not entry.reads and not (clause.noun_request and set(entry.actions) & SUPPORT_VERBS):
+                continue
+            if object_score == 0.0:
+                continue
+            verb, word = 0.8, None
+        else:
+            verb, word = _verb_score(lemmas, entry)
+            if entry.reads and asked_class == "read" and verb < READ_MATCH:
+                # any verb that only looks ("show", "check", "look at") asks a reading capability
+                verb, word = READ_MATCH, lemmas[0]
+            if verb < VERB_MATCH:
+                continue
+            if asked_class in DANGEROUS and asked_class != entry.action_class:
+                continue
+            if entry.reads and asked_class != "read" and word not in entry.actions:
+                continue
+            # the object: the first phrase's head must be something the capability acts on
+            if heads and not any(
+                form in nouns or form in used or form in entry.actions for form in heads[0]
+            ):
+                continue
+            if object_score == 0.0:
+                unmatched = [
+                    n
+                    for n in direct
+                    if n not in used
+                    and asklexicon.is_noun(n)
+                    and not asklexicon.is_person(n)
+                    and n not in entry.actions
+                ]
+                strong = word in entry.strong_actions and verb >= DIRECT_MATCH
+                if not strong or unmatched:
+                    continue
+                object_score = 0.5
+        words = ([word] if word else []) + sorted(set(evidence))
+        scored.append(_Scored(entry, round(0.6 * verb + 0.4 * object_score, 4), verb, words))
+    scored.sort(key=lambda s: (-s.score, s.entry.name))
+    suggestions = tuple(Candidate(s.entry.name, s.score) for s in scored[:3])
+    if not scored:
+        closest = _closest(clause, catalog)
+        return ClauseMatch(clause.text, None, 0.0, (), _uncovered_reason(clause, lemmas), closest)
+    best = scored[0]
+    if len(scored) > 1 and best.score - scored[1].score < AMBIGUITY_MARGIN:
+        names = ", ".join(c.capability for c in suggestions)
+        return ClauseMatch(
+            clause.text,
+            None,
+            round(best.score / 2, 3),
+            (),
+            f"ambiguous: the clause could mean {names}",
+            suggestions,
+        )
+    return ClauseMatch(
+        clause.text,
+        best.entry.name,
+        round(best.score, 3),
+        tuple(best.words),
+        f"matched {best.entry.name}",
+        suggestions,
+    )
+
+
+def _uncovered_reason(clause: Clause, lemmas: Sequence[str]) -> str:
+    if clause.info:
+        return "no capability of the agent reads what the question asks about"
+    if lemmas:
+        return f"no capability of the agent covers {lemmas[0].replace('_', ' ')!r} on this object"
+    if clause.verb is not None:
+        return f"the action {clause.verb.text!r} is not a word the matcher knows"
+    return "no capability of the agent covers this"
+
+
+def _closest(clause: Clause, catalog: Sequence[CatalogEntry]) -> tuple[Candidate, ...]:
+    """Suggestions for an uncovered clause: capabilities sharing a noun or a verb with it."""
+    words = set(_content_nouns(clause.tokens))
+    if clause.verb is not None:
+        words.update(clause.verb.verbs)
+    scored = []
+    for entry in catalog:
+        shared = words & (entry.nouns | set(entry.actions))
+        if shared:
+            scored.append(Candidate(entry.name, round(len(shared) / (len(words) or 1), 3)))
+    scored.sort(key=lambda c: (-c.score, c.capability))
+    return tuple(scored[:3])
+
+
+_COMMON_VERBS = frozenset(
+    "read see show view look check find get open search list display send delete".split()
+)
+"""Typos are corrected towards the agent's own verbs and these few everyday request verbs."""
+
+
+def context_danger(clause: Clause) -> str | None:
+    """A verb in a context clause that destroys, transfers out or grants ("so that I can delete
+    them"): such a clause is a request in disguise and makes the answer "not covered"."""
+    for token in clause.tokens:
+        if token.kind != "word" or not token.verbs or token.text in _FUNCTION:
+            continue
+        if token.nouns and token.text in token.nouns:
+            continue  # "the end of the month", "a copy": read as a noun
+        if _class_of(token.verbs[:1]) in ("destroy", "transfer", "privilege"):
+            return token.text
+    return None
