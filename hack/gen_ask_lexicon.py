@@ -196,7 +196,9 @@ def read_data(root: Path, pos: str) -> dict[str, dict[str, object]]:
         pointers = []
         for _ in range(int(fields[i])):
             symbol, offset, target_pos, numbers = fields[i + 1 : i + 5]
-            pointers.append((symbol, offset, target_pos, int(numbers[:2], 16), int(numbers[2:], 16)))
+            pointers.append(
+                (symbol, offset, target_pos, int(numbers[:2], 16), int(numbers[2:], 16))
+            )
             i += 4
         data[fields[0]] = {"words": words, "pointers": pointers}
     return data

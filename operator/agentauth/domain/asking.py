@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Any
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from agentauth.domain import approvals, askmatching, capabilities, exchanging
 from agentauth.domain.askmatching import Candidate, CatalogEntry
@@ -77,7 +77,9 @@ def catalog_from_grants(grants: Iterable[CapabilityGrant]) -> list[CatalogEntry]
     ]
 
 
-def catalog_for(agent: Agent, grants: Iterable[CapabilityGrant], *, now: datetime) -> list[CatalogEntry]:
+def catalog_for(
+    agent: Agent, grants: Iterable[CapabilityGrant], *, now: datetime
+) -> list[CatalogEntry]:
     """The catalog of ``agent``: only the active grants of its namespace that select it."""
     namespace = agent.metadata.namespace
     return catalog_from_grants(
@@ -185,6 +187,44 @@ class AskAnswer:
             return ALLOWED
         return APPROVAL_REQUIRED if self.approval_required else NOT_COVERED
 
+    def body(self) -> dict[str, object]:
+        """The JSON answer of ``/v1/ask`` (without ``audit_id``, which the handler adds)."""
+        body: dict[str, object] = {
+            "allowed": self.allowed,
+            "decision": self.decision,
+            "capability": self.capability,
+            "approval_required": self.approval_required,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "candidates": [{"capability": c.capability, "score": c.score} for c in self.candidates],
+            "clauses": [
+                {
+                    "text": c.text,
+                    "decision": c.decision,
+                    "capability": c.capability,
+                    "description": c.description,
+                    "matched_words": list(c.matched_words),
+                    "confidence": c.confidence,
+                    "reason": c.reason,
+                    "approved_until": c.approved_until.isoformat() if c.approved_until else None,
+                    "suggestions": [s.capability for s in c.candidates],
+                }
+                for c in self.clauses
+            ],
+        }
+        if self.approved_until is not None:
+            body["approved_until"] = self.approved_until.isoformat()
+        if self.approval_required:
+            body["approval_request"] = {
+                "method": "POST",
+                "path": ACCESS_REQUESTS_PATH,
+                "body": {
+                    "capabilities": list(self.approval_capabilities),
+                    "justification": "<why the agent needs this now>",
+                },
+            }
+        return body
+
     @property
     def approval_capabilities(self) -> tuple[str, ...]:
         """The capabilities to list in the AccessRequest the answer asks for."""
@@ -225,12 +265,10 @@ def _decide_capability(
     return APPROVAL_REQUIRED, reason, None
 
 
-def _combine(
-    clauses: Sequence[ClauseAnswer], candidates: tuple[Candidate, ...] = ()
-) -> AskAnswer:
+def _combine(clauses: Sequence[ClauseAnswer], candidates: tuple[Candidate, ...] = ()) -> AskAnswer:
     """The most restrictive clause decides; ties go to the first such clause."""
     deciding = max(clauses, key=lambda c: _RESTRICTIVENESS[c.decision])
-    if len(clauses) == 1:
+    if len({c.reason for c in clauses}) == 1:
         reason = deciding.reason
     else:
         reason = "; ".join(f"{c.text!r}: {c.reason}" for c in clauses)

@@ -23,10 +23,27 @@ from dataclasses import dataclass
 VERB_SENSES = 3
 """Senses of a verb that count for synonymy: rarer senses ("edit" as "delete") do not."""
 
-_VERB_RULES = (("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"))
-_VERB_RULES += (("ing", ""), ("s", ""))
-_NOUN_RULES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"))
-_NOUN_RULES += (("men", "man"), ("ies", "y"), ("s", ""))
+# WordNet's morphy detachment rules, in its order
+_VERB_RULES: tuple[tuple[str, str], ...] = (
+    ("s", ""),
+    ("ies", "y"),
+    ("es", "e"),
+    ("es", ""),
+    ("ed", "e"),
+    ("ed", ""),
+    ("ing", "e"),
+    ("ing", ""),
+)
+_NOUN_RULES: tuple[tuple[str, str], ...] = (
+    ("s", ""),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+)
 
 CLASSES = ("read", "destroy", "transfer", "privilege")
 """Verb classes the matcher keeps apart (see ``hack/gen_ask_lexicon.py`` for their roots)."""
@@ -35,7 +52,7 @@ CLASSES = ("read", "destroy", "transfer", "privilege")
 @dataclass(frozen=True, slots=True)
 class Lexicon:
     verbs: dict[str, list[int]]
-    verb_synsets: list[list[list[str] | list[int]]]
+    verb_hypernyms: list[list[int]]
     nouns: dict[str, list[str]]
     derived: dict[str, list[str]]
     derived_nouns: dict[str, list[str]]
@@ -43,6 +60,7 @@ class Lexicon:
     verb_exceptions: dict[str, str]
     noun_exceptions: dict[str, str]
     classes: dict[str, str]
+    license: str
 
 
 @functools.cache
@@ -55,7 +73,7 @@ def lexicon() -> Lexicon:
             reverse.setdefault(verb, []).append(noun)
     return Lexicon(
         verbs=data["verbs"],
-        verb_synsets=data["verb_synsets"],
+        verb_hypernyms=[synset[1] for synset in data["verb_synsets"]],
         nouns=data["nouns"],
         derived=data["derived"],
         derived_nouns=reverse,
@@ -63,10 +81,22 @@ def lexicon() -> Lexicon:
         verb_exceptions=data["verb_exceptions"],
         noun_exceptions=data["noun_exceptions"],
         classes=data["classes"],
+        license=data["license"],
     )
 
 
-def _morphy(word: str, *, known: dict[str, object], exceptions: dict[str, str], rules: Iterable[tuple[str, str]]) -> list[str]:
+def lexicon_license() -> str:
+    """WordNet's licence notice, which travels with the data."""
+    return lexicon().license
+
+
+def _morphy(
+    word: str,
+    *,
+    known: dict[str, object],
+    exceptions: dict[str, str],
+    rules: Iterable[tuple[str, str]],
+) -> list[str]:
     found: list[str] = []
     if word in exceptions:
         found.append(exceptions[word])
@@ -158,10 +188,9 @@ def verb_similarity(asked: str, action: str) -> float:
         return 0.0
     if set(asked_senses[:VERB_SENSES]) & set(action_senses[:VERB_SENSES]):
         return 0.85
-    synsets = lexicon().verb_synsets
+    hypernyms = lexicon().verb_hypernyms
     targets = set(action_senses[:2])
     for sense in asked_senses[:2]:
-        hypernyms = synsets[sense][1]
-        if targets.intersection(hypernyms):  # type: ignore[arg-type]
+        if targets.intersection(hypernyms[sense]):
             return 0.7
     return 0.0

@@ -32,62 +32,73 @@ from dataclasses import dataclass, field
 
 from agentauth.domain import asklexicon
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # -- closed-class English: the words that frame a request rather than say what it is ---------
 
-_FRAMING = frozenset(
-    """please kindly just now also then ok okay so hey hi can could may might would will shall
-    should must i we you me us am is are be do does did have has to need needs want wants like
-    allowed able permitted going gonna wanna about ahead go it possible really quickly quick
-    actually first next finally right away again yes sure if whether fine alright""".split()
+_FRAMING = _words(
+    """please kindly just now also then ok okay so hey hi can could may might would will
+    shall should must i we you me us am is are be do does did have has to need needs want
+    wants like allowed able permitted going gonna wanna about ahead go it possible really
+    quickly quick actually first next finally right away again yes sure if whether fine
+    alright"""
 )
 """Words stripped from the start of a clause: "can I", "I need to", "please go ahead and"."""
-_CONDITIONAL_FRAMING = frozenset("do does did have has".split())
-"""Framing only before a pronoun or more framing ("do I", "have to"): "do a restart" is a request."""
-_WH = frozenset("what which where who whom whose when how".split())
-_HOW_INFO = frozenset("many much long often".split())
-_SUBORDINATORS = frozenset(
+_CONDITIONAL_FRAMING = frozenset(["do", "does", "did", "have", "has"])
+"""Framing only before a pronoun or more framing ("do I", "have to"), so that "do a restart" is
+a request."""
+_WH = _words("""what which where who whom whose when how""")
+_HOW_INFO = frozenset(["many", "much", "long", "often"])
+_SUBORDINATORS = _words(
     """so because since while when whenever if unless once before after until that which who
-    whom where whereas though although""".split()
+    whom where whereas though although"""
 )
-_COORDINATORS = frozenset("and then also plus but or".split())
-_PREPOSITIONS = frozenset(
-    """for about with from in on at to into onto by via during since after before until because
-    within without across against toward towards per like than regarding concerning""".split()
+_COORDINATORS = frozenset(["and", "then", "also", "plus", "but", "or"])
+_PREPOSITIONS = _words(
+    """for about with from in on at to into onto by via during since after before until
+    because within without across against toward towards per like than regarding
+    concerning"""
 )
-_DETERMINERS = frozenset(
+_DETERMINERS = _words(
     """a an the this that these those my our your their his her its some any all every each
-    no other another such what which whose both either neither few more most less least much
-    many several""".split()
+    no other another such what which whose both either neither few more most less least
+    much many several"""
 )
-_PRONOUNS = frozenset(
-    """i me my mine we us our ours you your yours he him his she her hers it its they them their
-    theirs this that these those who whom someone somebody something anyone anybody anything
-    everyone everybody everything everyone nobody nothing one ones myself yourself ourselves
-    themselves itself there here""".split()
+_PRONOUNS = _words(
+    """i me my mine we us our ours you your yours he him his she her hers it its they them
+    their theirs this that these those who whom someone somebody something anyone anybody
+    anything everyone everybody everything everyone nobody nothing one ones myself
+    yourself ourselves themselves itself there here"""
 )
-_AUXILIARIES = frozenset(
-    """am is are was were be been being do does did done have has had having can could may might
-    must shall should will would not no""".split()
+_AUXILIARIES = _words(
+    """am is are was were be been being do does did done have has had having can could may
+    might must shall should will would not no"""
 )
 _PARTICLES = ("up", "down", "off", "out", "back", "over", "in", "on", "away", "through")
 _FUNCTION = (
-    _FRAMING | _WH | _SUBORDINATORS | _COORDINATORS | _PREPOSITIONS | _DETERMINERS | _PRONOUNS
-) | _AUXILIARIES | frozenset(("of", "as", "than", "too", "very", "not", "no", "s", "t"))
-
-SUPPORT_VERBS = frozenset(
-    """issue create generate make produce prepare send give provide authorize authorise process
-    execute perform do run initiate start trigger submit file draft write compose extend deliver
-    place open book raise conduct carry_out""".split()
+    (_FRAMING | _WH | _SUBORDINATORS | _COORDINATORS | _PREPOSITIONS | _DETERMINERS | _PRONOUNS)
+    | _AUXILIARIES
+    | frozenset(("of", "as", "than", "too", "very", "not", "no", "s", "t"))
 )
-"""Verbs that say "bring about the thing named by the noun": a capability ``refunds.issue`` is
-done by "refund"; a clause "do a restart" or "process a refund" asks for "restart" or "refund"."""
-LIGHT_VERBS = frozenset("do make perform run process carry_out take have give get conduct".split())
+
+SUPPORT_VERBS = _words(
+    """issue create generate make produce send give provide authorize authorise process
+    execute perform do run initiate start trigger submit file extend deliver place raise
+    conduct carry_out"""
+)
+"""Verbs that say "carry out the act named by the noun": a capability ``refunds.issue`` is done
+by "refund", ``payments.authorize`` by "pay". Verbs that only prepare the thing ("draft",
+"write", "prepare") are not among them: "post" is not what ``posts.draft`` does."""
+LIGHT_VERBS = _words("""do make perform run process carry_out take have give get conduct""")
 """Verbs that lend their clause the action of a derived noun: "do a restart", "run a query"."""
 
-SENSITIVE_NOUNS = frozenset(
+SENSITIVE_NOUNS = _words(
     """admin administrator root superuser sudo permission privilege right role rolebinding
-    access password passphrase credential key token secret certificate quota limit approver
-    owner ownership policy mfa login""".split()
+    access password passphrase credential key token secret certificate quota limit
+    approver owner ownership policy mfa login"""
 )
 """Objects that change who may do what: foreign to any capability that does not name them."""
 
@@ -149,7 +160,7 @@ def tokenize(text: str) -> list[Token]:
     for raw in _TOKEN.findall(lowered):
         if "-" in raw and raw.replace("-", "").isalpha() and raw.isascii():
             whole = _word(raw)
-            if whole.verbs or whole.nouns and not raw.endswith("s"):
+            if whole.verbs or (whole.nouns and not raw.endswith("s")):
                 tokens.append(whole)
             else:
                 tokens.extend(_word(part) for part in raw.split("-") if part)
@@ -196,7 +207,7 @@ def _is_base_verb(token: Token) -> bool:
 
 def _could_start_request(token: Token) -> bool:
     """A clause starting with this word asks for an action (imperative or gerund)."""
-    if token.kind != "word" or token.text in _FUNCTION - {"open", "check"}:
+    if token.kind != "word" or (token.text in _FUNCTION and token.text not in LIGHT_VERBS):
         return False
     if not token.verbs:
         return False
@@ -301,18 +312,42 @@ def clauses(tokens: Sequence[Token]) -> list[Clause]:
     return found
 
 
+_TOOL_VERBS = frozenset(("use", "call", "invoke", "run"))
+_TOOL_NOUNS = frozenset(("tool", "function", "action", "command"))
+
+
+def _tool_clause(piece: list[Token], body: list[Token]) -> list[Token] | None:
+    """ "use the tool read_document": the tool's name is the action asked about, so the clause is
+    read as the words of the name ("read document")."""
+    if not body or body[0].text not in _TOOL_VERBS:
+        return None
+    rest = body[1:5]
+    if not any(t.text in _TOOL_NOUNS for t in rest):
+        return None
+    for token in rest:
+        parts = re.split(r"[_\-]", token.text)
+        if token.kind == "id" and len(parts) > 1 and all(p.isalpha() for p in parts):
+            return [_word(p) for p in parts if p]
+    return None
+
+
 def _clause(kind: str, piece: list[Token]) -> Clause:
     body, wanted = _strip_framing(piece)
+    named = _tool_clause(piece, body) if kind == "main" else None
+    if named is not None:
+        return _clause(kind, named)
     tokens = tuple(piece)
     if kind != "main" or not body:
         return Clause(tokens, "context", after_verb=tuple(body))
     head = body[0]
-    if head.text in _WH or (head.text in ("is", "are") and len(body) > 1 and body[1].text == "there"):
+    if head.text in _WH or (
+        head.text in ("is", "are") and len(body) > 1 and body[1].text == "there"
+    ):
         return Clause(tokens, "request", info=True, after_verb=tuple(body[1:]))
     if _could_start_request(head) or (head.kind == "word" and head.verbs and not head.nouns):
         particle = _particle(head, body[1:])
         return Clause(tokens, "request", verb=head, particle=particle, after_verb=tuple(body[1:]))
-    if wanted and (head.text in _DETERMINERS or head.nouns and not head.verbs):
+    if wanted and (head.text in _DETERMINERS or (head.nouns and not head.verbs)):
         return Clause(tokens, "request", noun_request=True, after_verb=tuple(body))
     if head.kind == "word" and not head.verbs and head.text not in _FUNCTION:
         # a first word where a verb belongs that WordNet knows only as a noun ("rollback"), or
@@ -331,12 +366,15 @@ def _clause(kind: str, piece: list[Token]) -> Clause:
 
 
 def _particle(verb: Token, rest: Sequence[Token]) -> str | None:
-    """A particle that makes a phrasal verb WordNet knows with this verb ("roll ... back")."""
+    """A particle that may make a phrasal verb with this verb ("roll ... back", "look up"); the
+    matcher reads the clause both with and without it."""
+    if not verb.verbs:
+        return None
     for token in rest[:5]:
         if token.text in _PARTICLES:
-            for lemma in verb.verbs:
-                if asklexicon.is_verb(f"{lemma}_{token.text}"):
-                    return token.text
+            return token.text
+        if token.kind == "punct":
+            break
     return None
 
 
@@ -358,6 +396,9 @@ class CatalogEntry:
     resource: frozenset[str] = field(default=frozenset(), compare=False)
     synonyms: frozenset[str] = field(default=frozenset(), compare=False)
     described: frozenset[str] = field(default=frozenset(), compare=False)
+    """Nouns of what the description's and examples' verbs act on."""
+    mentioned: frozenset[str] = field(default=frozenset(), compare=False)
+    """Other nouns of the description and examples ("for a service"): support, not evidence."""
     action_class: str | None = field(default=None, compare=False)
     person_resource: bool = field(default=False, compare=False)
 
@@ -367,7 +408,7 @@ class CatalogEntry:
 
     @property
     def nouns(self) -> frozenset[str]:
-        return self.resource | self.synonyms | self.described
+        return self.resource | self.synonyms | self.described | self.mentioned
 
     @classmethod
     def build(
@@ -380,7 +421,7 @@ def _split_compound(word: str, known: Iterable[str]) -> list[str]:
     """``rollback`` -> ``roll_back``; ``backgroundchecks`` -> ``background_check``."""
     for index in range(3, len(word) - 1):
         left, right = word[:index], word[index:]
-        if right in _PARTICLES and asklexicon.is_verb(f"{left}_{right}"):
+        if right in _PARTICLES and asklexicon.is_verb(left):
             return [f"{left}_{right}"]
         rights = asklexicon.noun_lemmas(right)
         if asklexicon.noun_lemmas(left) and rights and len(left) > 3 and len(right) > 3:
@@ -408,16 +449,20 @@ def _content_nouns(tokens: Sequence[Token]) -> list[str]:
     return found
 
 
-def _phrase_verbs(text: str) -> tuple[list[str], list[str]]:
+def _phrase_verbs(text: str) -> tuple[list[str], list[str], list[str]]:
     """The verbs of a description or example, read as one or more imperative clauses ("Create,
-    move or cancel meetings"), and its nouns."""
+    move or cancel meetings"), the nouns of what they act on, and the other nouns."""
     verbs: list[str] = []
-    nouns: list[str] = []
+    objects: list[str] = []
+    others: list[str] = []
     for clause in clauses(tokenize(text)):
+        rest = clause.after_verb if clause.verb else clause.tokens
         if clause.verb is not None:
             verbs.extend(_verb_lemmas(clause))
-        nouns.extend(_content_nouns(clause.after_verb if clause.verb else clause.tokens))
-    return verbs, nouns
+        direct = _object_nouns(rest)
+        objects.extend(_content_nouns(direct))
+        others.extend(_content_nouns(rest[len(direct) :]))
+    return verbs, objects, others
 
 
 def _verb_lemmas(clause: Clause) -> list[str]:
@@ -434,7 +479,7 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
     action_words = [w for w in re.split(r"[_-]", parts[-1]) if w]
     actions: dict[str, float] = {}
     for word in action_words[:1]:
-        lemmas = list(asklexicon.verb_lemmas(word)) or _split_compound(word, ()) or [word]
+        lemmas = list(asklexicon.verb_lemmas(word)) or [word, *_split_compound(word, ())]
         for lemma in lemmas:
             actions[lemma] = 1.0
     resource: set[str] = set()
@@ -452,10 +497,12 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
     strong = set(actions)
     described_verbs: list[str] = []
     described: set[str] = set()
+    mentioned: set[str] = set()
     for text in (description, *examples):
-        verbs, nouns = _phrase_verbs(text)
+        verbs, objects, others = _phrase_verbs(text)
         described_verbs.extend(verbs)
-        described.update(nouns)
+        described.update(objects)
+        mentioned.update(others)
     if set(actions) & SUPPORT_VERBS or (described_verbs and described_verbs[0] in SUPPORT_VERBS):
         for noun in resource:
             for verb in asklexicon.derived_verbs(noun):
@@ -463,11 +510,18 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
                 strong.add(verb)
     for verb in described_verbs:
         actions.setdefault(verb, 0.9)
+    # the class of what the capability does: its name's action, else its description's verb
+    # (never a verb derived from its resource, which only widens how it may be asked for)
     action_class = None
-    for lemma in [*actions, *described_verbs[:1]]:
+    for lemma in [*(a for a, w in actions.items() if w == 1.0), *described_verbs[:1]]:
         action_class = asklexicon.verb_class(lemma)
         if action_class is not None:
             break
+    for verb in [v for v, w in actions.items() if w == 0.95]:
+        derived_class = asklexicon.verb_class(verb)
+        if derived_class in DANGEROUS and derived_class != action_class:
+            del actions[verb]  # "post" (publish) is not what posts.draft does
+            strong.discard(verb)
     return CatalogEntry(
         name=name,
         description=description,
@@ -477,6 +531,7 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
         resource=frozenset(resource),
         synonyms=frozenset(synonyms),
         described=frozenset(described - resource),
+        mentioned=frozenset(mentioned - described - resource),
         action_class=action_class,
         person_resource=any(asklexicon.is_person(r) for r in resource),
     )
@@ -523,7 +578,9 @@ def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
     if len(word) < 4:
         return None
     limit = 2 if len(word) >= 8 else 1
-    found = {v for v in vocabulary if abs(len(v) - len(word)) <= limit and _damerau(word, v) <= limit}
+    found = {
+        v for v in vocabulary if abs(len(v) - len(word)) <= limit and _damerau(word, v) <= limit
+    }
     return found.pop() if len(found) == 1 else None
 
 
@@ -535,7 +592,9 @@ class _Scored:
     words: list[str]
 
 
-def _asked_verbs(clause: Clause, nouns: list[str], vocabulary: frozenset[str]) -> tuple[list[str], list[str]]:
+def _asked_verbs(
+    clause: Clause, nouns: list[str], vocabulary: frozenset[str]
+) -> tuple[list[str], list[str]]:
     """The verb lemmas the clause asks for, and nouns used up as its action ("do a restart")."""
     if clause.verb is None:
         return [], []
@@ -546,7 +605,9 @@ def _asked_verbs(clause: Clause, nouns: list[str], vocabulary: frozenset[str]) -
     used: list[str] = []
     if set(lemmas) & LIGHT_VERBS:
         for noun in nouns[:3]:
-            derived = [v for v in asklexicon.derived_verbs(noun) if v == noun or noun.startswith(v[:4])]
+            derived = [
+                v for v in asklexicon.derived_verbs(noun) if v == noun or noun.startswith(v[:4])
+            ]
             if derived:
                 lemmas = derived + lemmas
                 used.append(noun)
@@ -573,18 +634,21 @@ def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str 
     return best, word
 
 
-def _heads(tokens: Sequence[Token]) -> list[tuple[str, ...]]:
+def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
     """The head of each noun phrase of ``tokens`` that is not a person (its last word, with the
-    compounds it ends), first phrase first; a phrase ending in a word WordNet does not know (a
-    name such as "frontend") has no head."""
+    compounds it ends), first phrase first, and whether the phrase is one bare word right at the
+    start (no determiner: likely a name, "scale checkout"); a phrase ending in a word WordNet
+    does not know (a name such as "frontend") has no head."""
     runs: list[list[Token]] = [[]]
-    for token in tokens:
+    starts: list[int] = [0]
+    for index, token in enumerate(tokens):
         if token.kind != "word" or token.text in _FUNCTION:
             runs.append([])
+            starts.append(index + 1)
         else:
             runs[-1].append(token)
-    heads: list[tuple[str, ...]] = []
-    for run in runs:
+    heads: list[tuple[tuple[str, ...], bool]] = []
+    for run, start in zip(runs, starts, strict=True):
         if not run or not run[-1].nouns:
             continue
         last = run[-1]
@@ -595,8 +659,12 @@ def _heads(tokens: Sequence[Token]) -> list[tuple[str, ...]]:
             forms.extend(f"{previous}_{n}" for n in last.nouns)
         if any(asklexicon.is_person(n) for n in last.nouns):
             continue
-        heads.append(tuple(forms))
+        heads.append((tuple(forms), start == 0 and len(run) == 1 and last.text in last.nouns))
     return heads
+
+
+def _name_actions(entry: CatalogEntry) -> frozenset[str]:
+    return frozenset(a for a, weight in entry.actions.items() if weight == 1.0)
 
 
 def _object_nouns(tokens: Sequence[Token]) -> list[Token]:
@@ -617,7 +685,7 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
     direct = _content_nouns(direct_tokens)
     vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
     lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
-    heads = [h for h in _heads(direct_tokens) if not set(h) & set(used)]
+    heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
     asked_class = _class_of(lemmas)
     resources = {r: e.name for e in catalog for r in e.resource}
     scored: list[_Scored] = []
@@ -627,7 +695,11 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
         if entry.person_resource:
             evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
         else:
-            evidence = [n for n in all_nouns if n in nouns and not asklexicon.is_person(n)]
+            evidence = [
+                n
+                for n in all_nouns
+                if n in nouns and n not in entry.mentioned and not asklexicon.is_person(n)
+            ]
         object_score = 0.0
         for noun in evidence:
             weight = 1.0 if noun in entry.resource else 0.8 if noun in entry.synonyms else 0.6
@@ -659,31 +731,32 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
                 continue
             if entry.reads and asked_class != "read" and word not in entry.actions:
                 continue
-            # the object: the first phrase's head must be something the capability acts on
-            if heads and not any(
-                form in nouns or form in used or form in entry.actions for form in heads[0]
-            ):
-                continue
+            derived = word in entry.strong_actions and word not in _name_actions(entry)
             if object_score == 0.0:
-                unmatched = [
-                    n
-                    for n in direct
-                    if n not in used
-                    and asklexicon.is_noun(n)
-                    and not asklexicon.is_person(n)
-                    and n not in entry.actions
-                ]
-                strong = word in entry.strong_actions and verb >= DIRECT_MATCH
-                if not strong or unmatched:
+                # no object the capability names: only a verb derived from its resource names
+                # the object by itself ("refund order 7781" for refunds.issue: what follows is
+                # what the refund is for, and anything foreign was refused above)
+                if not derived:
                     continue
                 object_score = 0.5
+            elif heads and not entry.reads and not derived:
+                # what is acted on (the first phrase's head) must be what the capability acts
+                # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
+                head, bare = heads[0]
+                if not bare and not any(form in nouns or form in entry.actions for form in head):
+                    continue
         words = ([word] if word else []) + sorted(set(evidence))
         scored.append(_Scored(entry, round(0.6 * verb + 0.4 * object_score, 4), verb, words))
     scored.sort(key=lambda s: (-s.score, s.entry.name))
     suggestions = tuple(Candidate(s.entry.name, s.score) for s in scored[:3])
     if not scored:
         closest = _closest(clause, catalog)
-        return ClauseMatch(clause.text, None, 0.0, (), _uncovered_reason(clause, lemmas), closest)
+        reason = (
+            _uncovered_reason(clause, lemmas)
+            if closest
+            else "no capability shares words with the question"
+        )
+        return ClauseMatch(clause.text, None, 0.0, (), reason, closest)
     best = scored[0]
     if len(scored) > 1 and best.score - scored[1].score < AMBIGUITY_MARGIN:
         names = ", ".join(c.capability for c in suggestions)
@@ -729,8 +802,8 @@ def _closest(clause: Clause, catalog: Sequence[CatalogEntry]) -> tuple[Candidate
     return tuple(scored[:3])
 
 
-_COMMON_VERBS = frozenset(
-    "read see show view look check find get open search list display send delete".split()
+_COMMON_VERBS = _words(
+    """read see show view look check find get open search list display send delete"""
 )
 """Typos are corrected towards the agent's own verbs and these few everyday request verbs."""
 

@@ -725,20 +725,14 @@ class TokenService:
             capability=answer.capability,
             outcome=outcome,
             confidence=answer.confidence,
+            clauses=[
+                {"text": c.text, "decision": c.decision, "capability": c.capability}
+                for c in answer.clauses
+            ]
+            if len(answer.clauses) > 1
+            else None,
         )
-        return self._json(
-            {
-                "allowed": answer.allowed,
-                "capability": answer.capability,
-                "approval_required": answer.approval_required,
-                "confidence": answer.confidence,
-                "reason": answer.reason,
-                "candidates": [
-                    {"capability": c.capability, "score": c.score} for c in answer.candidates
-                ],
-                "audit_id": audit_id,
-            }
-        )
+        return self._json({**answer.body(), "audit_id": audit_id})
 
     # -- probes and metrics ------------------------------------------------------------------
 
