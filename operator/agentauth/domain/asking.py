@@ -29,6 +29,7 @@ of the question, so a reviewer sees what the agent said it was about to do.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -71,10 +72,13 @@ def catalog_from_grants(grants: Iterable[CapabilityGrant]) -> list[CatalogEntry]
             examples.extend(e for e in spec.examples if e not in examples)
             if not description and spec.description:
                 merged[spec.name] = (spec.description, examples)
-    return [
-        CatalogEntry.build(name=name, description=desc, examples=ex)
-        for name, (desc, ex) in sorted(merged.items())
-    ]
+    return list(_entries(tuple((n, d, tuple(e)) for n, (d, e) in sorted(merged.items()))))
+
+
+@functools.lru_cache(maxsize=1024)
+def _entries(specs: tuple[tuple[str, str, tuple[str, ...]], ...]) -> tuple[CatalogEntry, ...]:
+    """Catalog entries, built once per distinct catalog (an agent's grants rarely change)."""
+    return tuple(CatalogEntry.build(name=n, description=d, examples=e) for n, d, e in specs)
 
 
 def catalog_for(

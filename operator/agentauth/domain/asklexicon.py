@@ -14,6 +14,7 @@ keeping only forms WordNet knows), with one addition for doubled final consonant
 from __future__ import annotations
 
 import functools
+import gc
 import gzip
 import importlib.resources
 import json
@@ -51,16 +52,23 @@ CLASSES = ("read", "destroy", "transfer", "privilege")
 
 @dataclass(frozen=True, slots=True)
 class Lexicon:
-    verbs: dict[str, list[int]]
-    verb_hypernyms: list[list[int]]
-    nouns: dict[str, list[str]]
-    derived: dict[str, list[str]]
-    derived_nouns: dict[str, list[str]]
+    """The data, with every list flattened into a space-separated string: strings are not
+    tracked by Python's garbage collector, so the ~200 000 entries cost no collection time."""
+
+    verbs: dict[str, str]
+    verb_hypernyms: tuple[str, ...]
+    nouns: dict[str, str]
+    derived: dict[str, str]
+    derived_nouns: dict[str, str]
     persons: frozenset[str]
     verb_exceptions: dict[str, str]
     noun_exceptions: dict[str, str]
     classes: dict[str, str]
     license: str
+
+
+def _flat(values: list[object]) -> str:
+    return " ".join(str(value) for value in values)
 
 
 @functools.cache
@@ -71,18 +79,21 @@ def lexicon() -> Lexicon:
     for noun, verbs in data["derived"].items():
         for verb in verbs:
             reverse.setdefault(verb, []).append(noun)
-    return Lexicon(
-        verbs=data["verbs"],
-        verb_hypernyms=[synset[1] for synset in data["verb_synsets"]],
-        nouns=data["nouns"],
-        derived=data["derived"],
-        derived_nouns=reverse,
+    lexicon = Lexicon(
+        verbs={k: _flat(v) for k, v in data["verbs"].items()},
+        verb_hypernyms=tuple(_flat(synset[1]) for synset in data["verb_synsets"]),
+        nouns={k: _flat(v) for k, v in data["nouns"].items()},
+        derived={k: _flat(v) for k, v in data["derived"].items()},
+        derived_nouns={k: _flat(v) for k, v in reverse.items()},
         persons=frozenset(data["persons"]),
         verb_exceptions=data["verb_exceptions"],
         noun_exceptions=data["noun_exceptions"],
         classes=data["classes"],
         license=data["license"],
     )
+    del data, reverse
+    gc.collect()  # the decoded JSON was a million tracked objects: free them now, once
+    return lexicon
 
 
 def lexicon_license() -> str:
@@ -148,17 +159,17 @@ def is_word(word: str) -> bool:
 
 def noun_synonyms(noun: str) -> tuple[str, ...]:
     """Single-word synonyms from the noun's first senses (``voucher`` -> ``coupon``)."""
-    return tuple(lexicon().nouns.get(noun, ()))
+    return tuple(lexicon().nouns.get(noun, "").split())
 
 
 def derived_verbs(noun: str) -> tuple[str, ...]:
     """Verbs WordNet derives the noun from or to (``payment`` -> ``pay``, ``summary`` ->
     ``summarize``)."""
-    return tuple(lexicon().derived.get(noun, ()))
+    return tuple(lexicon().derived.get(noun, "").split())
 
 
 def derived_nouns(verb: str) -> tuple[str, ...]:
-    return tuple(lexicon().derived_nouns.get(verb, ()))
+    return tuple(lexicon().derived_nouns.get(verb, "").split())
 
 
 def verb_class(lemma: str) -> str | None:
@@ -166,8 +177,9 @@ def verb_class(lemma: str) -> str | None:
     return lexicon().classes.get(lemma)
 
 
-def _senses(lemma: str) -> list[int]:
-    return lexicon().verbs.get(lemma, [])
+@functools.lru_cache(maxsize=65536)
+def _senses(lemma: str) -> tuple[int, ...]:
+    return tuple(int(sense) for sense in lexicon().verbs.get(lemma, "").split())
 
 
 @functools.lru_cache(maxsize=65536)
@@ -191,6 +203,6 @@ def verb_similarity(asked: str, action: str) -> float:
     hypernyms = lexicon().verb_hypernyms
     targets = set(action_senses[:2])
     for sense in asked_senses[:2]:
-        if targets.intersection(hypernyms[sense]):
+        if targets.intersection(int(h) for h in hypernyms[sense].split()):
             return 0.7
     return 0.0
