@@ -67,7 +67,7 @@ class Lexicon:
     license: str
 
 
-def _flat(values: list[object]) -> str:
+def _flat(values: Iterable[object]) -> str:
     return " ".join(str(value) for value in values)
 
 
