@@ -434,18 +434,20 @@ def _noun_forms(token: Token) -> tuple[str, ...]:
     return token.nouns or ((token.text,) if token.kind == "word" else ())
 
 
-def _content_nouns(tokens: Sequence[Token]) -> list[str]:
-    """Noun lemmas (and WordNet compounds of two adjacent words) among ``tokens``."""
+def _content_nouns(tokens: Sequence[Token], *, concatenated: bool = True) -> list[str]:
+    """Noun lemmas among ``tokens``, with the WordNet compounds of two adjacent words
+    ("credit_card") and, when ``concatenated``, two adjacent words written as one ("config map"
+    -> "configmap", to meet a resource named ``configmaps``)."""
     found: list[str] = []
     words = [t for t in tokens if t.kind == "word" and t.text not in _FUNCTION]
     for index, token in enumerate(words):
         found.extend(_noun_forms(token))
         if index + 1 < len(words):
-            following = words[index + 1]
-            for second in _noun_forms(following):
-                for joined in (f"{token.text}_{second}", f"{token.text}{second}"):
-                    if asklexicon.is_noun(joined) or joined.replace("_", "") == joined:
-                        found.append(joined)
+            for second in _noun_forms(words[index + 1]):
+                if asklexicon.is_noun(f"{token.text}_{second}"):
+                    found.append(f"{token.text}_{second}")
+                if concatenated:
+                    found.append(f"{token.text}{second}")
     return found
 
 
@@ -460,8 +462,8 @@ def _phrase_verbs(text: str) -> tuple[list[str], list[str], list[str]]:
         if clause.verb is not None:
             verbs.extend(_verb_lemmas(clause))
         direct = _object_nouns(rest)
-        objects.extend(_content_nouns(direct))
-        others.extend(_content_nouns(rest[len(direct) :]))
+        objects.extend(_content_nouns(direct, concatenated=False))
+        others.extend(_content_nouns(rest[len(direct) :], concatenated=False))
     return verbs, objects, others
 
 
