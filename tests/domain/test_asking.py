@@ -238,6 +238,7 @@ def test_matching_is_deterministic() -> None:
         ("Kann ich die Rechnung von Acme bezahlen?", "the question is not English text"),
         ("重启部署", "the question is not English text"),
         ("!!! ??? ...", "the question is not English text"),
+        ("kann ich bezahlen", "the question is not English text"),
         ("asdf qwer zxcv", "the question is not English text"),
         ("invoice " * 250, "no capability of the agent covers 'invoice'"),
     ],

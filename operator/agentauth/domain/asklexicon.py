@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 VERB_SENSES = 3
 """Senses of a verb that count for synonymy: rarer senses ("edit" as "delete") do not."""
+TROPONYM_DEPTH = 2
+"""How many hypernym steps up from a verb still name the same act done a particular way."""
 
 # WordNet's morphy detachment rules, in its order
 _VERB_RULES: tuple[tuple[str, str], ...] = (
@@ -190,7 +192,9 @@ def verb_similarity(asked: str, action: str) -> float:
     - 0.85 they share one of the first ``VERB_SENSES`` senses of both (``give_back`` and
       ``refund``; ``okay`` and ``approve``);
     - 0.7 one of the first two senses of ``asked`` is a more specific way of doing one of the
-      first two senses of ``action`` (a troponym: ``e-mail`` is a way to ``send``);
+      first ``VERB_SENSES`` senses of ``action``, directly or through one intermediate verb (a
+      troponym: ``e-mail`` is a way to ``send``, ``jot down`` to ``write``, ``offer`` to
+      ``give``);
     - 0.0 otherwise.
     """
     if asked == action:
@@ -200,9 +204,15 @@ def verb_similarity(asked: str, action: str) -> float:
         return 0.0
     if set(asked_senses[:VERB_SENSES]) & set(action_senses[:VERB_SENSES]):
         return 0.85
-    hypernyms = lexicon().verb_hypernyms
-    targets = set(action_senses[:2])
-    for sense in asked_senses[:2]:
-        if targets.intersection(int(h) for h in hypernyms[sense].split()):
+    targets = set(action_senses[:VERB_SENSES])
+    frontier = set(asked_senses[:2])
+    for _ in range(TROPONYM_DEPTH):
+        frontier = {h for sense in frontier for h in _hypernyms(sense)}
+        if targets & frontier:
             return 0.7
     return 0.0
+
+
+@functools.lru_cache(maxsize=65536)
+def _hypernyms(sense: int) -> tuple[int, ...]:
+    return tuple(int(h) for h in lexicon().verb_hypernyms[sense].split())

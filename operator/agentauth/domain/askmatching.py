@@ -170,14 +170,18 @@ def tokenize(text: str) -> list[Token]:
 
 
 def looks_english(tokens: Sequence[Token]) -> bool:
-    """Most words are English words WordNet or the closed-class lists know (a few names aside)."""
+    """At least half the words are English words WordNet or the closed-class lists know (names
+    and a typo aside)."""
     words = [t for t in tokens if t.kind in ("word", "foreign")]
     if not words:
         return False
     known = sum(
-        1 for t in words if t.kind == "word" and (t.text in _FUNCTION or t.verbs or t.nouns)
-    )
-    return known * 10 >= len(words) * 6
+        1
+        for t in words
+        if t.kind == "word"
+        and (t.text in _FUNCTION or (len(t.text) > 2 and (t.verbs or t.nouns)))
+    )  # WordNet's two-letter nouns are abbreviations ("de", "el"), not evidence of English
+    return known * 2 >= len(words)
 
 
 # -- clauses ----------------------------------------------------------------------------------
@@ -221,6 +225,9 @@ def _strip_framing(tokens: Sequence[Token]) -> tuple[list[Token], bool]:
     wanted = False
     while rest:
         head = rest[0].text
+        if head in ("ok", "okay") and len(rest) > 1 and rest[1].text in _DETERMINERS:
+            rest[0] = _word("okay")  # "OK the taxi expense": the verb "okay" (approve)
+            break
         if head == "how" and len(rest) > 1 and rest[1].text in _HOW_INFO:
             break
         if head == "let" and len(rest) > 1 and rest[1].text in ("me", "us"):
@@ -277,6 +284,18 @@ def _framing_only(tokens: Sequence[Token]) -> bool:
     return all(t.text in _FRAMING for t in tokens)
 
 
+def _is_statement(piece: Sequence[Token]) -> bool:
+    """A subject and a finite verb ("the customer confirmed it is fixed"): something said about
+    the world, not more of the object of the previous clause."""
+    return any(
+        t.kind == "word"
+        and t.verbs
+        and t.text not in _FUNCTION
+        and (t.text.endswith("ed") or not t.nouns)
+        for t in piece[1:]
+    ) or any(t.text in ("is", "are", "was", "were") for t in piece)
+
+
 def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
     """A piece after "and" or a comma that does not start with a verb continues the previous
     one ("invoices and receipts"), unless it starts its own question."""
@@ -286,7 +305,7 @@ def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]
         starts = bool(body) and (_could_start_request(body[0]) or body[0].text in _WH)
         if merged and kind == "main" and not starts and not _framing_only(piece):
             previous_kind, previous = merged[-1]
-            if previous_kind == "main":
+            if previous_kind == "main" and not _is_statement(piece):
                 merged[-1] = (previous_kind, previous + piece)
                 continue
             merged.append(("context", piece))
@@ -298,7 +317,10 @@ def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]
 def clauses(tokens: Sequence[Token]) -> list[Clause]:
     """The clauses of a tokenized question."""
     sentences: list[list[Token]] = [[]]
-    for token in tokens:
+    for index, token in enumerate(tokens):
+        previous = tokens[index - 1].text if index else ""
+        if token.text == "." and previous in _ABBREVIATIONS:
+            continue  # "Mr. Chen", "Dr. Weber": not the end of a sentence
         if token.text in (".", ";", "!", "?"):
             sentences.append([])
         else:
@@ -312,6 +334,7 @@ def clauses(tokens: Sequence[Token]) -> list[Clause]:
     return found
 
 
+_ABBREVIATIONS = _words("mr mrs ms dr prof st jr sr vs etc eg ie approx no nr inc ltd co corp")
 _TOOL_VERBS = frozenset(("use", "call", "invoke", "run"))
 _TOOL_NOUNS = frozenset(("tool", "function", "action", "command"))
 
@@ -349,7 +372,7 @@ def _clause(kind: str, piece: list[Token]) -> Clause:
         return Clause(tokens, "request", verb=head, particle=particle, after_verb=tuple(body[1:]))
     if wanted and (head.text in _DETERMINERS or (head.nouns and not head.verbs)):
         return Clause(tokens, "request", noun_request=True, after_verb=tuple(body))
-    if head.kind == "word" and not head.verbs and head.text not in _FUNCTION:
+    if head.kind == "word" and not head.verbs and head.text not in _FUNCTION and len(body) > 1:
         # a first word where a verb belongs that WordNet knows only as a noun ("rollback"), or
         # not at all (a typo, a name, another language): the matcher compares its spelling
         return Clause(tokens, "request", verb=head, after_verb=tuple(body[1:]))
@@ -468,10 +491,14 @@ def _phrase_verbs(text: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def _verb_lemmas(clause: Clause) -> list[str]:
+    """The verb's lemmas; with a particle, the phrasal verb WordNet knows ("write off" is not
+    "write"), else both readings ("roll back": a capability may name ``rollback``)."""
     assert clause.verb is not None  # noqa: S101 - callers check
     lemmas = list(clause.verb.verbs) or [clause.verb.text]
     if clause.particle:
-        lemmas = [f"{lemma}_{clause.particle}" for lemma in lemmas] + lemmas
+        phrasal = [f"{lemma}_{clause.particle}" for lemma in lemmas]
+        known = [p for p in phrasal if asklexicon.is_verb(p)]
+        lemmas = known or phrasal + lemmas
     return lemmas
 
 
@@ -711,6 +738,7 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             for n in direct
             if n not in nouns
             and n not in used
+            and not asklexicon.is_person(n)  # who it is for ("the customer") is never foreign
             and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
         ]
         if foreign and not (entry.reads and clause.info):
