@@ -17,6 +17,9 @@ What is kept:
   ``NOUN_SENSES`` synsets (its synonyms);
 - ``derived``: morphological derivations between noun and verb lemmas (``refund`` <-> ``refund``,
   ``summary`` -> ``summarize``, ``payment`` -> ``pay``), from WordNet's ``+`` pointers;
+- ``noun_hypernyms``: what each noun's first sense is a kind of, two steps up (``contract`` ->
+  ``agreement``, ``document``);
+- ``times``: nouns whose first sense is a time (``tomorrow``, ``friday``, ``week``);
 - ``persons``: noun lemmas whose first sense is a person or an organisation (``customer``,
   ``vendor``, ``team``): the matcher treats them as who an action is for, not what it acts on;
 - ``verb_exceptions`` / ``noun_exceptions``: irregular inflections (``ran`` -> ``run``, ``mice``
@@ -45,6 +48,7 @@ OUT = Path(__file__).resolve().parents[1] / "operator/agentauth/domain/asklexico
 NOUN_SENSES = 3
 CLASS_SENSES = 2
 TROPONYM_DEPTH = 1
+HYPERNYM_DEPTH = 2
 
 WORDNET_LICENSE = """WordNet Release 3.0. This software and database is being provided to you, the
 LICENSEE, by Princeton University under the following license. By obtaining, using and/or copying
@@ -278,6 +282,44 @@ def build(root: Path) -> dict[str, object]:
             if symbol in ("@", "@i") and target not in seen
         )
 
+    # nouns whose first sense is a time ("tomorrow", "friday", "morning", "week"): never objects
+    time_roots = {noun_index[w][0] for w in ("time_period", "time_unit", "time")}
+
+    def is_time(offset: str, seen: set[str]) -> bool:
+        if offset in time_roots:
+            return True
+        seen.add(offset)
+        return any(
+            is_time(target, seen)
+            for symbol, target, *_ in noun_data[offset]["pointers"]  # type: ignore[attr-defined]
+            if symbol in ("@", "@i") and target not in seen
+        )
+
+    times = sorted(
+        lemma
+        for lemma, offsets in noun_index.items()
+        if lemma in nouns and "_" not in lemma and is_time(offsets[0], set())
+    )
+
+    # what each noun's first sense is a kind of, two steps up ("contract" -> "agreement")
+    noun_hypernyms: dict[str, list[str]] = {}
+    for lemma, offsets in noun_index.items():
+        if lemma not in nouns or "_" in lemma:
+            continue
+        found_words: list[str] = []
+        frontier = [offsets[0]]
+        for _ in range(HYPERNYM_DEPTH):
+            following = []
+            for offset in frontier:
+                for symbol, target, *_ in noun_data[offset]["pointers"]:  # type: ignore[attr-defined]
+                    if symbol in ("@", "@i"):
+                        following.append(target)
+                        for word in noun_data[target]["words"]:  # type: ignore[union-attr]
+                            if "_" not in word and word not in found_words:
+                                found_words.append(strip_marker(word))
+            frontier = following
+        noun_hypernyms[lemma] = found_words
+
     persons = sorted(
         lemma
         for lemma, offsets in noun_index.items()
@@ -322,6 +364,8 @@ def build(root: Path) -> dict[str, object]:
         "nouns": nouns,
         "derived": {k: sorted(v) for k, v in sorted(derived.items())},
         "persons": persons,
+        "times": times,
+        "noun_hypernyms": noun_hypernyms,
         "verb_exceptions": read_exceptions(root, "verb"),
         "noun_exceptions": read_exceptions(root, "noun"),
         "classes": dict(sorted(classes.items())),

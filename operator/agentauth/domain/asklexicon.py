@@ -63,6 +63,8 @@ class Lexicon:
     derived: dict[str, str]
     derived_nouns: dict[str, str]
     persons: frozenset[str]
+    times: frozenset[str]
+    noun_hypernyms: dict[str, str]
     verb_exceptions: dict[str, str]
     noun_exceptions: dict[str, str]
     classes: dict[str, str]
@@ -88,6 +90,8 @@ def lexicon() -> Lexicon:
         derived={k: _flat(v) for k, v in data["derived"].items()},
         derived_nouns={k: _flat(v) for k, v in reverse.items()},
         persons=frozenset(data["persons"]),
+        times=frozenset(data["times"]),
+        noun_hypernyms={k: _flat(v) for k, v in data["noun_hypernyms"].items()},
         verb_exceptions=data["verb_exceptions"],
         noun_exceptions=data["noun_exceptions"],
         classes=data["classes"],
@@ -152,6 +156,18 @@ def is_noun(lemma: str) -> bool:
 def is_person(noun: str) -> bool:
     """Whether the noun's first sense is a person or an organisation (``customer``, ``team``)."""
     return noun in lexicon().persons
+
+
+def is_time(noun: str) -> bool:
+    """Whether the noun's first sense is a time ("tomorrow", "friday", "week")."""
+    return noun in lexicon().times
+
+
+@functools.lru_cache(maxsize=65536)
+def noun_kinds(noun: str) -> tuple[str, ...]:
+    """What the noun's first sense is a kind of, one then two steps up (``contract`` ->
+    ``agreement``, ...), nearest first."""
+    return tuple(lexicon().noun_hypernyms.get(noun, "").split())
 
 
 def is_word(word: str) -> bool:

@@ -178,8 +178,7 @@ def looks_english(tokens: Sequence[Token]) -> bool:
     known = sum(
         1
         for t in words
-        if t.kind == "word"
-        and (t.text in _FUNCTION or (len(t.text) > 2 and (t.verbs or t.nouns)))
+        if t.kind == "word" and (t.text in _FUNCTION or (len(t.text) > 2 and (t.verbs or t.nouns)))
     )  # WordNet's two-letter nouns are abbreviations ("de", "el"), not evidence of English
     return known * 2 >= len(words)
 
@@ -420,6 +419,8 @@ class CatalogEntry:
     synonyms: frozenset[str] = field(default=frozenset(), compare=False)
     described: frozenset[str] = field(default=frozenset(), compare=False)
     """Nouns of what the description's and examples' verbs act on."""
+    general: frozenset[str] = field(default=frozenset(), compare=False)
+    """The nearest kind of each resource and described noun ("agreement" for "contract")."""
     mentioned: frozenset[str] = field(default=frozenset(), compare=False)
     """Other nouns of the description and examples ("for a service"): support, not evidence."""
     action_class: str | None = field(default=None, compare=False)
@@ -560,6 +561,9 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
         resource=frozenset(resource),
         synonyms=frozenset(synonyms),
         described=frozenset(described - resource),
+        general=frozenset(
+            kinds[0] for n in resource | described if (kinds := asklexicon.noun_kinds(n))
+        ),
         mentioned=frozenset(mentioned - described - resource),
         action_class=action_class,
         person_resource=any(asklexicon.is_person(r) for r in resource),
@@ -686,7 +690,21 @@ def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
             previous = run[-2].text
             forms.extend(f"{previous}{n}" for n in last.nouns)
             forms.extend(f"{previous}_{n}" for n in last.nouns)
-        if any(asklexicon.is_person(n) for n in last.nouns):
+        if any(asklexicon.is_person(n) or asklexicon.is_time(n) for n in last.nouns):
+            # who it is for, or when: the head is the last noun before them ("the appointment
+            # tomorrow", "the offer for Priya")
+            thing = next(
+                (
+                    t
+                    for t in reversed(run[:-1])
+                    if t.nouns
+                    and not any(asklexicon.is_time(n) or asklexicon.is_person(n) for n in t.nouns)
+                ),
+                None,
+            )
+            if thing is None:
+                continue
+            heads.append((tuple(thing.nouns), False))
             continue
         heads.append((tuple(forms), start == 0 and len(run) == 1 and last.text in last.nouns))
     return heads
@@ -707,11 +725,35 @@ def _object_nouns(tokens: Sequence[Token]) -> list[Token]:
     return found
 
 
+def _names(entry: CatalogEntry, noun: str) -> float:
+    """How surely ``noun`` is something the capability acts on: its resource 1.0, a synonym
+    0.8, a noun its description acts on 0.6, a kind of one of those (WordNet: a "contract" is an
+    "agreement") 0.6, the nearest more general word for one of those 0.5; else 0."""
+    if noun in entry.resource:
+        return 1.0
+    if noun in entry.synonyms:
+        return 0.8
+    if noun in entry.described:
+        return 0.6
+    if any(
+        kind in entry.resource or kind in entry.described for kind in asklexicon.noun_kinds(noun)
+    ):
+        return 0.6
+    if noun in entry.general:
+        return 0.5
+    return 0.0
+
+
+def _things(nouns: Iterable[str]) -> list[str]:
+    """Nouns that can be acted on: not times ("tomorrow", "friday")."""
+    return [n for n in nouns if not asklexicon.is_time(n)]
+
+
 def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch:
     """The capability that covers one requesting clause, or why none does."""
-    all_nouns = _content_nouns(clause.after_verb)
+    all_nouns = _things(_content_nouns(clause.after_verb))
     direct_tokens = _object_nouns(clause.after_verb)
-    direct = _content_nouns(direct_tokens)
+    direct = _things(_content_nouns(direct_tokens))
     vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
     lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
     heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
@@ -725,18 +767,14 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
         else:
             evidence = [
-                n
-                for n in all_nouns
-                if n in nouns and n not in entry.mentioned and not asklexicon.is_person(n)
+                n for n in all_nouns if not asklexicon.is_person(n) and _names(entry, n) > 0
             ]
-        object_score = 0.0
-        for noun in evidence:
-            weight = 1.0 if noun in entry.resource else 0.8 if noun in entry.synonyms else 0.6
-            object_score = max(object_score, weight)
+        object_score = max((_names(entry, n) for n in evidence), default=0.0)
         foreign = [
             n
             for n in direct
             if n not in nouns
+            and _names(entry, n) == 0.0
             and n not in used
             and not asklexicon.is_person(n)  # who it is for ("the customer") is never foreign
             and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
@@ -773,7 +811,10 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
                 # what is acted on (the first phrase's head) must be what the capability acts
                 # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
                 head, bare = heads[0]
-                if not bare and not any(form in nouns or form in entry.actions for form in head):
+                if not bare and not any(
+                    form in nouns or form in entry.actions or _names(entry, form) > 0
+                    for form in head
+                ):
                     continue
         words = ([word] if word else []) + sorted(set(evidence))
         scored.append(_Scored(entry, round(0.6 * verb + 0.4 * object_score, 4), verb, words))
