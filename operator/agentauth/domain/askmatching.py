@@ -124,13 +124,16 @@ AMBIGUITY_MARGIN = 0.05
 DANGEROUS = ("destroy", "transfer", "privilege")
 
 
+_TITLES = _words("mr mrs ms dr prof")
+"""A word after one of these is a name ("Mr. Green", "Dr. Weber")."""
+
 # -- tokens -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
     text: str
-    kind: str  # word | id | foreign | punct
+    kind: str  # word | id | name | foreign | punct
     verbs: tuple[str, ...] = ()
     nouns: tuple[str, ...] = ()
 
@@ -152,27 +155,52 @@ def _word(text: str) -> Token:
 
 def tokenize(text: str) -> list[Token]:
     """Lower-cased tokens of ``text``; hyphenated English words are split into their words
-    ("high-latency"), other hyphenated or dotted strings are identifiers ("INV-2231")."""
-    lowered = text.lower().replace("\u2019", "'")
+    ("high-latency") or joined ("check-up"), other hyphenated or dotted strings are identifiers
+    ("INV-2231"). A capitalised word inside a sentence ("cancel Tom Baker's appointment"), or the
+    word after a title ("Mr. Green"), is a name, unless the text capitalises most of its words
+    (a title-cased question says nothing about names)."""
+    expanded = text.replace("\u2019", "'")
     for contraction, expansion in _CONTRACTIONS:
-        lowered = lowered.replace(contraction, expansion)
+        expanded = re.sub(re.escape(contraction), expansion, expanded, flags=re.IGNORECASE)
+    raws = _TOKEN.findall(expanded)
+    alphabetic = [r for r in raws if r[:1].isalpha()]
+    capitalised = sum(1 for r in alphabetic if r[:1].isupper())
+    names_allowed = capitalised * 2 < len(alphabetic)
     tokens: list[Token] = []
-    for raw in _TOKEN.findall(lowered):
-        if "-" in raw and raw.replace("-", "").isalpha() and raw.isascii():
-            whole = _word(raw)
-            if whole.verbs or (whole.nouns and not raw.endswith("s")):
+    for index, raw in enumerate(raws):
+        lowered = raw.lower()
+        previous = raws[index - 1].lower() if index else "."
+        starts_sentence = previous in (".", "!", "?", ";", ":") or index == 0
+        if names_allowed and lowered not in _FUNCTION and raw.isalpha() and raw.isascii():
+            after_title = previous in _TITLES or (
+                previous == "." and index > 1 and raws[index - 2].lower() in _TITLES
+            )
+            if after_title or (
+                raw[:1].isupper() and not raw.isupper() and not starts_sentence and lowered != "i"
+            ):
+                tokens.append(Token(lowered, "name"))
+                continue
+        if "-" in lowered and lowered.replace("-", "").isalpha() and lowered.isascii():
+            whole = _word(lowered)
+            joined = _word(lowered.replace("-", ""))
+            parts = [_word(part) for part in lowered.split("-") if part]
+            if whole.verbs or (whole.nouns and not lowered.endswith("s")):
                 tokens.append(whole)
+            elif joined.verbs or joined.nouns:
+                tokens.append(joined)  # "check-up" -> "checkup"
+            elif all(part.verbs or part.nouns or part.text in _FUNCTION for part in parts):
+                tokens.extend(parts)  # "high-latency", "help-center"
             else:
-                tokens.extend(_word(part) for part in raw.split("-") if part)
+                tokens.append(Token(lowered, "name"))  # "billing-api", "us-east"
             continue
-        tokens.append(_word(raw))
+        tokens.append(_word(lowered))
     return tokens
 
 
 def looks_english(tokens: Sequence[Token]) -> bool:
     """At least half the words are English words WordNet or the closed-class lists know (names
     and a typo aside)."""
-    words = [t for t in tokens if t.kind in ("word", "foreign")]
+    words = [t for t in tokens if t.kind in ("word", "foreign")]  # names say nothing
     if not words:
         return False
     known = sum(
@@ -295,6 +323,28 @@ def _is_statement(piece: Sequence[Token]) -> bool:
     ) or any(t.text in ("is", "are", "was", "were") for t in piece)
 
 
+def _verb_list(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
+    """Pieces of a description: the single verbs of a leading verb list, then each verb with its
+    object; a piece that does not start with a verb and a determiner ("and page the incident
+    commander") continues the object before it."""
+    result: list[tuple[str, list[Token]]] = []
+    in_object = False
+    for kind, piece in pieces:
+        verb_with_object = (
+            len(piece) > 1
+            and _could_start_request(piece[0])
+            and piece[1].text in _DETERMINERS | _PRONOUNS
+        )
+        if in_object and not verb_with_object:
+            # "application, resume and interview notes": more of the same object
+            previous_kind, previous = result[-1]
+            result[-1] = (previous_kind, previous + piece)
+            continue
+        result.append((kind, piece))
+        in_object = len(piece) > 1
+    return result
+
+
 def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
     """A piece after "and" or a comma that does not start with a verb continues the previous
     one ("invoices and receipts"), unless it starts its own question."""
@@ -313,8 +363,10 @@ def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]
     return merged
 
 
-def clauses(tokens: Sequence[Token]) -> list[Clause]:
-    """The clauses of a tokenized question."""
+def clauses(tokens: Sequence[Token], *, lists: bool = False) -> list[Clause]:
+    """The clauses of a tokenized question. With ``lists`` (a capability's description), a
+    comma or "and" splits only a leading list of verbs ("Create, move or cancel meetings"): once
+    the object starts, "application, resume and interview notes" is one object."""
     sentences: list[list[Token]] = [[]]
     for index, token in enumerate(tokens):
         previous = tokens[index - 1].text if index else ""
@@ -328,7 +380,10 @@ def clauses(tokens: Sequence[Token]) -> list[Clause]:
     for sentence in sentences:
         if not sentence:
             continue
-        for kind, piece in _merge(_split(sentence)):
+        pieces = _merge(_split(sentence))
+        if lists:
+            pieces = _verb_list(pieces)
+        for kind, piece in pieces:
             found.append(_clause(kind, piece))
     return found
 
@@ -392,11 +447,19 @@ def _particle(verb: Token, rest: Sequence[Token]) -> str | None:
     matcher reads the clause both with and without it."""
     if not verb.verbs:
         return None
-    for token in rest[:5]:
-        if token.text in _PARTICLES:
-            return token.text
+    for index, token in enumerate(rest[:5]):
         if token.kind == "punct":
             break
+        if token.text not in _PARTICLES:
+            continue
+        following = rest[index + 1] if index + 1 < len(rest) else None
+        preceding = rest[index - 1] if index else None
+        if preceding is not None and (preceding.kind == "id" or preceding.text == "percent"):
+            continue  # "10% off", "20 EUR off": an amount, not a phrasal verb
+        # right after the verb ("look up the order"), or closing the object ("hand the account
+        # over to Priya"); not a preposition opening a phrase ("sign the contract on our side")
+        if index == 0 or following is None or following.text in _PREPOSITIONS | {"of"}:
+            return token.text
     return None
 
 
@@ -463,7 +526,11 @@ def _content_nouns(tokens: Sequence[Token], *, concatenated: bool = True) -> lis
     ("credit_card") and, when ``concatenated``, two adjacent words written as one ("config map"
     -> "configmap", to meet a resource named ``configmaps``)."""
     found: list[str] = []
-    words = [t for t in tokens if t.kind == "word" and t.text not in _FUNCTION]
+    words = [
+        t
+        for t in tokens
+        if t.kind == "word" and t.text not in _FUNCTION and t.text not in _PARTICLES
+    ]
     for index, token in enumerate(words):
         found.extend(_noun_forms(token))
         if index + 1 < len(words):
@@ -481,7 +548,7 @@ def _phrase_verbs(text: str) -> tuple[list[str], list[str], list[str]]:
     verbs: list[str] = []
     objects: list[str] = []
     others: list[str] = []
-    for clause in clauses(tokenize(text)):
+    for clause in clauses(tokenize(text), lists=True):
         rest = clause.after_verb if clause.verb else clause.tokens
         if clause.verb is not None:
             verbs.extend(_verb_lemmas(clause))
@@ -744,6 +811,20 @@ def _names(entry: CatalogEntry, noun: str) -> float:
     return 0.0
 
 
+def _only_names(
+    tokens: Sequence[Token], word: str | None, entry: CatalogEntry, catalog: Sequence[CatalogEntry]
+) -> bool:
+    """The object is only names and identifiers, and ``word`` is the capability's own action
+    (exactly), which no other capability of the catalog has, and which neither destroys,
+    transfers nor grants."""
+    content = [t for t in tokens if t.text not in _FUNCTION and t.kind != "punct"]
+    if not content or any(t.kind not in ("name", "id") for t in content):
+        return False
+    if word is None or entry.actions.get(word) != 1.0 or entry.action_class in DANGEROUS:
+        return False
+    return not any(word in other.actions for other in catalog if other is not entry)
+
+
 def _things(nouns: Iterable[str]) -> list[str]:
     """Nouns that can be acted on: not times ("tomorrow", "friday")."""
     return [n for n in nouns if not asklexicon.is_time(n)]
@@ -803,8 +884,10 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             if object_score == 0.0:
                 # no object the capability names: only a verb derived from its resource names
                 # the object by itself ("refund order 7781" for refunds.issue: what follows is
-                # what the refund is for, and anything foreign was refused above)
-                if not derived:
+                # what the refund is for, and anything foreign was refused above), or the
+                # capability's own action, held by no other capability, applied to nothing but
+                # names ("roll back billing-api"): the name can only be what the action acts on
+                if not derived and not _only_names(direct_tokens, word, entry, catalog):
                     continue
                 object_score = 0.5
             elif heads and not entry.reads and not derived:
