@@ -210,7 +210,8 @@ def verb_similarity(asked: str, action: str) -> float:
     - 0.7 one of the first two senses of ``asked`` is a more specific way of doing one of the
       first ``VERB_SENSES`` senses of ``action``, directly or through one intermediate verb (a
       troponym: ``e-mail`` is a way to ``send``, ``jot down`` to ``write``, ``offer`` to
-      ``give``);
+      ``give``), or ``asked`` is the general verb one step above the action's first sense
+      (``sign`` for ``countersign``);
     - 0.0 otherwise.
     """
     if asked == action:
@@ -226,6 +227,9 @@ def verb_similarity(asked: str, action: str) -> float:
         frontier = {h for sense in frontier for h in _hypernyms(sense)}
         if targets & frontier:
             return 0.7
+    # the asked verb is the general word for the action ("sign" for "countersign")
+    if set(asked_senses[:VERB_SENSES]) & {h for s in action_senses[:1] for h in _hypernyms(s)}:
+        return 0.7
     return 0.0
 
 
