@@ -31,7 +31,7 @@ def test_own_dev_corpus_thresholds(own_dev: dict[str, askeval.Totals], mode: str
     assert totals.right / totals.asked >= DEV_THRESHOLD, "\n".join(totals.misses)
 
 
-DEV_THRESHOLD = 0.63
+DEV_THRESHOLD = 0.67
 
 
 def test_the_heldout_half_is_not_tuned_on() -> None:
@@ -151,6 +151,20 @@ def test_every_clause_counts_and_the_most_restrictive_wins() -> None:
     uncovered = ask("read invoice 90 and delete the customer's account")
     assert uncovered.decision == "not_covered"
     assert [c.decision for c in uncovered.clauses] == ["allowed", "not_covered"]
+
+
+def test_a_pronoun_acts_on_the_object_of_the_clause_before() -> None:
+    answer = ask("look up invoice 7712 and then refund it")
+    assert [(c.capability, c.decision) for c in answer.clauses] == [
+        ("invoices.read", "allowed"),
+        ("refunds.issue", "approval_required"),
+    ]
+
+
+def test_telling_the_asker_is_not_an_action() -> None:
+    answer = ask("look up invoice 7712 and tell me the total")
+    assert (answer.decision, answer.capability) == ("allowed", "invoices.read")
+    assert len(answer.clauses) == 1
 
 
 def test_approval_required_until_approved_and_says_until_when() -> None:

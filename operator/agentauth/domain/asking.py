@@ -348,6 +348,7 @@ def _clause_answers(
     if not catalog:
         return [_not_covered(text, f"agent {label} holds no concrete capability")]
     answers: list[ClauseAnswer] = []
+    antecedent: askmatching.Clause | None = None
     for clause in askmatching.clauses(tokens):
         if clause.kind == "context":
             danger = askmatching.context_danger(clause)
@@ -355,7 +356,8 @@ def _clause_answers(
                 reason = f"the clause asks to {danger!r}, which no capability of the agent covers"
                 answers.append(_not_covered(clause.text, reason))
             continue
-        matched = askmatching.match_clause(clause, catalog)
+        matched = askmatching.match_clause(askmatching.resolve(clause, antecedent), catalog)
+        antecedent = clause
         if matched.capability is None:
             answers.append(_not_covered(matched.text, matched.reason, matched.candidates))
             continue

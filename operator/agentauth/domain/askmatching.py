@@ -40,7 +40,7 @@ def _words(text: str) -> frozenset[str]:
 # -- closed-class English: the words that frame a request rather than say what it is ---------
 
 _FRAMING = _words(
-    """please kindly just now also then ok okay so hey hi can could may might would will
+    """please kindly just now also then ok so hey hi can could may might would will
     shall should must i we you me us am is are be do does did have has to need needs want
     wants like allowed able permitted going gonna wanna about ahead go it possible really
     quickly quick actually first next finally right away again yes sure if whether fine
@@ -226,6 +226,9 @@ class Clause:
     info: bool = False
     noun_request: bool = False
     after_verb: tuple[Token, ...] = ()
+    inherited: tuple[Token, ...] = ()
+    """The object of the clause before, when this one's is a pronoun: evidence only (what "it"
+    stands for was checked in its own clause)."""
 
     @property
     def text(self) -> str:
@@ -252,6 +255,8 @@ def _strip_framing(tokens: Sequence[Token]) -> tuple[list[Token], bool]:
     wanted = False
     while rest:
         head = rest[0].text
+        if head in ("is", "are") and len(rest) > 1 and rest[1].text == "there":
+            break  # "is there an article about ...": a question for information
         if head in ("ok", "okay") and len(rest) > 1 and rest[1].text in _DETERMINERS:
             rest[0] = _word("okay")  # "OK the taxi expense": the verb "okay" (approve)
             break
@@ -408,8 +413,21 @@ def _tool_clause(piece: list[Token], body: list[Token]) -> list[Token] | None:
     return None
 
 
+_TELLING = _words("tell inform notify update")
+
+
+def _asks_the_asker(body: Sequence[Token]) -> bool:
+    """ "tell me the total", "let me know", "update us": addressed to whoever asks; what is
+    told comes from the other clauses, which are matched on their own."""
+    return len(body) >= 2 and body[0].text in _TELLING and body[1].text in ("me", "us")
+
+
 def _clause(kind: str, piece: list[Token]) -> Clause:
     body, wanted = _strip_framing(piece)
+    if _asks_the_asker(body) or (
+        piece and piece[0].text == "let" and [t.text for t in body] in (["know"], ["know", "it"])
+    ):
+        return Clause(tuple(piece), "context", after_verb=tuple(body))
     named = _tool_clause(piece, body) if kind == "main" else None
     if named is not None:
         return _clause(kind, named)
@@ -825,14 +843,62 @@ def _only_names(
     return not any(word in other.actions for other in catalog if other is not entry)
 
 
+_PLACES = _words("in into to onto on inside within")
+
+
+def _placed_in(clause: Clause, entry: CatalogEntry) -> bool:
+    """The clause acts in or into the capability's own place ("write the result into my
+    notes", "set MAX_CONNECTIONS=200 in the api configmap", "roll back to revision 41"): its
+    resource, a synonym, or a noun its description names after a preposition."""
+    tokens = clause.after_verb
+    for index, token in enumerate(tokens):
+        if token.text not in _PLACES:
+            continue
+        following = tokens[index + 1 :]
+        phrase: list[Token] = []
+        for item in following:
+            if item.text in _PREPOSITIONS:
+                break
+            phrase.append(item)
+        for noun in _content_nouns(phrase):
+            if asklexicon.is_person(noun):
+                continue  # "to the patient": who receives it, not where it goes
+            if noun in entry.resource or noun in entry.synonyms or noun in entry.mentioned:
+                return True
+    return False
+
+
 def _things(nouns: Iterable[str]) -> list[str]:
     """Nouns that can be acted on: not times ("tomorrow", "friday")."""
     return [n for n in nouns if not asklexicon.is_time(n)]
 
 
+_ANAPHORA = _words("it them this that these those one ones")
+
+
+def resolve(clause: Clause, antecedent: Clause | None) -> Clause:
+    """A clause whose object is a pronoun ("share it with the funder", "pay it") acts on the
+    object of the clause before it."""
+    if antecedent is None or clause.verb is None:
+        return clause
+    direct = [t for t in _object_nouns(clause.after_verb) if t.text not in _DETERMINERS - _ANAPHORA]
+    if not direct or any(t.text not in _ANAPHORA for t in direct):
+        return clause
+    return Clause(
+        clause.tokens,
+        clause.kind,
+        verb=clause.verb,
+        particle=clause.particle,
+        info=clause.info,
+        noun_request=clause.noun_request,
+        after_verb=clause.after_verb,
+        inherited=tuple(_object_nouns(antecedent.after_verb)),
+    )
+
+
 def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch:
     """The capability that covers one requesting clause, or why none does."""
-    all_nouns = _things(_content_nouns(clause.after_verb))
+    all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
     direct_tokens = _object_nouns(clause.after_verb)
     direct = _things(_content_nouns(direct_tokens))
     vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
@@ -851,6 +917,8 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
                 n for n in all_nouns if not asklexicon.is_person(n) and _names(entry, n) > 0
             ]
         object_score = max((_names(entry, n) for n in evidence), default=0.0)
+        if object_score == 0.0 and _placed_in(clause, entry):
+            object_score = 0.5
         foreign = [
             n
             for n in direct
@@ -890,7 +958,7 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
                 if not derived and not _only_names(direct_tokens, word, entry, catalog):
                     continue
                 object_score = 0.5
-            elif heads and not entry.reads and not derived:
+            elif heads and not entry.reads and not derived and not _placed_in(clause, entry):
                 # what is acted on (the first phrase's head) must be what the capability acts
                 # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
                 head, bare = heads[0]
