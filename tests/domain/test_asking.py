@@ -106,6 +106,12 @@ def test_a_capability_verb_is_understood_with_its_inflections() -> None:
     assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
 
 
+def test_a_typo_is_corrected_but_an_undoing_prefix_is_not_a_typo() -> None:
+    answer = ask("restrat the checkout deployment")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert ask("unrestart the checkout deployment").decision == "not_covered"
+
+
 def test_the_answer_explains_itself() -> None:
     answer = ask("can I see invoice 4471?")
     assert answer.decision == "allowed"

@@ -697,7 +697,12 @@ def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
         return None
     limit = 2 if len(word) >= 8 else 1
     found = {
-        v for v in vocabulary if abs(len(v) - len(word)) <= limit and _damerau(word, v) <= limit
+        v
+        for v in vocabulary
+        if abs(len(v) - len(word)) <= limit
+        and _damerau(word, v) <= limit
+        and not word.endswith(v)  # "unpublish" is no typo of "publish": it is its undoing
+        and not word.startswith(v)
     }
     return found.pop() if len(found) == 1 else None
 
@@ -720,6 +725,11 @@ def _asked_verbs(
     if not clause.verb.verbs and not clause.verb.nouns:
         typo = _typo_of(clause.verb.text, vocabulary)
         lemmas = [typo] if typo else [clause.verb.text]
+    text = clause.verb.text
+    if text.startswith("re") and not clause.verb.verbs and not clause.particle:
+        # "resend", "reforecast" (words WordNet lacks): the same act again
+        again = [v for v in asklexicon.verb_lemmas(text[2:]) if v not in lemmas and len(v) > 2]
+        lemmas = lemmas + again
     used: list[str] = []
     if set(lemmas) & LIGHT_VERBS:
         for noun in nouns[:3]:
