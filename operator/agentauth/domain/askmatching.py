@@ -513,13 +513,18 @@ class CatalogEntry:
 
     @property
     def nouns(self) -> frozenset[str]:
-        return self.resource | self.synonyms | self.described | self.mentioned
+        return _all_nouns(self)
 
     @classmethod
     def build(
         cls, *, name: str, description: str = "", examples: Sequence[str] = ()
     ) -> CatalogEntry:
         return _build_entry(name, description, tuple(examples))
+
+
+@functools.lru_cache(maxsize=4096)
+def _all_nouns(entry: CatalogEntry) -> frozenset[str]:
+    return entry.resource | entry.synonyms | entry.described | entry.mentioned
 
 
 def _split_compound(word: str, known: Iterable[str]) -> list[str]:
@@ -917,34 +922,12 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
     asked_class = _class_of(lemmas)
     resources = {r: e.name for e in catalog for r in e.resource}
     scored: list[_Scored] = []
+    persons = {n for n in (*all_nouns, *direct) if asklexicon.is_person(n)}
     for entry in catalog:
-        nouns = entry.nouns
-        # object evidence
-        if entry.person_resource:
-            evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
-        else:
-            evidence = [
-                n for n in all_nouns if not asklexicon.is_person(n) and _names(entry, n) > 0
-            ]
-        object_score = max((_names(entry, n) for n in evidence), default=0.0)
-        if object_score == 0.0 and _placed_in(clause, entry):
-            object_score = 0.5
-        foreign = [
-            n
-            for n in direct
-            if n not in nouns
-            and _names(entry, n) == 0.0
-            and n not in used
-            and not asklexicon.is_person(n)  # who it is for ("the customer") is never foreign
-            and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
-        ]
-        if foreign and not (entry.reads and clause.info):
-            continue
-        # action evidence
+        # action evidence first: it rules out most of the catalog cheaply
+        derived = False
         if clause.info or clause.noun_request:
             if not entry.reads and not (clause.noun_request and set(entry.actions) & SUPPORT_VERBS):
-                continue
-            if object_score == 0.0:
                 continue
             verb, word = 0.8, None
         else:
@@ -959,24 +942,47 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             if entry.reads and asked_class != "read" and word not in entry.actions:
                 continue
             derived = word in entry.strong_actions and word not in _name_actions(entry)
+        nouns = entry.nouns
+        # object evidence
+        if entry.person_resource:
+            evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
+        else:
+            evidence = [n for n in all_nouns if n not in persons and _names(entry, n) > 0]
+        object_score = max((_names(entry, n) for n in evidence), default=0.0)
+        placed = _placed_in(clause, entry)
+        if object_score == 0.0 and placed:
+            object_score = 0.5
+        foreign = [
+            n
+            for n in direct
+            if n not in nouns
+            and n not in used
+            and n not in persons  # who it is for ("the customer") is never foreign
+            and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
+            and _names(entry, n) == 0.0
+        ]
+        if foreign and not (entry.reads and clause.info):
+            continue
+        if clause.info or clause.noun_request:
             if object_score == 0.0:
-                # no object the capability names: only a verb derived from its resource names
-                # the object by itself ("refund order 7781" for refunds.issue: what follows is
-                # what the refund is for, and anything foreign was refused above), or the
-                # capability's own action, held by no other capability, applied to nothing but
-                # names ("roll back billing-api"): the name can only be what the action acts on
-                if not derived and not _only_names(direct_tokens, word, entry, catalog):
-                    continue
-                object_score = 0.5
-            elif heads and not entry.reads and not derived and not _placed_in(clause, entry):
-                # what is acted on (the first phrase's head) must be what the capability acts
-                # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
-                head, bare = heads[0]
-                if not bare and not any(
-                    form in nouns or form in entry.actions or _names(entry, form) > 0
-                    for form in head
-                ):
-                    continue
+                continue
+        elif object_score == 0.0:
+            # no object the capability names: only a verb derived from its resource names
+            # the object by itself ("refund order 7781" for refunds.issue: what follows is
+            # what the refund is for, and anything foreign was refused above), or the
+            # capability's own action, held by no other capability, applied to nothing but
+            # names ("roll back billing-api"): the name can only be what the action acts on
+            if not derived and not _only_names(direct_tokens, word, entry, catalog):
+                continue
+            object_score = 0.5
+        elif heads and not entry.reads and not derived and not placed:
+            # what is acted on (the first phrase's head) must be what the capability acts
+            # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
+            head, bare = heads[0]
+            if not bare and not any(
+                form in nouns or form in entry.actions or _names(entry, form) > 0 for form in head
+            ):
+                continue
         words = ([word] if word else []) + sorted(set(evidence))
         scored.append(_Scored(entry, round(0.6 * verb + 0.4 * object_score, 4), verb, words))
     scored.sort(key=lambda s: (-s.score, s.entry.name))
