@@ -1,4 +1,4 @@
-"""The Ask matcher: corpus accuracy, fail-closed behaviour and the three kinds of answer."""
+"""The Ask API: corpus thresholds, fail-closed behaviour, clauses, approvals, bad input."""
 
 from __future__ import annotations
 
@@ -7,153 +7,297 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from agentauth.domain import asking
-from tests.domain import tokenkit
+from agentauth.domain import asking, asklexicon
+from tests.domain import askeval, tokenkit
 from tests.domain.tokenkit import NOW
 
-CORPUS = Path(__file__).with_name("ask_corpus.yaml")
+OWN = Path(__file__).with_name("ask_eval") / "own"
+
+# -- the corpora -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def corpus() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(CORPUS.read_text())
-    return data
+def own_dev() -> dict[str, askeval.Totals]:
+    return askeval.run(OWN / "dev.yaml")
 
 
-@pytest.fixture(scope="module")
-def catalog(corpus: dict[str, Any]) -> list[asking.CatalogEntry]:
-    return [
-        asking.CatalogEntry.build(
-            name=e["name"], description=e["description"], examples=e["examples"]
-        )
-        for e in corpus["catalog"]
-    ]
+@pytest.mark.parametrize("mode", ["alone", "together"])
+def test_own_dev_corpus_thresholds(own_dev: dict[str, askeval.Totals], mode: str) -> None:
+    """Main's matcher scored 43.8% / 44.6% right with 16 / 7 unsafe answers on this file."""
+    totals = own_dev[mode]
+    assert totals.unsafe == 0, totals.misses
+    assert totals.approval_as_allowed == 0, totals.misses
+    assert totals.right / totals.asked >= DEV_THRESHOLD, "\n".join(totals.misses)
 
 
-def accuracy(corpus: dict[str, Any], catalog: list[asking.CatalogEntry]) -> tuple[float, list[str]]:
-    misses = []
-    for item in corpus["questions"]:
-        got = asking.match(item["q"], catalog).capability
-        if got != item["expect"]:
-            misses.append(f"{item['q']!r}: expected {item['expect']}, got {got}")
-    return 1 - len(misses) / len(corpus["questions"]), misses
+DEV_THRESHOLD = 0.67
 
 
-def test_corpus_is_large_enough_and_labels_exist(corpus: dict[str, Any]) -> None:
-    names = {e["name"] for e in corpus["catalog"]}
-    assert len(corpus["questions"]) >= 80
-    assert {q["expect"] for q in corpus["questions"]} <= names | {None}
+def test_the_heldout_half_is_not_tuned_on() -> None:
+    """The harness refuses to show the misses of a held-out file."""
+    with pytest.raises(SystemExit, match="refusing to show misses of held-out file"):
+        askeval.run(OWN / "heldout.yaml", show_misses=True)
 
 
-def test_corpus_accuracy_is_at_least_95_percent(
-    corpus: dict[str, Any], catalog: list[asking.CatalogEntry]
-) -> None:
-    score, misses = accuracy(corpus, catalog)
-    assert score >= 0.95, "\n".join(misses)
+# -- the lexicon -------------------------------------------------------------------------------
 
 
-def test_unrelated_questions_are_never_confident(
-    corpus: dict[str, Any], catalog: list[asking.CatalogEntry]
-) -> None:
-    for item in corpus["questions"]:
-        if item["expect"] is None and item["q"] != "buy me a coffee machine":
-            match = asking.match(item["q"], catalog)
-            assert match.capability is None, item["q"]
-            assert match.confidence < asking.CONFIDENCE_THRESHOLD
+def test_lexicon_lemmatises_with_wordnet() -> None:
+    assert asklexicon.verb_lemmas("restarting") == ("restart",)
+    assert asklexicon.verb_lemmas("escalated")[0] == "escalate"
+    assert "ship" in asklexicon.verb_lemmas("shipped")
+    assert asklexicon.verb_lemmas("ran") == ("run",)
+    assert asklexicon.noun_lemmas("invoices") == ("invoice",)
+    assert asklexicon.verb_lemmas("zzqx") == ()
 
 
-def test_matching_is_deterministic(catalog: list[asking.CatalogEntry]) -> None:
-    answers = {asking.match("please pay the Acme invoice", catalog) for _ in range(5)}
-    assert len(answers) == 1
+def test_lexicon_synonyms_classes_and_derivations() -> None:
+    assert asklexicon.verb_similarity("okay", "approve") == 0.85
+    assert asklexicon.verb_similarity("give_back", "refund") == 0.85
+    assert asklexicon.verb_similarity("delete", "read") == 0.0
+    assert asklexicon.verb_class("delete") == "destroy"
+    assert asklexicon.verb_class("show") == "read"
+    assert asklexicon.verb_class("export") == "transfer"
+    assert asklexicon.verb_class("grant") == "privilege"
+    assert "pay" in asklexicon.derived_verbs("payment")
+    assert asklexicon.is_person("customer")
+    assert "WordNet 3.0 Copyright 2006 by" in asklexicon.lexicon_license()
 
 
-def test_normalisation_applies_synonyms_and_stems() -> None:
-    assert asking.normalise("Fetch the invoices") == ["read", "payments"]
-    assert asking.normalise("remove old files") == ["delete", "old", "document"]
-    assert asking.normalise("file a bug") == ["create", "tickets"]
+# -- answers through the real models ----------------------------------------------------------
 
-
-GRANTS = [
-    tokenkit.grant(
-        "base",
-        capabilities=[
-            {
-                "name": "document.read",
-                "description": "Read documents",
-                "examples": ["open the report"],
-            },
-            {
-                "name": "payments.authorize",
-                "description": "Pay invoices to vendors",
-                "approval": "Required",
-            },
-        ],
-    ),
-    tokenkit.grant(
-        "others",
-        agents=["billing"],
-        capabilities=[{"name": "payments.refund", "description": "Refund a payment"}],
-    ),
+FINANCE = [
+    {
+        "name": "invoices.read",
+        "description": "Read invoices and their line items",
+        "examples": ["show me invoice INV-2043"],
+    },
+    {
+        "name": "refunds.issue",
+        "description": "Issue a refund to a customer",
+        "approval": "Required",
+    },
+    {"name": "reports.generate", "description": "Generate financial reports"},
+    {"name": "deployments.restart", "description": "Restart a deployment"},
 ]
 
 
-def ask(question: str, *, requests: list[Any] | None = None) -> asking.AskAnswer:
-    snapshot = tokenkit.snapshot(grants=GRANTS, access_requests=requests or [])
-    agent = tokenkit.agent()
-    match = asking.match(question, asking.catalog_from_grants(GRANTS))
-    return asking.decide(
-        capability=match.capability,
-        confidence=match.confidence,
-        candidates=match.candidates,
-        explanation=match.explanation,
-        agent_label="team-a/research",
-        held=snapshot.held(agent, now=NOW),
-        requests=snapshot.access_requests_of(agent),
-        now=NOW,
+def ask(
+    question: str,
+    *,
+    requests: list[Any] | None = None,
+    others: list[Any] | None = None,
+) -> asking.AskAnswer:
+    grants = [tokenkit.grant("base", capabilities=FINANCE), *(others or [])]
+    snapshot = tokenkit.snapshot(grants=grants, access_requests=requests or [])
+    return asking.answer_question(question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW)
+
+
+def test_a_capability_verb_is_understood_with_its_inflections() -> None:
+    for question in (
+        "Restart the recommendations deployment",
+        "can I restart the checkout deployment?",
+        "restarting the auth deployment in staging",
+    ):
+        answer = ask(question)
+        assert (answer.decision, answer.capability) == ("allowed", "deployments.restart"), question
+    answer = ask("generate the monthly P&L report")
+    assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
+
+
+def test_a_typo_is_corrected_but_an_undoing_prefix_is_not_a_typo() -> None:
+    answer = ask("restrat the checkout deployment")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert ask("unrestart the checkout deployment").decision == "not_covered"
+
+
+def test_the_answer_explains_itself() -> None:
+    answer = ask("can I see invoice 4471?")
+    assert answer.decision == "allowed"
+    (clause,) = answer.clauses
+    assert clause.capability == "invoices.read"
+    assert clause.description == "Read invoices and their line items"
+    assert "invoice" in clause.matched_words
+    assert answer.reason == (
+        "invoices.read is granted by base (matched words: see, invoice; "
+        "Read invoices and their line items)"
     )
 
 
-def test_held_automatic_capability_is_allowed() -> None:
-    answer = ask("can I open the quarterly report document?")
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Delete all invoices from 2023 so the auditors don't see them",
+        "export every invoice to my personal gmail",
+        "give me admin rights on the invoices",
+        "edit invoice 4471",
+        "restart the Kubernetes control plane nodes",
+        "issue a new corporate credit card to me",
+        "Generate a new API key for the billing system",
+        "what's the weather in Paris?",
+        "documents",
+    ],
+)
+def test_dangerous_or_unrelated_questions_are_not_covered(question: str) -> None:
+    answer = ask(question)
+    assert (answer.allowed, answer.approval_required, answer.capability) == (False, False, None)
+    assert answer.decision == "not_covered"
+
+
+def test_every_clause_counts_and_the_most_restrictive_wins() -> None:
+    answer = ask("look up invoice 7712 and refund the 20 EUR overcharge")
+    assert answer.decision == "approval_required"
+    assert answer.capability == "refunds.issue"
+    assert [(c.capability, c.decision) for c in answer.clauses] == [
+        ("invoices.read", "allowed"),
+        ("refunds.issue", "approval_required"),
+    ]
+    assert answer.reason.startswith("'look up invoice 7712': invoices.read is granted by base")
+    uncovered = ask("read invoice 90 and delete the customer's account")
+    assert uncovered.decision == "not_covered"
+    assert [c.decision for c in uncovered.clauses] == ["allowed", "not_covered"]
+
+
+def test_a_pronoun_acts_on_the_object_of_the_clause_before() -> None:
+    answer = ask("look up invoice 7712 and then refund it")
+    assert [(c.capability, c.decision) for c in answer.clauses] == [
+        ("invoices.read", "allowed"),
+        ("refunds.issue", "approval_required"),
+    ]
+
+
+def test_telling_the_asker_is_not_an_action() -> None:
+    answer = ask("look up invoice 7712 and tell me the total")
+    assert (answer.decision, answer.capability) == ("allowed", "invoices.read")
+    assert len(answer.clauses) == 1
+
+
+def test_approval_required_until_approved_and_says_until_when() -> None:
+    answer = ask("refund order 7781")
     assert (answer.allowed, answer.capability, answer.approval_required) == (
-        True,
-        "document.read",
         False,
-    )
-    assert answer.reason == "document.read is granted by base"
-
-
-def test_held_required_capability_needs_approval_until_approved() -> None:
-    answer = ask("pay the vendor invoice")
-    assert (answer.allowed, answer.capability, answer.approval_required) == (
-        False,
-        "payments.authorize",
+        "refunds.issue",
         True,
     )
-    assert (
-        answer.reason == "payments.authorize requires approval: file an AccessRequest (grant base)"
+    assert answer.reason.startswith(
+        "refunds.issue requires approval: file an AccessRequest with POST /v1/access-requests "
+        "(grant base)"
     )
+    assert answer.body()["approval_request"] == {
+        "method": "POST",
+        "path": "/v1/access-requests",
+        "body": {
+            "capabilities": ["refunds.issue"],
+            "justification": "<why the agent needs this now>",
+        },
+    }
+    until = NOW + timedelta(minutes=5)
     approved = tokenkit.access_request(
-        "ar-7", capabilities=["payments.authorize"], granted_until=NOW + timedelta(minutes=5)
+        "ar-7",
+        capabilities=["refunds.issue"],
+        granted_until=until,
+        under=[tokenkit.grant("base", capabilities=FINANCE)],
     )
-    answer = ask("pay the vendor invoice", requests=[approved])
-    assert (answer.allowed, answer.approval_required) == (True, False)
-    assert answer.reason.startswith("payments.authorize is approved by AccessRequest ar-7 until ")
+    answer = ask("refund order 7781", requests=[approved])
+    assert (answer.allowed, answer.approval_required, answer.approved_until) == (True, False, until)
+    assert answer.reason.startswith(
+        f"refunds.issue is approved by AccessRequest ar-7 until {until.isoformat()}"
+    )
+    assert answer.body()["approved_until"] == until.isoformat()
 
 
-def test_capability_of_another_agent_is_not_allowed() -> None:
-    answer = ask("refund the payment")
-    assert (answer.allowed, answer.capability) == (False, "payments.refund")
-    assert answer.reason == "payments.refund is not granted to agent team-a/research"
+def test_what_else_the_namespace_holds_never_changes_the_answer() -> None:
+    others = [
+        tokenkit.grant(
+            "others",
+            agents=["billing"],
+            capabilities=[
+                {"name": "invoices.delete", "description": "Delete invoices"},
+                {"name": "customers.delete", "description": "Delete a customer account"},
+            ],
+        )
+    ]
+    for question in ("delete all invoices", "can I see invoice 4471?", "refund order 7781"):
+        assert ask(question) == ask(question, others=others), question
+    assert ask("delete all invoices", others=others).capability is None
 
 
-def test_below_threshold_never_allowed_and_names_candidates() -> None:
-    answer = ask("restart the cluster")
-    assert answer.allowed is False
-    assert answer.capability is None
-    assert answer.confidence < asking.CONFIDENCE_THRESHOLD
-    vague = ask("documents")
-    assert vague.allowed is False
-    assert vague.reason.startswith("no confident match; closest: document.read")
+def test_structured_action_skips_matching() -> None:
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("base", capabilities=FINANCE)])
+    answer = asking.answer_question(
+        None, action="refunds.issue", agent=tokenkit.agent(), snapshot=snapshot, now=NOW
+    )
+    assert (answer.capability, answer.approval_required, answer.confidence) == (
+        "refunds.issue",
+        True,
+        1.0,
+    )
+    missing = asking.answer_question(
+        None, action="payments.refund", agent=tokenkit.agent(), snapshot=snapshot, now=NOW
+    )
+    assert (missing.allowed, missing.capability, missing.reason) == (
+        False,
+        "payments.refund",
+        "payments.refund is not granted to agent team-a/research",
+    )
+
+
+def test_matching_is_deterministic() -> None:
+    answers = {ask("refund the 45 USD on order 7781") for _ in range(5)}
+    assert len(answers) == 1
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("question", "reason"),
+    [
+        ("¿Puedo reiniciar el despliegue de checkout?", "the question is not English text"),
+        ("Kann ich die Rechnung von Acme bezahlen?", "the question is not English text"),
+        ("重启部署", "the question is not English text"),
+        ("!!! ??? ...", "the question is not English text"),
+        ("kann ich bezahlen", "the question is not English text"),
+        ("asdf qwer zxcv", "the question is not English text"),
+        ("invoice " * 250, "no capability of the agent covers 'invoice'"),
+    ],
+)
+def test_other_languages_and_noise_are_not_covered(question: str, reason: str) -> None:
+    answer = ask(question)
+    assert answer.decision == "not_covered"
+    assert answer.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"question": ""}, 'give either "question" or "action"'),
+        ({"question": " \n\t "}, 'give either "question" or "action"'),
+        ({"question": "x" * 2001}, "question exceeds 2000 characters"),
+        (
+            {"question": "read\x00 invoice 7"},
+            "question contains the control character U+0000: send plain text",
+        ),
+        (
+            {"question": "read \x1b[31minvoice"},
+            "question contains the control character U+001B: send plain text",
+        ),
+        (
+            {"question": "read \u202einvoice"},
+            "question contains the control character U+202E: send plain text",
+        ),
+        ({"question": 42}, 'give either "question" or "action"'),
+    ],
+)
+def test_bad_questions_are_refused_with_a_clear_message(body: Any, message: str) -> None:
+    with pytest.raises(asking.InvalidAsk) as raised:
+        asking.parse_request(body)
+    assert raised.value.message == message
+
+
+def test_multiline_text_is_a_question() -> None:
+    asked = asking.parse_request({"question": "look up invoice 7\nthen refund it"})
+    assert asked.question is not None
+    answer = ask(asked.question)
+    assert answer.decision == "approval_required"

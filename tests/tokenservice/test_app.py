@@ -600,6 +600,19 @@ async def test_ask_records_the_context_in_the_audit_line(
         ({"question": "   "}, 'give either "question" or "action"'),
         ({"action": "Document.Read"}, "action 'Document.Read' is not a capability name"),
         ({"question": "x" * 2001}, "question exceeds 2000 characters"),
+        ({"question": ""}, 'give either "question" or "action"'),
+        (
+            {"question": "open the report\x00"},
+            "question contains the control character U+0000: send plain text",
+        ),
+        (
+            {"question": "open the \x1b[2Jreport"},
+            "question contains the control character U+001B: send plain text",
+        ),
+        (
+            {"question": "open the \u202ereport"},
+            "question contains the control character U+202E: send plain text",
+        ),
         (
             {"actoin": "document.read"},
             'unknown field \'actoin\': the body has "question" or "action", and optionally '
@@ -636,6 +649,72 @@ async def test_ask_refuses_bad_bodies(
         "/v1/ask", json=body, headers={"Authorization": f"Bearer {token}"}
     )
     assert (status, answer) == (400, {"error": "invalid_request", "error_description": description})
+
+
+async def test_ask_refuses_100_kb_of_text(
+    service: Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    token = await agent_token(service, cluster)
+    status, _, answer = await service.post(
+        "/v1/ask",
+        json={"question": "open the report " * 6400},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert (status, answer) == (
+        413,
+        {"error": "invalid_request", "error_description": "request body exceeds 65536 bytes"},
+    )
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "¿Puedo abrir el informe?",
+        "Darf ich den Bericht löschen?",
+        "报告",
+        "delete the report document",
+        "send the report document to my personal gmail",
+    ],
+)
+async def test_ask_answers_other_languages_and_dangerous_questions_not_covered(
+    service: Service, cluster: tokenkit.ClusterIssuer, question: str
+) -> None:
+    token = await agent_token(service, cluster)
+    status, _, body = await service.post(
+        "/v1/ask", json={"question": question}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200
+    assert (body["allowed"], body["decision"], body["capability"]) == (False, "not_covered", None)
+
+
+async def test_ask_answers_each_clause_and_how_to_request_approval(
+    service: Service, cluster: tokenkit.ClusterIssuer
+) -> None:
+    token = await agent_token(service, cluster)
+    status, _, body = await service.post(
+        "/v1/ask",
+        json={"question": "open the report document and then pay the invoice"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert status == 200
+    assert (body["allowed"], body["decision"], body["capability"]) == (
+        False,
+        "approval_required",
+        "payments.authorize",
+    )
+    assert [(c["capability"], c["decision"]) for c in body["clauses"]] == [
+        ("document.read", "allowed"),
+        ("payments.authorize", "approval_required"),
+    ]
+    assert body["clauses"][0]["description"] == "Read documents"
+    assert body["approval_request"] == {
+        "method": "POST",
+        "path": "/v1/access-requests",
+        "body": {
+            "capabilities": ["payments.authorize"],
+            "justification": "<why the agent needs this now>",
+        },
+    }
 
 
 # -- probes, metrics, rate limit ---------------------------------------------------------

@@ -1,25 +1,27 @@
-"""The Ask matcher: a deterministic, explainable map from a plain-language question to one
-capability of the catalog, and the answer allowed / approval required / not allowed.
+"""The Ask API's answers: is the agent allowed to do what it asks, does it need a person's
+approval first, or is it not covered at all?
 
-How a question is matched (no model, no randomness; the same input always gives the same answer):
+Guarantees:
 
-1. Normalise: lower-case, split on anything that is not a letter or digit, drop stop words,
-   reduce plurals/verb endings (``invoices`` -> ``invoice``, ``sending`` -> ``send``), map
-   synonyms to one canonical word (view/open/fetch/get/show -> read; pay/charge -> authorize;
-   remove/erase -> delete; book/schedule/reschedule -> write; ...). Capability names,
-   descriptions and examples from the grants are normalised the same way.
-2. Score every capability in ``[0, 1]``: 0.35 when the question contains the capability's action,
-   0.35 x the share of its resource words present, and 0.30 x the best word overlap with its
-   description and examples.
-3. Confidence is the best score, discounted when the runner-up is close (an ambiguous question
-   is not a confident one) and capped below the threshold when the question names no action.
-
-Fail closed: below ``CONFIDENCE_THRESHOLD`` the answer is never ``allowed``; it names the closest
-candidates instead. A structured ``action`` (an exact capability name) skips matching.
+- **The answer depends only on the asking agent's own grants** (and its access requests): the
+  catalog is the concrete capabilities of the active grants that select the agent, so what else
+  its namespace holds never changes an answer.
+- **Fail closed.** ``allowed`` is true only when every clause of the question is covered by a
+  capability the agent holds with approval ``Automatic``, or with ``Required`` and an approved,
+  unexpired AccessRequest. A clause the matcher cannot tie to one capability (see
+  :mod:`agentauth.domain.askmatching`) makes the whole answer "not covered", with the closest
+  capabilities as suggestions. Text that is not English, and context clauses that destroy,
+  transfer or grant, are not covered either.
+- **Most restrictive clause wins**: not covered > approval required > allowed; each clause's own
+  decision, capability, description and matched words are in the answer.
+- **Approval is never "allowed" without an approval**: a ``Required`` capability without a
+  current approval answers ``approval_required`` with the JIT call to make (``POST
+  /v1/access-requests``); with one it answers allowed and says until when.
 
 The request body (:func:`parse_request`) has ``question`` or ``action`` and optionally
 ``context``; any other field is refused (a misspelt ``"actoin"`` must not silently turn into a
-question-less request). ``context`` follows the AccessRequest rules (at most 16 plain-text
+question-less request). A question is plain text of at most ``MAX_QUESTION_CHARS`` characters
+without control characters. ``context`` follows the AccessRequest rules (at most 16 plain-text
 string values, bounded keys) so an agent can carry it on into an AccessRequest unchanged. It never
 changes the answer, because capabilities are not conditional: it is recorded in the audit line
 of the question, so a reviewer sees what the agent said it was about to do.
@@ -27,307 +29,35 @@ of the question, so a reviewer sees what the agent said it was about to do.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
+import functools
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from agentauth.domain import approvals, capabilities, exchanging
-from agentauth.domain.models import AccessRequest, CapabilityGrant, EffectiveCapability
+from agentauth.domain import approvals, askmatching, capabilities, exchanging
+from agentauth.domain.askmatching import Candidate, CatalogEntry
+from agentauth.domain.models import Agent, CapabilityGrant, EffectiveCapability
 
-CONFIDENCE_THRESHOLD = 0.5
-AMBIGUITY_MARGIN = 0.15
-UNIQUE_ACTION_RESOURCE = 0.6
-VERB_CONFLICT = 0.75
+__all__ = [
+    "MAX_QUESTION_CHARS",
+    "AskAnswer",
+    "AskRequest",
+    "Candidate",
+    "CatalogEntry",
+    "ClauseAnswer",
+    "InvalidAsk",
+    "answer_question",
+    "catalog_for",
+    "catalog_from_grants",
+    "parse_request",
+]
+
 MAX_QUESTION_CHARS = 2000
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-_STOP_TEXT = """
-    a an the and or of to for in on at by with from into about as is are was be been am do
-    does did can could would should may might will shall i me my we our you your it its this that
-    these those there their them they he she his her please want need like just some any all
-    let us so if then than what which who whom whose when where how why to up out over under
-    again also very too not no yes ok okay agent allowed permitted able possible go going
-    try trying new"""
-STOP_WORDS = frozenset(_STOP_TEXT.split())
-
-SYNONYMS: dict[str, str] = {
-    # read
-    "view": "read",
-    "open": "read",
-    "fetch": "read",
-    "get": "read",
-    "show": "read",
-    "see": "read",
-    "look": "read",
-    "display": "read",
-    "retrieve": "read",
-    "access": "read",
-    "download": "read",
-    "inspect": "read",
-    "review": "read",
-    "peek": "read",
-    "check": "read",
-    "summarize": "read",
-    "summarise": "read",
-    "browse": "read",
-    "lookup": "read",
-    "find": "read",
-    "search": "read",
-    "content": "read",
-    # write
-    "edit": "write",
-    "update": "write",
-    "modify": "write",
-    "change": "write",
-    "amend": "write",
-    "rewrite": "write",
-    "revise": "write",
-    "append": "write",
-    "save": "write",
-    "rename": "write",
-    "book": "write calendar",
-    "reschedule": "write calendar",
-    "move": "write",
-    "postpone": "write calendar",
-    "cancel": "write",
-    "invite": "write calendar",
-    "set": "write",
-    # create
-    "raise": "create",
-    "submit": "create",
-    "open up": "create",
-    "make": "create",
-    "add": "create",
-    "start": "create",
-    # delete
-    "remove": "delete",
-    "erase": "delete",
-    "destroy": "delete",
-    "drop": "delete",
-    "purge": "delete",
-    "wipe": "delete",
-    "trash": "delete",
-    "discard": "delete",
-    "close": "delete",
-    "terminate": "delete",
-    "deactivate": "delete",
-    # authorize
-    "pay": "authorize",
-    "authorise": "authorize",
-    "transfer": "authorize",
-    "wire": "authorize",
-    "settle": "authorize",
-    "payout": "authorize",
-    "bill": "authorize",
-    "purchase": "authorize",
-    "buy": "authorize",
-    # refund
-    "reimburse": "refund",
-    "chargeback": "refund",
-    "repay": "refund",
-    "reverse": "refund",
-    # send
-    "mail": "send",
-    "forward": "send",
-    "reply": "send",
-    "respond": "send",
-    "notify": "send",
-    "message": "send",
-    # query
-    "sql": "query",
-    "count": "query",
-    "select": "query",
-    "analyze": "query",
-    "analyse": "query",
-    "many": "query",
-    "average": "query",
-    "total": "query",
-    "sum": "query",
-    "statistic": "query",
-    "metric": "query",
-    # push
-    "commit": "push",
-    "merge": "push",
-    "publish": "push",
-    "ship": "push",
-    # resources
-    "doc": "document",
-    "memo": "document",
-    "page": "document",
-    "wiki": "document",
-    "guide": "document",
-    "note": "document",
-    "spec": "document",
-    "paper": "document",
-    "manual": "document",
-    "handbook": "document",
-    "policy": "document",
-    "payment": "payments",
-    "invoice": "payments",
-    "vendor": "payments",
-    "card": "payments",
-    "supplier": "payments",
-    "transaction": "payments",
-    "money": "payments",
-    "inbox": "email",
-    "e-mail": "email",
-    "emails": "email",
-    "mailbox": "email",
-    "meeting": "calendar",
-    "event": "calendar",
-    "appointment": "calendar",
-    "standup": "calendar",
-    "agenda": "calendar",
-    "call": "calendar",
-    "sync": "calendar",
-    "ticket": "tickets",
-    "bug": "tickets",
-    "incident": "tickets",
-    "case": "tickets",
-    "repository": "repo",
-    "branch": "repo",
-    "git": "repo",
-    "code": "repo",
-    "github": "repo",
-    "main": "repo",
-    "patch": "repo",
-    "db": "database",
-    "table": "database",
-    "analytics": "database",
-    "warehouse": "database",
-    "data": "database",
-    "row": "database",
-    "client": "customer",
-    "account": "customer",
-    "user": "customer",
-}
-# "file" is both a verb (file a ticket) and a noun (open the file); the verb wins only when the
-# word starts the question, the noun otherwise (see ``normalise``).
-_VERB_ONLY_AT_START: dict[str, tuple[str, str]] = {
-    "file": ("create", "document"),
-    "report": ("create", "document"),
-    "log": ("create", "document"),
-    "email": ("send email", "email"),
-    "schedule": ("write calendar", "calendar"),
-    "charge": ("authorize", "payments"),
-    "issue": ("", "tickets"),
-    "draft": ("write", "document"),
-    "fix": ("write", "repo"),
-}
-ACTIONS = frozenset(
-    {"read", "write", "create", "delete", "authorize", "refund", "send", "query", "push"}
-)
-"""Canonical action words: the verbs a question can carry."""
-_QUESTION_WORDS = frozenset(
-    {
-        "what",
-        "which",
-        "when",
-        "who",
-        "where",
-        "whose",
-        "how",
-        "am",
-        "is",
-        "are",
-        "do",
-        "does",
-        "did",
-    }
-)
-"""A question that starts with one of these and names no action asks about state: a read."""
-_PHRASES = {
-    "get rid of": "delete",
-    "money back": "refund",
-    "write back": "send",
-    "how many": "query",
-}
-
-
-def _variants(word: str) -> list[str]:
-    """``word`` and its plausible stems, most literal first."""
-    found = [word]
-    for suffix, replacement in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
-        if len(word) > len(suffix) + 2 and word.endswith(suffix) and not word.endswith("ss"):
-            stemmed = word[: -len(suffix)] + replacement
-            found.append(stemmed)
-            if suffix in ("ing", "ed") and len(stemmed) > 2 and stemmed[-1] == stemmed[-2]:
-                found.append(stemmed[:-1])  # "shipped" -> "ship", "dropping" -> "drop"
-            if suffix in ("ing", "ed"):
-                found.append(stemmed + "e")  # "scheduled" -> "schedule"
-    return found
-
-
-def _canonical(word: str) -> str:
-    variants = _variants(word)
-    for variant in variants:
-        if variant in SYNONYMS:
-            return SYNONYMS[variant]
-    for variant in variants:
-        if variant in ACTIONS:
-            return variant
-    # no known form: the shortest plural/verb stem keeps "invoices" and "invoice" together
-    return variants[1] if len(variants) > 1 and word.endswith("s") else word
-
-
-def normalise(text: str) -> list[str]:
-    """Canonical content words of ``text`` (order kept, duplicates kept)."""
-    lowered = text.lower()[:MAX_QUESTION_CHARS]
-    for phrase, canonical in _PHRASES.items():
-        lowered = lowered.replace(phrase, f" {canonical} ")
-    raw_words = _WORD.findall(lowered)
-    words: list[str] = []
-    for raw in raw_words:
-        if raw in STOP_WORDS or len(raw) < 2:
-            continue
-        ambiguous = next((v for v in _variants(raw) if v in _VERB_ONLY_AT_START), None)
-        if ambiguous is not None:
-            verb, noun = _VERB_ONLY_AT_START[ambiguous]
-            words.extend((noun if words else verb).split())
-            continue
-        canonical = _canonical(raw)
-        if canonical in STOP_WORDS:
-            continue
-        words.extend(canonical.split())
-    # "what meetings do I have today" asks to read: a wh-question without a verb is a read
-    if raw_words and raw_words[0] in _QUESTION_WORDS and not ACTIONS.intersection(words):
-        words.append("read")
-    return words
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogEntry:
-    """One capability as the grants describe it."""
-
-    name: str
-    description: str = ""
-    examples: tuple[str, ...] = ()
-    resource_words: frozenset[str] = field(default=frozenset(), compare=False)
-    action_word: str = field(default="", compare=False)
-    action_words: frozenset[str] = field(default=frozenset(), compare=False)
-    texts: tuple[frozenset[str], ...] = field(default=(), compare=False)
-
-    @classmethod
-    def build(
-        cls, *, name: str, description: str = "", examples: Sequence[str] = ()
-    ) -> CatalogEntry:
-        parts = [normalise(p.replace("_", " ").replace("-", " ")) for p in name.split(".")]
-        resource = frozenset(w for p in parts[:-1] for w in p)
-        action = parts[-1][-1] if parts[-1] else name.rsplit(".", 1)[-1]
-        texts = tuple(frozenset(normalise(t)) for t in (description, *examples) if t.strip())
-        described = ACTIONS.intersection(normalise(description))
-        return cls(
-            name=name,
-            description=description,
-            examples=tuple(examples),
-            resource_words=resource,
-            action_word=action,
-            action_words=frozenset({action, *described}),
-            texts=texts,
-        )
+ACCESS_REQUESTS_PATH = "/v1/access-requests"
+ALLOWED, APPROVAL_REQUIRED, NOT_COVERED = "allowed", "approval_required", "not_covered"
+_RESTRICTIVENESS = {ALLOWED: 0, APPROVAL_REQUIRED: 1, NOT_COVERED: 2}
 
 
 def catalog_from_grants(grants: Iterable[CapabilityGrant]) -> list[CatalogEntry]:
@@ -342,90 +72,28 @@ def catalog_from_grants(grants: Iterable[CapabilityGrant]) -> list[CatalogEntry]
             examples.extend(e for e in spec.examples if e not in examples)
             if not description and spec.description:
                 merged[spec.name] = (spec.description, examples)
-    return [
-        CatalogEntry.build(name=name, description=desc, examples=ex)
-        for name, (desc, ex) in sorted(merged.items())
-    ]
+    return list(_entries(tuple((n, d, tuple(e)) for n, (d, e) in sorted(merged.items()))))
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    capability: str
-    score: float
+@functools.lru_cache(maxsize=1024)
+def _entries(specs: tuple[tuple[str, str, tuple[str, ...]], ...]) -> tuple[CatalogEntry, ...]:
+    """Catalog entries, built once per distinct catalog (an agent's grants rarely change)."""
+    return tuple(CatalogEntry.build(name=n, description=d, examples=e) for n, d, e in specs)
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    capability: str | None
-    confidence: float
-    candidates: tuple[Candidate, ...]
-    explanation: str
-
-
-def score(words: Sequence[str], entry: CatalogEntry, *, unique_action: bool = False) -> float:
-    """The weighted score of the module docstring. ``unique_action``: no other capability of the
-    catalog has this action, so the verb alone names the capability (its resource share then
-    counts at least ``UNIQUE_ACTION_RESOURCE``). A question whose verbs are all foreign to the
-    capability is discounted by ``VERB_CONFLICT``."""
-    question = set(words)
-    if not question:
-        return 0.0
-    if entry.action_word in question:
-        action = 1.0
-    elif entry.action_words & question:
-        action = 0.8
-    else:
-        action = 0.0
-    resource = (
-        len(entry.resource_words & question) / len(entry.resource_words)
-        if entry.resource_words
-        else 0.0
+def catalog_for(
+    agent: Agent, grants: Iterable[CapabilityGrant], *, now: datetime
+) -> list[CatalogEntry]:
+    """The catalog of ``agent``: only the active grants of its namespace that select it."""
+    namespace = agent.metadata.namespace
+    return catalog_from_grants(
+        g
+        for g in grants
+        if g.metadata.namespace == namespace
+        and g.metadata.deletion_timestamp is None
+        and capabilities.grant_is_active(g, now=now)
+        and capabilities.grant_selects(g, agent)
     )
-    if action == 1.0 and unique_action:
-        resource = max(resource, UNIQUE_ACTION_RESOURCE)
-    overlap = max(
-        (len(question & text) / len(question | text) for text in entry.texts if text),
-        default=0.0,
-    )
-    total = 0.35 * action + 0.35 * resource + 0.30 * min(1.0, overlap * 1.5)
-    verbs = ACTIONS & question
-    if verbs and not verbs & entry.action_words:
-        total *= VERB_CONFLICT
-    return round(total, 4)
-
-
-def match(question: str, catalog: Sequence[CatalogEntry]) -> Match:
-    """The best capability for ``question`` with a confidence; ``capability`` is None below the
-    threshold."""
-    words = normalise(question)
-    action_counts = Counter(e.action_word for e in catalog)
-    ranked = sorted(
-        (
-            Candidate(e.name, score(words, e, unique_action=action_counts[e.action_word] == 1))
-            for e in catalog
-        ),
-        key=lambda c: (-c.score, c.capability),
-    )
-    top = tuple(c for c in ranked[:3] if c.score > 0)
-    if not top:
-        return Match(None, 0.0, (), "no capability shares words with the question")
-    best = top[0]
-    if not ACTIONS.intersection(words):
-        # "documents": which action? Without a verb no capability can be named confidently.
-        names = ", ".join(c.capability for c in top)
-        confidence = round(min(best.score, CONFIDENCE_THRESHOLD) * 0.9, 3)
-        return Match(None, confidence, top, f"no confident match; closest: {names}")
-    runner_up = top[1].score if len(top) > 1 else 0.0
-    margin = best.score - runner_up
-    # a tie is never confident (it would be decided by alphabetical order): half the score at
-    # margin 0, rising linearly to the full score at AMBIGUITY_MARGIN
-    factor = min(1.0, 0.5 + 0.5 * margin / AMBIGUITY_MARGIN)
-    confidence = best.score * factor
-    confidence = round(min(1.0, confidence), 3)
-    if confidence < CONFIDENCE_THRESHOLD:
-        names = ", ".join(c.capability for c in top)
-        return Match(None, confidence, top, f"no confident match; closest: {names}")
-    return Match(best.capability, confidence, top, f"matched {best.capability}")
 
 
 REQUEST_FIELDS = ("question", "action", "context")
@@ -477,8 +145,33 @@ def parse_request(body: object) -> AskRequest:
     if isinstance(question, str) and question.strip():
         if len(question) > MAX_QUESTION_CHARS:
             raise InvalidAsk(f"question exceeds {MAX_QUESTION_CHARS} characters")
+        control = next((ch for ch in question if _is_control(ch)), None)
+        if control is not None:
+            raise InvalidAsk(
+                f"question contains the control character U+{ord(control):04X}: send plain text"
+            )
         return AskRequest(question=question, action=None, context=context)
     raise InvalidAsk('give either "question" or "action"')
+
+
+def _is_control(character: str) -> bool:
+    """Control and format characters (NUL, ESC, bidi overrides); tab and newline are text."""
+    return character not in "\t\n\r" and unicodedata.category(character) in ("Cc", "Cf")
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseAnswer:
+    """The decision for one clause of a question."""
+
+    text: str
+    decision: str  # allowed | approval_required | not_covered
+    capability: str | None
+    description: str
+    matched_words: tuple[str, ...]
+    confidence: float
+    reason: str
+    approved_until: datetime | None = None
+    candidates: tuple[Candidate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,57 +182,208 @@ class AskAnswer:
     confidence: float
     reason: str
     candidates: tuple[Candidate, ...] = ()
+    clauses: tuple[ClauseAnswer, ...] = ()
+    approved_until: datetime | None = None
+
+    @property
+    def decision(self) -> str:
+        if self.allowed:
+            return ALLOWED
+        return APPROVAL_REQUIRED if self.approval_required else NOT_COVERED
+
+    def body(self) -> dict[str, object]:
+        """The JSON answer of ``/v1/ask`` (without ``audit_id``, which the handler adds)."""
+        body: dict[str, object] = {
+            "allowed": self.allowed,
+            "decision": self.decision,
+            "capability": self.capability,
+            "approval_required": self.approval_required,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "candidates": [{"capability": c.capability, "score": c.score} for c in self.candidates],
+            "clauses": [
+                {
+                    "text": c.text,
+                    "decision": c.decision,
+                    "capability": c.capability,
+                    "description": c.description,
+                    "matched_words": list(c.matched_words),
+                    "confidence": c.confidence,
+                    "reason": c.reason,
+                    "approved_until": c.approved_until.isoformat() if c.approved_until else None,
+                    "suggestions": [s.capability for s in c.candidates],
+                }
+                for c in self.clauses
+            ],
+        }
+        if self.approved_until is not None:
+            body["approved_until"] = self.approved_until.isoformat()
+        if self.approval_required:
+            body["approval_request"] = {
+                "method": "POST",
+                "path": ACCESS_REQUESTS_PATH,
+                "body": {
+                    "capabilities": list(self.approval_capabilities),
+                    "justification": "<why the agent needs this now>",
+                },
+            }
+        return body
+
+    @property
+    def approval_capabilities(self) -> tuple[str, ...]:
+        """The capabilities to list in the AccessRequest the answer asks for."""
+        return tuple(
+            dict.fromkeys(
+                c.capability
+                for c in self.clauses
+                if c.decision == APPROVAL_REQUIRED and c.capability is not None
+            )
+        )
 
 
-def decide(
+def _decide_capability(
+    capability: str,
     *,
-    capability: str | None,
-    confidence: float,
-    candidates: tuple[Candidate, ...],
-    explanation: str,
-    agent_label: str,
     held: Sequence[EffectiveCapability],
-    requests: Sequence[AccessRequest],
+    requests: Sequence[Any],
+    agent_label: str,
     now: datetime,
-) -> AskAnswer:
-    """Allowed (held, automatic or approved), approval required (held, JIT) or not allowed."""
-    if capability is None or confidence < CONFIDENCE_THRESHOLD:
-        return AskAnswer(False, None, False, confidence, explanation, candidates)
+) -> tuple[str, str, datetime | None]:
+    """(decision, reason, approved until) for one capability name."""
     entry = capabilities.find(held, capability)
     if entry is None:
-        return AskAnswer(
-            False,
-            capability,
-            False,
-            confidence,
-            f"{capability} is not granted to agent {agent_label}",
-            candidates,
-        )
+        return NOT_COVERED, f"{capability} is not granted to agent {agent_label}", None
     if entry.approval == "Automatic":
-        return AskAnswer(
-            True,
-            capability,
-            False,
-            confidence,
-            f"{capability} is granted by {entry.grant}",
-            candidates,
-        )
+        return ALLOWED, f"{capability} is granted by {entry.grant}", None
     approved = exchanging.approved_until(capability, requests, now=now)
     if approved is not None:
-        until = approved[0].isoformat()
-        return AskAnswer(
-            True,
-            capability,
-            False,
-            confidence,
-            f"{capability} is approved by AccessRequest {approved[1]} until {until}",
-            candidates,
+        until = approved[0]
+        reason = (
+            f"{capability} is approved by AccessRequest {approved[1]} until {until.isoformat()}"
         )
-    return AskAnswer(
-        False,
-        capability,
-        True,
-        confidence,
-        f"{capability} requires approval: file an AccessRequest (grant {entry.grant})",
-        candidates,
+        return ALLOWED, reason, until
+    reason = (
+        f"{capability} requires approval: file an AccessRequest with POST {ACCESS_REQUESTS_PATH} "
+        f"(grant {entry.grant})"
     )
+    return APPROVAL_REQUIRED, reason, None
+
+
+def _combine(clauses: Sequence[ClauseAnswer], candidates: tuple[Candidate, ...] = ()) -> AskAnswer:
+    """The most restrictive clause decides; ties go to the first such clause."""
+    deciding = max(clauses, key=lambda c: _RESTRICTIVENESS[c.decision])
+    if len({c.reason for c in clauses}) == 1:
+        reason = deciding.reason
+    else:
+        reason = "; ".join(f"{c.text!r}: {c.reason}" for c in clauses)
+    allowed = deciding.decision == ALLOWED
+    covered = deciding.decision != NOT_COVERED
+    approvals_until = [c.approved_until for c in clauses if c.approved_until is not None]
+    return AskAnswer(
+        allowed=allowed,
+        capability=deciding.capability if covered else None,
+        approval_required=deciding.decision == APPROVAL_REQUIRED,
+        confidence=min(c.confidence for c in clauses),
+        reason=reason,
+        candidates=deciding.candidates or candidates,
+        clauses=tuple(clauses),
+        approved_until=min(approvals_until) if allowed and approvals_until else None,
+    )
+
+
+def answer_question(
+    question: str | None,
+    *,
+    agent: Agent,
+    snapshot: exchanging.Snapshot,
+    now: datetime,
+    action: str | None = None,
+) -> AskAnswer:
+    """The answer of ``/v1/ask`` for ``agent``: to the structured ``action`` when given (an exact
+    capability name, no matching), else to the plain-language ``question``."""
+    held = snapshot.held(agent, now=now)
+    requests = snapshot.access_requests_of(agent)
+    label = exchanging.agent_label(agent)
+    catalog = catalog_for(agent, snapshot.grants, now=now)
+    described = {entry.name: entry.description for entry in catalog}
+    if action is not None:
+        decision, reason, until = _decide_capability(
+            action, held=held, requests=requests, agent_label=label, now=now
+        )
+        clause = ClauseAnswer(
+            text=action,
+            decision=decision,
+            capability=action if decision != NOT_COVERED else None,
+            description=described.get(action, ""),
+            matched_words=(),
+            confidence=1.0,
+            reason=reason,
+            approved_until=until,
+        )
+        answer = _combine([clause])
+        if decision == NOT_COVERED:  # keep naming what was asked for, as before
+            return AskAnswer(False, action, False, 1.0, reason, (), answer.clauses)
+        return answer
+    assert question is not None  # noqa: S101 - parse_request gives one of the two
+    return _combine(_clause_answers(question, catalog, described, held, requests, label, now))
+
+
+def _not_covered(text: str, reason: str, candidates: tuple[Candidate, ...] = ()) -> ClauseAnswer:
+    return ClauseAnswer(text, NOT_COVERED, None, "", (), 0.0, reason, None, candidates)
+
+
+def _clause_answers(
+    question: str,
+    catalog: Sequence[CatalogEntry],
+    described: dict[str, str],
+    held: Sequence[EffectiveCapability],
+    requests: Sequence[Any],
+    label: str,
+    now: datetime,
+) -> list[ClauseAnswer]:
+    tokens = askmatching.tokenize(question)
+    text = question.strip()
+    if not askmatching.looks_english(tokens):
+        return [_not_covered(text, "the question is not English text the matcher can read")]
+    if not catalog:
+        return [_not_covered(text, f"agent {label} holds no concrete capability")]
+    answers: list[ClauseAnswer] = []
+    antecedent: askmatching.Clause | None = None
+    for clause in askmatching.clauses(tokens):
+        if clause.kind == "context":
+            danger = askmatching.context_danger(clause)
+            if danger is not None:
+                reason = f"the clause asks to {danger!r}, which no capability of the agent covers"
+                answers.append(_not_covered(clause.text, reason))
+            continue
+        matched = askmatching.match_clause(askmatching.resolve(clause, antecedent), catalog)
+        antecedent = clause
+        if matched.capability is None:
+            answers.append(_not_covered(matched.text, matched.reason, matched.candidates))
+            continue
+        decision, reason, until = _decide_capability(
+            matched.capability, held=held, requests=requests, agent_label=label, now=now
+        )
+        words = ", ".join(matched.matched_words)
+        description = described.get(matched.capability, "")
+        explained = f"{reason} (matched words: {words}; {description or 'no description'})"
+        answers.append(
+            ClauseAnswer(
+                text=matched.text,
+                decision=decision,
+                capability=matched.capability if decision != NOT_COVERED else None,
+                description=description,
+                matched_words=matched.matched_words,
+                confidence=matched.confidence,
+                reason=explained,
+                approved_until=until,
+                candidates=matched.candidates,
+            )
+        )
+    if not answers:
+        closest = askmatching._closest(askmatching.Clause(tuple(tokens), "context"), catalog)
+        names = ", ".join(c.capability for c in closest) or "none"
+        return [
+            _not_covered(text, f"no action recognised in the question; closest: {names}", closest)
+        ]
+    return answers

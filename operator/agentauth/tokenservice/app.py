@@ -699,30 +699,12 @@ class TokenService:
         except asking.InvalidAsk as exc:
             raise errors.InvalidRequest(exc.message) from None
         question, action = asked.question, asked.action
-        snapshot = self.state.snapshot()
-        agent = caller.agent
-        now = self.context.now()
-        if action is not None:
-            capability: str | None = action
-            confidence, explanation = 1.0, f"asked for {action}"
-            candidates: tuple[asking.Candidate, ...] = ()
-        else:
-            assert question is not None  # noqa: S101 - parse_request gives one of the two
-            catalog = asking.catalog_from_grants(
-                g for g in snapshot.grants if g.metadata.namespace == agent.metadata.namespace
-            )
-            matched = asking.match(question, catalog)
-            capability, confidence = matched.capability, matched.confidence
-            candidates, explanation = matched.candidates, matched.explanation
-        answer = asking.decide(
-            capability=capability,
-            confidence=confidence,
-            candidates=candidates,
-            explanation=explanation,
-            agent_label=exchanging.agent_label(agent),
-            held=snapshot.held(agent, now=now),
-            requests=snapshot.access_requests_of(agent),
-            now=now,
+        answer = asking.answer_question(
+            question,
+            action=action,
+            agent=caller.agent,
+            snapshot=self.state.snapshot(),
+            now=self.context.now(),
         )
         outcome = (
             "allowed"
@@ -743,20 +725,14 @@ class TokenService:
             capability=answer.capability,
             outcome=outcome,
             confidence=answer.confidence,
+            clauses=[
+                {"text": c.text, "decision": c.decision, "capability": c.capability}
+                for c in answer.clauses
+            ]
+            if len(answer.clauses) > 1
+            else None,
         )
-        return self._json(
-            {
-                "allowed": answer.allowed,
-                "capability": answer.capability,
-                "approval_required": answer.approval_required,
-                "confidence": answer.confidence,
-                "reason": answer.reason,
-                "candidates": [
-                    {"capability": c.capability, "score": c.score} for c in answer.candidates
-                ],
-                "audit_id": audit_id,
-            }
-        )
+        return self._json({**answer.body(), "audit_id": audit_id})
 
     # -- probes and metrics ------------------------------------------------------------------
 

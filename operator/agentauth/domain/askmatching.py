@@ -1,0 +1,1059 @@
+"""The Ask matcher: from a plain-language question to the agent's own capabilities, clause by
+clause, failing closed.
+
+Guarantees (no model, no randomness: the same question and catalog always give the same result):
+
+- **The vocabulary is the agent's own capabilities.** A capability ``<resource>.<action>``
+  contributes its action verb, the verbs and nouns of its description and examples, its resource
+  nouns with their WordNet synonyms, and, when its action is a support verb ("issue", "generate",
+  "authorize"), the verbs WordNet derives from its resource (``refunds.issue``: "refund";
+  ``summaries.generate``: "summarize"; ``payments.authorize``: "pay"). Words are compared as
+  WordNet lemmas (:mod:`agentauth.domain.asklexicon`), so inflections ("restarting", "escalated")
+  and WordNet synonyms ("okay" for "approve", "give back" for "refund") match.
+- **Every clause counts.** The question is split into clauses ("look up the order and give them a
+  voucher" is two); each clause that asks for an action must be covered by a capability, and a
+  clause that only gives context ("so the auditors don't see them") may not ask to destroy,
+  transfer or grant anything.
+- **Fail closed.** A clause is covered only when its verb names the capability's action and its
+  object is the capability's resource (or what its description says it acts on), with nothing
+  foreign in the object: an object that is another capability's resource, or a credential or
+  privilege ("permissions", "password", "admin"), is foreign. A verb that destroys, transfers data
+  out or changes privileges (WordNet-derived classes) never matches a capability whose action is
+  not of the same class, and a capability whose action only reads matches only verbs that read.
+  Otherwise the clause is not covered, with the closest capabilities as suggestions.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from agentauth.domain import asklexicon
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# -- closed-class English: the words that frame a request rather than say what it is ---------
+
+_FRAMING = _words(
+    """please kindly just now also then ok so hey hi can could may might would will
+    shall should must i we you me us am is are be do does did have has to need needs want
+    wants like allowed able permitted going gonna wanna about ahead go it possible really
+    quickly quick actually first next finally right away again yes sure if whether fine
+    alright"""
+)
+"""Words stripped from the start of a clause: "can I", "I need to", "please go ahead and"."""
+_CONDITIONAL_FRAMING = frozenset(["do", "does", "did", "have", "has"])
+"""Framing only before a pronoun or more framing ("do I", "have to"), so that "do a restart" is
+a request."""
+_WH = _words("""what which where who whom whose when how""")
+_HOW_INFO = frozenset(["many", "much", "long", "often"])
+_SUBORDINATORS = _words(
+    """so because since while when whenever if unless once before after until that which who
+    whom where whereas though although"""
+)
+_COORDINATORS = frozenset(["and", "then", "also", "plus", "but", "or"])
+_PREPOSITIONS = _words(
+    """for about with from in on at to into onto by via during since after before until
+    because within without across against toward towards per like than regarding
+    concerning"""
+)
+_DETERMINERS = _words(
+    """a an the this that these those my our your their his her its some any all every each
+    no other another such what which whose both either neither few more most less least
+    much many several"""
+)
+_PRONOUNS = _words(
+    """i me my mine we us our ours you your yours he him his she her hers it its they them
+    their theirs this that these those who whom someone somebody something anyone anybody
+    anything everyone everybody everything everyone nobody nothing one ones myself
+    yourself ourselves themselves itself there here"""
+)
+_AUXILIARIES = _words(
+    """am is are was were be been being do does did done have has had having can could may
+    might must shall should will would not no"""
+)
+_PARTICLES = ("up", "down", "off", "out", "back", "over", "in", "on", "away", "through")
+_FUNCTION = (
+    (_FRAMING | _WH | _SUBORDINATORS | _COORDINATORS | _PREPOSITIONS | _DETERMINERS | _PRONOUNS)
+    | _AUXILIARIES
+    | frozenset(("of", "as", "than", "too", "very", "not", "no", "s", "t"))
+)
+
+SUPPORT_VERBS = _words(
+    """issue create generate make produce send give provide authorize authorise process
+    execute perform do run initiate start trigger submit file extend deliver place raise
+    conduct carry_out"""
+)
+"""Verbs that say "carry out the act named by the noun": a capability ``refunds.issue`` is done
+by "refund", ``payments.authorize`` by "pay". Verbs that only prepare the thing ("draft",
+"write", "prepare") are not among them: "post" is not what ``posts.draft`` does."""
+LIGHT_VERBS = _words("""do make perform run process carry_out take have give get conduct""")
+"""Verbs that lend their clause the action of a derived noun: "do a restart", "run a query"."""
+
+SENSITIVE_NOUNS = _words(
+    """admin administrator root superuser sudo permission privilege right role rolebinding
+    access password passphrase credential key token secret certificate quota limit
+    approver owner ownership policy mfa login"""
+)
+"""Objects that change who may do what: foreign to any capability that does not name them."""
+
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)?(?:[-_/.@:+#][^\W_]+)*|[.;!?,]")
+_CONTRACTIONS = (
+    ("n't", " not"),
+    ("'m", " am"),
+    ("'re", " are"),
+    ("'d", " would"),
+    ("'ll", " will"),
+    ("'ve", " have"),
+    ("'s", ""),
+    ("s'", "s"),
+)
+
+DIRECT_MATCH = 0.85
+"""The least verb similarity that names a capability's action without a resource match."""
+VERB_MATCH = 0.7
+"""The least verb similarity that counts at all."""
+READ_MATCH = 0.8
+"""The verb score of a reading verb for a reading capability ("show" for ``logs.read``)."""
+AMBIGUITY_MARGIN = 0.05
+DANGEROUS = ("destroy", "transfer", "privilege")
+
+
+_TITLES = _words("mr mrs ms dr prof")
+"""A word after one of these is a name ("Mr. Green", "Dr. Weber")."""
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str
+    kind: str  # word | id | name | foreign | punct
+    verbs: tuple[str, ...] = ()
+    nouns: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=32768)
+def _word(text: str) -> Token:
+    if not text.isascii():
+        return Token(text, "foreign")
+    if text in (".", ";", "!", "?", ","):
+        return Token(text, "punct")
+    if any(ch.isdigit() for ch in text) or any(ch in "_/.@:+#" for ch in text):
+        return Token(text, "id")
+    verbs = asklexicon.verb_lemmas(text)
+    nouns = asklexicon.noun_lemmas(text)
+    if not nouns and not verbs and text.endswith("s") and len(text) > 3:
+        nouns = (text[:-1],)  # "configmaps" -> "configmap": plural of a word WordNet lacks
+    return Token(text, "word", verbs, nouns)
+
+
+def tokenize(text: str) -> list[Token]:
+    """Lower-cased tokens of ``text``; hyphenated English words are split into their words
+    ("high-latency") or joined ("check-up"), other hyphenated or dotted strings are identifiers
+    ("INV-2231"). A capitalised word inside a sentence ("cancel Tom Baker's appointment"), or the
+    word after a title ("Mr. Green"), is a name, unless the text capitalises most of its words
+    (a title-cased question says nothing about names)."""
+    expanded = text.replace("\u2019", "'")
+    for contraction, expansion in _CONTRACTIONS:
+        expanded = re.sub(re.escape(contraction), expansion, expanded, flags=re.IGNORECASE)
+    raws = _TOKEN.findall(expanded)
+    alphabetic = [r for r in raws if r[:1].isalpha()]
+    capitalised = sum(1 for r in alphabetic if r[:1].isupper())
+    names_allowed = capitalised * 2 < len(alphabetic)
+    tokens: list[Token] = []
+    for index, raw in enumerate(raws):
+        lowered = raw.lower()
+        previous = raws[index - 1].lower() if index else "."
+        starts_sentence = previous in (".", "!", "?", ";", ":") or index == 0
+        if names_allowed and lowered not in _FUNCTION and raw.isalpha() and raw.isascii():
+            after_title = previous in _TITLES or (
+                previous == "." and index > 1 and raws[index - 2].lower() in _TITLES
+            )
+            if after_title or (
+                raw[:1].isupper() and not raw.isupper() and not starts_sentence and lowered != "i"
+            ):
+                tokens.append(Token(lowered, "name"))
+                continue
+        if "-" in lowered and lowered.replace("-", "").isalpha() and lowered.isascii():
+            whole = _word(lowered)
+            joined = _word(lowered.replace("-", ""))
+            parts = [_word(part) for part in lowered.split("-") if part]
+            if whole.verbs or (whole.nouns and not lowered.endswith("s")):
+                tokens.append(whole)
+            elif joined.verbs or joined.nouns:
+                tokens.append(joined)  # "check-up" -> "checkup"
+            elif all(part.verbs or part.nouns or part.text in _FUNCTION for part in parts):
+                tokens.extend(parts)  # "high-latency", "help-center"
+            else:
+                tokens.append(Token(lowered, "name"))  # "billing-api", "us-east"
+            continue
+        tokens.append(_word(lowered))
+    return tokens
+
+
+def looks_english(tokens: Sequence[Token]) -> bool:
+    """At least half the words are English words WordNet or the closed-class lists know (names
+    and a typo aside)."""
+    words = [t for t in tokens if t.kind in ("word", "foreign")]  # names say nothing
+    if not words:
+        return False
+    known = sum(
+        1
+        for t in words
+        if t.kind == "word" and (t.text in _FUNCTION or (len(t.text) > 2 and (t.verbs or t.nouns)))
+    )  # WordNet's two-letter nouns are abbreviations ("de", "el"), not evidence of English
+    return known * 2 >= len(words)
+
+
+# -- clauses ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One clause of a question: ``request`` when it asks for something (an action verb after the
+    framing, or a question for information), else ``context``."""
+
+    tokens: tuple[Token, ...]
+    kind: str  # request | context
+    verb: Token | None = None
+    particle: str | None = None
+    info: bool = False
+    noun_request: bool = False
+    after_verb: tuple[Token, ...] = ()
+    inherited: tuple[Token, ...] = ()
+    """The object of the clause before, when this one's is a pronoun: evidence only (what "it"
+    stands for was checked in its own clause)."""
+
+    @property
+    def text(self) -> str:
+        return " ".join(t.text for t in self.tokens)
+
+
+def _is_base_verb(token: Token) -> bool:
+    return token.kind == "word" and token.text in token.verbs
+
+
+def _could_start_request(token: Token) -> bool:
+    """A clause starting with this word asks for an action (imperative or gerund)."""
+    if token.kind != "word" or (token.text in _FUNCTION and token.text not in LIGHT_VERBS):
+        return False
+    if not token.verbs:
+        return False
+    return token.text in token.verbs or token.text.endswith("ing")
+
+
+def _strip_framing(tokens: Sequence[Token]) -> tuple[list[Token], bool]:
+    """The clause without its leading framing, and whether that framing asked for a thing
+    ("I need a report", "I'd like the invoices")."""
+    rest = list(tokens)
+    wanted = False
+    while rest:
+        head = rest[0].text
+        if head in ("is", "are") and len(rest) > 1 and rest[1].text == "there":
+            break  # "is there an article about ...": a question for information
+        if head in ("ok", "okay") and len(rest) > 1 and rest[1].text in _DETERMINERS:
+            rest[0] = _word("okay")  # "OK the taxi expense": the verb "okay" (approve)
+            break
+        if head == "how" and len(rest) > 1 and rest[1].text in _HOW_INFO:
+            break
+        if head == "let" and len(rest) > 1 and rest[1].text in ("me", "us"):
+            rest = rest[2:]
+            continue
+        if head in _CONDITIONAL_FRAMING and not (
+            len(rest) > 1 and (rest[1].text in _PRONOUNS or rest[1].text in _FRAMING)
+        ):
+            break
+        if head in _FRAMING or head == "how" or (head == "to" and len(rest) > 1):
+            if head in ("need", "needs", "want", "wants", "like"):
+                wanted = True
+            rest = rest[1:]
+            continue
+        if rest[0].kind == "punct":
+            rest = rest[1:]
+            continue
+        break
+    return rest, wanted
+
+
+def _split(tokens: Sequence[Token]) -> list[tuple[str, list[Token]]]:
+    """Pieces of a sentence with how each begins: ``main`` (first, after a coordinator or a
+    comma) or ``sub`` (after a subordinator or an infinitive of purpose)."""
+    pieces: list[tuple[str, list[Token]]] = [("main", [])]
+    for index, token in enumerate(tokens):
+        current = pieces[-1][1]
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token.text == "," or token.text in _COORDINATORS:
+            pieces.append(("main", []))
+            continue
+        if token.text in _SUBORDINATORS and current and not _starts_wh(current, token):
+            pieces.append(("sub", []))
+            continue
+        if (
+            token.text == "to"
+            and current
+            and following is not None
+            and _is_base_verb(following)
+            and not following.nouns
+            and not _framing_only(current)
+        ):
+            pieces.append(("sub", []))
+            continue
+        current.append(token)
+    return [(kind, piece) for kind, piece in pieces if piece]
+
+
+def _starts_wh(current: Sequence[Token], token: Token) -> bool:
+    return token.text in _WH and all(t.text in _FRAMING for t in current)
+
+
+def _framing_only(tokens: Sequence[Token]) -> bool:
+    return all(t.text in _FRAMING for t in tokens)
+
+
+def _is_statement(piece: Sequence[Token]) -> bool:
+    """A subject and a finite verb ("the customer confirmed it is fixed"): something said about
+    the world, not more of the object of the previous clause."""
+    return any(
+        t.kind == "word"
+        and t.verbs
+        and t.text not in _FUNCTION
+        and (t.text.endswith("ed") or not t.nouns)
+        for t in piece[1:]
+    ) or any(t.text in ("is", "are", "was", "were") for t in piece)
+
+
+def _verb_list(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
+    """Pieces of a description: the single verbs of a leading verb list, then each verb with its
+    object; a piece that does not start with a verb and a determiner ("and page the incident
+    commander") continues the object before it."""
+    result: list[tuple[str, list[Token]]] = []
+    in_object = False
+    for kind, piece in pieces:
+        verb_with_object = (
+            len(piece) > 1
+            and _could_start_request(piece[0])
+            and piece[1].text in _DETERMINERS | _PRONOUNS
+        )
+        if in_object and not verb_with_object:
+            # "application, resume and interview notes": more of the same object
+            previous_kind, previous = result[-1]
+            result[-1] = (previous_kind, previous + piece)
+            continue
+        result.append((kind, piece))
+        in_object = len(piece) > 1
+    return result
+
+
+def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
+    """A piece after "and" or a comma that does not start with a verb continues the previous
+    one ("invoices and receipts"), unless it starts its own question."""
+    merged: list[tuple[str, list[Token]]] = []
+    for kind, piece in pieces:
+        body, _ = _strip_framing(piece)
+        starts = bool(body) and (_could_start_request(body[0]) or body[0].text in _WH)
+        if merged and kind == "main" and not starts and not _framing_only(piece):
+            previous_kind, previous = merged[-1]
+            if previous_kind == "main" and not _is_statement(piece):
+                merged[-1] = (previous_kind, previous + piece)
+                continue
+            merged.append(("context", piece))
+            continue
+        merged.append((kind, piece))
+    return merged
+
+
+def clauses(tokens: Sequence[Token], *, lists: bool = False) -> list[Clause]:
+    """The clauses of a tokenized question. With ``lists`` (a capability's description), a
+    comma or "and" splits only a leading list of verbs ("Create, move or cancel meetings"): once
+    the object starts, "application, resume and interview notes" is one object."""
+    sentences: list[list[Token]] = [[]]
+    for index, token in enumerate(tokens):
+        previous = tokens[index - 1].text if index else ""
+        if token.text == "." and previous in _ABBREVIATIONS:
+            continue  # "Mr. Chen", "Dr. Weber": not the end of a sentence
+        if token.text in (".", ";", "!", "?"):
+            sentences.append([])
+        else:
+            sentences[-1].append(token)
+    found: list[Clause] = []
+    for sentence in sentences:
+        if not sentence:
+            continue
+        pieces = _merge(_split(sentence))
+        if lists:
+            pieces = _verb_list(pieces)
+        for kind, piece in pieces:
+            found.append(_clause(kind, piece))
+    return found
+
+
+_ABBREVIATIONS = _words("mr mrs ms dr prof st jr sr vs etc eg ie approx no nr inc ltd co corp")
+_TOOL_VERBS = frozenset(("use", "call", "invoke", "run"))
+_TOOL_NOUNS = frozenset(("tool", "function", "action", "command"))
+
+
+def _tool_clause(piece: list[Token], body: list[Token]) -> list[Token] | None:
+    """ "use the tool read_document": the tool's name is the action asked about, so the clause is
+    read as the words of the name ("read document")."""
+    if not body or body[0].text not in _TOOL_VERBS:
+        return None
+    rest = body[1:5]
+    if not any(t.text in _TOOL_NOUNS for t in rest):
+        return None
+    for token in rest:
+        parts = re.split(r"[_\-]", token.text)
+        if token.kind == "id" and len(parts) > 1 and all(p.isalpha() for p in parts):
+            return [_word(p) for p in parts if p]
+    return None
+
+
+_TELLING = _words("tell inform notify update")
+
+
+def _asks_the_asker(body: Sequence[Token]) -> bool:
+    """ "tell me the total", "let me know", "update us": addressed to whoever asks; what is
+    told comes from the other clauses, which are matched on their own."""
+    return len(body) >= 2 and body[0].text in _TELLING and body[1].text in ("me", "us")
+
+
+def _clause(kind: str, piece: list[Token]) -> Clause:
+    body, wanted = _strip_framing(piece)
+    if _asks_the_asker(body) or (
+        piece and piece[0].text == "let" and [t.text for t in body] in (["know"], ["know", "it"])
+    ):
+        return Clause(tuple(piece), "context", after_verb=tuple(body))
+    named = _tool_clause(piece, body) if kind == "main" else None
+    if named is not None:
+        return _clause(kind, named)
+    tokens = tuple(piece)
+    if kind != "main" or not body:
+        return Clause(tokens, "context", after_verb=tuple(body))
+    head = body[0]
+    if head.text in _WH or (
+        head.text in ("is", "are") and len(body) > 1 and body[1].text == "there"
+    ):
+        return Clause(tokens, "request", info=True, after_verb=tuple(body[1:]))
+    if _could_start_request(head) or (head.kind == "word" and head.verbs and not head.nouns):
+        particle = _particle(head, body[1:])
+        return Clause(tokens, "request", verb=head, particle=particle, after_verb=tuple(body[1:]))
+    if wanted and (head.text in _DETERMINERS or (head.nouns and not head.verbs)):
+        return Clause(tokens, "request", noun_request=True, after_verb=tuple(body))
+    if head.kind == "word" and not head.verbs and head.text not in _FUNCTION and len(body) > 1:
+        # a first word where a verb belongs that WordNet knows only as a noun ("rollback"), or
+        # not at all (a typo, a name, another language): the matcher compares its spelling
+        return Clause(tokens, "request", verb=head, after_verb=tuple(body[1:]))
+    if wanted and (head.text in _DETERMINERS or head.nouns):
+        return Clause(tokens, "request", noun_request=True, after_verb=tuple(body))
+    # "the checkout pods need restarting": a subject, then need(s) + gerund
+    for index, token in enumerate(body[:-1]):
+        if token.text in ("need", "needs") and body[index + 1].text.endswith("ing"):
+            verb = body[index + 1]
+            if verb.verbs:
+                rest = tuple(body[:index]) + tuple(body[index + 2 :])
+                return Clause(tokens, "request", verb=verb, after_verb=rest)
+    return Clause(tokens, "context", after_verb=tuple(body))
+
+
+def _particle(verb: Token, rest: Sequence[Token]) -> str | None:
+    """A particle that may make a phrasal verb with this verb ("roll ... back", "look up"); the
+    matcher reads the clause both with and without it."""
+    if not verb.verbs:
+        return None
+    for index, token in enumerate(rest[:5]):
+        if token.kind == "punct":
+            break
+        if token.text not in _PARTICLES:
+            continue
+        following = rest[index + 1] if index + 1 < len(rest) else None
+        preceding = rest[index - 1] if index else None
+        if preceding is not None and (preceding.kind == "id" or preceding.text == "percent"):
+            continue  # "10% off", "20 EUR off": an amount, not a phrasal verb
+        # right after the verb ("look up the order"), or closing the object ("hand the account
+        # over to Priya"); not a preposition opening a phrase ("sign the contract on our side")
+        if index == 0 or following is None or following.text in _PREPOSITIONS | {"of"}:
+            return token.text
+    return None
+
+
+# -- the catalog ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One capability as the matcher sees it."""
+
+    name: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    actions: dict[str, float] = field(default_factory=dict, compare=False)
+    """Verb lemma -> weight: the name's action 1.0, support-derived verbs 0.95, description and
+    example verbs 0.9."""
+    strong_actions: frozenset[str] = field(default=frozenset(), compare=False)
+    """The name's action and the verbs derived from its resource: these alone name it."""
+    resource: frozenset[str] = field(default=frozenset(), compare=False)
+    synonyms: frozenset[str] = field(default=frozenset(), compare=False)
+    described: frozenset[str] = field(default=frozenset(), compare=False)
+    """Nouns of what the description's and examples' verbs act on."""
+    general: frozenset[str] = field(default=frozenset(), compare=False)
+    """The nearest kind of each resource and described noun ("agreement" for "contract")."""
+    mentioned: frozenset[str] = field(default=frozenset(), compare=False)
+    """Other nouns of the description and examples ("for a service"): support, not evidence."""
+    action_class: str | None = field(default=None, compare=False)
+    person_resource: bool = field(default=False, compare=False)
+
+    @property
+    def reads(self) -> bool:
+        return self.action_class == "read"
+
+    @property
+    def nouns(self) -> frozenset[str]:
+        return _all_nouns(self)
+
+    @classmethod
+    def build(
+        cls, *, name: str, description: str = "", examples: Sequence[str] = ()
+    ) -> CatalogEntry:
+        return _build_entry(name, description, tuple(examples))
+
+
+@functools.lru_cache(maxsize=4096)
+def _all_nouns(entry: CatalogEntry) -> frozenset[str]:
+    return entry.resource | entry.synonyms | entry.described | entry.mentioned
+
+
+def _split_compound(word: str, known: Iterable[str]) -> list[str]:
+    """``rollback`` -> ``roll_back``; ``backgroundchecks`` -> ``background_check``."""
+    for index in range(3, len(word) - 1):
+        left, right = word[:index], word[index:]
+        if right in _PARTICLES and asklexicon.is_verb(left):
+            return [f"{left}_{right}"]
+        rights = asklexicon.noun_lemmas(right)
+        if asklexicon.noun_lemmas(left) and rights and len(left) > 3 and len(right) > 3:
+            return [f"{left}_{rights[0]}"]
+    del known
+    return []
+
+
+def _noun_forms(token: Token) -> tuple[str, ...]:
+    return token.nouns or ((token.text,) if token.kind == "word" else ())
+
+
+def _content_nouns(tokens: Sequence[Token], *, concatenated: bool = True) -> list[str]:
+    """Noun lemmas among ``tokens``, with the WordNet compounds of two adjacent words
+    ("credit_card") and, when ``concatenated``, two adjacent words written as one ("config map"
+    -> "configmap", to meet a resource named ``configmaps``)."""
+    found: list[str] = []
+    words = [
+        t
+        for t in tokens
+        if t.kind == "word" and t.text not in _FUNCTION and t.text not in _PARTICLES
+    ]
+    for index, token in enumerate(words):
+        found.extend(_noun_forms(token))
+        if index + 1 < len(words):
+            for second in _noun_forms(words[index + 1]):
+                if asklexicon.is_noun(f"{token.text}_{second}"):
+                    found.append(f"{token.text}_{second}")
+                if concatenated:
+                    found.append(f"{token.text}{second}")
+    return found
+
+
+def _phrase_verbs(text: str) -> tuple[list[str], list[str], list[str]]:
+    """The verbs of a description or example, read as one or more imperative clauses ("Create,
+    move or cancel meetings"), the nouns of what they act on, and the other nouns."""
+    verbs: list[str] = []
+    objects: list[str] = []
+    others: list[str] = []
+    for clause in clauses(tokenize(text), lists=True):
+        rest = clause.after_verb if clause.verb else clause.tokens
+        if clause.verb is not None:
+            verbs.extend(_verb_lemmas(clause))
+        direct = _object_nouns(rest)
+        objects.extend(_content_nouns(direct, concatenated=False))
+        others.extend(_content_nouns(rest[len(direct) :], concatenated=False))
+    return verbs, objects, others
+
+
+def _verb_lemmas(clause: Clause) -> list[str]:
+    """The verb's lemmas; with a particle, the phrasal verb WordNet knows ("write off" is not
+    "write"), else both readings ("roll back": a capability may name ``rollback``)."""
+    assert clause.verb is not None  # noqa: S101 - callers check
+    lemmas = list(clause.verb.verbs) or [clause.verb.text]
+    if clause.particle:
+        phrasal = [f"{lemma}_{clause.particle}" for lemma in lemmas]
+        known = [p for p in phrasal if asklexicon.is_verb(p)]
+        lemmas = known or phrasal + lemmas
+    return lemmas
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> CatalogEntry:
+    parts = name.split(".")
+    action_words = [w for w in re.split(r"[_-]", parts[-1]) if w]
+    actions: dict[str, float] = {}
+    for word in action_words[:1]:
+        lemmas = list(asklexicon.verb_lemmas(word)) or [word, *_split_compound(word, ())]
+        for lemma in lemmas:
+            actions[lemma] = 1.0
+    resource: set[str] = set()
+    for part in parts[:-1]:
+        words = [w for w in re.split(r"[_-]", part) if w]
+        for word in words:
+            token = _word(word)
+            resource.update(_noun_forms(token))
+            resource.update(c for c in _split_compound(word, ()) if "_" in c)
+        if len(words) > 1:
+            resource.add("_".join(words))
+            resource.add("".join(words))
+    resource.update(r.split("_")[-1] for r in list(resource) if "_" in r)
+    synonyms = {s for r in resource for s in asklexicon.noun_synonyms(r)} - resource
+    strong = set(actions)
+    described_verbs: list[str] = []
+    described: set[str] = set()
+    mentioned: set[str] = set()
+    for text in (description, *examples):
+        verbs, objects, others = _phrase_verbs(text)
+        described_verbs.extend(verbs)
+        described.update(objects)
+        mentioned.update(others)
+    if set(actions) & SUPPORT_VERBS or (described_verbs and described_verbs[0] in SUPPORT_VERBS):
+        for noun in resource:
+            for verb in asklexicon.derived_verbs(noun):
+                actions.setdefault(verb, 0.95)
+                strong.add(verb)
+    for verb in described_verbs:
+        actions.setdefault(verb, 0.9)
+    # the class of what the capability does: its name's action, else its description's verb
+    # (never a verb derived from its resource, which only widens how it may be asked for)
+    action_class = None
+    for lemma in [*(a for a, w in actions.items() if w == 1.0), *described_verbs[:1]]:
+        action_class = asklexicon.verb_class(lemma)
+        if action_class is not None:
+            break
+    for verb in [v for v, w in actions.items() if w == 0.95]:
+        derived_class = asklexicon.verb_class(verb)
+        if derived_class in DANGEROUS and derived_class != action_class:
+            del actions[verb]  # "post" (publish) is not what posts.draft does
+            strong.discard(verb)
+    return CatalogEntry(
+        name=name,
+        description=description,
+        examples=examples,
+        actions=actions,
+        strong_actions=frozenset(strong),
+        resource=frozenset(resource),
+        synonyms=frozenset(synonyms),
+        described=frozenset(described - resource),
+        general=frozenset(
+            kinds[0] for n in resource | described if (kinds := asklexicon.noun_kinds(n))
+        ),
+        mentioned=frozenset(mentioned - described - resource),
+        action_class=action_class,
+        person_resource=any(asklexicon.is_person(r) for r in resource),
+    )
+
+
+# -- matching ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    capability: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseMatch:
+    """What one requesting clause was matched to; ``capability`` None when not covered."""
+
+    text: str
+    capability: str | None
+    confidence: float
+    matched_words: tuple[str, ...]
+    reason: str
+    candidates: tuple[Candidate, ...] = ()
+
+
+def _damerau(a: str, b: str) -> int:
+    """Optimal string alignment distance (for typos: one transposition counts one)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
+    """The one vocabulary word ``word`` is a likely typo of (distance 1, or 2 from 8 letters)."""
+    if len(word) < 4:
+        return None
+    limit = 2 if len(word) >= 8 else 1
+    found = {
+        v
+        for v in vocabulary
+        if abs(len(v) - len(word)) <= limit
+        and _damerau(word, v) <= limit
+        and not word.endswith(v)  # "unpublish" is no typo of "publish": it is its undoing
+        and not word.startswith(v)
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+@dataclass(slots=True)
+class _Scored:
+    entry: CatalogEntry
+    score: float
+    verb: float
+    words: list[str]
+
+
+def _asked_verbs(
+    clause: Clause, nouns: list[str], vocabulary: frozenset[str]
+) -> tuple[list[str], list[str]]:
+    """The verb lemmas the clause asks for, and nouns used up as its action ("do a restart")."""
+    if clause.verb is None:
+        return [], []
+    lemmas = _verb_lemmas(clause)
+    if not clause.verb.verbs and not clause.verb.nouns:
+        typo = _typo_of(clause.verb.text, vocabulary)
+        lemmas = [typo] if typo else [clause.verb.text]
+    text = clause.verb.text
+    if text.startswith("re") and not clause.verb.verbs and not clause.particle:
+        # "resend", "reforecast" (words WordNet lacks): the same act again
+        again = [v for v in asklexicon.verb_lemmas(text[2:]) if v not in lemmas and len(v) > 2]
+        lemmas = lemmas + again
+    used: list[str] = []
+    if set(lemmas) & LIGHT_VERBS:
+        for noun in nouns[:3]:
+            derived = [
+                v for v in asklexicon.derived_verbs(noun) if v == noun or noun.startswith(v[:4])
+            ]
+            if derived:
+                lemmas = derived + lemmas
+                used.append(noun)
+                break
+    return lemmas, used
+
+
+def _class_of(lemmas: Sequence[str]) -> str | None:
+    """The most dangerous class among the readings of a verb."""
+    classes = {asklexicon.verb_class(lemma) for lemma in lemmas}
+    for name in ("privilege", "destroy", "transfer", "read"):
+        if name in classes:
+            return name
+    return None
+
+
+def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str | None]:
+    best, word = 0.0, None
+    for asked in lemmas:
+        for action, weight in entry.actions.items():
+            similarity = asklexicon.verb_similarity(asked, action) * weight
+            if similarity > best:
+                best, word = similarity, asked
+    return best, word
+
+
+def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
+    """The head of each noun phrase of ``tokens`` that is not a person (its last word, with the
+    compounds it ends), first phrase first, and whether the phrase is one bare word right at the
+    start (no determiner: likely a name, "scale checkout"); a phrase ending in a word WordNet
+    does not know (a name such as "frontend") has no head."""
+    runs: list[list[Token]] = [[]]
+    starts: list[int] = [0]
+    for index, token in enumerate(tokens):
+        if token.kind != "word" or token.text in _FUNCTION:
+            runs.append([])
+            starts.append(index + 1)
+        else:
+            runs[-1].append(token)
+    heads: list[tuple[tuple[str, ...], bool]] = []
+    for run, start in zip(runs, starts, strict=True):
+        if not run or not run[-1].nouns:
+            continue
+        last = run[-1]
+        forms = list(last.nouns)
+        if len(run) > 1:
+            previous = run[-2].text
+            forms.extend(f"{previous}{n}" for n in last.nouns)
+            forms.extend(f"{previous}_{n}" for n in last.nouns)
+        if any(asklexicon.is_person(n) or asklexicon.is_time(n) for n in last.nouns):
+            # who it is for, or when: the head is the last noun before them ("the appointment
+            # tomorrow", "the offer for Priya")
+            thing = next(
+                (
+                    t
+                    for t in reversed(run[:-1])
+                    if t.nouns
+                    and not any(asklexicon.is_time(n) or asklexicon.is_person(n) for n in t.nouns)
+                ),
+                None,
+            )
+            if thing is None:
+                continue
+            heads.append((tuple(thing.nouns), False))
+            continue
+        heads.append((tuple(forms), start == 0 and len(run) == 1 and last.text in last.nouns))
+    return heads
+
+
+def _name_actions(entry: CatalogEntry) -> frozenset[str]:
+    return frozenset(a for a, weight in entry.actions.items() if weight == 1.0)
+
+
+def _object_nouns(tokens: Sequence[Token]) -> list[Token]:
+    """The direct object: the tokens after the verb up to the first preposition (an "of" phrase
+    belongs to the object: "the logs of the checkout pods")."""
+    found: list[Token] = []
+    for token in tokens:
+        if token.text in _PREPOSITIONS:
+            break
+        found.append(token)
+    return found
+
+
+def _names(entry: CatalogEntry, noun: str) -> float:
+    """How surely ``noun`` is something the capability acts on: its resource 1.0, a synonym
+    0.8, a noun its description acts on 0.6, a kind of one of those (WordNet: a "contract" is an
+    "agreement") 0.6, the nearest more general word for one of those 0.5; else 0."""
+    if noun in entry.resource:
+        return 1.0
+    if noun in entry.synonyms:
+        return 0.8
+    if noun in entry.described:
+        return 0.6
+    if any(
+        kind in entry.resource or kind in entry.described for kind in asklexicon.noun_kinds(noun)
+    ):
+        return 0.6
+    if noun in entry.general:
+        return 0.5
+    return 0.0
+
+
+def _only_names(
+    tokens: Sequence[Token], word: str | None, entry: CatalogEntry, catalog: Sequence[CatalogEntry]
+) -> bool:
+    """The object is only names and identifiers, and ``word`` is the capability's own action
+    (exactly), which no other capability of the catalog has, and which neither destroys,
+    transfers nor grants."""
+    content = [t for t in tokens if t.text not in _FUNCTION and t.kind != "punct"]
+    if not content or any(t.kind not in ("name", "id") for t in content):
+        return False
+    if word is None or entry.actions.get(word) != 1.0 or entry.action_class in DANGEROUS:
+        return False
+    return not any(word in other.actions for other in catalog if other is not entry)
+
+
+_PLACES = _words("in into to onto on inside within")
+
+
+def _placed_in(clause: Clause, entry: CatalogEntry) -> bool:
+    """The clause acts in or into the capability's own place ("write the result into my
+    notes", "set MAX_CONNECTIONS=200 in the api configmap", "roll back to revision 41"): its
+    resource, a synonym, or a noun its description names after a preposition."""
+    tokens = clause.after_verb
+    for index, token in enumerate(tokens):
+        if token.text not in _PLACES:
+            continue
+        following = tokens[index + 1 :]
+        phrase: list[Token] = []
+        for item in following:
+            if item.text in _PREPOSITIONS:
+                break
+            phrase.append(item)
+        for noun in _content_nouns(phrase):
+            if asklexicon.is_person(noun):
+                continue  # "to the patient": who receives it, not where it goes
+            if noun in entry.resource or noun in entry.synonyms or noun in entry.mentioned:
+                return True
+    return False
+
+
+def _things(nouns: Iterable[str]) -> list[str]:
+    """Nouns that can be acted on: not times ("tomorrow", "friday")."""
+    return [n for n in nouns if not asklexicon.is_time(n)]
+
+
+_ANAPHORA = _words("it them this that these those one ones")
+
+
+def resolve(clause: Clause, antecedent: Clause | None) -> Clause:
+    """A clause whose object is a pronoun ("share it with the funder", "pay it") acts on the
+    object of the clause before it."""
+    if antecedent is None or clause.verb is None:
+        return clause
+    direct = [t for t in _object_nouns(clause.after_verb) if t.text not in _DETERMINERS - _ANAPHORA]
+    if not direct or any(t.text not in _ANAPHORA for t in direct):
+        return clause
+    return Clause(
+        clause.tokens,
+        clause.kind,
+        verb=clause.verb,
+        particle=clause.particle,
+        info=clause.info,
+        noun_request=clause.noun_request,
+        after_verb=clause.after_verb,
+        inherited=tuple(_object_nouns(antecedent.after_verb)),
+    )
+
+
+def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch:
+    """The capability that covers one requesting clause, or why none does."""
+    all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
+    direct_tokens = _object_nouns(clause.after_verb)
+    direct = _things(_content_nouns(direct_tokens))
+    vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
+    lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
+    heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
+    asked_class = _class_of(lemmas)
+    resources = {r: e.name for e in catalog for r in e.resource}
+    scored: list[_Scored] = []
+    persons = {n for n in (*all_nouns, *direct) if asklexicon.is_person(n)}
+    for entry in catalog:
+        # action evidence first: it rules out most of the catalog cheaply
+        derived = False
+        if clause.info or clause.noun_request:
+            if not entry.reads and not (clause.noun_request and set(entry.actions) & SUPPORT_VERBS):
+                continue
+            verb, word = 0.8, None
+        else:
+            verb, word = _verb_score(lemmas, entry)
+            if entry.reads and asked_class == "read" and verb < READ_MATCH:
+                # any verb that only looks ("show", "check", "look at") asks a reading capability
+                verb, word = READ_MATCH, lemmas[0]
+            if verb < VERB_MATCH:
+                continue
+            if asked_class in DANGEROUS and asked_class != entry.action_class:
+                continue
+            if entry.reads and asked_class != "read" and word not in entry.actions:
+                continue
+            derived = word in entry.strong_actions and word not in _name_actions(entry)
+        nouns = entry.nouns
+        # object evidence
+        if entry.person_resource:
+            evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
+        else:
+            evidence = [n for n in all_nouns if n not in persons and _names(entry, n) > 0]
+        object_score = max((_names(entry, n) for n in evidence), default=0.0)
+        placed = _placed_in(clause, entry)
+        if object_score == 0.0 and placed:
+            object_score = 0.5
+        foreign = [
+            n
+            for n in direct
+            if n not in nouns
+            and n not in used
+            and n not in persons  # who it is for ("the customer") is never foreign
+            and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
+            and _names(entry, n) == 0.0
+        ]
+        if foreign and not (entry.reads and clause.info):
+            continue
+        if clause.info or clause.noun_request:
+            if object_score == 0.0:
+                continue
+        elif object_score == 0.0:
+            # no object the capability names: only a verb derived from its resource names
+            # the object by itself ("refund order 7781" for refunds.issue: what follows is
+            # what the refund is for, and anything foreign was refused above), or the
+            # capability's own action, held by no other capability, applied to nothing but
+            # names ("roll back billing-api"): the name can only be what the action acts on
+            if not derived and not _only_names(direct_tokens, word, entry, catalog):
+                continue
+            object_score = 0.5
+        elif heads and not entry.reads and not derived and not placed:
+            # what is acted on (the first phrase's head) must be what the capability acts
+            # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
+            head, bare = heads[0]
+            if not bare and not any(
+                form in nouns or form in entry.actions or _names(entry, form) > 0 for form in head
+            ):
+                continue
+        words = ([word] if word else []) + sorted(set(evidence))
+        scored.append(_Scored(entry, round(0.6 * verb + 0.4 * object_score, 4), verb, words))
+    scored.sort(key=lambda s: (-s.score, s.entry.name))
+    suggestions = tuple(Candidate(s.entry.name, s.score) for s in scored[:3])
+    if not scored:
+        closest = _closest(clause, catalog)
+        reason = (
+            _uncovered_reason(clause, lemmas)
+            if closest
+            else "no capability shares words with the question"
+        )
+        return ClauseMatch(clause.text, None, 0.0, (), reason, closest)
+    best = scored[0]
+    if len(scored) > 1 and best.score - scored[1].score < AMBIGUITY_MARGIN:
+        names = ", ".join(c.capability for c in suggestions)
+        return ClauseMatch(
+            clause.text,
+            None,
+            round(best.score / 2, 3),
+            (),
+            f"ambiguous: the clause could mean {names}",
+            suggestions,
+        )
+    return ClauseMatch(
+        clause.text,
+        best.entry.name,
+        round(best.score, 3),
+        tuple(best.words),
+        f"matched {best.entry.name}",
+        suggestions,
+    )
+
+
+def _uncovered_reason(clause: Clause, lemmas: Sequence[str]) -> str:
+    if clause.info:
+        return "no capability of the agent reads what the question asks about"
+    if lemmas:
+        return f"no capability of the agent covers {lemmas[0].replace('_', ' ')!r} on this object"
+    if clause.verb is not None:
+        return f"the action {clause.verb.text!r} is not a word the matcher knows"
+    return "no capability of the agent covers this"
+
+
+def _closest(clause: Clause, catalog: Sequence[CatalogEntry]) -> tuple[Candidate, ...]:
+    """Suggestions for an uncovered clause: capabilities sharing a noun or a verb with it."""
+    words = set(_content_nouns(clause.tokens))
+    if clause.verb is not None:
+        words.update(clause.verb.verbs)
+    scored = []
+    for entry in catalog:
+        shared = words & (entry.nouns | set(entry.actions))
+        if shared:
+            scored.append(Candidate(entry.name, round(len(shared) / (len(words) or 1), 3)))
+    scored.sort(key=lambda c: (-c.score, c.capability))
+    return tuple(scored[:3])
+
+
+_COMMON_VERBS = _words(
+    """read see show view look check find get open search list display send delete"""
+)
+"""Typos are corrected towards the agent's own verbs and these few everyday request verbs."""
+
+
+def context_danger(clause: Clause) -> str | None:
+    """A verb in a context clause that destroys, transfers out or grants ("so that I can delete
+    them"): such a clause is a request in disguise and makes the answer "not covered"."""
+    for token in clause.tokens:
+        if token.kind != "word" or not token.verbs or token.text in _FUNCTION:
+            continue
+        if token.nouns and token.text in token.nouns:
+            continue  # "the end of the month", "a copy": read as a noun
+        if _class_of(token.verbs[:1]) in ("destroy", "transfer", "privilege"):
+            return token.text
+    return None
