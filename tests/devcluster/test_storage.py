@@ -31,10 +31,13 @@ def test_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     reopened = storage.Store(tmp_path / "db", history_window=10)
     assert reopened.resource_version == 3
     assert [e.obj["metadata"]["name"] for e in reopened.entries("", "configmaps")] == ["a"]
-    # History does not survive a restart: resuming from before it is 410.
-    with pytest.raises(storage.Gone):
-        reopened.history_since(1)
+    # History survives the restart: a watch resumed from any acknowledged version continues.
+    assert [(e.type, e.resource_version) for e in reopened.history_since(1)] == [
+        ("ADDED", 2),
+        ("DELETED", 3),
+    ]
     assert reopened.history_since(3) == []
+    assert reopened.next_version() == 4
 
 
 def test_history_window_evicts_oldest(tmp_path: Path) -> None:

@@ -196,13 +196,17 @@ class DevCluster:
             bookmark_interval=self._bookmark_interval,
         )
         self.api = server
-        for name in DEFAULT_NAMESPACES:
-            server.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        for item in rbac.bootstrap_policy():
-            server.ensure(item)
-        if self._apply_crds:
-            for crd in agentauth_crds():
-                server.ensure(crd)
+        try:
+            for name in DEFAULT_NAMESPACES:
+                server.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+            for item in rbac.bootstrap_policy():
+                server.ensure(item)
+            if self._apply_crds:
+                for crd in agentauth_crds():
+                    server.ensure(crd)
+        except storage.StorageError as error:
+            # Serve what the store holds: reads work, writes answer 503 until storage recovers.
+            log.error("the store cannot be written (%s): bootstrap objects not updated", error)
         server.resume()
 
         app = web.Application(client_max_size=api.MAX_BODY_BYTES + 1)
