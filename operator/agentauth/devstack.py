@@ -289,7 +289,17 @@ async def apply_objects(api: kube.KubeClient, objects: Sequence[dict[str, Any]])
                 raise DevStackError(
                     f"creating {obj['kind']} {obj['metadata']['name']} failed: {exc}"
                 ) from exc
-            await api.patch(resource, obj["metadata"]["name"], obj, namespace=namespace)
+            try:
+                await api.patch(resource, obj["metadata"]["name"], obj, namespace=namespace)
+            except kube.ApiUnavailable as exc:
+                # The store cannot be written (full or read-only disk): keep what it holds and
+                # serve reads; writes answer 503 until storage works again.
+                log.error(
+                    "could not update %s %s to the chart's state: %s",
+                    obj["kind"],
+                    obj["metadata"]["name"],
+                    exc,
+                )
 
 
 # -- the stack ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +50,21 @@ def test_history_window_evicts_oldest(tmp_path: Path) -> None:
     with pytest.raises(storage.Gone) as raised:
         store.history_since(1)
     assert str(raised.value) == "too old resource version: 1 (3)"
+
+
+def test_history_window_survives_restart_and_old_events_are_pruned(tmp_path: Path) -> None:
+    store = storage.Store(tmp_path / "db", history_window=3)
+    for index in range(100):
+        _put(store, f"o{index}")
+    store.close()
+    reopened = storage.Store(tmp_path / "db", history_window=3)
+    assert [e.resource_version for e in reopened.history_since(97)] == [98, 99, 100]
+    with pytest.raises(storage.Gone) as raised:
+        reopened.history_since(96)
+    assert str(raised.value) == "too old resource version: 96 (98)"
+    reopened.close()
+    # Evicted events do not pile up on disk (they are deleted in batches).
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "db")) as db:
+        (kept,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
+    assert kept < 3 + 64

@@ -193,7 +193,7 @@ class Store:
                 loaded = _load_copy(self.path, self._window)
             except (OSError, sqlite3.Error) as copy_error:
                 raise StorageError(f"cannot read the store {self.path}: {error}") from copy_error
-            self.failure = _describe(error)
+            self.failure = _describe(error, self.path)
             log.error("store %s is not writable (%s): serving reads only", self.path, error)
         self.resource_version = 0
         for key, body in loaded.objects:
@@ -334,7 +334,7 @@ class Store:
                 log.warning("store: write %d committed despite an error: %s", version, error)
             else:
                 self.close()
-                self.failure = _describe(error)
+                self.failure = _describe(error, self.path)
                 log.error("store: write %d not committed: %s", version, error)
                 raise StorageError(self.failure) from error
         if prune:
@@ -369,7 +369,7 @@ class Store:
                 (self.resource_version,),
             ).fetchall()
         except sqlite3.Error as error:
-            self.failure = _describe(error)
+            self.failure = _describe(error, self.path)
             raise StorageError(self.failure) from error
         for rv, event_type, grp, resource, namespace, name, body in ahead:
             key = (grp, resource, namespace, name)
@@ -444,16 +444,15 @@ class Store:
         return found
 
 
-def _describe(error: sqlite3.Error) -> str:
+def _describe(error: sqlite3.Error, path: Path) -> str:
     """What went wrong, in the words an operator acts on."""
     text = str(error)
     name = getattr(error, "sqlite_errorname", "") or ""
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
-        return "the disk holding the store is full"
-    if (
-        name.startswith("SQLITE_READONLY")
-        or name.startswith("SQLITE_CANTOPEN")
-        or "readonly" in text
-    ):
-        return f"the store cannot be written ({text})"
-    return f"the store cannot be written ({text}{', ' + name if name else ''})"
+        return f"the disk holding the store {path} is full"
+    with contextlib.suppress(OSError):
+        if not path.parent.stat().st_mode & 0o222:
+            return f"the store's directory {path.parent} is read-only ({text})"
+        if not path.stat().st_mode & 0o222:
+            return f"the store {path} is read-only ({text})"
+    return f"the store {path} cannot be written ({text}{', ' + name if name else ''})"
