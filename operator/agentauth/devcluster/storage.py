@@ -48,6 +48,7 @@ ObjectKey = tuple[str, str, str, str]
 
 # How many evicted events may linger on disk before they are deleted (one DELETE per batch).
 _PRUNE_EVERY = 64
+_CHECKPOINT_PAGES = 10_000
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS objects (grp TEXT NOT NULL, resource TEXT NOT NULL,"
     " namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,"
@@ -113,6 +114,9 @@ def connect(path: Path) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch the store to WAL mode ({mode})")
         db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (which fsync) run inside a commit, on the event loop: every 10,000 WAL
+        # pages (~40 MB) rather than SQLite's 1,000, since one write commits ~3 pages.
+        db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         for statement in _SCHEMA:
             db.execute(statement)
     except BaseException:
