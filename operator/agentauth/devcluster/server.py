@@ -8,7 +8,12 @@ and serving certificate (``ca.crt``/``ca.key``, ``server.crt``/``server.key``), 
 (``tokens.json``), the service-account signing key and the ``kubeconfig`` with the contexts
 ``admin`` (current; group ``system:masters``), ``alice`` and ``bob`` (ordinary users). A restart
 with the same directory keeps every object, the CA and the tokens. The server listens on
-127.0.0.1 only.
+127.0.0.1 only, with ``SO_REUSEADDR`` (a restart takes its port back at once, whatever the old
+connections' TIME-WAIT).
+
+One process at a time per directory: :class:`DirectoryLock` (``flock`` on ``DIR/lock``, released
+by the kernel when the process dies, even by ``kill -9``) refuses a second one at once with
+:class:`DirectoryInUse`, naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
+import fcntl
 import json
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -43,6 +51,62 @@ USERS = ("alice", "bob")
 # The names the API server's certificate covers: loopback, plus the in-cluster service name.
 SERVING_HOSTS = ("localhost", "kubernetes.default.svc", HOST)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class DirectoryInUse(Exception):
+    """Another process runs on this state directory."""
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on ``DIR/lock`` for as long as this object holds it open."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (pid {int(self.path.read_text().strip())})"
+            raise DirectoryInUse(
+                f"{self.path.parent} is in use by another agentauth dev{holder}: stop it first, "
+                "or give this one another --dir"
+            ) from None
+        # Who holds it, for the message above (best effort: a read-only directory still locks).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def listening_socket(port: int) -> socket.socket:
+    """A non-blocking listening socket on 127.0.0.1:``port`` (0: a free one), ``SO_REUSEADDR``
+    so that connections of a previous run in TIME-WAIT do not keep the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port))
+        sock.listen(512)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -142,8 +206,11 @@ class DevCluster:
         history_window: int = 5000,
         bookmark_interval: float = 5.0,
         apply_crds: bool = True,
+        lock: DirectoryLock | None = None,
     ) -> None:
         self.directory = Path(directory)
+        # Given by a caller that locked the directory before choosing ports (agentauth dev).
+        self._lock = lock if lock is not None else DirectoryLock(self.directory)
         self._port = port
         self._history_window = history_window
         self._bookmark_interval = bookmark_interval
@@ -164,16 +231,20 @@ class DevCluster:
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         ca_path, cert_path, key_path = ensure_certificates(self.directory)
         tokens = _load_tokens(self.directory)
         self.admin_token = tokens["admin"]
         self.user_tokens = {user: tokens[user] for user in USERS}
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, self._port))
-        sock.listen(512)
-        sock.setblocking(False)
+        sock = listening_socket(self._port)
         self._port = sock.getsockname()[1]
         self.url = f"https://{HOST}:{self._port}"
         self.issuer = self.url
@@ -232,6 +303,7 @@ class DevCluster:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._lock.release()
 
     def register_service(
         self, *, namespace: str, name: str, target_port: int, port: int = 443
