@@ -29,8 +29,12 @@ What :class:`DevStack` guarantees, so that the dev environment exercises the pro
   :func:`serve` (the CLI) does it on SIGINT/SIGTERM and returns 0.
 
 Ports (API server, token service, webhook) default to free ones, remembered in ``DIR/ports.json``
-and reused on the next start with the same directory when still free, so the kubeconfig, the
-issuer and the ``AGENTAUTH_TOKEN_URL`` of existing pods stay valid across restarts.
+and taken back on the next start with the same directory (checked with ``SO_REUSEADDR``, as the
+servers bind, so the previous run's connections in TIME-WAIT do not hold them; a port another
+process listens on fails the start rather than moving), so the kubeconfig, the issuer and the
+``AGENTAUTH_TOKEN_URL`` of existing pods stay valid across restarts. One process per directory:
+:meth:`DevStack.start` locks ``DIR/lock`` before touching anything else, and a second one fails
+at once with :class:`DevStackError` naming the holder.
 """
 
 from __future__ import annotations
