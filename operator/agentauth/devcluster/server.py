@@ -51,6 +51,48 @@ USERS = ("alice", "bob")
 # The names the API server's certificate covers: loopback, plus the in-cluster service name.
 SERVING_HOSTS = ("localhost", "kubernetes.default.svc", HOST)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# Slow clients (slowloris): a request head must arrive within HEADER_TIMEOUT_SECONDS of the
+# connection opening or of the previous response (kube-apiserver: 32 s), a body within
+# BODY_TIMEOUT_SECONDS of its head; otherwise the connection is closed.
+HEADER_TIMEOUT_SECONDS = 30.0
+BODY_TIMEOUT_SECONDS = 60.0
+
+
+def deadlines(*, body_timeout: float) -> Any:
+    """Middleware: the request body is read (and kept for the handler) within ``body_timeout``
+    seconds, or the request is answered 504 ``Timeout`` and its connection closed."""
+
+    @web.middleware
+    async def read_body_in_time(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), body_timeout)
+            except TimeoutError:
+                timed_out = api.error_response(
+                    api.ApiError(
+                        504,
+                        "Timeout",
+                        "Timeout: request did not complete within the allowed duration "
+                        f"(the body did not arrive within {body_timeout:g}s)",
+                    )
+                )
+                # Answered, then closed at once: no lingering read of what the client trickles.
+                await timed_out.prepare(request)
+                await timed_out.write_eof()
+                request.protocol.force_close()
+                return timed_out
+            except web.HTTPRequestEntityTooLarge:
+                return api.error_response(
+                    api.ApiError(
+                        413,
+                        "RequestEntityTooLarge",
+                        f"Request entity too large: limit is {api.MAX_BODY_BYTES}",
+                    )
+                )
+        answered: web.StreamResponse = await handler(request)
+        return answered
+
+    return read_body_in_time
 
 
 class DirectoryInUse(Exception):
@@ -207,7 +249,11 @@ class DevCluster:
         bookmark_interval: float = 5.0,
         apply_crds: bool = True,
         lock: DirectoryLock | None = None,
+        header_timeout: float = HEADER_TIMEOUT_SECONDS,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
     ) -> None:
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self.directory = Path(directory)
         # Given by a caller that locked the directory before choosing ports (agentauth dev).
         self._lock = lock if lock is not None else DirectoryLock(self.directory)
@@ -280,7 +326,14 @@ class DevCluster:
             log.error("the store cannot be written (%s): bootstrap objects not updated", error)
         server.resume()
 
-        app = web.Application(client_max_size=api.MAX_BODY_BYTES + 1)
+        app = web.Application(
+            client_max_size=api.MAX_BODY_BYTES + 1,
+            middlewares=[deadlines(body_timeout=self._body_timeout)],
+            # aiohttp's keep-alive timer runs from the connection's start (or the previous
+            # response) until a complete request head: it is the header deadline. It stops
+            # while a handler runs, so watches are unaffected.
+            handler_args={"keepalive_timeout": self._header_timeout},
+        )
         app.router.add_route("*", "/{tail:.*}", server.handle)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_path, key_path)
