@@ -240,11 +240,6 @@ class Store:
                 self._db.close()
             self._db = None
 
-    @property
-    def writable(self) -> bool:
-        """Whether the last write (or the start-up) reached the disk."""
-        return self.failure is None
-
     # reads -------------------------------------------------------------------------------
     def get(self, key: ObjectKey) -> Entry | None:
         table = self._index.get((key[0], key[1]))
