@@ -122,8 +122,9 @@ def _run_dev(args: argparse.Namespace) -> int:
         chart=pathlib.Path(args.chart),
         trusted_issuers=args.trusted_issuers,
         trusted_ca_file=pathlib.Path(args.trusted_ca_file) if args.trusted_ca_file else None,
+        log_file=directory / "dev.log",
     )
-    handlers = _configure_logging(verbose=args.verbose, log_file=directory / "dev.log")
+    handlers = _configure_logging(verbose=args.verbose, log_file=options.log_file)
     try:
         return asyncio.run(devstack.serve(options, out=sys.stdout))
     except devstack.DevStackError as exc:

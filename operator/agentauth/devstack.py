@@ -29,8 +29,12 @@ What :class:`DevStack` guarantees, so that the dev environment exercises the pro
   :func:`serve` (the CLI) does it on SIGINT/SIGTERM and returns 0.
 
 Ports (API server, token service, webhook) default to free ones, remembered in ``DIR/ports.json``
-and reused on the next start with the same directory when still free, so the kubeconfig, the
-issuer and the ``AGENTAUTH_TOKEN_URL`` of existing pods stay valid across restarts.
+and taken back on the next start with the same directory (checked with ``SO_REUSEADDR``, as the
+servers bind, so the previous run's connections in TIME-WAIT do not hold them; a port another
+process listens on fails the start rather than moving), so the kubeconfig, the issuer and the
+``AGENTAUTH_TOKEN_URL`` of existing pods stay valid across restarts. One process per directory:
+:meth:`DevStack.start` locks ``DIR/lock`` before touching anything else, and a second one fails
+at once with :class:`DevStackError` naming the holder.
 """
 
 from __future__ import annotations
@@ -119,17 +123,20 @@ class Options:
     trusted_issuers: str | None = None
     """JSON list of ``{"issuer", "jwks_url", "audience"}`` for delegation (token service)."""
     trusted_ca_file: Path | None = None
+    log_file: Path | None = None
+    """Where the CLI logs everything (printed with the ready line)."""
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
 def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
+    """Whether ``port`` can be listened on now. With ``SO_REUSEADDR``, as the servers bind: the
+    previous run's connections in TIME-WAIT do not count as taking it (a listener does)."""
+    try:
+        server.listening_socket(port).close()
+    except OSError:
+        return False
     return True
 
 
@@ -139,9 +146,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PORT_FLAGS = {"api": "--port", "token_service": "--token-service-port", "webhook": "--webhook-port"}
+
+
 def choose_ports(directory: Path, *, requested: dict[str, int]) -> dict[str, int]:
     """Ports for ``api``, ``token_service`` and ``webhook``: the requested one when non-zero,
-    else the one remembered in ``DIR/ports.json`` if still free, else a free one. Remembered."""
+    else the one remembered in ``DIR/ports.json``, else a free one. Remembered.
+
+    A remembered port is never swapped silently for another: the issuer, the kubeconfig and the
+    token URL of existing pods name it. If another process listens on it, starting fails and
+    says so (pass the flag to move deliberately)."""
     path = directory / "ports.json"
     remembered: dict[str, Any] = {}
     if path.exists():
@@ -155,7 +169,13 @@ def choose_ports(directory: Path, *, requested: dict[str, int]) -> dict[str, int
         previous = remembered.get(name)
         if wanted:
             chosen[name] = wanted
-        elif isinstance(previous, int) and previous > 0 and _port_free(previous):
+        elif isinstance(previous, int) and 0 < previous <= 65535:
+            if not _port_free(previous):
+                raise DevStackError(
+                    f"port {previous} on {LOOPBACK} ({PORT_USERS[name]}), remembered in {path}, "
+                    f"is in use by another process: stop it, or move with {PORT_FLAGS[name]} N "
+                    "(pods and kubeconfigs made before keep the old address)"
+                )
             chosen[name] = previous
         else:
             chosen[name] = _free_port()
@@ -289,7 +309,17 @@ async def apply_objects(api: kube.KubeClient, objects: Sequence[dict[str, Any]])
                 raise DevStackError(
                     f"creating {obj['kind']} {obj['metadata']['name']} failed: {exc}"
                 ) from exc
-            await api.patch(resource, obj["metadata"]["name"], obj, namespace=namespace)
+            try:
+                await api.patch(resource, obj["metadata"]["name"], obj, namespace=namespace)
+            except kube.ApiUnavailable as exc:
+                # The store cannot be written (full or read-only disk): keep what it holds and
+                # serve reads; writes answer 503 until storage works again.
+                log.error(
+                    "could not update %s %s to the chart's state: %s",
+                    obj["kind"],
+                    obj["metadata"]["name"],
+                    exc,
+                )
 
 
 # -- the stack ----------------------------------------------------------------------------------
@@ -407,6 +437,19 @@ class DevStack:
         """Start everything; returns once it all serves (see the module guarantees)."""
         self._check_options()
         self.directory.mkdir(parents=True, exist_ok=True)
+        # First of all: a second agentauth dev on this directory must not touch anything.
+        lock = server.DirectoryLock(self.directory)
+        try:
+            lock.acquire()
+        except server.DirectoryInUse as exc:
+            raise DevStackError(str(exc)) from None
+        try:
+            await self._start(lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    async def _start(self, lock: server.DirectoryLock) -> None:
         ports = choose_ports(
             self.directory,
             requested={
@@ -418,7 +461,7 @@ class DevStack:
         for name, port in ports.items():
             if not _port_free(port):
                 raise DevStackError(f"port {port} on {LOOPBACK} ({PORT_USERS[name]}) is in use")
-        self.cluster = server.DevCluster(directory=self.directory, port=ports["api"])
+        self.cluster = server.DevCluster(directory=self.directory, port=ports["api"], lock=lock)
         self.webhook_port = ports["webhook"]
         self.token_service_port = ports["token_service"]
         self.issuer = self.token_service_url = f"https://{LOOPBACK}:{self.token_service_port}"
@@ -701,8 +744,10 @@ def print_ready(stack: DevStack, out: TextIO) -> None:
         f"  issuer: {stack.issuer}",
         f"  dev CA: {stack.ca_path}  (export AGENTAUTH_CA_FILE={stack.ca_path} for the SDK)",
         "  run a local process as a pod: agentauth dev run-as-pod POD -n NS -- CMD...",
-        "  stop with Ctrl-C",
     ]
+    if stack.options.log_file is not None:
+        lines.append(f"  log: {stack.options.log_file}")
+    lines.append("  stop with Ctrl-C")
     out.write("\n".join(lines) + "\n")
     out.flush()
 

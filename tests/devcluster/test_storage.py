@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,13 @@ def test_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     reopened = storage.Store(tmp_path / "db", history_window=10)
     assert reopened.resource_version == 3
     assert [e.obj["metadata"]["name"] for e in reopened.entries("", "configmaps")] == ["a"]
-    # History does not survive a restart: resuming from before it is 410.
-    with pytest.raises(storage.Gone):
-        reopened.history_since(1)
+    # History survives the restart: a watch resumed from any acknowledged version continues.
+    assert [(e.type, e.resource_version) for e in reopened.history_since(1)] == [
+        ("ADDED", 2),
+        ("DELETED", 3),
+    ]
     assert reopened.history_since(3) == []
+    assert reopened.next_version() == 4
 
 
 def test_history_window_evicts_oldest(tmp_path: Path) -> None:
@@ -45,3 +50,21 @@ def test_history_window_evicts_oldest(tmp_path: Path) -> None:
     with pytest.raises(storage.Gone) as raised:
         store.history_since(1)
     assert str(raised.value) == "too old resource version: 1 (3)"
+
+
+def test_history_window_survives_restart_and_old_events_are_pruned(tmp_path: Path) -> None:
+    store = storage.Store(tmp_path / "db", history_window=3)
+    for index in range(100):
+        _put(store, f"o{index}")
+    store.close()
+    reopened = storage.Store(tmp_path / "db", history_window=3)
+    assert [e.resource_version for e in reopened.history_since(97)] == [98, 99, 100]
+    with pytest.raises(storage.Gone) as raised:
+        reopened.history_since(96)
+    assert str(raised.value) == "too old resource version: 96 (98)"
+    reopened.close()
+    # Evicted events do not pile up on disk (they are deleted in batches).
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "db")) as db:
+        (kept,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
+    assert kept < 3 + 64

@@ -14,6 +14,10 @@ Guarantees:
 - A handler returns :class:`Allowed` (optionally with a JSONPatch) or raises :class:`Denied`;
   any other exception is answered as a denial with code 500 (fail closed), never as allowed.
 - Malformed reviews get HTTP 400, unknown paths 404, both with a plain-text reason.
+- Slow clients cannot hold connections: a request head must arrive within
+  :data:`HEADER_TIMEOUT_SECONDS` of the connection opening (or of the previous response) and a
+  body within :data:`BODY_TIMEOUT_SECONDS` of its head, or the connection is closed (a body too
+  late is answered 408). The API server sends whole reviews at once and waits 10 s at most.
 - Without ``webhook_cert_dir`` the CA comes from ``tls.ensure`` and is patched into the chart's
   Mutating/ValidatingWebhookConfiguration on start and every minute after (a ``helm upgrade``
   that resets ``caBundle`` is repaired within a minute). With it (cert-manager), certificates are
@@ -102,6 +106,10 @@ def _response(uid: str, outcome: Allowed | Denied) -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": body}
 
 
+HEADER_TIMEOUT_SECONDS = 10.0
+BODY_TIMEOUT_SECONDS = 10.0
+
+
 class WebhookServer:
     """HTTPS server for the registered admission handlers."""
 
@@ -116,7 +124,16 @@ class WebhookServer:
         if handler is None:
             return web.Response(status=404, text=f"no admission webhook at {request.path}")
         try:
-            review = await request.json()
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            timed_out = web.Response(status=408, text="the AdmissionReview did not arrive in time")
+            # Answered, then closed at once: no lingering read of what the client trickles.
+            await timed_out.prepare(request)
+            await timed_out.write_eof()
+            request.protocol.force_close()
+            return timed_out
+        try:
+            review = json.loads(raw)
             admission_request = review["request"]
             uid = str(admission_request["uid"])
             if review.get("kind") != "AdmissionReview" or not isinstance(admission_request, dict):
@@ -158,7 +175,12 @@ class WebhookServer:
             )
             self.ca_pem = material.ca_crt
             await self.patch_ca_bundles()
-        app = web.Application(client_max_size=3 * 1024 * 1024)
+        # aiohttp's keep-alive timer runs from the connection's start (or the previous response)
+        # until a complete request head arrives: it is the header deadline.
+        app = web.Application(
+            client_max_size=3 * 1024 * 1024,
+            handler_args={"keepalive_timeout": HEADER_TIMEOUT_SECONDS},
+        )
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -57,7 +57,7 @@ from agentauth.devcluster import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
-GROUP_COMMIT_SECONDS = 0.01
+STORAGE_RETRY_AFTER_SECONDS = 1
 VERSION_INFO = {
     "major": "1",
     "minor": "37",
@@ -151,6 +151,21 @@ def error_response(error: ApiError) -> web.Response:
     return json_response(error.status(), status=error.code)
 
 
+def storage_unavailable(error: storage.StorageError) -> web.Response:
+    """A write the store could not commit: 503 with ``Retry-After``, as kube-apiserver answers
+    while its storage is unavailable. Nothing was applied, so retrying is safe."""
+    response = error_response(
+        ApiError(
+            503,
+            "ServiceUnavailable",
+            f"storage is unavailable, the write was not applied: {error}",
+            details={"retryAfterSeconds": STORAGE_RETRY_AFTER_SECONDS},
+        )
+    )
+    response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def _details(rt: resources.ResourceType, name: str) -> dict[str, Any]:
     details: dict[str, Any] = {"name": name, "kind": rt.plural}
     if rt.group:
@@ -241,7 +256,6 @@ class ApiServer:
         self._background: set[asyncio.Task[None]] = set()
         self._terminating: set[str] = set()
         store.subscribe(self.hub.publish)
-        store.on_transaction = self._schedule_commit
         for entry in store.entries("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(entry.obj)
 
@@ -258,9 +272,6 @@ class ApiServer:
     async def _admit(self, **arguments: Any) -> None:
         if self._has_webhooks("validatingwebhookconfigurations"):
             await self.admission.validate(**arguments)
-
-    def _schedule_commit(self) -> None:
-        asyncio.get_running_loop().call_later(GROUP_COMMIT_SECONDS, self.store.commit)
 
     # -- bootstrap ----------------------------------------------------------------------------
     def ensure(self, obj: dict[str, Any]) -> None:
@@ -307,6 +318,8 @@ class ApiServer:
             return await self._handle(request)
         except ApiError as error:
             return error_response(error)
+        except storage.StorageError as error:
+            return storage_unavailable(error)
         except admission.AdmissionDenied as denied:
             return error_response(ApiError(denied.code, denied.reason, denied.message))
         except web.HTTPRequestEntityTooLarge:
@@ -1012,6 +1025,11 @@ class ApiServer:
             namespaces = self.registry.by_group_resource("", "namespaces")
             if namespace_entry is not None and namespaces is not None:
                 self._remove(namespaces, namespace_key, namespace_entry.obj)
+        except storage.StorageError:
+            # The store is failing: the namespace stays Terminating; try again in a while.
+            asyncio.get_running_loop().call_later(
+                1.0, lambda: self._spawn(self._terminate_namespace(namespace))
+            )
         finally:
             self._terminating.discard(namespace)
 

@@ -8,7 +8,12 @@ and serving certificate (``ca.crt``/``ca.key``, ``server.crt``/``server.key``), 
 (``tokens.json``), the service-account signing key and the ``kubeconfig`` with the contexts
 ``admin`` (current; group ``system:masters``), ``alice`` and ``bob`` (ordinary users). A restart
 with the same directory keeps every object, the CA and the tokens. The server listens on
-127.0.0.1 only.
+127.0.0.1 only, with ``SO_REUSEADDR`` (a restart takes its port back at once, whatever the old
+connections' TIME-WAIT).
+
+One process at a time per directory: :class:`DirectoryLock` (``flock`` on ``DIR/lock``, released
+by the kernel when the process dies, even by ``kill -9``) refuses a second one at once with
+:class:`DirectoryInUse`, naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
+import fcntl
 import json
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -43,6 +51,104 @@ USERS = ("alice", "bob")
 # The names the API server's certificate covers: loopback, plus the in-cluster service name.
 SERVING_HOSTS = ("localhost", "kubernetes.default.svc", HOST)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# Slow clients (slowloris): a request head must arrive within HEADER_TIMEOUT_SECONDS of the
+# connection opening or of the previous response (kube-apiserver: 32 s), a body within
+# BODY_TIMEOUT_SECONDS of its head; otherwise the connection is closed.
+HEADER_TIMEOUT_SECONDS = 30.0
+BODY_TIMEOUT_SECONDS = 60.0
+
+
+def deadlines(*, body_timeout: float) -> Any:
+    """Middleware: the request body is read (and kept for the handler) within ``body_timeout``
+    seconds, or the request is answered 504 ``Timeout`` and its connection closed."""
+
+    @web.middleware
+    async def read_body_in_time(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), body_timeout)
+            except TimeoutError:
+                timed_out = api.error_response(
+                    api.ApiError(
+                        504,
+                        "Timeout",
+                        "Timeout: request did not complete within the allowed duration "
+                        f"(the body did not arrive within {body_timeout:g}s)",
+                    )
+                )
+                # Answered, then closed at once: no lingering read of what the client trickles.
+                await timed_out.prepare(request)
+                await timed_out.write_eof()
+                request.protocol.force_close()
+                return timed_out
+            except web.HTTPRequestEntityTooLarge:
+                return api.error_response(
+                    api.ApiError(
+                        413,
+                        "RequestEntityTooLarge",
+                        f"Request entity too large: limit is {api.MAX_BODY_BYTES}",
+                    )
+                )
+        answered: web.StreamResponse = await handler(request)
+        return answered
+
+    return read_body_in_time
+
+
+class DirectoryInUse(Exception):
+    """Another process runs on this state directory."""
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on ``DIR/lock`` for as long as this object holds it open."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (pid {int(self.path.read_text().strip())})"
+            raise DirectoryInUse(
+                f"{self.path.parent} is in use by another agentauth dev{holder}: stop it first, "
+                "or give this one another --dir"
+            ) from None
+        # Who holds it, for the message above (best effort: a read-only directory still locks).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def listening_socket(port: int) -> socket.socket:
+    """A non-blocking listening socket on 127.0.0.1:``port`` (0: a free one), ``SO_REUSEADDR``
+    so that connections of a previous run in TIME-WAIT do not keep the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port))
+        sock.listen(512)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -142,8 +248,15 @@ class DevCluster:
         history_window: int = 5000,
         bookmark_interval: float = 5.0,
         apply_crds: bool = True,
+        lock: DirectoryLock | None = None,
+        header_timeout: float = HEADER_TIMEOUT_SECONDS,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
     ) -> None:
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self.directory = Path(directory)
+        # Given by a caller that locked the directory before choosing ports (agentauth dev).
+        self._lock = lock if lock is not None else DirectoryLock(self.directory)
         self._port = port
         self._history_window = history_window
         self._bookmark_interval = bookmark_interval
@@ -164,16 +277,20 @@ class DevCluster:
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         ca_path, cert_path, key_path = ensure_certificates(self.directory)
         tokens = _load_tokens(self.directory)
         self.admin_token = tokens["admin"]
         self.user_tokens = {user: tokens[user] for user in USERS}
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, self._port))
-        sock.listen(512)
-        sock.setblocking(False)
+        sock = listening_socket(self._port)
         self._port = sock.getsockname()[1]
         self.url = f"https://{HOST}:{self._port}"
         self.issuer = self.url
@@ -196,16 +313,27 @@ class DevCluster:
             bookmark_interval=self._bookmark_interval,
         )
         self.api = server
-        for name in DEFAULT_NAMESPACES:
-            server.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        for item in rbac.bootstrap_policy():
-            server.ensure(item)
-        if self._apply_crds:
-            for crd in agentauth_crds():
-                server.ensure(crd)
+        try:
+            for name in DEFAULT_NAMESPACES:
+                server.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+            for item in rbac.bootstrap_policy():
+                server.ensure(item)
+            if self._apply_crds:
+                for crd in agentauth_crds():
+                    server.ensure(crd)
+        except storage.StorageError as error:
+            # Serve what the store holds: reads work, writes answer 503 until storage recovers.
+            log.error("the store cannot be written (%s): bootstrap objects not updated", error)
         server.resume()
 
-        app = web.Application(client_max_size=api.MAX_BODY_BYTES + 1)
+        app = web.Application(
+            client_max_size=api.MAX_BODY_BYTES + 1,
+            middlewares=[deadlines(body_timeout=self._body_timeout)],
+            # aiohttp's keep-alive timer runs from the connection's start (or the previous
+            # response) until a complete request head: it is the header deadline. It stops
+            # while a handler runs, so watches are unaffected.
+            handler_args={"keepalive_timeout": self._header_timeout},
+        )
         app.router.add_route("*", "/{tail:.*}", server.handle)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_path, key_path)
@@ -228,6 +356,7 @@ class DevCluster:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._lock.release()
 
     def register_service(
         self, *, namespace: str, name: str, target_port: int, port: int = 443

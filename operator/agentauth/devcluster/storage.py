@@ -1,14 +1,27 @@
 """Object storage for the embedded API server: SQLite on disk, a hot index in memory.
 
 Guarantees:
+- a write is committed to SQLite before :meth:`Store.put` or :meth:`Store.remove` returns, and
+  only then does it reach the in-memory index (what reads serve) and the watchers: whatever the
+  server acknowledged, or any client saw, survives the process being killed (``kill -9``, OOM).
+  SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is one append to the WAL, no
+  fsync, so an operating-system crash or power loss may still lose the last writes (the price of
+  thousands of writes per second on one core; this is a development cluster);
+- a write that cannot be committed (disk full, file-size limit, read-only store) raises
+  :class:`StorageError` and changes nothing in memory: no read and no watcher ever sees it. The
+  next write tries the disk again (reopening the database), so the store recovers by itself when
+  storage works again; reads keep being served from memory meanwhile;
 - every write gets the next value of one monotonic ``resourceVersion`` counter shared by all
-  kinds, persisted with the object, so a restart keeps every object and never reuses a version;
-- SQLite runs in WAL mode with ``synchronous=NORMAL`` and writes are group-committed (the owner
-  schedules :meth:`Store.commit` a few milliseconds after a transaction opens): a crash may lose
-  the last few milliseconds of writes but never corrupts the database;
-- each object is serialised to JSON once per write; lists and watch events reuse that text;
-- a bounded window of recent events supports watch resume; resuming from a version older than
-  the window raises :class:`Gone` (the server answers ``410 Gone``).
+  kinds, persisted with the write in the same transaction. Only committed versions are ever shown
+  (objects, lists, bookmarks, events), and a restart starts after the highest committed one, so
+  versions strictly increase across crashes and restarts and none shown is ever reused;
+- every event is persisted with its write, and the last ``history_window`` events are reloaded at
+  start-up: a watch resumed from a version acknowledged before a restart delivers every change
+  after it; resuming from a version older than the window raises :class:`Gone` (``410 Gone``);
+- no memory-mapped I/O: ``mmap_size=0`` and ``locking_mode=EXCLUSIVE`` (the WAL index lives on
+  the heap, not in a mapped ``-shm`` file), so a full disk or a read-only directory can never
+  raise SIGBUS; the exclusive lock also keeps a second process off the same database;
+- each object is serialised to JSON once per write; lists and watch events reuse that text.
 
 The store is not thread-safe: it belongs to the server's event loop, and every method is
 synchronous, so a read-check-write sequence without ``await`` in between is atomic.
@@ -17,15 +30,37 @@ synchronous, so a read-check-write sequence without ``await`` in between is atom
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
+import logging
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 ObjectKey = tuple[str, str, str, str]
 """(group, plural resource, namespace or "", name)."""
+
+# How many evicted events may linger on disk before they are deleted (one DELETE per batch).
+_PRUNE_EVERY = 64
+_CHECKPOINT_PAGES = 10_000
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS objects (grp TEXT NOT NULL, resource TEXT NOT NULL,"
+    " namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,"
+    " PRIMARY KEY (grp, resource, namespace, name))",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    # The watch history: one row per change, the object as the event carries it and its
+    # previous state (selectors turn a change into ADDED or DELETED by comparing the two).
+    "CREATE TABLE IF NOT EXISTS events (rv INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+    " grp TEXT NOT NULL, resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,"
+    " body TEXT NOT NULL, old TEXT)",
+)
+_INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class Gone(Exception):
@@ -35,6 +70,10 @@ class Gone(Exception):
         super().__init__(f"too old resource version: {requested} ({oldest})")
         self.requested = requested
         self.oldest = oldest
+
+
+class StorageError(Exception):
+    """A write could not be made durable; it was not applied and nothing of it is visible."""
 
 
 @dataclasses.dataclass
@@ -64,57 +103,142 @@ def encode(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path`` the one way this module uses it."""
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        # Before anything touches the file: no shared-memory WAL index, no mapped pages.
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("PRAGMA mmap_size=0")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch the store to WAL mode ({mode})")
+        db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (which fsync) run inside a commit, on the event loop: every 10,000 WAL
+        # pages (~40 MB) rather than SQLite's 1,000, since one write commits ~3 pages.
+        db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        for statement in _SCHEMA:
+            db.execute(statement)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@dataclasses.dataclass
+class _Loaded:
+    objects: list[tuple[ObjectKey, str]]
+    events: list[tuple[Any, ...]]
+    meta: dict[str, str]
+    more_events: bool
+
+
+def _load(db: sqlite3.Connection, window: int) -> _Loaded:
+    objects = [
+        ((grp, resource, namespace, name), body)
+        for grp, resource, namespace, name, body in db.execute(
+            "SELECT grp, resource, namespace, name, body FROM objects"
+        )
+    ]
+    # One more than the window: if it exists, its version is where the history starts.
+    events = db.execute(
+        "SELECT rv, type, grp, resource, namespace, name, body, old FROM events"
+        " ORDER BY rv DESC LIMIT ?",
+        (window + 1,),
+    ).fetchall()
+    meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    return _Loaded(objects, events[::-1], meta, more_events=len(events) > window)
+
+
+def _load_copy(path: Path, window: int) -> _Loaded:
+    """Read a store that cannot be opened for writing, from a private copy of its files."""
+    with tempfile.TemporaryDirectory(prefix="agentauth-store-") as scratch:
+        copy = Path(scratch) / "store.db"
+        shutil.copyfile(path, copy)
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            shutil.copyfile(wal, Path(scratch) / "store.db-wal")
+        db = connect(copy)
+        try:
+            return _load(db, window)
+        finally:
+            db.close()
+
+
 class Store:
-    """All objects, indexed in memory by (group, resource) then (namespace, name)."""
+    """All objects, indexed in memory by (group, resource) then (namespace, name).
+
+    ``resource_version`` is the highest committed version: the one lists and bookmarks show.
+    ``failure`` says why the last write failed, or is ``None`` while storage works.
+    """
 
     def __init__(self, path: Path, *, history_window: int = 5000) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS objects (grp TEXT NOT NULL, resource TEXT NOT NULL,"
-            " namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,"
-            " PRIMARY KEY (grp, resource, namespace, name))"
-        )
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.path = Path(path)
+        self._window = max(1, history_window)
         self._index: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}
         self._by_uid: dict[str, ObjectKey] = {}
         self._dependents: dict[str, set[ObjectKey]] = collections.defaultdict(set)
+        self._history: collections.deque[Event] = collections.deque(maxlen=self._window)
+        self._listeners: list[Callable[[Event], None]] = []
+        self._db: sqlite3.Connection | None = None
+        self.failure: str | None = None
+        try:
+            self._db = connect(self.path)
+            loaded = _load(self._db, self._window)
+        except sqlite3.Error as error:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+            if not self.path.exists():
+                raise StorageError(f"cannot create the store {self.path}: {error}") from error
+            # Serve what is committed and refuse writes until the store can be opened.
+            try:
+                loaded = _load_copy(self.path, self._window)
+            except (OSError, sqlite3.Error) as copy_error:
+                raise StorageError(f"cannot read the store {self.path}: {error}") from copy_error
+            self.failure = _describe(error, self.path)
+            log.error("store %s is not writable (%s): serving reads only", self.path, error)
         self.resource_version = 0
-        for grp, resource, namespace, name, body in self._db.execute(
-            "SELECT grp, resource, namespace, name, body FROM objects"
-        ):
+        for key, body in loaded.objects:
             obj = json.loads(body)
-            self._remember((grp, resource, namespace, name), Entry(obj, body))
+            self._remember(key, Entry(obj, body))
             version = int(obj.get("metadata", {}).get("resourceVersion") or 0)
             self.resource_version = max(self.resource_version, version)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()
-        if row is not None:
-            self.resource_version = max(self.resource_version, int(row[0]))
-        self._history: collections.deque[Event] = collections.deque(maxlen=history_window)
-        # Every event up to and including this version is no longer in the history.
-        self._evicted_up_to = self.resource_version
-        self._listeners: list[Callable[[Event], None]] = []
-        self._in_transaction = False
-        # Called when a transaction opens; the owner arranges for commit() to run soon after.
-        self.on_transaction: Callable[[], None] | None = None
+        self.resource_version = max(self.resource_version, int(loaded.meta.get("rv", 0)))
+        events = loaded.events
+        if loaded.more_events:
+            # Every event up to and including this version is no longer in the history.
+            self._evicted_up_to = int(events[0][0])
+            events = events[1:]
+        elif "evicted" in loaded.meta:
+            self._evicted_up_to = int(loaded.meta["evicted"])
+        elif events:
+            # A store written before events were kept: its history starts with its first event.
+            self._evicted_up_to = int(events[0][0]) - 1
+        else:
+            self._evicted_up_to = self.resource_version
+        for rv, event_type, grp, resource, namespace, name, body, old in events:
+            self._history.append(
+                Event(
+                    event_type,
+                    int(rv),
+                    (grp, resource, namespace, name),
+                    json.loads(body),
+                    body,
+                    json.loads(old) if old is not None else None,
+                )
+            )
+            self.resource_version = max(self.resource_version, int(rv))
+        self._pruned_up_to = self._evicted_up_to
+        # The last version handed out; above resource_version only after a failed write.
+        self._allocated = self.resource_version
 
     def close(self) -> None:
-        self.commit()
-        self._db.close()
-
-    def commit(self) -> None:
-        """Commit the open group transaction (writes are group-committed for throughput)."""
-        if self._in_transaction:
-            self._in_transaction = False
-            self._db.execute("COMMIT")
-
-    def _begin(self) -> None:
-        if self.on_transaction is None or self._in_transaction:
-            return  # no owner: every statement commits on its own (autocommit)
-        self._db.execute("BEGIN")
-        self._in_transaction = True
-        self.on_transaction()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     # reads -------------------------------------------------------------------------------
     def get(self, key: ObjectKey) -> Entry | None:
@@ -140,17 +264,25 @@ class Store:
 
     # writes ------------------------------------------------------------------------------
     def next_version(self) -> int:
-        self.resource_version += 1
-        return self.resource_version
+        """The version for the next write (a failed write's version is never handed out again)."""
+        self._allocated = max(self._allocated, self.resource_version) + 1
+        return self._allocated
 
     def put(self, key: ObjectKey, obj: dict[str, Any], *, event_type: str) -> Entry:
-        """Store ``obj`` (its metadata.resourceVersion already set by the caller)."""
+        """Store ``obj`` (its metadata.resourceVersion already set by the caller).
+
+        Raises :class:`StorageError`, changing nothing, when the write cannot be committed.
+        """
         text = encode(obj)
         version = int(obj["metadata"]["resourceVersion"])
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)", (*key, text))
-        entry = Entry(obj, text)
         old = self.get(key)
+        old_text = old.text if old is not None else None
+        self._write(
+            version,
+            ("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)", (*key, text)),
+            (_INSERT_EVENT, (version, event_type, *key, text, old_text)),
+        )
+        entry = Entry(obj, text)
         if old is not None:
             self._forget(key, old)
         self._remember(key, entry)
@@ -158,18 +290,108 @@ class Store:
         return entry
 
     def remove(self, key: ObjectKey, obj: dict[str, Any]) -> None:
-        """Delete ``key``; ``obj`` is its final state with a fresh resourceVersion."""
-        self._begin()
-        self._db.execute(
-            "DELETE FROM objects WHERE grp = ? AND resource = ? AND namespace = ? AND name = ?",
-            key,
-        )
+        """Delete ``key``; ``obj`` is its final state with a fresh resourceVersion.
+
+        Raises :class:`StorageError`, changing nothing, when the delete cannot be committed.
+        """
+        version = int(obj["metadata"]["resourceVersion"])
+        text = encode(obj)
         old = self.get(key)
+        old_text = old.text if old is not None else None
+        self._write(
+            version,
+            (
+                "DELETE FROM objects WHERE grp = ? AND resource = ? AND namespace = ? AND name = ?",
+                key,
+            ),
+            (_INSERT_EVENT, (version, "DELETED", *key, text, old_text)),
+            ("INSERT OR REPLACE INTO meta VALUES ('rv', ?)", (str(version),)),
+        )
         if old is not None:
             self._forget(key, old)
-        version = int(obj["metadata"]["resourceVersion"])
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rv', ?)", (str(version),))
-        self._emit(Event("DELETED", version, key, obj, encode(obj), old.obj if old else None))
+        self._emit(Event("DELETED", version, key, obj, text, old.obj if old else None))
+
+    def _write(self, version: int, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Commit ``statements`` as one transaction, or raise :class:`StorageError`."""
+        if version <= self.resource_version:
+            raise ValueError(f"resourceVersion {version} is not after {self.resource_version}")
+        db = self._db if self._db is not None else self._reopen()
+        prune = self._evicted_up_to - self._pruned_up_to >= _PRUNE_EVERY
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for sql, parameters in statements:
+                db.execute(sql, parameters)
+            if prune:
+                db.execute("DELETE FROM events WHERE rv <= ?", (self._evicted_up_to,))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('evicted', ?)", (str(self._evicted_up_to),)
+                )
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if self._landed(db, version):
+                # The commit reached the WAL and only what followed it failed.
+                log.warning("store: write %d committed despite an error: %s", version, error)
+            else:
+                self.close()
+                self.failure = _describe(error, self.path)
+                log.error("store: write %d not committed: %s", version, error)
+                raise StorageError(self.failure) from error
+        if prune:
+            self._pruned_up_to = self._evicted_up_to
+        if self.failure is not None:
+            log.warning("store: writes reach the disk again")
+            self.failure = None
+        self.resource_version = version
+
+    @staticmethod
+    def _landed(db: sqlite3.Connection, version: int) -> bool:
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+                return False
+            return (
+                db.execute("SELECT 1 FROM events WHERE rv = ?", (version,)).fetchone() is not None
+            )
+        except sqlite3.Error:
+            return False
+
+    def _reopen(self) -> sqlite3.Connection:
+        """Open the database again after a failure; :class:`StorageError` if it still fails."""
+        try:
+            db = connect(self.path)
+            # A write reported as failed whose commit did reach the disk after all (its error
+            # came late and the check could not read the disk): apply it, so that memory never
+            # disagrees with the disk.
+            ahead = db.execute(
+                "SELECT rv, type, grp, resource, namespace, name, body FROM events"
+                " WHERE rv > ? ORDER BY rv",
+                (self.resource_version,),
+            ).fetchall()
+        except sqlite3.Error as error:
+            self.failure = _describe(error, self.path)
+            raise StorageError(self.failure) from error
+        for rv, event_type, grp, resource, namespace, name, body in ahead:
+            key = (grp, resource, namespace, name)
+            log.warning("store: applying write %d found on disk after a failure", rv)
+            obj = json.loads(body)
+            old = self.get(key)
+            if old is not None:
+                self._forget(key, old)
+            if event_type != "DELETED":
+                self._remember(key, Entry(obj, body))
+            self.resource_version = max(self.resource_version, int(rv))
+            self._emit(
+                Event(
+                    event_type,
+                    int(rv),
+                    key,
+                    obj,
+                    body,
+                    old.obj if old is not None else None,
+                )
+            )
+        self._db = db
+        return db
 
     def _remember(self, key: ObjectKey, entry: Entry) -> None:
         self._index.setdefault((key[0], key[1]), {})[(key[2], key[3])] = entry
@@ -219,3 +441,17 @@ class Store:
             found.append(event)
         found.reverse()
         return found
+
+
+def _describe(error: sqlite3.Error, path: Path) -> str:
+    """What went wrong, in the words an operator acts on."""
+    text = str(error)
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return f"the disk holding the store {path} is full"
+    with contextlib.suppress(OSError):
+        if not path.parent.stat().st_mode & 0o222:
+            return f"the store's directory {path.parent} is read-only ({text})"
+        if not path.stat().st_mode & 0o222:
+            return f"the store {path} is read-only ({text})"
+    return f"the store {path} cannot be written ({text}{', ' + name if name else ''})"
