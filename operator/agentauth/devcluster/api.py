@@ -48,6 +48,7 @@ from agentauth.devcluster import (
     schema,
     selectors,
     serviceaccounts,
+    statuses,
     storage,
     tables,
     types,
@@ -103,18 +104,14 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details is not None:
-            body["details"] = self.details
-        return body
+        return statuses.failure(self.code, self.reason, self.message, details=self.details)
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> ApiError:
+        """The error that answers a Status built by :mod:`statuses`."""
+        return cls(
+            status["code"], status["reason"], status["message"], details=status.get("details")
+        )
 
 
 class _Retry(Exception):
@@ -148,7 +145,9 @@ def text_json_response(text: str, *, status: int = 200) -> web.Response:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return json_response(error.status(), status=error.code)
+    return web.Response(
+        body=statuses.encode(error.status()), status=error.code, content_type="application/json"
+    )
 
 
 def _details(rt: resources.ResourceType, name: str) -> dict[str, Any]:
@@ -308,7 +307,9 @@ class ApiServer:
         except ApiError as error:
             return error_response(error)
         except admission.AdmissionDenied as denied:
-            return error_response(ApiError(denied.code, denied.reason, denied.message))
+            return error_response(
+                ApiError(denied.code, denied.reason, denied.message, details=denied.details)
+            )
         except web.HTTPRequestEntityTooLarge:
             return error_response(
                 ApiError(
@@ -321,7 +322,7 @@ class ApiServer:
             raise
         except Exception:
             log.exception("internal error serving %s %s", request.method, request.path)
-            return error_response(ApiError(500, "InternalError", "Internal error occurred"))
+            return error_response(ApiError.of(statuses.internal_error("unexpected server error")))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -466,9 +467,7 @@ class ApiServer:
         elif path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
         if found is None:
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         return json_response(found)
 
     # -- resources ----------------------------------------------------------------------------
@@ -502,9 +501,7 @@ class ApiServer:
     ) -> web.StreamResponse:
         rt = self.registry.lookup(attributes.api_group, attributes.api_version, attributes.resource)
         if rt is None:
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         version = attributes.api_version
         namespace = attributes.namespace if rt.namespaced else ""
         if (
@@ -512,24 +509,16 @@ class ApiServer:
             and not namespace
             and attributes.verb not in ("list", "watch", "deletecollection")
         ):
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         name = attributes.name
         if rt.plural == "namespaces" and attributes.verb in ("list", "watch", "deletecollection"):
             namespace = ""
         verb = attributes.verb
         sub = attributes.subresource
         if sub and sub not in rt.subresources:
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         if verb not in rt.verbs and not (sub and verb in ("get", "update", "patch", "create")):
-            raise ApiError(
-                405,
-                "MethodNotAllowed",
-                "the server does not allow this method on the requested resource",
-            )
+            raise ApiError.of(statuses.method_not_allowed())
         if rt.virtual:
             return await self._virtual(rt, request, user, namespace=namespace)
         if sub == "token":
@@ -560,11 +549,7 @@ class ApiServer:
             return await self._delete(ctx)
         if verb == "deletecollection":
             return await self._delete_collection(ctx)
-        raise ApiError(
-            405,
-            "MethodNotAllowed",
-            "the server does not allow this method on the requested resource",
-        )
+        raise ApiError.of(statuses.method_not_allowed())
 
     # decode --------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
@@ -1244,8 +1229,8 @@ class ApiServer:
                 try:
                     history = self.store.history_since(requested)
                 except storage.Gone as gone:
-                    status = ApiError(410, "Expired", str(gone)).status()
-                    watcher.send(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+                    status = statuses.expired(str(gone))
+                    watcher.send(statuses.watch_error(status))
                     await response.write_eof()
                     return response
                 frames = []
@@ -1258,7 +1243,7 @@ class ApiServer:
                 if frames:
                     watcher.send(b"".join(frames))
         except ApiError as error:
-            watcher.send(json.dumps({"type": "ERROR", "object": error.status()}).encode() + b"\n")
+            watcher.send(statuses.watch_error(error.status()))
             await response.write_eof()
             return response
         self.hub.add(watcher)
@@ -1606,15 +1591,10 @@ class ApiServer:
             return self._object_response(ctx, entry)
         obj, deleted = self._delete_object(rt, key, entry.obj, orphan=policy == "Orphan")
         if deleted and not rt.custom and rt.plural != "pods":
-            return json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": {**_details(rt, ctx.name), "uid": obj["metadata"].get("uid", "")},
-                }
+            success = statuses.success(
+                {**_details(rt, ctx.name), "uid": obj["metadata"].get("uid", "")}
             )
+            return web.Response(body=statuses.encode(success), content_type="application/json")
         return self._object_response(ctx, obj, status=200 if deleted else 202)
 
     async def _delete_collection(self, ctx: _Context) -> web.Response:
