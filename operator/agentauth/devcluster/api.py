@@ -35,6 +35,7 @@ from aiohttp import web
 from agentauth.devcluster import (
     admission,
     authn,
+    builtins,
     cel,
     discovery,
     events,
@@ -702,6 +703,9 @@ class ApiServer:
                         container.setdefault("terminationMessagePath", "/dev/termination-log")
             if old is None:
                 obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        elif rt.group == "" and rt.plural == "services":
+            builtins.service(obj, old, reader=self.reader)
+            builtins.service_status(obj, old)
         elif rt.group == "apiextensions.k8s.io":
             spec = obj.get("spec") or {}
             names = dict(spec.get("names") or {})

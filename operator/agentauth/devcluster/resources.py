@@ -124,6 +124,8 @@ BUILTINS: tuple[ResourceType, ...] = (
     _core("events", "Event", short=("ev",)),
     _core("pods", "Pod", short=("po",), subresources=("status",), status=True),
     _core("services", "Service", short=("svc",), subresources=("status",), status=True),
+    # No kubelet registers: the list is empty, as on a cluster without nodes.
+    _core("nodes", "Node", namespaced=False, short=("no",), subresources=("status",), status=True),
     _grouped("events.k8s.io", "v1", "events", "Event", short=("ev",)),
     _grouped("coordination.k8s.io", "v1", "leases", "Lease"),
     _grouped(
