@@ -40,6 +40,7 @@ from agentauth.devcluster import (
     discovery,
     events,
     openapi,
+    openapiv2,
     patching,
     protobuf,
     rbac,
@@ -461,10 +462,17 @@ class ApiServer:
                 if parts[2] == "api"
                 else (parts[3], parts[4] if len(parts) > 4 else "")
             )
-            doc = openapi.document(self.registry, group, version)
-            if doc is not None:
-                body, _ = openapi.encode(doc)
+            body = openapi.document_bytes(self.registry, group, version)
+            if body is not None:
                 return web.Response(body=body, content_type="application/json")
+        elif parts == ["openapi", "v2"]:
+            wants_protobuf = openapiv2.wants_protobuf(request.headers.get("Accept", ""))
+            return web.Response(
+                body=openapi.swagger_bytes(self.registry, protobuf=wants_protobuf),
+                content_type=openapiv2.PROTOBUF_MEDIA_TYPE
+                if wants_protobuf
+                else "application/json",
+            )
         elif path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
         if found is None:
@@ -757,12 +765,21 @@ class ApiServer:
                     mode = ctx.request.query.get("fieldValidation", "Warn")
                     if mode == "Strict":
                         listed = ", ".join(f'unknown field "{u}"' for u in unknown)
-                        raise bad_request(f"strict decoding error: {listed}")
+                        raise bad_request(
+                            f'{rt.kind} in version "{ctx.version}" cannot be handled as a '
+                            f"{rt.kind}: strict decoding error: {listed}"
+                        )
                     if mode != "Ignore":
                         warnings += [f'unknown field "{u}"' for u in unknown]
                 schema.apply_defaults(obj, found)
                 errors += schema.validate(obj, found)
                 errors += cel.validate(obj, found, schema_errors=errors)
+        elif self._storage_type(rt) is rt and (
+            found := builtins.schema_for(rt.group, ctx.version, rt.kind)
+        ):
+            warnings += self._decode_builtin(ctx, obj, found)
+            if rt.group == "" and rt.plural == "pods":
+                errors += _pod_errors(obj)
         elif rt.group == "" and rt.plural == "pods":
             errors += _pod_errors(obj)
         elif rt.group == "apiextensions.k8s.io":
@@ -770,6 +787,24 @@ class ApiServer:
         if errors:
             raise invalid(rt, name, errors)
         return warnings
+
+    @staticmethod
+    def _decode_builtin(ctx: _Context, obj: dict[str, Any], found: dict[str, Any]) -> list[str]:
+        """What decoding into the Go type does upstream: type errors (400), unknown fields
+        dropped with a warning or, with ``fieldValidation=Strict``, refused (400)."""
+        rt = ctx.rt
+        cannot = f'{rt.kind} in version "{ctx.version}" cannot be handled as a {rt.kind}'
+        mismatch = builtins.type_error(obj, found)
+        if mismatch:
+            raise bad_request(f"{cannot}: {mismatch}")
+        unknown = schema.prune(obj, found)
+        if not unknown:
+            return []
+        mode = ctx.request.query.get("fieldValidation", "Warn")
+        if mode == "Strict":
+            listed = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise bad_request(f"{cannot}: strict decoding error: {listed}")
+        return [] if mode == "Ignore" else [f'unknown field "{u}"' for u in unknown]
 
     def _apply_strategy(
         self, ctx: _Context, old: dict[str, Any], new: dict[str, Any]

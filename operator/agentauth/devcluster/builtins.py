@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from agentauth.devcluster import types
+from agentauth.devcluster import definitions, types
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORT_RANGE = range(30000, 32768)
@@ -132,3 +132,116 @@ def service_status(obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         obj["status"] = {"loadBalancer": {}}
     else:
         obj["status"].setdefault("loadBalancer", {})
+
+
+# -- decoding built-in objects against their upstream schema -----------------------------------
+
+
+def schema_for(group: str, version: str, kind: str) -> dict[str, Any] | None:
+    """The inlined upstream schema of a built-in kind (:func:`definitions.resolved`)."""
+    name = definitions.name_for(group, version, kind)
+    return None if name is None else definitions.resolved(name)
+
+
+def _go_type(node: dict[str, Any]) -> str:
+    """``reflect.Type.String()`` of the Go field a schema node describes."""
+    definition = str(node.get(definitions.DEFINITION_KEY, ""))
+    if definition == definitions.INT_OR_STRING:
+        return "intstr.IntOrString"
+    if definition == definitions.QUANTITY:
+        return "resource.Quantity"
+    kind = node.get("type")
+    if definition and kind == "object" and node.get("properties") is not None:
+        package, _, struct_name = definition.rpartition(".")
+        return f"{package.rpartition('.')[2]}.{struct_name}"
+    if kind == "integer":
+        return {"int32": "int32", "int64": "int64"}.get(str(node.get("format")), "int")
+    if kind == "number":
+        return "float64"
+    if kind == "boolean":
+        return "bool"
+    if kind == "string":
+        return "[]uint8" if node.get("format") == "byte" else "string"
+    if kind == "array" and isinstance(node.get("items"), dict):
+        return "[]" + _go_type(node["items"])
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return "map[string]" + _go_type(node["additionalProperties"])
+    return "interface {}"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _fits(value: Any, node: dict[str, Any]) -> bool:
+    if value is None or node.get("x-kubernetes-preserve-unknown-fields"):
+        return True
+    if node.get("x-kubernetes-int-or-string"):
+        return isinstance(value, int | float | str) and not isinstance(value, bool)
+    kind = node.get("type")
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "array":
+        return isinstance(value, list)
+    if kind == "object":
+        return isinstance(value, dict)
+    return True
+
+
+def type_error(obj: dict[str, Any], schema: dict[str, Any]) -> str | None:
+    """The ``encoding/json`` error decoding ``obj`` into the Go type would raise, or None.
+
+    Worded as Go words it (``json: cannot unmarshal string into Go struct field
+    DeploymentSpec.spec.replicas of type int32``): the struct holding the field, the field's
+    path from the root without list indices, and the field's Go type.
+    """
+
+    def walk(value: Any, node: dict[str, Any], struct: str, path: str) -> str | None:
+        if not _fits(value, node):
+            shown = f"{struct}.{path}" if path else struct
+            return (
+                f"json: cannot unmarshal {_json_kind(value)} into Go struct field {shown} "
+                f"of type {_go_type(node)}"
+            )
+        if isinstance(value, dict) and not node.get("x-kubernetes-int-or-string"):
+            properties = node.get("properties")
+            definition = str(node.get(definitions.DEFINITION_KEY, ""))
+            holder = definition.rpartition(".")[2] if definition and properties else struct
+            if isinstance(properties, dict):
+                for key, child in value.items():
+                    if key in properties:
+                        found = walk(child, properties[key], holder, _dotted(path, key))
+                        if found:
+                            return found
+            elif isinstance(node.get("additionalProperties"), dict):
+                for child in value.values():
+                    found = walk(child, node["additionalProperties"], struct, path)
+                    if found:
+                        return found
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                found = walk(item, node["items"], struct, path)
+                if found:
+                    return found
+        return None
+
+    root = str(schema.get(definitions.DEFINITION_KEY, "")).rpartition(".")[2]
+    return walk(obj, schema, root, "")
+
+
+def _dotted(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
