@@ -123,3 +123,140 @@ def test_aio_client_reads_service_defaults(dev_cluster: server.DevCluster, names
     found = asyncio.run(create_and_read())
     assert found.spec.type == "ClusterIP" and found.spec.ports[0].protocol == "TCP"
     assert found.status.load_balancer is not None
+
+
+_TEMPLATE = {
+    "metadata": {"labels": {"app": "x"}},
+    "spec": {"containers": [{"name": "main", "image": "busybox"}], "restartPolicy": "Never"},
+}
+_SELECTOR = {"matchLabels": {"app": "x"}}
+# (api class, kind-ish method suffix, namespaced, body): one object of every kind added for
+# issue 18, created, read, listed and deleted through the official client's typed API.
+_KINDS = [
+    ("BatchV1Api", "job", True, {"spec": {"template": _TEMPLATE}}),
+    (
+        "BatchV1Api",
+        "cron_job",
+        True,
+        {"spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": _TEMPLATE}}}},
+    ),
+    ("AppsV1Api", "daemon_set", True, {"spec": {"selector": _SELECTOR, "template": _TEMPLATE}}),
+    ("AppsV1Api", "replica_set", True, {"spec": {"selector": _SELECTOR, "template": _TEMPLATE}}),
+    (
+        "AppsV1Api",
+        "stateful_set",
+        True,
+        {"spec": {"selector": _SELECTOR, "template": _TEMPLATE, "serviceName": "x"}},
+    ),
+    ("AppsV1Api", "controller_revision", True, {"revision": 1, "data": {"a": 1}}),
+    (
+        "CoreV1Api",
+        "replication_controller",
+        True,
+        {"spec": {"selector": {"app": "x"}, "template": _TEMPLATE}},
+    ),
+    (
+        "PolicyV1Api",
+        "pod_disruption_budget",
+        True,
+        {"spec": {"minAvailable": 1, "selector": _SELECTOR}},
+    ),
+    ("NetworkingV1Api", "network_policy", True, {"spec": {"podSelector": _SELECTOR}}),
+    (
+        "NetworkingV1Api",
+        "ingress",
+        True,
+        {"spec": {"defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}},
+    ),
+    ("NetworkingV1Api", "ingress_class", False, {"spec": {"controller": "example.com/ingress"}}),
+    (
+        "DiscoveryV1Api",
+        "endpoint_slice",
+        True,
+        {"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]},
+    ),
+    (
+        "ApiregistrationV1Api",
+        "api_service",
+        False,
+        {
+            "spec": {
+                "group": "example.com",
+                "version": "v1",
+                "groupPriorityMinimum": 1000,
+                "versionPriority": 15,
+                "service": {"name": "x", "namespace": "default"},
+            }
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("api_name", "suffix", "namespaced", "body"), _KINDS)
+def test_builtin_kind_round_trip(
+    kube_api: Any, namespace: str, api_name: str, suffix: str, namespaced: bool, body: Any
+) -> None:
+    api = getattr(client, api_name)(kube_api)
+    name = f"{suffix.replace('_', '')}-{namespace}" if not namespaced else "x"
+    if suffix == "api_service":
+        name = f"v1.{namespace}.example.com"
+        body = {**body, "spec": {**body["spec"], "group": f"{namespace}.example.com"}}
+    obj = {"metadata": {"name": name}, **body}
+    scope = "namespaced_" if namespaced else ""
+    args = (namespace,) if namespaced else ()
+    created = getattr(api, f"create_{scope}{suffix}")(*args, obj)
+    assert created.metadata.uid and created.metadata.resource_version
+    read = getattr(api, f"read_{scope}{suffix}")(name, *args)
+    assert read.metadata.uid == created.metadata.uid
+    listed = getattr(api, f"list_{scope}{suffix}")(*args)
+    assert name in [item.metadata.name for item in listed.items]
+    getattr(api, f"delete_{scope}{suffix}")(name, *args)
+    with pytest.raises(ApiException) as raised:
+        getattr(api, f"read_{scope}{suffix}")(name, *args)
+    assert raised.value.status == 404
+
+
+def test_discovery_lists_the_builtin_kinds(kubectl: Kubectl) -> None:
+    listed = kubectl("api-resources", "--no-headers", "-o", "name").stdout.split()
+    for resource in (
+        "jobs.batch",
+        "cronjobs.batch",
+        "daemonsets.apps",
+        "replicasets.apps",
+        "statefulsets.apps",
+        "controllerrevisions.apps",
+        "replicationcontrollers",
+        "nodes",
+        "poddisruptionbudgets.policy",
+        "networkpolicies.networking.k8s.io",
+        "ingresses.networking.k8s.io",
+        "ingressclasses.networking.k8s.io",
+        "endpointslices.discovery.k8s.io",
+        "apiservices.apiregistration.k8s.io",
+    ):
+        assert resource in listed
+
+
+def test_opaque_fields_are_kept(kube_api: Any, namespace: str) -> None:
+    # RawExtension (ControllerRevision.data) and FieldsV1 (managedFields) hold any JSON.
+    apps = client.AppsV1Api(kube_api)
+    data = {"spec": {"template": {"x": [1, {"y": True}]}}}
+    apps.create_namespaced_controller_revision(
+        namespace, {"metadata": {"name": "r"}, "revision": 2, "data": data}
+    )
+    assert apps.read_namespaced_controller_revision("r", namespace).data == data
+    core = client.CoreV1Api(kube_api)
+    core.patch_namespaced_config_map(
+        "applied",
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "applied"},
+            "data": {"k": "v"},
+        },
+        field_manager="tester",
+        _content_type="application/apply-patch+yaml",
+    )
+    managed = core.read_namespaced_config_map("applied", namespace).metadata.managed_fields
+    assert managed[0].fields_v1 == {"f:data": {"f:k": {}}}

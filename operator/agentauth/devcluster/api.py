@@ -774,16 +774,14 @@ class ApiServer:
                 schema.apply_defaults(obj, found)
                 errors += schema.validate(obj, found)
                 errors += cel.validate(obj, found, schema_errors=errors)
-        elif self._storage_type(rt) is rt and (
-            found := builtins.schema_for(rt.group, ctx.version, rt.kind)
-        ):
-            warnings += self._decode_builtin(ctx, obj, found)
+        else:
+            upstream = builtins.schema_for(rt.group, ctx.version, rt.kind)
+            if upstream is not None and self._storage_type(rt) is rt:
+                warnings += self._decode_builtin(ctx, obj, upstream)
             if rt.group == "" and rt.plural == "pods":
                 errors += _pod_errors(obj)
-        elif rt.group == "" and rt.plural == "pods":
-            errors += _pod_errors(obj)
-        elif rt.group == "apiextensions.k8s.io":
-            errors += _crd_errors(obj)
+            elif rt.group == "apiextensions.k8s.io":
+                errors += _crd_errors(obj)
         if errors:
             raise invalid(rt, name, errors)
         return warnings

@@ -175,8 +175,10 @@ def resolved(name: str) -> dict[str, Any]:
 
     Subtrees are shared, never copied: callers must not mutate the result. A reference back
     into a definition being expanded (only ``JSONSchemaProps`` is recursive) becomes
-    ``x-kubernetes-preserve-unknown-fields``. IntOrString and Quantity fields carry
-    ``x-kubernetes-int-or-string`` so a number or a string passes, as upstream decodes them.
+    ``x-kubernetes-preserve-unknown-fields``, and so do the opaque types that declare no
+    properties (``RawExtension``, ``FieldsV1``, apiextensions ``JSON``). IntOrString and
+    Quantity fields carry ``x-kubernetes-int-or-string`` so a number or a string passes, as
+    upstream decodes them.
     """
     table = definitions()
     cache: dict[str, dict[str, Any]] = {}
@@ -202,6 +204,9 @@ def resolved(name: str) -> dict[str, Any]:
         expanded[DEFINITION_KEY] = target
         if target in (INT_OR_STRING, QUANTITY):
             expanded = {DEFINITION_KEY: target, "x-kubernetes-int-or-string": True}
+        elif "properties" not in expanded and "additionalProperties" not in expanded:
+            # Opaque types (RawExtension, FieldsV1, apiextensions JSON ...) decode anything.
+            expanded["x-kubernetes-preserve-unknown-fields"] = True
         return expanded
 
     return definition(name, ())
