@@ -1,11 +1,12 @@
 """The Helm chart, rendered and linted with real Helm, and applied to the embedded control plane.
 
 Every rendered object of the default values and of each variant is applied with real
-``kubectl apply``. The dev control plane does not serve ``policy/v1``,
-``networking.k8s.io/v1``, ``monitoring.coreos.com``, ``cert-manager.io`` and
-``gateway.networking.k8s.io``; for those kinds the
-test first registers a stand-in CRD (schema-less), so apply still proves the objects are
-well-formed API objects in the right group/version, not that their fields are valid.
+``kubectl apply`` (strict field validation). Built-in kinds, the PodDisruptionBudget,
+NetworkPolicies and the Ingress included, are decoded by the dev control plane against their
+upstream schemas, so an unknown or mistyped field fails the test. Kinds that come from CRDs on a
+real cluster (``monitoring.coreos.com``, ``cert-manager.io``, ``gateway.networking.k8s.io``) get
+a stand-in CRD (schema-less): apply proves they are well-formed API objects in the right
+group/version, not that their fields are valid.
 """
 
 from __future__ import annotations
@@ -278,13 +279,11 @@ def test_notes_tell_the_next_steps() -> None:
     assert "kubectl create serviceaccount research-agent -n default" in text
 
 
+# Only kinds a real cluster gets from CRDs; built-in kinds are served by the dev cluster.
 STAND_INS = [
-    ("policy", "poddisruptionbudgets", "PodDisruptionBudget", "v1"),
-    ("networking.k8s.io", "networkpolicies", "NetworkPolicy", "v1"),
     ("monitoring.coreos.com", "servicemonitors", "ServiceMonitor", "v1"),
     ("cert-manager.io", "certificates", "Certificate", "v1"),
     ("cert-manager.io", "issuers", "Issuer", "v1"),
-    ("networking.k8s.io", "ingresses", "Ingress", "v1"),
     ("gateway.networking.k8s.io", "httproutes", "HTTPRoute", "v1"),
     ("gateway.networking.k8s.io", "backendtlspolicies", "BackendTLSPolicy", "v1"),
 ]
@@ -409,3 +408,20 @@ def test_token_service_drains_before_it_stops() -> None:
         "tokenService.terminationGracePeriodSeconds must exceed preStopSleepSeconds + "
         "shutdownTimeoutSeconds" in str(caught.value)
     )
+
+
+def test_pdb_and_network_policy_are_real_objects(kubectl: Kubectl, namespace: str) -> None:
+    """No stand-in: a misspelled field in the chart's PDB or NetworkPolicy would be refused."""
+    objects = chart.render({"networkPolicy": {"enabled": True}}, namespace=namespace)
+    pdb = chart.one(objects, "PodDisruptionBudget")
+    policies = chart.by_kind(objects, "NetworkPolicy")
+    kubectl("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump_all([pdb, *policies]))
+    stored = json.loads(
+        kubectl("get", "pdb", pdb["metadata"]["name"], "-n", namespace, "-o", "json").stdout
+    )
+    assert stored["spec"] == pdb["spec"]
+    misspelled = {**pdb, "spec": {**pdb["spec"], "minAvailble": 1}}
+    refused = kubectl(
+        "apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(misspelled), check=False
+    )
+    assert 'strict decoding error: unknown field "spec.minAvailble"' in refused.stderr

@@ -95,9 +95,14 @@ def _installed(venv: Path) -> set[str]:
 @pytest.mark.slow
 def test_the_wheel_alone_installs_the_sdk_without_server_dependencies(sdk_venv: Path) -> None:
     installed = _installed(sdk_venv)
-    assert {"agentauth-k8s", "httpx", "cryptography", "http-message-signatures", "http-sf", "pyjwt"} <= (
-        installed
-    )
+    assert {
+        "agentauth-k8s",
+        "httpx",
+        "cryptography",
+        "http-message-signatures",
+        "http-sf",
+        "pyjwt",
+    } <= (installed)
     assert installed & SERVER_DISTRIBUTIONS == set()
 
 
