@@ -260,3 +260,150 @@ def test_opaque_fields_are_kept(kube_api: Any, namespace: str) -> None:
     )
     managed = core.read_namespaced_config_map("applied", namespace).metadata.managed_fields
     assert managed[0].fields_v1 == {"f:data": {"f:k": {}}}
+
+
+# What upstream's SetDefaults_* functions store (k8s.io/kubernetes pkg/apis/*/v1/defaults.go):
+# the independent oracle for the values read from the field descriptions.
+_UPSTREAM_DEFAULTS = {
+    ("io.k8s.api.apps.v1.DeploymentSpec", "replicas"): 1,
+    ("io.k8s.api.apps.v1.DeploymentSpec", "revisionHistoryLimit"): 10,
+    ("io.k8s.api.apps.v1.DeploymentSpec", "progressDeadlineSeconds"): 600,
+    ("io.k8s.api.apps.v1.DeploymentStrategy", "type"): "RollingUpdate",
+    ("io.k8s.api.apps.v1.RollingUpdateDeployment", "maxSurge"): "25%",
+    ("io.k8s.api.apps.v1.RollingUpdateDeployment", "maxUnavailable"): "25%",
+    ("io.k8s.api.apps.v1.DaemonSetSpec", "revisionHistoryLimit"): 10,
+    ("io.k8s.api.apps.v1.DaemonSetUpdateStrategy", "type"): "RollingUpdate",
+    ("io.k8s.api.apps.v1.RollingUpdateDaemonSet", "maxSurge"): 0,
+    ("io.k8s.api.apps.v1.RollingUpdateDaemonSet", "maxUnavailable"): 1,
+    ("io.k8s.api.apps.v1.ReplicaSetSpec", "replicas"): 1,
+    ("io.k8s.api.apps.v1.StatefulSetSpec", "replicas"): 1,
+    ("io.k8s.api.apps.v1.StatefulSetUpdateStrategy", "type"): "RollingUpdate",
+    ("io.k8s.api.batch.v1.CronJobSpec", "successfulJobsHistoryLimit"): 3,
+    ("io.k8s.api.batch.v1.CronJobSpec", "failedJobsHistoryLimit"): 1,
+    ("io.k8s.api.batch.v1.CronJobSpec", "suspend"): False,
+    ("io.k8s.api.batch.v1.JobSpec", "backoffLimit"): 6,
+    ("io.k8s.api.batch.v1.JobSpec", "suspend"): False,
+    ("io.k8s.api.core.v1.ReplicationControllerSpec", "replicas"): 1,
+    ("io.k8s.api.core.v1.PodSpec", "restartPolicy"): "Always",
+    ("io.k8s.api.core.v1.PodSpec", "dnsPolicy"): "ClusterFirst",
+    ("io.k8s.api.core.v1.PodSpec", "terminationGracePeriodSeconds"): 30,
+    ("io.k8s.api.core.v1.PodSpec", "enableServiceLinks"): True,
+    ("io.k8s.api.core.v1.Container", "terminationMessagePath"): "/dev/termination-log",
+    ("io.k8s.api.core.v1.Container", "terminationMessagePolicy"): "File",
+    ("io.k8s.api.core.v1.ContainerPort", "protocol"): "TCP",
+    ("io.k8s.api.core.v1.ServicePort", "protocol"): "TCP",
+    ("io.k8s.api.discovery.v1.EndpointPort", "protocol"): "TCP",
+    ("io.k8s.api.networking.v1.NetworkPolicyPort", "protocol"): "TCP",
+    ("io.k8s.kube-aggregator.pkg.apis.apiregistration.v1.ServiceReference", "port"): 443,
+}
+
+
+def test_documented_defaults_are_upstreams() -> None:
+    read = {key: builtins.documented_default(*key) for key in builtins.DOCUMENTED_DEFAULTS}
+    assert read == _UPSTREAM_DEFAULTS
+
+
+def test_workloads_get_upstream_defaults(kube_api: Any, namespace: str) -> None:
+    apps = client.AppsV1Api(kube_api)
+    created = apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "d"},
+            "spec": {
+                "selector": _SELECTOR,
+                "template": _TEMPLATE
+                | {
+                    "spec": {
+                        "containers": [
+                            {"name": "main", "image": "busybox", "ports": [{"containerPort": 8080}]}
+                        ]
+                    }
+                },
+            },
+        },
+    ).to_dict()
+    spec = created["spec"]
+    assert (
+        spec["replicas"],
+        spec["revision_history_limit"],
+        spec["progress_deadline_seconds"],
+    ) == (
+        1,
+        10,
+        600,
+    )
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rolling_update": {"max_surge": "25%", "max_unavailable": "25%"},
+    }
+    pod = spec["template"]["spec"]
+    assert (pod["restart_policy"], pod["dns_policy"], pod["termination_grace_period_seconds"]) == (
+        "Always",
+        "ClusterFirst",
+        30,
+    )
+    container = pod["containers"][0]
+    assert container["ports"][0]["protocol"] == "TCP"
+    assert container["termination_message_policy"] == "File"
+
+    batch = client.BatchV1Api(kube_api)
+    job = batch.create_namespaced_job(
+        namespace, {"metadata": {"name": "j"}, "spec": {"template": _TEMPLATE}}
+    )
+    uid = job.metadata.uid
+    assert job.spec.selector.match_labels == {"batch.kubernetes.io/controller-uid": uid}
+    assert job.spec.template.metadata.labels["batch.kubernetes.io/job-name"] == "j"
+    assert (job.spec.backoff_limit, job.spec.suspend) == (6, False)
+    cron = batch.create_namespaced_cron_job(
+        namespace,
+        {
+            "metadata": {"name": "c"},
+            "spec": {"schedule": "@hourly", "jobTemplate": {"spec": {"template": _TEMPLATE}}},
+        },
+    )
+    assert (cron.spec.successful_jobs_history_limit, cron.spec.failed_jobs_history_limit) == (3, 1)
+    daemons = apps.create_namespaced_daemon_set(
+        namespace,
+        {"metadata": {"name": "ds"}, "spec": {"selector": _SELECTOR, "template": _TEMPLATE}},
+    )
+    assert daemons.spec.update_strategy.rolling_update.max_unavailable == 1
+
+
+def test_kubectl_get_prints_upstream_columns(
+    kubectl: Kubectl, kube_api: Any, namespace: str
+) -> None:
+    batch = client.BatchV1Api(kube_api)
+    batch.create_namespaced_cron_job(
+        namespace,
+        {
+            "metadata": {"name": "nightly"},
+            "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": _TEMPLATE}}},
+        },
+    )
+    lines = kubectl("get", "cronjobs", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "SCHEDULE",
+        "TIMEZONE",
+        "SUSPEND",
+        "ACTIVE",
+        "LAST",
+        "SCHEDULE",
+        "AGE",
+    ]
+    assert lines[1].split()[:8] == ["nightly", "0", "3", "*", "*", "*", "<none>", "false"]
+    client.PolicyV1Api(kube_api).create_namespaced_pod_disruption_budget(
+        namespace, {"metadata": {"name": "p"}, "spec": {"minAvailable": 1, "selector": _SELECTOR}}
+    )
+    lines = kubectl("get", "pdb", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "MIN",
+        "AVAILABLE",
+        "MAX",
+        "UNAVAILABLE",
+        "ALLOWED",
+        "DISRUPTIONS",
+        "AGE",
+    ]
+    assert lines[1].split()[:4] == ["p", "1", "<none>", "0"]

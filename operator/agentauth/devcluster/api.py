@@ -714,6 +714,8 @@ class ApiServer:
         elif rt.group == "" and rt.plural == "services":
             builtins.service(obj, old, reader=self.reader)
             builtins.service_status(obj, old)
+        elif rt.group == "batch" and rt.plural == "jobs" and old is None:
+            builtins.job_selector(obj)
         elif rt.group == "apiextensions.k8s.io":
             spec = obj.get("spec") or {}
             names = dict(spec.get("names") or {})
@@ -740,6 +742,9 @@ class ApiServer:
                     "lastTransitionTime": now(),
                 },
             ]
+
+        if not rt.custom and isinstance(obj.get("metadata"), dict):
+            builtins.apply_defaults(rt.group, rt.storage_version, rt.kind, obj)
 
     def _validate(self, ctx: _Context, obj: dict[str, Any], *, creating: bool) -> list[str]:
         """Schema and built-in validation; returns warnings, raises 400/422."""

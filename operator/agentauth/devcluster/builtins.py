@@ -11,9 +11,12 @@ Allocated values survive an update that leaves them out, as ``patchAllocatedValu
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import ipaddress
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -245,3 +248,154 @@ def type_error(obj: dict[str, Any], schema: dict[str, Any]) -> str | None:
 
 def _dotted(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+# -- defaults of built-in kinds, read from the upstream field documentation --------------------
+
+# Fields that kube-apiserver's ``SetDefaults_*`` functions fill in when absent. The value of
+# each is not written here: it is read from the field's own upstream description ("Defaults to
+# 6.", "Default is TCP."), so the table can only say *which* documented defaults are stored
+# (descriptions also document behaviour that is never written into the object, such as
+# ``minReadySeconds`` "Defaults to 0" on a non-pointer field, or conditional ones such as
+# ``imagePullPolicy``).
+DOCUMENTED_DEFAULTS: tuple[tuple[str, str], ...] = (
+    ("io.k8s.api.apps.v1.DeploymentSpec", "replicas"),
+    ("io.k8s.api.apps.v1.DeploymentSpec", "revisionHistoryLimit"),
+    ("io.k8s.api.apps.v1.DeploymentSpec", "progressDeadlineSeconds"),
+    ("io.k8s.api.apps.v1.DeploymentStrategy", "type"),
+    ("io.k8s.api.apps.v1.RollingUpdateDeployment", "maxSurge"),
+    ("io.k8s.api.apps.v1.RollingUpdateDeployment", "maxUnavailable"),
+    ("io.k8s.api.apps.v1.DaemonSetSpec", "revisionHistoryLimit"),
+    ("io.k8s.api.apps.v1.DaemonSetUpdateStrategy", "type"),
+    ("io.k8s.api.apps.v1.RollingUpdateDaemonSet", "maxSurge"),
+    ("io.k8s.api.apps.v1.RollingUpdateDaemonSet", "maxUnavailable"),
+    ("io.k8s.api.apps.v1.ReplicaSetSpec", "replicas"),
+    ("io.k8s.api.apps.v1.StatefulSetSpec", "replicas"),
+    ("io.k8s.api.apps.v1.StatefulSetUpdateStrategy", "type"),
+    ("io.k8s.api.batch.v1.CronJobSpec", "successfulJobsHistoryLimit"),
+    ("io.k8s.api.batch.v1.CronJobSpec", "failedJobsHistoryLimit"),
+    ("io.k8s.api.batch.v1.CronJobSpec", "suspend"),
+    ("io.k8s.api.batch.v1.JobSpec", "backoffLimit"),
+    ("io.k8s.api.batch.v1.JobSpec", "suspend"),
+    ("io.k8s.api.core.v1.ReplicationControllerSpec", "replicas"),
+    ("io.k8s.api.core.v1.PodSpec", "restartPolicy"),
+    ("io.k8s.api.core.v1.PodSpec", "dnsPolicy"),
+    ("io.k8s.api.core.v1.PodSpec", "terminationGracePeriodSeconds"),
+    ("io.k8s.api.core.v1.PodSpec", "enableServiceLinks"),
+    ("io.k8s.api.core.v1.Container", "terminationMessagePath"),
+    ("io.k8s.api.core.v1.Container", "terminationMessagePolicy"),
+    ("io.k8s.api.core.v1.ContainerPort", "protocol"),
+    ("io.k8s.api.core.v1.ServicePort", "protocol"),
+    ("io.k8s.api.discovery.v1.EndpointPort", "protocol"),
+    ("io.k8s.api.networking.v1.NetworkPolicyPort", "protocol"),
+    ("io.k8s.kube-aggregator.pkg.apis.apiregistration.v1.ServiceReference", "port"),
+)
+# Absent structs the defaulting creates (then filled by the table above), and the
+# ``rollingUpdate`` parameters that exist only for the RollingUpdate strategy.
+_CREATED_STRUCTS: tuple[tuple[str, str, tuple[str, str] | None], ...] = (
+    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", None),
+    ("io.k8s.api.apps.v1.DaemonSetSpec", "updateStrategy", None),
+    ("io.k8s.api.apps.v1.StatefulSetSpec", "updateStrategy", None),
+    ("io.k8s.api.core.v1.PodSpec", "securityContext", None),
+    ("io.k8s.api.apps.v1.DeploymentStrategy", "rollingUpdate", ("type", "RollingUpdate")),
+    ("io.k8s.api.apps.v1.DaemonSetUpdateStrategy", "rollingUpdate", ("type", "RollingUpdate")),
+)
+_DEFAULT_PHRASE = re.compile(
+    r"(?:Defaults to|Default is|Default value is|Default to|defaults to)"
+    r"\s+`?\"?([A-Za-z0-9%/._-]+?)\"?`?[.,;\s]"
+)
+
+
+def documented_default(definition: str, field: str) -> Any:
+    """The default the upstream description of ``definition.field`` states, typed by its schema.
+
+    Raises ``LookupError`` when the description states none (a wording change upstream).
+    """
+    node = (definitions.definitions()[definition].get("properties") or {})[field]
+    match = _DEFAULT_PHRASE.search(str(node.get("description", "")) + " ")
+    if match is None:
+        raise LookupError(f"{definition}.{field} documents no default")
+    text = match.group(1)
+    reference = str(node.get("$ref", ""))
+    if reference.endswith("IntOrString"):
+        return int(text) if text.isdigit() else text
+    kind = node.get("type")
+    if kind == "integer":
+        return int(text.rstrip("s"))
+    if kind == "boolean":
+        return text == "true"
+    return text
+
+
+@functools.cache
+def _defaults_by_definition() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for definition, field in DOCUMENTED_DEFAULTS:
+        with contextlib.suppress(LookupError, KeyError):
+            found.setdefault(definition, {})[field] = documented_default(definition, field)
+    return found
+
+
+@functools.cache
+def _defaulted_below(definition: str) -> bool:
+    """Whether any struct reachable from ``definition`` has defaults (skips e.g. ConfigMap)."""
+    targets = set(_defaults_by_definition()) | {d for d, _, _ in _CREATED_STRUCTS}
+    return any(name in targets for name in definitions.closure([definition]))
+
+
+def _fill(value: Any, node: dict[str, Any]) -> None:
+    if isinstance(value, list):
+        items = node.get("items")
+        if isinstance(items, dict):
+            for item in value:
+                _fill(item, items)
+        return
+    if not isinstance(value, dict):
+        return
+    definition = str(node.get(definitions.DEFINITION_KEY, ""))
+    if definition:
+        own = _defaults_by_definition().get(definition, {})
+        for struct, field, condition in _CREATED_STRUCTS:
+            if struct != definition or field in value:
+                continue
+            # The condition reads the field as it will be once defaulted (type: RollingUpdate).
+            if condition is None or value.get(condition[0], own.get(condition[0])) == condition[1]:
+                value[field] = {}
+        for field, default in _defaults_by_definition().get(definition, {}).items():
+            value.setdefault(field, copy.deepcopy(default))
+    properties = node.get("properties")
+    if isinstance(properties, dict):
+        for key, child in value.items():
+            if key in properties and key != "metadata":
+                _fill(child, properties[key])
+
+
+def apply_defaults(group: str, version: str, kind: str, obj: dict[str, Any]) -> None:
+    """Upstream's documented defaults for a built-in object, in place, at any depth."""
+    name = definitions.name_for(group, version, kind)
+    if name is None or not _defaulted_below(name):
+        return
+    _fill(obj, definitions.resolved(name))
+
+
+def job_selector(job: dict[str, Any]) -> None:
+    """The Job strategy's ``generateSelector``: the Job's uid selects and labels its pods."""
+    spec = job.get("spec")
+    if not isinstance(spec, dict) or spec.get("manualSelector") is True:
+        return
+    metadata = job["metadata"]
+    uid, name = metadata.get("uid", ""), metadata.get("name", "")
+    template = spec.setdefault("template", {})
+    if not isinstance(template, dict):
+        return
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    if isinstance(labels, dict):
+        labels.update(
+            {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            }
+        )
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
