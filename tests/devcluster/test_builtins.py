@@ -407,3 +407,24 @@ def test_kubectl_get_prints_upstream_columns(
         "AGE",
     ]
     assert lines[1].split()[:4] == ["p", "1", "<none>", "0"]
+
+
+def test_unknown_metadata_fields_are_dropped_and_get_all_lists_workloads(
+    kube_api: Any, kubectl: Kubectl, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    # The official client's own e2e test sends this misspelt field; upstream drops it.
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "front", "resourceversion": "v1"},
+            "spec": {"ports": [{"port": 80}]},
+        },
+    )
+    raw = json.loads(core.read_namespaced_service("front", namespace, _preload_content=False).data)
+    assert "resourceversion" not in raw["metadata"]
+    client.BatchV1Api(kube_api).create_namespaced_job(
+        namespace, {"metadata": {"name": "once"}, "spec": {"template": _TEMPLATE}}
+    )
+    names = kubectl("get", "all", "-n", namespace, "-o", "name").stdout.split()
+    assert {"service/front", "job.batch/once"} <= set(names)

@@ -801,6 +801,9 @@ class ApiServer:
         if mismatch:
             raise bad_request(f"{cannot}: {mismatch}")
         unknown = schema.prune(obj, found)
+        metadata = (found.get("properties") or {}).get("metadata")
+        if isinstance(metadata, dict) and isinstance(obj.get("metadata"), dict):
+            unknown += schema.prune(obj["metadata"], metadata, path="metadata", root=False)
         if not unknown:
             return []
         mode = ctx.request.query.get("fieldValidation", "Warn")

@@ -116,7 +116,7 @@ def _grouped(
     )
 
 
-BUILTINS: tuple[ResourceType, ...] = (
+_DECLARED: tuple[ResourceType, ...] = (
     _core("namespaces", "Namespace", namespaced=False, short=("ns",), subresources=("status",)),
     _core("serviceaccounts", "ServiceAccount", short=("sa",), subresources=("token",)),
     _core("secrets", "Secret"),
@@ -282,6 +282,24 @@ BUILTINS: tuple[ResourceType, ...] = (
         verbs=CREATE_ONLY,
         virtual=True,
     ),
+)
+
+
+# Upstream's "all" category: what `kubectl get all` lists.
+_CATEGORY_ALL = {
+    ("", "pods"),
+    ("", "replicationcontrollers"),
+    ("", "services"),
+    ("apps", "daemonsets"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "statefulsets"),
+    ("batch", "cronjobs"),
+    ("batch", "jobs"),
+}
+BUILTINS: tuple[ResourceType, ...] = tuple(
+    dataclasses.replace(rt, categories=("all",)) if (rt.group, rt.plural) in _CATEGORY_ALL else rt
+    for rt in _DECLARED
 )
 
 
