@@ -428,3 +428,62 @@ def test_unknown_metadata_fields_are_dropped_and_get_all_lists_workloads(
     )
     names = kubectl("get", "all", "-n", namespace, "-o", "name").stdout.split()
     assert {"service/front", "job.batch/once"} <= set(names)
+
+
+def test_kubectl_typed_create_commands(kubectl: Kubectl, namespace: str) -> None:
+    """kubectl's typed ``create`` subcommands send protobuf bodies and never fall back to JSON."""
+    ns = ("-n", namespace)
+    kubectl("create", "deployment", "web", "--image=nginx", "--port=80", "--replicas=2", *ns)
+    kubectl("create", "job", "once", "--image=busybox", *ns, "--", "echo", "hi")
+    kubectl("create", "cronjob", "tick", "--image=busybox", "--schedule=*/5 * * * *", *ns)
+    kubectl("create", "service", "nodeport", "np", "--tcp=80:8080", *ns)
+    kubectl(
+        "create",
+        "ingress",
+        "in",
+        "--class=nginx",
+        "--rule=foo.com/bar*=svc1:8080,tls=my-cert",
+        "--default-backend=defsvc:http",
+        *ns,
+    )
+    kubectl("create", "pdb", "budget", "--selector=app=x", "--min-available=50%", *ns)
+
+    def get(kind: str, name: str) -> Any:
+        return json.loads(kubectl("get", kind, name, "-o", "json", *ns).stdout)
+
+    deployment = get("deployment", "web")["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["template"]["spec"]["containers"][0]["ports"] == [
+        {"containerPort": 80, "protocol": "TCP"}
+    ]
+    job = get("job", "once")["spec"]
+    assert job["template"]["spec"]["containers"][0]["command"] == ["echo", "hi"]
+    assert (job["completions"], job["parallelism"]) == (1, 1)
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    assert get("cronjob", "tick")["spec"]["schedule"] == "*/5 * * * *"
+    port = get("service", "np")["spec"]["ports"][0]
+    assert (port["port"], port["targetPort"], port["name"]) == (80, 8080, "80-8080")
+    assert port["nodePort"] in builtins.NODE_PORT_RANGE
+    assert get("ingress", "in")["spec"] == {
+        "defaultBackend": {"service": {"name": "defsvc", "port": {"name": "http"}}},
+        "ingressClassName": "nginx",
+        "rules": [
+            {
+                "host": "foo.com",
+                "http": {
+                    "paths": [
+                        {
+                            "backend": {"service": {"name": "svc1", "port": {"number": 8080}}},
+                            "path": "/bar",
+                            "pathType": "Prefix",
+                        }
+                    ]
+                },
+            }
+        ],
+        "tls": [{"hosts": ["foo.com"], "secretName": "my-cert"}],
+    }
+    assert get("pdb", "budget")["spec"]["minAvailable"] == "50%"
+    lines = kubectl("get", "jobs", *ns).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+    assert lines[1].split()[:3] == ["once", "Running", "0/1"]

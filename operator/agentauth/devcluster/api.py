@@ -714,8 +714,10 @@ class ApiServer:
         elif rt.group == "" and rt.plural == "services":
             builtins.service(obj, old, reader=self.reader)
             builtins.service_status(obj, old)
-        elif rt.group == "batch" and rt.plural == "jobs" and old is None:
-            builtins.job_selector(obj)
+        elif rt.group == "batch" and rt.plural == "jobs":
+            builtins.job_defaults(obj)
+            if old is None:
+                builtins.job_selector(obj)
         elif rt.group == "apiextensions.k8s.io":
             spec = obj.get("spec") or {}
             names = dict(spec.get("names") or {})

@@ -399,3 +399,18 @@ def job_selector(job: dict[str, Any]) -> None:
             }
         )
     spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+
+
+def job_defaults(job: dict[str, Any]) -> None:
+    """``SetDefaults_Job`` beyond the documented fields: one completion and one pod at a time
+    unless said otherwise, NonIndexed, replacement once a pod is terminating or failed."""
+    spec = job.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if "completions" not in spec and "parallelism" not in spec:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault(
+        "podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
+    )
