@@ -1489,7 +1489,9 @@ class ApiServer:
                 elif content_type == patching.MERGE_PATCH:
                     patched = patching.merge_patch(current, patch)
                 else:
-                    patched = patching.strategic_merge(current, patch)
+                    patched = patching.strategic_merge(
+                        current, patch, builtins.schema_for(rt.group, ctx.version, rt.kind)
+                    )
             except patching.PatchError as error:
                 raise ApiError(
                     error.code, "Invalid" if error.code == 422 else "BadRequest", error.message
