@@ -425,3 +425,45 @@ def test_pdb_and_network_policy_are_real_objects(kubectl: Kubectl, namespace: st
         "apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(misspelled), check=False
     )
     assert 'strict decoding error: unknown field "spec.minAvailble"' in refused.stderr
+
+
+def test_real_helm_install_into_the_dev_cluster(
+    dev_cluster: Any, kubectl: Kubectl, tmp_path: Any
+) -> None:
+    """Helm's own install (server-side apply, strict field validation) of the chart, and of a
+    chart whose PodDisruptionBudget misspells a field, which the server refuses as upstream."""
+    release = f"h{uuid.uuid4().hex[:8]}"
+    namespace = f"{release}-system"
+    kubectl("create", "namespace", namespace)
+    values = chart.with_required(
+        {
+            "networkPolicy": {"enabled": True},
+            "webhook": {
+                "namespaceSelector": {"matchLabels": {"agentauth.dev/test-inert": release}}
+            },
+        }
+    )
+    bad = tmp_path / "bad"
+    (bad / "templates").mkdir(parents=True)
+    (bad / "Chart.yaml").write_text("apiVersion: v2\nname: bad\nversion: 0.1.0\n")
+    (bad / "templates" / "pdb.yaml").write_text(
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: bad\n"
+        "spec:\n  minAvailble: 1\n  selector: {matchLabels: {app: x}}\n"
+    )
+    with helm.Config(kubeconfig_path=str(dev_cluster.kubeconfig_path), namespace=namespace) as cfg:
+        try:
+            cfg.install(str(chart.CHART), release, values, namespace=namespace, timeout=60)
+            names = kubectl(
+                "get", "pdb,netpol,secrets", "-n", namespace, "-o", "name"
+            ).stdout.split()
+            assert f"poddisruptionbudget.policy/{release}-agentauth-token-service" in names
+            assert f"secret/sh.helm.release.v1.{release}.v1" in names
+            with pytest.raises(helm.HelmReleaseError) as refused:
+                cfg.install(str(bad), f"{release}-bad", {}, namespace=namespace, timeout=60)
+            assert (
+                'PodDisruptionBudget in version "v1" cannot be handled as a PodDisruptionBudget: '
+                'strict decoding error: unknown field "spec.minAvailble"'
+            ) in str(refused.value)
+        finally:
+            cfg.uninstall(release)
+            kubectl("delete", "namespace", namespace, "--wait=false")

@@ -1592,8 +1592,11 @@ class ApiServer:
         options: dict[str, Any] = {}
         if raw.strip():
             try:
-                options = self._delete_options(json.loads(raw))
-            except ValueError:
+                if ctx.request.content_type == "application/vnd.kubernetes.protobuf":
+                    options = protobuf.decode(raw)
+                else:
+                    options = self._delete_options(json.loads(raw))
+            except ValueError:  # ProtobufError included
                 raise bad_request("error decoding DeleteOptions") from None
         policy = (
             ctx.request.query.get("propagationPolicy") or options.get("propagationPolicy") or ""

@@ -183,7 +183,21 @@ INGRESS_RULE: Schema = {
         False,
     ),
 }
+DELETE_OPTIONS: Schema = {
+    1: ("gracePeriodSeconds", "int", False),
+    2: (
+        "preconditions",
+        {1: ("uid", "string", False), 2: ("resourceVersion", "string", False)},
+        False,
+    ),
+    3: ("orphanDependents", "bool", False),
+    4: ("propagationPolicy", "string", False),
+    5: ("dryRun", "string", True),
+}
 KINDS: dict[tuple[str, str], Schema] = {
+    # Typed clients (Helm's uninstall among them) send DeleteOptions with their deletes.
+    ("v1", "DeleteOptions"): DELETE_OPTIONS,
+    ("meta.k8s.io/v1", "DeleteOptions"): DELETE_OPTIONS,
     ("apps/v1", "Deployment"): dict(
         [
             _META,
