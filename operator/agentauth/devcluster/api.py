@@ -804,8 +804,13 @@ class ApiServer:
             raise bad_request(f"{cannot}: {mismatch}")
         unknown = schema.prune(obj, found)
         metadata = (found.get("properties") or {}).get("metadata")
-        if isinstance(metadata, dict) and isinstance(obj.get("metadata"), dict):
-            unknown += schema.prune(obj["metadata"], metadata, path="metadata", root=False)
+        meta = obj.get("metadata")
+        if (
+            isinstance(metadata, dict)
+            and isinstance(meta, dict)
+            and not meta.keys() <= (metadata.get("properties") or {}).keys()
+        ):
+            unknown += schema.prune(meta, metadata, path="metadata", root=False)
         if not unknown:
             return []
         mode = ctx.request.query.get("fieldValidation", "Warn")

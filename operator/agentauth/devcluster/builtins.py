@@ -214,6 +214,8 @@ def type_error(obj: dict[str, Any], schema: dict[str, Any]) -> str | None:
     """
 
     def walk(value: Any, node: dict[str, Any], struct: str, path: str) -> str | None:
+        if type(value) is dict and _only_strings(value, node):
+            return None  # The common case (metadata, data, labels), checked without recursion.
         if not _fits(value, node):
             shown = f"{struct}.{path}" if path else struct
             return (
@@ -244,6 +246,39 @@ def type_error(obj: dict[str, Any], schema: dict[str, Any]) -> str | None:
 
     root = str(schema.get(definitions.DEFINITION_KEY, "")).rpartition(".")[2]
     return walk(obj, schema, root, "")
+
+
+_STRING_FIELDS: dict[int, frozenset[str] | bool] = {}
+
+
+def _string_fields(node: dict[str, Any]) -> frozenset[str] | bool:
+    """Names of ``node``'s plain string properties, or True for a map of strings."""
+    found = _STRING_FIELDS.get(id(node))
+    if found is None:
+        properties = node.get("properties")
+        additional = node.get("additionalProperties")
+        if node.get("type") != "object" or node.get("x-kubernetes-int-or-string"):
+            found = frozenset()
+        elif isinstance(properties, dict):
+            found = frozenset(
+                key
+                for key, child in properties.items()
+                if child.get("type") == "string" and not child.get("x-kubernetes-int-or-string")
+            )
+        else:
+            found = isinstance(additional, dict) and additional.get("type") == "string"
+        # Schema nodes live as long as the cached definitions, so their ids stay valid.
+        _STRING_FIELDS[id(node)] = found
+    return found
+
+
+def _only_strings(value: dict[str, Any], node: dict[str, Any]) -> bool:
+    fields = _string_fields(node)
+    if isinstance(fields, bool):
+        return fields and all(type(item) is str for item in value.values())
+    if not fields:
+        return False
+    return all(type(item) is str for item in value.values()) and value.keys() <= fields
 
 
 def _dotted(path: str, key: str) -> str:
