@@ -434,10 +434,9 @@ def install_chart(
             "namespaceSelector": {"matchLabels": {"agentauth.dev/test-release": release}},
             "accessRequests": {"enabled": access_request_webhooks},
         },
-        # policy/v1 is not served by the dev control plane (tests/charts covers the PDB). The
-        # token service runs in process on loopback, without the chart's Secret mount, in HTTP
-        # (tests/charts covers the chart's TLS).
-        "tokenService": {"podDisruptionBudget": {"enabled": False}, "tls": {"enabled": False}},
+        # The token service runs in process on loopback, without the chart's Secret mount, in
+        # HTTP (tests/charts covers the chart's TLS).
+        "tokenService": {"tls": {"enabled": False}},
         **(values or {}),
     }
     objects = chart.render(chart_values, release=release, namespace=system)

@@ -81,7 +81,7 @@ POLL_SECONDS = 0.05
 PORT_USERS = {"api": "API server", "token_service": "token service", "webhook": "webhooks"}
 
 # Kinds the chart renders that run as processes here instead of being stored.
-WORKLOAD_KINDS = frozenset({"Deployment", "PodDisruptionBudget"})
+WORKLOAD_KINDS = frozenset({"Deployment"})
 
 
 def _resource(group: str, plural: str, *, namespaced: bool = True) -> kube.Resource:
@@ -104,6 +104,8 @@ CHART_KINDS: dict[str, kube.Resource] = {
     "ValidatingWebhookConfiguration": _resource(
         "admissionregistration.k8s.io", "validatingwebhookconfigurations", namespaced=False
     ),
+    "PodDisruptionBudget": _resource("policy", "poddisruptionbudgets"),
+    "NetworkPolicy": _resource("networking.k8s.io", "networkpolicies"),
 }
 
 
@@ -186,16 +188,15 @@ def choose_ports(directory: Path, *, requested: dict[str, int]) -> dict[str, int
 
 
 def chart_values(*, issuer: str, token_service_port: int, webhook_port: int) -> dict[str, Any]:
-    """The dev values: the issuer (the token service) and the webhook on loopback ports, one
-    token-service replica and no PDB (the embedded control plane does not serve policy/v1, and
-    there is nothing to disrupt)."""
+    """The dev values: the issuer (the token service) and the webhook on loopback ports and one
+    token-service replica. The chart's PodDisruptionBudget (and NetworkPolicy, when enabled) are
+    stored as real objects, as ``helm install`` would create them."""
     return {
         "issuer": {"url": issuer, "trustDomain": TRUST_DOMAIN},
         "webhook": {"port": webhook_port, "extraHosts": [LOOPBACK]},
         "tokenService": {
             "replicaCount": 1,
             "containerPort": token_service_port,
-            "podDisruptionBudget": {"enabled": False},
             # The dev token service serves HTTPS itself (the dev CA's certificate), in process.
             "tls": {"enabled": False},
         },

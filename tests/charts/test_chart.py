@@ -1,11 +1,12 @@
 """The Helm chart, rendered and linted with real Helm, and applied to the embedded control plane.
 
 Every rendered object of the default values and of each variant is applied with real
-``kubectl apply``. The dev control plane does not serve ``policy/v1``,
-``networking.k8s.io/v1``, ``monitoring.coreos.com``, ``cert-manager.io`` and
-``gateway.networking.k8s.io``; for those kinds the
-test first registers a stand-in CRD (schema-less), so apply still proves the objects are
-well-formed API objects in the right group/version, not that their fields are valid.
+``kubectl apply`` (strict field validation). Built-in kinds, the PodDisruptionBudget,
+NetworkPolicies and the Ingress included, are decoded by the dev control plane against their
+upstream schemas, so an unknown or mistyped field fails the test. Kinds that come from CRDs on a
+real cluster (``monitoring.coreos.com``, ``cert-manager.io``, ``gateway.networking.k8s.io``) get
+a stand-in CRD (schema-less): apply proves they are well-formed API objects in the right
+group/version, not that their fields are valid.
 """
 
 from __future__ import annotations
@@ -278,13 +279,11 @@ def test_notes_tell_the_next_steps() -> None:
     assert "kubectl create serviceaccount research-agent -n default" in text
 
 
+# Only kinds a real cluster gets from CRDs; built-in kinds are served by the dev cluster.
 STAND_INS = [
-    ("policy", "poddisruptionbudgets", "PodDisruptionBudget", "v1"),
-    ("networking.k8s.io", "networkpolicies", "NetworkPolicy", "v1"),
     ("monitoring.coreos.com", "servicemonitors", "ServiceMonitor", "v1"),
     ("cert-manager.io", "certificates", "Certificate", "v1"),
     ("cert-manager.io", "issuers", "Issuer", "v1"),
-    ("networking.k8s.io", "ingresses", "Ingress", "v1"),
     ("gateway.networking.k8s.io", "httproutes", "HTTPRoute", "v1"),
     ("gateway.networking.k8s.io", "backendtlspolicies", "BackendTLSPolicy", "v1"),
 ]
@@ -409,3 +408,62 @@ def test_token_service_drains_before_it_stops() -> None:
         "tokenService.terminationGracePeriodSeconds must exceed preStopSleepSeconds + "
         "shutdownTimeoutSeconds" in str(caught.value)
     )
+
+
+def test_pdb_and_network_policy_are_real_objects(kubectl: Kubectl, namespace: str) -> None:
+    """No stand-in: a misspelled field in the chart's PDB or NetworkPolicy would be refused."""
+    objects = chart.render({"networkPolicy": {"enabled": True}}, namespace=namespace)
+    pdb = chart.one(objects, "PodDisruptionBudget")
+    policies = chart.by_kind(objects, "NetworkPolicy")
+    kubectl("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump_all([pdb, *policies]))
+    stored = json.loads(
+        kubectl("get", "pdb", pdb["metadata"]["name"], "-n", namespace, "-o", "json").stdout
+    )
+    assert stored["spec"] == pdb["spec"]
+    misspelled = {**pdb, "spec": {**pdb["spec"], "minAvailble": 1}}
+    refused = kubectl(
+        "apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(misspelled), check=False
+    )
+    assert 'strict decoding error: unknown field "spec.minAvailble"' in refused.stderr
+
+
+def test_real_helm_install_into_the_dev_cluster(
+    dev_cluster: Any, kubectl: Kubectl, tmp_path: Any
+) -> None:
+    """Helm's own install (server-side apply, strict field validation) of the chart, and of a
+    chart whose PodDisruptionBudget misspells a field, which the server refuses as upstream."""
+    release = f"h{uuid.uuid4().hex[:8]}"
+    namespace = f"{release}-system"
+    kubectl("create", "namespace", namespace)
+    values = chart.with_required(
+        {
+            "networkPolicy": {"enabled": True},
+            "webhook": {
+                "namespaceSelector": {"matchLabels": {"agentauth.dev/test-inert": release}}
+            },
+        }
+    )
+    bad = tmp_path / "bad"
+    (bad / "templates").mkdir(parents=True)
+    (bad / "Chart.yaml").write_text("apiVersion: v2\nname: bad\nversion: 0.1.0\n")
+    (bad / "templates" / "pdb.yaml").write_text(
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: bad\n"
+        "spec:\n  minAvailble: 1\n  selector: {matchLabels: {app: x}}\n"
+    )
+    with helm.Config(kubeconfig_path=str(dev_cluster.kubeconfig_path), namespace=namespace) as cfg:
+        try:
+            cfg.install(str(chart.CHART), release, values, namespace=namespace, timeout=60)
+            names = kubectl(
+                "get", "pdb,netpol,secrets", "-n", namespace, "-o", "name"
+            ).stdout.split()
+            assert f"poddisruptionbudget.policy/{release}-agentauth-token-service" in names
+            assert f"secret/sh.helm.release.v1.{release}.v1" in names
+            with pytest.raises(helm.HelmReleaseError) as refused:
+                cfg.install(str(bad), f"{release}-bad", {}, namespace=namespace, timeout=60)
+            assert (
+                'PodDisruptionBudget in version "v1" cannot be handled as a PodDisruptionBudget: '
+                'strict decoding error: unknown field "spec.minAvailble"'
+            ) in str(refused.value)
+        finally:
+            cfg.uninstall(release)
+            kubectl("delete", "namespace", namespace, "--wait=false")

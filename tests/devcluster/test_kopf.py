@@ -187,3 +187,85 @@ def test_kopf_operator_handles_create_update_delete(
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_kopf_operator_handles_a_builtin_kind(
+    dev_cluster: server.DevCluster, kube_api: Any, namespace: str
+) -> None:
+    """Kopf on batch/v1 Jobs (issue 18): the kind is discovered, watched, patched and finalized
+    like on a real cluster."""
+    registry = kopf.OperatorRegistry()
+    deleted: list[str] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=dev_cluster.url,
+            ca_path=str(dev_cluster.ca_path),
+            token=dev_cluster.admin_token,
+            scheme="Bearer",
+        )
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = 0
+        settings.watching.server_timeout = 30
+
+    @kopf.on.create("batch", "v1", "jobs", registry=registry)
+    def created(spec: Any, patch: kopf.Patch, **_: Any) -> None:
+        patch.metadata.setdefault("annotations", {})["seen-backoff-limit"] = str(
+            spec.get("backoffLimit")
+        )
+
+    @kopf.on.delete("batch", "v1", "jobs", registry=registry)
+    def removed(name: str, **_: Any) -> None:
+        deleted.append(name)
+
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                namespaces=[namespace],
+                standalone=True,
+                clusterwide=False,
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "Kopf did not become ready"
+        batch = client.BatchV1Api(kube_api)
+        template = {
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "restartPolicy": "Never"}
+        }
+        batch.create_namespaced_job(
+            namespace, {"metadata": {"name": "j1"}, "spec": {"template": template}}
+        )
+
+        def annotation() -> str | None:
+            annotations = batch.read_namespaced_job("j1", namespace).metadata.annotations or {}
+            return annotations.get("seen-backoff-limit")
+
+        # The handler saw the server's default (6), not an absent field.
+        assert wait_for(annotation, what="create handler annotation") == "6"
+        assert batch.read_namespaced_job("j1", namespace).metadata.finalizers
+        batch.delete_namespaced_job("j1", namespace)
+
+        def gone() -> bool:
+            try:
+                batch.read_namespaced_job("j1", namespace)
+            except ApiException as error:
+                return bool(error.status == 404)
+            return False
+
+        wait_for(gone, what="deletion after Kopf removed its finalizer")
+        assert deleted == ["j1"]
+    finally:
+        stop.set()
+        thread.join(30)

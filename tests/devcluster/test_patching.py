@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from agentauth.devcluster import patching
+from agentauth.devcluster import builtins, patching
+from tests.conftest import Kubectl
 
 
 def test_merge_patch_merges_objects_and_null_deletes() -> None:
@@ -137,4 +140,64 @@ def test_server_side_apply_removes_what_the_manager_dropped() -> None:
     assert second["metadata"]["labels"] == {"other": "1"}  # not the manager's: kept
     assert patching.paths_from_fields_v1(second["metadata"]["managedFields"][0]["fieldsV1"]) == {
         ("spec", "a")
+    }
+
+
+def test_kubectl_apply_merges_lists_by_the_upstream_merge_keys(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """Client-side apply computes strategic merge patches from /openapi (Service ports keyed by
+    ``port``, a Deployment's ``strategy`` with ``$retainKeys``); the server must merge alike."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {
+            "selector": {"app": "web"},
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "metrics", "port": 9090},
+            ],
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(service))
+    service["spec"]["ports"] = [{"name": "metrics", "port": 9090}]
+    kubectl("apply", "-f", "-", input=json.dumps(service))
+    stored = json.loads(kubectl("get", "service", "web", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "protocol": "TCP", "targetPort": 9090}
+    ]
+
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": "d"}},
+            "template": {
+                "metadata": {"labels": {"app": "d"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            },
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    deployment["spec"]["strategy"] = {"type": "Recreate"}
+    kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    stored = json.loads(kubectl("get", "deployment", "d", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_schema_merge_of_primitive_sets_and_retain_keys() -> None:
+    deployment = builtins.schema_for("apps", "v1", "Deployment")
+    live = {
+        "metadata": {"finalizers": ["a"]},
+        "spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}},
+    }
+    patch = {
+        "metadata": {"finalizers": ["b", "a"]},
+        "spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}},
+    }
+    assert patching.strategic_merge(live, patch, deployment) == {
+        "metadata": {"finalizers": ["a", "b"]},
+        "spec": {"strategy": {"type": "Recreate"}},
     }

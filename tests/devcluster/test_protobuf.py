@@ -60,3 +60,16 @@ def test_unsupported_bodies() -> None:
     with pytest.raises(protobuf.ProtobufError) as raised:
         protobuf.decode(protobuf.MAGIC + b"\x0a\xff")
     assert str(raised.value) == "truncated varint"
+
+
+def test_delete_options_in_protobuf() -> None:
+    # What typed clients (Helm's uninstall) send with a delete: propagationPolicy Background.
+    type_meta = b"\x0a\x0emeta.k8s.io/v1\x12\x0dDeleteOptions"
+    raw = b"\x22\x0aBackground\x2a\x03All"
+    envelope = b"\x0a" + bytes([len(type_meta)]) + type_meta + b"\x12" + bytes([len(raw)]) + raw
+    assert protobuf.decode(protobuf.MAGIC + envelope) == {
+        "propagationPolicy": "Background",
+        "dryRun": ["All"],
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "DeleteOptions",
+    }

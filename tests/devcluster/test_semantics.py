@@ -355,7 +355,11 @@ def test_schema_violation_names_the_fields(raw: Raw, namespace: str) -> None:
     status, body, _ = raw(
         "POST", f"{agents}?fieldValidation=Strict", json.dumps({**_agent("strict"), "extra": 1})
     )
-    assert (status, body["message"]) == (400, 'strict decoding error: unknown field "extra"')
+    assert (status, body["message"]) == (
+        400,
+        'Agent in version "v1alpha1" cannot be handled as a Agent: '
+        'strict decoding error: unknown field "extra"',
+    )
     status, body, response = raw(
         "POST", f"{agents}?fieldValidation=Warn", json.dumps({**_agent("warned"), "extra": 1})
     )

@@ -79,11 +79,14 @@ log = logging.getLogger(__name__)
 class AdmissionDenied(Exception):
     """The request is rejected by admission; ``code``/``reason``/``message`` form the ``Status``."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(
+        self, code: int, reason: str, message: str, *, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.details = details
 
 
 class _CallFailed(Exception):
@@ -372,18 +375,23 @@ class AdmissionChain:
         except patching.PatchError as exc:
             # Upstream answers a patch that does not apply with an internal error, whatever the
             # failure policy: the webhook did answer, its answer is unusable.
+            failed = (
+                f'failed calling webhook "{webhook.name}": '
+                f"JSON patch could not be applied: {exc.message}"
+            )
             raise AdmissionDenied(
                 500,
                 "InternalError",
-                f'Internal error occurred: failed calling webhook "{webhook.name}": '
-                f"JSON patch could not be applied: {exc.message}",
+                f"Internal error occurred: {failed}",
+                details={"causes": [{"message": failed}]},
             ) from exc
         if not isinstance(patched, dict):
+            failed = f'failed calling webhook "{webhook.name}": the patched object is not an object'
             raise AdmissionDenied(
                 500,
                 "InternalError",
-                f'Internal error occurred: failed calling webhook "{webhook.name}": '
-                "the patched object is not an object",
+                f"Internal error occurred: {failed}",
+                details={"causes": [{"message": failed}]},
             )
         return patched
 
@@ -411,8 +419,12 @@ class AdmissionChain:
                     "ignoring admission webhook failure (failurePolicy Ignore): %s", message
                 )
                 return None
+            # NewInternalError: the failure is repeated as the Status's only cause.
             raise AdmissionDenied(
-                500, "InternalError", f"Internal error occurred: {message}"
+                500,
+                "InternalError",
+                f"Internal error occurred: {message}",
+                details={"causes": [{"message": message}]},
             ) from exc
 
     async def _exchange(
@@ -501,7 +513,11 @@ class AdmissionChain:
                 message = f"{denied_by}: {reason}"
             else:
                 message = f"{denied_by} without explanation"
-            raise AdmissionDenied(code, reason, message)
+            # ToStatusErr keeps the webhook's own details (causes, retryAfterSeconds ...).
+            details = status.get("details")
+            raise AdmissionDenied(
+                code, reason, message, details=details if isinstance(details, dict) else None
+            )
         encoded = response.get("patch")
         if not encoded:
             return warnings, None

@@ -35,10 +35,12 @@ from aiohttp import web
 from agentauth.devcluster import (
     admission,
     authn,
+    builtins,
     cel,
     discovery,
     events,
     openapi,
+    openapiv2,
     patching,
     protobuf,
     rbac,
@@ -48,6 +50,7 @@ from agentauth.devcluster import (
     schema,
     selectors,
     serviceaccounts,
+    statuses,
     storage,
     tables,
     types,
@@ -103,18 +106,14 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details is not None:
-            body["details"] = self.details
-        return body
+        return statuses.failure(self.code, self.reason, self.message, details=self.details)
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> ApiError:
+        """The error that answers a Status built by :mod:`statuses`."""
+        return cls(
+            status["code"], status["reason"], status["message"], details=status.get("details")
+        )
 
 
 class _Retry(Exception):
@@ -148,7 +147,9 @@ def text_json_response(text: str, *, status: int = 200) -> web.Response:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return json_response(error.status(), status=error.code)
+    return web.Response(
+        body=statuses.encode(error.status()), status=error.code, content_type="application/json"
+    )
 
 
 def storage_unavailable(error: storage.StorageError) -> web.Response:
@@ -321,7 +322,9 @@ class ApiServer:
         except storage.StorageError as error:
             return storage_unavailable(error)
         except admission.AdmissionDenied as denied:
-            return error_response(ApiError(denied.code, denied.reason, denied.message))
+            return error_response(
+                ApiError(denied.code, denied.reason, denied.message, details=denied.details)
+            )
         except web.HTTPRequestEntityTooLarge:
             return error_response(
                 ApiError(
@@ -334,7 +337,7 @@ class ApiServer:
             raise
         except Exception:
             log.exception("internal error serving %s %s", request.method, request.path)
-            return error_response(ApiError(500, "InternalError", "Internal error occurred"))
+            return error_response(ApiError.of(statuses.internal_error("unexpected server error")))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -472,16 +475,21 @@ class ApiServer:
                 if parts[2] == "api"
                 else (parts[3], parts[4] if len(parts) > 4 else "")
             )
-            doc = openapi.document(self.registry, group, version)
-            if doc is not None:
-                body, _ = openapi.encode(doc)
+            body = openapi.document_bytes(self.registry, group, version)
+            if body is not None:
                 return web.Response(body=body, content_type="application/json")
+        elif parts == ["openapi", "v2"]:
+            wants_protobuf = openapiv2.wants_protobuf(request.headers.get("Accept", ""))
+            return web.Response(
+                body=openapi.swagger_bytes(self.registry, protobuf=wants_protobuf),
+                content_type=openapiv2.PROTOBUF_MEDIA_TYPE
+                if wants_protobuf
+                else "application/json",
+            )
         elif path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
         if found is None:
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         return json_response(found)
 
     # -- resources ----------------------------------------------------------------------------
@@ -515,9 +523,7 @@ class ApiServer:
     ) -> web.StreamResponse:
         rt = self.registry.lookup(attributes.api_group, attributes.api_version, attributes.resource)
         if rt is None:
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         version = attributes.api_version
         namespace = attributes.namespace if rt.namespaced else ""
         if (
@@ -525,24 +531,16 @@ class ApiServer:
             and not namespace
             and attributes.verb not in ("list", "watch", "deletecollection")
         ):
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         name = attributes.name
         if rt.plural == "namespaces" and attributes.verb in ("list", "watch", "deletecollection"):
             namespace = ""
         verb = attributes.verb
         sub = attributes.subresource
         if sub and sub not in rt.subresources:
-            raise ApiError(
-                404, "NotFound", "the server could not find the requested resource", details={}
-            )
+            raise ApiError.of(statuses.path_not_found())
         if verb not in rt.verbs and not (sub and verb in ("get", "update", "patch", "create")):
-            raise ApiError(
-                405,
-                "MethodNotAllowed",
-                "the server does not allow this method on the requested resource",
-            )
+            raise ApiError.of(statuses.method_not_allowed())
         if rt.virtual:
             return await self._virtual(rt, request, user, namespace=namespace)
         if sub == "token":
@@ -573,11 +571,7 @@ class ApiServer:
             return await self._delete(ctx)
         if verb == "deletecollection":
             return await self._delete_collection(ctx)
-        raise ApiError(
-            405,
-            "MethodNotAllowed",
-            "the server does not allow this method on the requested resource",
-        )
+        raise ApiError.of(statuses.method_not_allowed())
 
     # decode --------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
@@ -730,6 +724,13 @@ class ApiServer:
                         container.setdefault("terminationMessagePath", "/dev/termination-log")
             if old is None:
                 obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        elif rt.group == "" and rt.plural == "services":
+            builtins.service(obj, old, reader=self.reader)
+            builtins.service_status(obj, old)
+        elif rt.group == "batch" and rt.plural == "jobs":
+            builtins.job_defaults(obj)
+            if old is None:
+                builtins.job_selector(obj)
         elif rt.group == "apiextensions.k8s.io":
             spec = obj.get("spec") or {}
             names = dict(spec.get("names") or {})
@@ -757,6 +758,9 @@ class ApiServer:
                 },
             ]
 
+        if not rt.custom and isinstance(obj.get("metadata"), dict):
+            builtins.apply_defaults(rt.group, rt.storage_version, rt.kind, obj)
+
     def _validate(self, ctx: _Context, obj: dict[str, Any], *, creating: bool) -> list[str]:
         """Schema and built-in validation; returns warnings, raises 400/422."""
         rt = ctx.rt
@@ -781,19 +785,52 @@ class ApiServer:
                     mode = ctx.request.query.get("fieldValidation", "Warn")
                     if mode == "Strict":
                         listed = ", ".join(f'unknown field "{u}"' for u in unknown)
-                        raise bad_request(f"strict decoding error: {listed}")
+                        raise bad_request(
+                            f'{rt.kind} in version "{ctx.version}" cannot be handled as a '
+                            f"{rt.kind}: strict decoding error: {listed}"
+                        )
                     if mode != "Ignore":
                         warnings += [f'unknown field "{u}"' for u in unknown]
                 schema.apply_defaults(obj, found)
                 errors += schema.validate(obj, found)
                 errors += cel.validate(obj, found, schema_errors=errors)
-        elif rt.group == "" and rt.plural == "pods":
-            errors += _pod_errors(obj)
-        elif rt.group == "apiextensions.k8s.io":
-            errors += _crd_errors(obj)
+        else:
+            upstream = builtins.schema_for(rt.group, ctx.version, rt.kind)
+            if upstream is not None and self._storage_type(rt) is rt:
+                warnings += self._decode_builtin(ctx, obj, upstream)
+            if rt.group == "" and rt.plural == "pods":
+                errors += _pod_errors(obj)
+            elif rt.group == "apiextensions.k8s.io":
+                errors += _crd_errors(obj)
         if errors:
             raise invalid(rt, name, errors)
         return warnings
+
+    @staticmethod
+    def _decode_builtin(ctx: _Context, obj: dict[str, Any], found: dict[str, Any]) -> list[str]:
+        """What decoding into the Go type does upstream: type errors (400), unknown fields
+        dropped with a warning or, with ``fieldValidation=Strict``, refused (400)."""
+        rt = ctx.rt
+        cannot = f'{rt.kind} in version "{ctx.version}" cannot be handled as a {rt.kind}'
+        mismatch = builtins.type_error(obj, found)
+        if mismatch:
+            raise bad_request(f"{cannot}: {mismatch}")
+        unknown = schema.prune(obj, found)
+        metadata = (found.get("properties") or {}).get("metadata")
+        meta = obj.get("metadata")
+        if (
+            isinstance(metadata, dict)
+            and isinstance(meta, dict)
+            and not meta.keys() <= (metadata.get("properties") or {}).keys()
+        ):
+            unknown += schema.prune(meta, metadata, path="metadata", root=False)
+        if not unknown:
+            return []
+        mode = ctx.request.query.get("fieldValidation", "Warn")
+        if mode == "Strict":
+            listed = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise bad_request(f"{cannot}: strict decoding error: {listed}")
+        return [] if mode == "Ignore" else [f'unknown field "{u}"' for u in unknown]
 
     def _apply_strategy(
         self, ctx: _Context, old: dict[str, Any], new: dict[str, Any]
@@ -1262,8 +1299,8 @@ class ApiServer:
                 try:
                     history = self.store.history_since(requested)
                 except storage.Gone as gone:
-                    status = ApiError(410, "Expired", str(gone)).status()
-                    watcher.send(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+                    status = statuses.expired(str(gone))
+                    watcher.send(statuses.watch_error(status))
                     await response.write_eof()
                     return response
                 frames = []
@@ -1276,7 +1313,7 @@ class ApiServer:
                 if frames:
                     watcher.send(b"".join(frames))
         except ApiError as error:
-            watcher.send(json.dumps({"type": "ERROR", "object": error.status()}).encode() + b"\n")
+            watcher.send(statuses.watch_error(error.status()))
             await response.write_eof()
             return response
         self.hub.add(watcher)
@@ -1475,7 +1512,9 @@ class ApiServer:
                 elif content_type == patching.MERGE_PATCH:
                     patched = patching.merge_patch(current, patch)
                 else:
-                    patched = patching.strategic_merge(current, patch)
+                    patched = patching.strategic_merge(
+                        current, patch, builtins.schema_for(rt.group, ctx.version, rt.kind)
+                    )
             except patching.PatchError as error:
                 raise ApiError(
                     error.code, "Invalid" if error.code == 422 else "BadRequest", error.message
@@ -1576,8 +1615,11 @@ class ApiServer:
         options: dict[str, Any] = {}
         if raw.strip():
             try:
-                options = self._delete_options(json.loads(raw))
-            except ValueError:
+                if ctx.request.content_type == "application/vnd.kubernetes.protobuf":
+                    options = protobuf.decode(raw)
+                else:
+                    options = self._delete_options(json.loads(raw))
+            except ValueError:  # ProtobufError included
                 raise bad_request("error decoding DeleteOptions") from None
         policy = (
             ctx.request.query.get("propagationPolicy") or options.get("propagationPolicy") or ""
@@ -1624,15 +1666,10 @@ class ApiServer:
             return self._object_response(ctx, entry)
         obj, deleted = self._delete_object(rt, key, entry.obj, orphan=policy == "Orphan")
         if deleted and not rt.custom and rt.plural != "pods":
-            return json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": {**_details(rt, ctx.name), "uid": obj["metadata"].get("uid", "")},
-                }
+            success = statuses.success(
+                {**_details(rt, ctx.name), "uid": obj["metadata"].get("uid", "")}
             )
+            return web.Response(body=statuses.encode(success), content_type="application/json")
         return self._object_response(ctx, obj, status=200 if deleted else 202)
 
     async def _delete_collection(self, ctx: _Context) -> web.Response:

@@ -1,9 +1,11 @@
 """Patch application: JSON merge (RFC 7386), JSON patch (RFC 6902), strategic merge, apply.
 
-Strategic merge patch merges the common core lists by their Kubernetes merge key (containers,
-initContainers, volumes, env and the like by ``name``; ports by ``containerPort``; volumeMounts
-by ``mountPath``) and honours the ``$patch: delete|replace`` directives; every other list is
-replaced, as for types without patch metadata. Server-side apply is approximated as a strategic
+Strategic merge patch merges lists where the kind's upstream schema says so
+(``x-kubernetes-patch-strategy``/``x-kubernetes-patch-merge-key`` of :mod:`definitions`: a
+Service's ports by ``port``, a container's by ``containerPort``, ``finalizers`` as a set ...) and
+honours ``$patch: delete|replace``, ``$retainKeys``, ``$deleteFromPrimitiveList`` and
+``$setElementOrder``; every other list is replaced. Without a schema it falls back to the common
+core merge keys of :data:`MERGE_KEYS`. Server-side apply is approximated as a strategic
 merge of the applied configuration into the live object (fields are never removed by omission).
 Every failure raises :class:`PatchError` with the message the server returns as 422/400.
 """
@@ -158,14 +160,23 @@ def _remove(doc: Any, parts: list[str], path: str) -> Any:
     return doc
 
 
-def strategic_merge(target: Any, patch: Any) -> Any:
-    """Strategic merge patch of ``patch`` into ``target`` (neither is modified)."""
+def strategic_merge(target: Any, patch: Any, schema: dict[str, Any] | None = None) -> Any:
+    """Strategic merge patch of ``patch`` into ``target`` (neither is modified).
+
+    With ``schema`` (the kind's upstream definition, references inlined), lists are merged
+    exactly where upstream merges them: ``x-kubernetes-patch-strategy: merge`` with the
+    ``x-kubernetes-patch-merge-key`` (a Service's ports by ``port``, a container's by
+    ``containerPort``), primitive lists such as ``finalizers`` as sets, every other list replaced;
+    ``$retainKeys`` drops the keys it does not list. Without a schema, :data:`MERGE_KEYS`.
+    """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     if patch.get("$patch") == "replace":
         return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
     if patch.get("$patch") == "delete":
         return None
+    properties = (schema or {}).get("properties") or {}
+    additional = (schema or {}).get("additionalProperties")
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if key.startswith("$setElementOrder/") or key in ("$retainKeys", "$patch"):
@@ -176,22 +187,51 @@ def strategic_merge(target: Any, patch: Any) -> Any:
             if isinstance(current, list) and isinstance(value, list):
                 result[field] = [item for item in current if item not in value]
             continue
+        child: dict[str, Any] | None = None
+        if schema is not None:
+            found = properties.get(key, additional if isinstance(additional, dict) else None)
+            child = found if isinstance(found, dict) else {}
         if value is None:
             result.pop(key, None)
-        elif isinstance(value, list) and key in MERGE_KEYS:
-            result[key] = _merge_list(result.get(key), value, MERGE_KEYS[key])
+        elif isinstance(value, list):
+            result[key] = _patch_list(result.get(key), value, key=key, schema=child)
         elif isinstance(value, dict):
-            merged = strategic_merge(result.get(key), value)
+            merged = strategic_merge(result.get(key), value, child)
             if merged is None:
                 result.pop(key, None)
             else:
                 result[key] = merged
         else:
             result[key] = copy.deepcopy(value)
+    retained = patch.get("$retainKeys")
+    if isinstance(retained, list):
+        result = {k: v for k, v in result.items() if k in retained}
     return result
 
 
-def _merge_list(current: Any, patch: list[Any], merge_key: str) -> list[Any]:
+def _patch_list(
+    current: Any, patch: list[Any], *, key: str, schema: dict[str, Any] | None
+) -> list[Any]:
+    if schema is None:
+        if key in MERGE_KEYS:
+            return _merge_list(current, patch, MERGE_KEYS[key], None)
+        return copy.deepcopy(patch)
+    strategy = str(schema.get("x-kubernetes-patch-strategy", ""))
+    if "merge" not in strategy.split(","):
+        return copy.deepcopy(patch)
+    merge_key = schema.get("x-kubernetes-patch-merge-key")
+    items = schema.get("items")
+    if isinstance(merge_key, str):
+        return _merge_list(current, patch, merge_key, items if isinstance(items, dict) else {})
+    # A primitive list merged as a set (finalizers): new values appended, existing kept.
+    merged = list(current) if isinstance(current, list) else []
+    merged.extend(copy.deepcopy(item) for item in patch if item not in merged)
+    return merged
+
+
+def _merge_list(
+    current: Any, patch: list[Any], merge_key: str, item_schema: dict[str, Any] | None
+) -> list[Any]:
     items = list(current) if isinstance(current, list) else []
     if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
         return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
@@ -211,9 +251,9 @@ def _merge_list(current: Any, patch: list[Any], merge_key: str) -> list[Any]:
             if position is not None:
                 del items[position]
         elif position is None:
-            items.append(strategic_merge({}, item))
+            items.append(strategic_merge({}, item, item_schema))
         else:
-            items[position] = strategic_merge(items[position], item)
+            items[position] = strategic_merge(items[position], item, item_schema)
     return items
 
 

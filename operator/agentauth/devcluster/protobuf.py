@@ -1,6 +1,7 @@
 """Decode the Kubernetes protobuf envelope for the built-in kinds kubectl sends as protobuf.
 
 kubectl's typed clients (``create configmap|secret|namespace|serviceaccount|role|...``,
+``create deployment|job|cronjob|service|ingress|poddisruptionbudget``,
 ``create token``, ``auth can-i``, ``auth whoami``) send ``application/vnd.kubernetes.protobuf``
 request bodies and do not fall back to JSON. The server answers in JSON (kubectl accepts it), so
 only decoding is needed, and only for the kinds listed in :data:`KINDS`; any other protobuf body
@@ -98,7 +99,206 @@ RESOURCE_ATTRIBUTES: Schema = {
 }
 NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "string", False), 2: ("verb", "string", False)}
 
+# What kubectl's typed ``create deployment|job|cronjob|service|ingress|pdb`` commands set
+# (k8s.io/api apps/v1, batch/v1, core/v1, networking/v1 and policy/v1 generated.proto).
+_INT_OR_STRING = "intorstring"
+_INLINE = ""
+CONTAINER_PORT: Schema = {
+    1: ("name", "string", False),
+    2: ("hostPort", "int", False),
+    3: ("containerPort", "int", False),
+    4: ("protocol", "string", False),
+    5: ("hostIP", "string", False),
+}
+CONTAINER: Schema = {
+    1: ("name", "string", False),
+    2: ("image", "string", False),
+    3: ("command", "string", True),
+    4: ("args", "string", True),
+    5: ("workingDir", "string", False),
+    6: ("ports", CONTAINER_PORT, True),
+    7: ("env", {1: ("name", "string", False), 2: ("value", "string", False)}, True),
+    14: ("imagePullPolicy", "string", False),
+}
+POD_TEMPLATE_SPEC: Schema = {
+    1: ("metadata", OBJECT_META, False),
+    2: (
+        "spec",
+        {
+            2: ("containers", CONTAINER, True),
+            3: ("restartPolicy", "string", False),
+            7: ("nodeSelector", ("map", "string"), False),
+            8: ("serviceAccountName", "string", False),
+        },
+        False,
+    ),
+}
+JOB_SPEC: Schema = {
+    1: ("parallelism", "int", False),
+    2: ("completions", "int", False),
+    3: ("activeDeadlineSeconds", "int", False),
+    4: ("selector", LABEL_SELECTOR, False),
+    6: ("template", POD_TEMPLATE_SPEC, False),
+    7: ("backoffLimit", "int", False),
+}
+SERVICE_PORT: Schema = {
+    1: ("name", "string", False),
+    2: ("protocol", "string", False),
+    3: ("port", "int", False),
+    4: ("targetPort", _INT_OR_STRING, False),
+    5: ("nodePort", "int", False),
+}
+INGRESS_BACKEND: Schema = {
+    4: (
+        "service",
+        {
+            1: ("name", "string", False),
+            2: ("port", {1: ("name", "string", False), 2: ("number", "int", False)}, False),
+        },
+        False,
+    )
+}
+INGRESS_RULE: Schema = {
+    1: ("host", "string", False),
+    # IngressRuleValue is embedded in Go, so its ``http`` is a field of the rule in JSON.
+    2: (
+        _INLINE,
+        {
+            1: (
+                "http",
+                {
+                    1: (
+                        "paths",
+                        {
+                            1: ("path", "string", False),
+                            2: ("backend", INGRESS_BACKEND, False),
+                            3: ("pathType", "string", False),
+                        },
+                        True,
+                    )
+                },
+                False,
+            )
+        },
+        False,
+    ),
+}
+DELETE_OPTIONS: Schema = {
+    1: ("gracePeriodSeconds", "int", False),
+    2: (
+        "preconditions",
+        {1: ("uid", "string", False), 2: ("resourceVersion", "string", False)},
+        False,
+    ),
+    3: ("orphanDependents", "bool", False),
+    4: ("propagationPolicy", "string", False),
+    5: ("dryRun", "string", True),
+}
 KINDS: dict[tuple[str, str], Schema] = {
+    # Typed clients (Helm's uninstall among them) send DeleteOptions with their deletes.
+    ("v1", "DeleteOptions"): DELETE_OPTIONS,
+    ("meta.k8s.io/v1", "DeleteOptions"): DELETE_OPTIONS,
+    ("apps/v1", "Deployment"): dict(
+        [
+            _META,
+            (
+                2,
+                (
+                    "spec",
+                    {
+                        1: ("replicas", "int", False),
+                        2: ("selector", LABEL_SELECTOR, False),
+                        3: ("template", POD_TEMPLATE_SPEC, False),
+                        4: ("strategy", {1: ("type", "string", False)}, False),
+                    },
+                    False,
+                ),
+            ),
+        ]
+    ),
+    ("batch/v1", "Job"): dict([_META, (2, ("spec", JOB_SPEC, False))]),
+    ("batch/v1", "CronJob"): dict(
+        [
+            _META,
+            (
+                2,
+                (
+                    "spec",
+                    {
+                        1: ("schedule", "string", False),
+                        3: ("concurrencyPolicy", "string", False),
+                        5: (
+                            "jobTemplate",
+                            {1: ("metadata", OBJECT_META, False), 2: ("spec", JOB_SPEC, False)},
+                            False,
+                        ),
+                        8: ("timeZone", "string", False),
+                    },
+                    False,
+                ),
+            ),
+        ]
+    ),
+    ("v1", "Service"): dict(
+        [
+            _META,
+            (
+                2,
+                (
+                    "spec",
+                    {
+                        1: ("ports", SERVICE_PORT, True),
+                        2: ("selector", ("map", "string"), False),
+                        3: ("clusterIP", "string", False),
+                        4: ("type", "string", False),
+                        5: ("externalIPs", "string", True),
+                        10: ("externalName", "string", False),
+                    },
+                    False,
+                ),
+            ),
+        ]
+    ),
+    ("networking.k8s.io/v1", "Ingress"): dict(
+        [
+            _META,
+            (
+                2,
+                (
+                    "spec",
+                    {
+                        1: ("defaultBackend", INGRESS_BACKEND, False),
+                        2: (
+                            "tls",
+                            {1: ("hosts", "string", True), 2: ("secretName", "string", False)},
+                            True,
+                        ),
+                        3: ("rules", INGRESS_RULE, True),
+                        4: ("ingressClassName", "string", False),
+                    },
+                    False,
+                ),
+            ),
+        ]
+    ),
+    ("policy/v1", "PodDisruptionBudget"): dict(
+        [
+            _META,
+            (
+                2,
+                (
+                    "spec",
+                    {
+                        1: ("minAvailable", _INT_OR_STRING, False),
+                        2: ("selector", LABEL_SELECTOR, False),
+                        3: ("maxUnavailable", _INT_OR_STRING, False),
+                        4: ("unhealthyPodEvictionPolicy", "string", False),
+                    },
+                    False,
+                ),
+            ),
+        ]
+    ),
     ("v1", "ConfigMap"): dict(
         [
             _META,
@@ -275,6 +475,16 @@ def _scalar(kind: Any, wire: int, value: Any) -> Any:
             return None
         moment = datetime.datetime.fromtimestamp(int(parts["seconds"]), datetime.UTC)
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if kind == _INT_OR_STRING:
+        parts = _decode_message(
+            bytes(value),
+            {
+                1: ("type", "int", False),
+                2: ("intVal", "int", False),
+                3: ("strVal", "string", False),
+            },
+        )
+        return parts.get("strVal", "") if parts.get("type") == 1 else parts.get("intVal", 0)
     if isinstance(kind, dict):
         return _decode_message(bytes(value), kind)
     raise ProtobufError(f"unsupported type {kind!r}")
@@ -292,6 +502,8 @@ def _decode_message(data: bytes, schema: Schema) -> dict[str, Any]:
                 bytes(value), {1: ("key", "string", False), 2: ("value", kind[1], False)}
             )
             result.setdefault(name, {})[entry.get("key", "")] = entry.get("value", "")
+        elif name == _INLINE:
+            result.update(_decode_message(bytes(value), kind))
         elif repeated:
             result.setdefault(name, []).append(_scalar(kind, wire, value))
         else:

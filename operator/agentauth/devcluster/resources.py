@@ -116,7 +116,7 @@ def _grouped(
     )
 
 
-BUILTINS: tuple[ResourceType, ...] = (
+_DECLARED: tuple[ResourceType, ...] = (
     _core("namespaces", "Namespace", namespaced=False, short=("ns",), subresources=("status",)),
     _core("serviceaccounts", "ServiceAccount", short=("sa",), subresources=("token",)),
     _core("secrets", "Secret"),
@@ -124,7 +124,71 @@ BUILTINS: tuple[ResourceType, ...] = (
     _core("events", "Event", short=("ev",)),
     _core("pods", "Pod", short=("po",), subresources=("status",), status=True),
     _core("services", "Service", short=("svc",), subresources=("status",), status=True),
+    # No kubelet registers: the list is empty, as on a cluster without nodes.
+    _core("nodes", "Node", namespaced=False, short=("no",), subresources=("status",), status=True),
+    _core(
+        "replicationcontrollers",
+        "ReplicationController",
+        short=("rc",),
+        subresources=("status",),
+        status=True,
+        generation=True,
+    ),
+    _core("endpoints", "Endpoints", short=("ep",)),
     _grouped("events.k8s.io", "v1", "events", "Event", short=("ev",)),
+    _grouped("batch", "v1", "jobs", "Job", status=True, generation=True),
+    _grouped("batch", "v1", "cronjobs", "CronJob", short=("cj",), status=True, generation=True),
+    _grouped("apps", "v1", "daemonsets", "DaemonSet", short=("ds",), status=True, generation=True),
+    _grouped(
+        "apps", "v1", "replicasets", "ReplicaSet", short=("rs",), status=True, generation=True
+    ),
+    _grouped(
+        "apps", "v1", "statefulsets", "StatefulSet", short=("sts",), status=True, generation=True
+    ),
+    _grouped("apps", "v1", "controllerrevisions", "ControllerRevision"),
+    _grouped(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        short=("pdb",),
+        status=True,
+        generation=True,
+    ),
+    _grouped(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        short=("netpol",),
+        generation=True,
+    ),
+    _grouped(
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "Ingress",
+        short=("ing",),
+        status=True,
+        generation=True,
+    ),
+    _grouped(
+        "networking.k8s.io",
+        "v1",
+        "ingressclasses",
+        "IngressClass",
+        namespaced=False,
+        generation=True,
+    ),
+    _grouped("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    _grouped(
+        "apiregistration.k8s.io",
+        "v1",
+        "apiservices",
+        "APIService",
+        namespaced=False,
+        status=True,
+    ),
     _grouped("coordination.k8s.io", "v1", "leases", "Lease"),
     _grouped(
         "apps", "v1", "deployments", "Deployment", short=("deploy",), status=True, generation=True
@@ -218,6 +282,24 @@ BUILTINS: tuple[ResourceType, ...] = (
         verbs=CREATE_ONLY,
         virtual=True,
     ),
+)
+
+
+# Upstream's "all" category: what `kubectl get all` lists.
+_CATEGORY_ALL = {
+    ("", "pods"),
+    ("", "replicationcontrollers"),
+    ("", "services"),
+    ("apps", "daemonsets"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "statefulsets"),
+    ("batch", "cronjobs"),
+    ("batch", "jobs"),
+}
+BUILTINS: tuple[ResourceType, ...] = tuple(
+    dataclasses.replace(rt, categories=("all",)) if (rt.group, rt.plural) in _CATEGORY_ALL else rt
+    for rt in _DECLARED
 )
 
 

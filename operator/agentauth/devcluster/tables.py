@@ -166,6 +166,59 @@ def _data_count(obj: dict[str, Any]) -> int:
     return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
 
 
+def _ratio(ready: str, wanted: str) -> Callable[[dict[str, Any]], str]:
+    def cell(obj: dict[str, Any]) -> str:
+        found = jsonpath(obj, ready)
+        total = jsonpath(obj, wanted)
+        return f"{found[0] if found else 0}/{total[0] if total else 0}"
+
+    return cell
+
+
+def _int_at(path: str) -> Callable[[dict[str, Any]], int]:
+    def cell(obj: dict[str, Any]) -> int:
+        found = jsonpath(obj, path)
+        return int(found[0]) if found and isinstance(found[0], int) else 0
+
+    return cell
+
+
+def _or_none(path: str) -> Callable[[dict[str, Any]], str]:
+    def cell(obj: dict[str, Any]) -> str:
+        found = jsonpath(obj, path)
+        if not found or found[0] in ("", None, {}, []):
+            return "<none>"
+        value = found[0]
+        if isinstance(value, dict):
+            labels = value.get("matchLabels", value)
+            return ",".join(f"{k}={v}" for k, v in labels.items()) if labels else "<none>"
+        return ",".join(str(v) for v in found)
+
+    return cell
+
+
+def _job_status(job: dict[str, Any]) -> str:
+    for condition in (job.get("status") or {}).get("conditions") or ():
+        if condition.get("status") == "True" and condition.get("type") in (
+            "Complete",
+            "Failed",
+            "Suspended",
+        ):
+            return str(condition["type"])
+    return "Running"
+
+
+def _service_ports(service: dict[str, Any]) -> str:
+    ports = (service.get("spec") or {}).get("ports") or ()
+    shown = []
+    for port in ports:
+        text = str(port.get("port"))
+        if port.get("nodePort"):
+            text += f":{port['nodePort']}"
+        shown.append(f"{text}/{port.get('protocol', 'TCP')}")
+    return ",".join(shown) or "<none>"
+
+
 def _builtin_columns(rt: resources.ResourceType) -> list[tuple[dict[str, Any], Path]]:
     """(column definition, source) pairs for a built-in kind, between Name and Age."""
 
@@ -195,6 +248,106 @@ def _builtin_columns(rt: resources.ResourceType) -> list[tuple[dict[str, Any], P
         "leases": [col("Holder", ".spec.holderIdentity")],
         "rolebindings": [col("Role", ".roleRef.name")],
         "clusterrolebindings": [col("Role", ".roleRef.name")],
+        # The columns kube-apiserver's printers give the kinds served for issue 18.
+        "services": [
+            col("Type", ".spec.type"),
+            col("Cluster-IP", _or_none(".spec.clusterIP")),
+            col("External-IP", _or_none(".spec.externalIPs[*]")),
+            col("Port(s)", _service_ports),
+        ],
+        "nodes": [
+            col("Status", ".status.phase"),
+            col("Version", ".status.nodeInfo.kubeletVersion"),
+        ],
+        "deployments": [
+            col("Ready", _ratio(".status.readyReplicas", ".spec.replicas")),
+            col("Up-to-date", _int_at(".status.updatedReplicas"), "integer"),
+            col("Available", _int_at(".status.availableReplicas"), "integer"),
+        ],
+        "replicasets": [
+            col("Desired", _int_at(".spec.replicas"), "integer"),
+            col("Current", _int_at(".status.replicas"), "integer"),
+            col("Ready", _int_at(".status.readyReplicas"), "integer"),
+        ],
+        "replicationcontrollers": [
+            col("Desired", _int_at(".spec.replicas"), "integer"),
+            col("Current", _int_at(".status.replicas"), "integer"),
+            col("Ready", _int_at(".status.readyReplicas"), "integer"),
+        ],
+        "statefulsets": [col("Ready", _ratio(".status.readyReplicas", ".spec.replicas"))],
+        "daemonsets": [
+            col("Desired", _int_at(".status.desiredNumberScheduled"), "integer"),
+            col("Current", _int_at(".status.currentNumberScheduled"), "integer"),
+            col("Ready", _int_at(".status.numberReady"), "integer"),
+            col("Up-to-date", _int_at(".status.updatedNumberScheduled"), "integer"),
+            col("Available", _int_at(".status.numberAvailable"), "integer"),
+            col("Node Selector", _or_none(".spec.template.spec.nodeSelector")),
+        ],
+        "controllerrevisions": [
+            col("Controller", _or_none(".metadata.ownerReferences[0].name")),
+            col("Revision", ".revision", "integer"),
+        ],
+        "jobs": [
+            col("Status", _job_status),
+            col("Completions", _ratio(".status.succeeded", ".spec.completions")),
+            col("Duration", ".status.completionTime"),
+        ],
+        "cronjobs": [
+            col("Schedule", ".spec.schedule"),
+            col("Timezone", _or_none(".spec.timeZone")),
+            col("Suspend", ".spec.suspend"),
+            col("Active", lambda o: len((o.get("status") or {}).get("active") or ()), "integer"),
+            col("Last Schedule", _or_none(".status.lastScheduleTime")),
+        ],
+        "poddisruptionbudgets": [
+            col("Min Available", _or_none(".spec.minAvailable")),
+            col("Max Unavailable", _or_none(".spec.maxUnavailable")),
+            col("Allowed Disruptions", _int_at(".status.disruptionsAllowed"), "integer"),
+        ],
+        "networkpolicies": [col("Pod-Selector", _or_none(".spec.podSelector"))],
+        "ingresses": [
+            col("Class", _or_none(".spec.ingressClassName")),
+            col(
+                "Hosts",
+                lambda o: (
+                    ",".join(
+                        str(r.get("host"))
+                        for r in (o.get("spec") or {}).get("rules") or ()
+                        if r.get("host")
+                    )
+                    or "*"
+                ),
+            ),
+            col("Address", _or_none(".status.loadBalancer.ingress[*].ip")),
+            col("Ports", lambda o: "80, 443" if (o.get("spec") or {}).get("tls") else "80"),
+        ],
+        "ingressclasses": [
+            col("Controller", ".spec.controller"),
+            col("Parameters", _or_none(".spec.parameters.name")),
+        ],
+        "endpointslices": [
+            col("AddressType", ".addressType"),
+            col("Ports", _or_none(".ports[*].port")),
+            col("Endpoints", _or_none(".endpoints[*].addresses[0]")),
+        ],
+        "apiservices": [
+            col(
+                "Service",
+                lambda o: (
+                    "/".join(
+                        str(v)
+                        for v in (
+                            ((o.get("spec") or {}).get("service") or {}).get("namespace"),
+                            ((o.get("spec") or {}).get("service") or {}).get("name"),
+                        )
+                        if v
+                    )
+                    or "Local"
+                ),
+            ),
+            col("Available", _or_none('.status.conditions[?(@.type=="Available")].status')),
+        ],
+        "endpoints": [col("Endpoints", _or_none(".subsets[*].addresses[*].ip"))],
     }
     return extra.get(rt.plural, [])
 
