@@ -216,6 +216,15 @@ def test_frozen_api_server_filing_answers_503_in_time_and_a_retry_files_once(
 ) -> None:
     before = world.agent.request_access([CAPABILITY], justification="filed before the freeze")
     key = uuid.uuid4().hex
+    # The freeze must come after the token service's cache has seen the request (its watch
+    # event), or the read below asks a frozen API server.
+    stack.wait_for(
+        lambda: (
+            (r := world.poll(before.name)).status_code == 200 and r.json()["phase"] == "Pending"
+        ),
+        timeout=20,
+        message="the token service's cache holding the pending request filed before the freeze",
+    )
     world.dev.freeze()
     try:
         # exchanges and reads are served from the caches
