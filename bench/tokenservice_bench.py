@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
 from tests.domain import tokenkit  # noqa: E402
 
 from agentauth.domain import exchanging, jose, keys, serviceaccounts  # noqa: E402
+from agentauth.domain.models import Agent, CapabilityGrant  # noqa: E402
 
 ISSUER = "https://agentauth.bench.test"
 EXCHANGE = exchanging.GRANT_TYPE_TOKEN_EXCHANGE
@@ -70,6 +75,123 @@ def world(cluster: tokenkit.ClusterIssuer) -> tuple[exchanging.Snapshot, list[st
     return tokenkit.snapshot(agents=agents, pods=pods, grants=grants), sa_tokens
 
 
+def scaled_world(
+    cluster: tokenkit.ClusterIssuer, *, agents: int, callers: int
+) -> tuple[exchanging.Snapshot, list[str], random.Random]:
+    """``agents`` Agents and as many grants in ``agents // 100`` namespaces (100 of each per
+    namespace, as the issue's 10k-over-100-namespaces cluster), each Agent with its pod and
+    service account; half the grants name one Agent, half select ten by label. Service-account
+    tokens for ``callers`` Agents spread evenly over the cluster (the same number at every size,
+    so sizes differ only in what the caches hold)."""
+    namespaces = max(1, agents // 100)
+    agent_list, pods, grants, accounts = [], [], [], {}
+    for i in range(agents):
+        namespace, name = f"ns-{i % namespaces}", f"agent-{i}"
+        agent_list.append(
+            Agent.model_validate(
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "uid": f"uid-{i}",
+                        "labels": {"team": f"t{i % 10}"},
+                    },
+                    "spec": {"serviceAccountName": f"sa-{i}"},
+                }
+            )
+        )
+        pods.append(
+            tokenkit.pod(
+                f"{name}-0",
+                namespace,
+                uid=f"pod-{i}",
+                agent_label=name,
+                service_account=f"sa-{i}",
+            )
+        )
+        accounts[(namespace, f"sa-{i}")] = tokenkit.SERVICE_ACCOUNT_UID
+        selection: dict[str, Any] = (
+            {"names": [name]}
+            if i % 2 == 0
+            else {"selector": {"matchLabels": {"team": f"t{i % 10}"}}}
+        )
+        grants.append(
+            CapabilityGrant.model_validate(
+                {
+                    "metadata": {"name": f"g-{i}", "namespace": namespace, "uid": f"g-{i}"},
+                    "spec": {
+                        "agents": selection,
+                        "capabilities": tokenkit.STANDARD_CAPABILITIES
+                        if i % 2 == 0
+                        else [{"name": f"tool{i % 7}.use"}],
+                    },
+                }
+            )
+        )
+    snapshot = exchanging.Snapshot(
+        agents={(a.metadata.namespace or "", a.metadata.name or ""): a for a in agent_list},
+        grants=grants,
+        pods={(p.namespace, p.name): p for p in pods},
+        service_accounts=accounts,
+    )
+    now = datetime.now(UTC)
+    # every other caller an odd Agent (grants by selector), at every size
+    step = max(1, agents // callers)
+    sa_tokens = [
+        cluster.token(
+            namespace=f"ns-{i % namespaces}",
+            service_account=f"sa-{i}",
+            pod=f"agent-{i}-0",
+            pod_uid=f"pod-{i}",
+            audience=ISSUER,
+            now=now,
+            lifetime=3600,
+        )
+        for i in (k * step + (k % 2 if step > 1 else 0) for k in range(callers))
+    ]
+    return snapshot, sa_tokens, random.Random(agents)
+
+
+Event = tuple[Callable[[Any, Any], None], Any, Any]
+
+
+def watch_events(
+    snapshot: exchanging.Snapshot, *, callers: list[str], rng: random.Random, count: int
+) -> list[Event]:
+    """``count`` watch events of a live cluster, parsed in advance (parsing is the watch's
+    cost, not the exchange's), to apply as the token service applies them: an Agent status
+    write, a pod replaced, or one of three access requests of an Agent filed or updated, on the
+    objects of the calling Agents (so every size sees the same work, and sizes differ only in
+    what else the caches hold). Grant edits are left out: one invalidates every Agent of its
+    namespace, which is all the callers of a one-namespace cluster and one in a hundred of the
+    large one; ``grant_propagation_bench.py`` measures them."""
+    events: list[Event] = []
+    for _ in range(count):
+        claims = json.loads(jose.b64url_decode(rng.choice(callers).split(".")[1]))
+        namespace = claims["kubernetes.io"]["namespace"]
+        pod_name = claims["kubernetes.io"]["pod"]["name"]
+        key = (namespace, pod_name.removesuffix("-0"))
+        kind = rng.randrange(3)
+        if kind == 0:
+            agent = snapshot.agents[key].model_copy()
+            events.append((snapshot.put_agent, key, agent))
+        elif kind == 1:
+            pod = dataclasses.replace(snapshot.pods[(namespace, pod_name)])
+            events.append((snapshot.put_pod, (namespace, pod_name), pod))
+        else:
+            name = f"ar-{key[1]}-{rng.randrange(3)}"
+            request = tokenkit.access_request(
+                name,
+                capabilities=["payments.authorize"],
+                phase="Pending",
+                agent_name=key[1],
+                namespace=namespace,
+                agent_uid=snapshot.agents[key].metadata.uid or "",
+            )
+            events.append((snapshot.put_access_request, (namespace, name), request))
+    return events
+
+
 def timed(fn: Any, seconds: float) -> tuple[float, float]:
     """Calls per wall-clock second and per CPU second of ``fn`` over about ``seconds``. On a
     shared machine the CPU-second rate is the one-core capacity (time spent preempted by other
@@ -85,14 +207,22 @@ def timed(fn: Any, seconds: float) -> tuple[float, float]:
             return count / elapsed, count / cpu
 
 
-def in_process(seconds: float) -> dict[str, float]:
+SIZES = (100, 10_000)
+CALLERS = 100
+CHURN_EVERY = int(os.environ.get("CHURN_EVERY", "100"))
+"""One cache change (watch event) per this many exchanges."""
+
+
+def in_process(seconds: float) -> dict[str, Any]:
+    """The floor, then the exchange in clusters of each of ``SIZES`` Agents (and as many grants),
+    each with one watch event applied per ``CHURN_EVERY`` exchanges, in interleaved rounds."""
     cluster = tokenkit.ClusterIssuer()
-    snapshot, sa_tokens = world(cluster)
     keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
     jwks = jose.PublicKeySet.from_jwks(cluster.jwks())
     signer = keyset.signing_key().private_key
     rsa_public = cluster.key.public_key()
-    token = sa_tokens[0]
+    worlds = {size: scaled_world(cluster, agents=size, callers=CALLERS) for size in SIZES}
+    token = worlds[SIZES[0]][1][0]
     signing_input, _, signature_b64 = token.rpartition(".")
     signature = jose.b64url_decode(signature_b64)
     payload = b"x" * 400
@@ -102,44 +232,73 @@ def in_process(seconds: float) -> dict[str, float]:
         signer.sign(payload)
 
     target = exchanging.Target()
-    index = [0]
 
-    def exchange() -> None:
-        i = index[0] = (index[0] + 1) % PODS
-        now = datetime.now(UTC)
-        identity = serviceaccounts.verify_service_account_token(
-            sa_tokens[i], jwks=jwks, issuer=tokenkit.CLUSTER_ISSUER, audience=ISSUER, now=now
-        )
-        decision = exchanging.decide_for_service_account(
-            identity=identity,
-            target=target,
-            snapshot=snapshot,
-            issuer=ISSUER,
-            trust_domain="bench.test",
-            now=now,
-        )
-        exchanging.mint(decision, keyset=keyset, issuer=ISSUER, now=now)
+    def exchanger(snapshot: exchanging.Snapshot, sa_tokens: list[str], rng: random.Random) -> Any:
+        index = [0]
+        events = watch_events(snapshot, callers=sa_tokens, rng=rng, count=997)
 
-    exchange()  # warm up
-    # The machine is shared: interleave short rounds of both so they see the same load, and
-    # report per-CPU-second rates (one-core capacity) and wall-clock rates, as medians over the
-    # rounds; the ratio is taken per round, then the median.
+        def exchange() -> None:
+            i = index[0] = index[0] + 1
+            if i % CHURN_EVERY == 0:
+                put, key, value = events[(i // CHURN_EVERY) % len(events)]
+                put(key, value)
+            now = datetime.now(UTC)
+            identity = serviceaccounts.verify_service_account_token(
+                sa_tokens[i % len(sa_tokens)],
+                jwks=jwks,
+                issuer=tokenkit.CLUSTER_ISSUER,
+                audience=ISSUER,
+                now=now,
+            )
+            decision = exchanging.decide_for_service_account(
+                identity=identity,
+                target=target,
+                snapshot=snapshot,
+                issuer=ISSUER,
+                trust_domain="bench.test",
+                now=now,
+            )
+            exchanging.mint(decision, keyset=keyset, issuer=ISSUER, now=now)
+
+        return exchange
+
+    exchanges = {size: exchanger(*worlds[size]) for size in SIZES}
+    for exchange in exchanges.values():
+        for _ in range(2 * CALLERS):
+            exchange()  # warm up: every caller once at least
+    gc.collect()
+    # The machine is shared: interleave short rounds of all of them so they see the same load,
+    # and report per-CPU-second rates (one-core capacity) and wall-clock rates, as medians over
+    # the rounds; ratios are taken per round, then the median.
     rounds = max(4, int(seconds / 0.5))
-    floors, exchanges = [], []
+    floors: list[tuple[float, float]] = []
+    measured: dict[int, list[tuple[float, float]]] = {size: [] for size in SIZES}
     for _ in range(rounds):
         floors.append(timed(floor, 0.25))
-        exchanges.append(timed(exchange, 0.25))
-    return {
+        for size in SIZES:
+            measured[size].append(timed(exchanges[size], 0.25))
+    small, large = SIZES
+    results: dict[str, Any] = {
         "rounds": rounds,
+        "callers": CALLERS,
+        "watch_events_per_exchange": 1 / CHURN_EVERY,
         "floor_per_cpu_s": statistics.median(f[1] for f in floors),
-        "exchange_per_cpu_s": statistics.median(e[1] for e in exchanges),
-        "ratio_to_floor": statistics.median(
-            f[1] / e[1] for f, e in zip(floors, exchanges, strict=True)
-        ),
         "floor_per_wall_s": statistics.median(f[0] for f in floors),
-        "exchange_per_wall_s": statistics.median(e[0] for e in exchanges),
-        "exchange_per_wall_s_best_round": max(e[0] for e in exchanges),
     }
+    for size in SIZES:
+        rates = measured[size]
+        results[f"at_{size}_agents"] = {
+            "exchange_per_cpu_s": statistics.median(e[1] for e in rates),
+            "ratio_to_floor": statistics.median(
+                f[1] / e[1] for f, e in zip(floors, rates, strict=True)
+            ),
+            "exchange_per_wall_s": statistics.median(e[0] for e in rates),
+        }
+    results[f"cost_ratio_{large}_to_{small}"] = statistics.median(
+        s[1] / b[1] for s, b in zip(measured[small], measured[large], strict=True)
+    )
+    results["ratio_to_floor"] = results[f"at_{large}_agents"]["ratio_to_floor"]
+    return results
 
 
 # -- HTTP --------------------------------------------------------------------------------------

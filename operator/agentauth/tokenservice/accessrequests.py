@@ -433,9 +433,7 @@ class _Handlers:
         if duration_text is not None and not isinstance(duration_text, str):
             raise errors.InvalidRequest('"duration" must be a string such as "15m"')
         namespace = agent.metadata.namespace or ""
-        grants = [
-            g for g in self.context.state.snapshot().grants if g.metadata.namespace == namespace
-        ]
+        grants = list(self.context.state.snapshot().grants_in(namespace))
         try:
             justification = approvals.validate_justification(justification)
             context = approvals.validate_context(context)

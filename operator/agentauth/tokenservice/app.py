@@ -478,7 +478,7 @@ class TokenService:
             )
         fields["federated"] = identity.describe()
         return matching.match_agent(
-            identity, snapshot.agents.values(), policy=self.settings.claim_policy
+            identity, snapshot.federated_agents(), policy=self.settings.claim_policy
         )
 
     async def _delegate(
