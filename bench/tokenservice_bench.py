@@ -507,16 +507,156 @@ def over_http(seconds: float) -> dict[str, Any]:
     }
 
 
+# -- memory ------------------------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _ListedApi:
+    """Answers the token service's lists with prepared collections; its watches stay silent."""
+
+    def __init__(self, collections: dict[str, list[dict[str, Any]]]) -> None:
+        self.collections = collections
+
+    async def list(self, resource: Any, **_: Any) -> dict[str, Any]:
+        items = self.collections.get(resource.plural, [])
+        return {"items": items, "metadata": {"resourceVersion": "1"}}
+
+    async def watch(self, resource: Any, **_: Any) -> Any:
+        await asyncio.Event().wait()
+        yield  # an async generator that never yields an event
+
+
+def _api_objects(agents: int) -> dict[str, list[dict[str, Any]]]:
+    """What the API server lists at this size: Agents with the status the controller writes,
+    grants (half by name, half by selector), agent pods, service accounts, the key Secret."""
+    namespaces = max(1, agents // 100)
+    keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
+    collections: dict[str, list[dict[str, Any]]] = {
+        "agents": [],
+        "capabilitygrants": [],
+        "pods": [],
+        "serviceaccounts": [],
+        "secrets": [
+            {
+                "metadata": {"name": "agentauth-issuer-keys", "namespace": "agentauth-system"},
+                "data": keyset.to_secret_data(),
+            }
+        ],
+    }
+    for i in range(agents):
+        namespace, name = f"ns-{i % namespaces}", f"agent-{i}"
+        meta = {"name": name, "namespace": namespace, "uid": f"uid-{i}"}
+        collections["agents"].append(
+            {
+                "metadata": {**meta, "labels": {"team": f"t{i % 10}"}, "resourceVersion": "7"},
+                "spec": {"serviceAccountName": f"sa-{i}"},
+                "status": {
+                    "agentID": f"aauth:{name}.{namespace}@bench.test",
+                    "observedGeneration": 1,
+                    "capabilities": [
+                        {"name": c["name"], "grant": f"g-{i}", "approval": "Automatic"}
+                        for c in tokenkit.STANDARD_CAPABILITIES[:2]
+                    ],
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "Ready",
+                            "message": "the agent can exchange tokens",
+                            "lastTransitionTime": "2026-03-01T12:00:00Z",
+                            "observedGeneration": 1,
+                        }
+                    ],
+                },
+            }
+        )
+        selection: dict[str, Any] = (
+            {"names": [name]} if i % 2 == 0 else {"selector": {"matchLabels": {"team": "t1"}}}
+        )
+        collections["capabilitygrants"].append(
+            {
+                "metadata": {"name": f"g-{i}", "namespace": namespace, "uid": f"g-{i}"},
+                "spec": {"agents": selection, "capabilities": tokenkit.STANDARD_CAPABILITIES},
+            }
+        )
+        collections["pods"].append(
+            {
+                "metadata": {
+                    "name": f"{name}-0",
+                    "namespace": namespace,
+                    "uid": f"pod-{i}",
+                    "labels": {"agentauth.dev/agent": name, "app": name},
+                },
+                "spec": {"serviceAccountName": f"sa-{i}"},
+            }
+        )
+        collections["serviceaccounts"].append(
+            {"metadata": {"name": f"sa-{i}", "namespace": namespace, "uid": f"sa-uid-{i}"}}
+        )
+    return collections
+
+
+async def _measure_rss(agents: int) -> dict[str, Any]:
+    from agentauth.tokenservice import settings as settings_module
+    from agentauth.tokenservice import state as state_module
+
+    settings = settings_module.Settings(issuer=ISSUER, cluster_issuer=tokenkit.CLUSTER_ISSUER)
+    gc.collect()
+    baseline = _rss_mb()  # the interpreter with the token service's modules loaded
+    api = _ListedApi(_api_objects(agents))
+    state = state_module.KubeState(api, settings)  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(cache.run()) for cache in state._all]
+    await state.wait_synced(timeout=600)
+    api.collections.clear()  # the listing is the API server's memory, not the service's
+    gc.collect()
+    after = _rss_mb()
+    sizes = state.cache_sizes()
+    for task in tasks:
+        task.cancel()
+    return {
+        "agents": agents,
+        "rss_mb": after,
+        "rss_without_caches_mb": baseline,
+        "cache_sizes": sizes,
+    }
+
+
+def memory(agents: int) -> dict[str, Any]:
+    """RSS of the token service's real caches (``KubeState``) holding ``agents`` Agents, as many
+    grants, agent pods and service accounts, measured in a fresh process."""
+    completed = subprocess.run(
+        [sys.executable, __file__, "--rss", str(agents)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    figures: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
+    if args.rss:
+        print(json.dumps(asyncio.run(_measure_rss(args.rss))))
+        return
     results: dict[str, Any] = {"cpu_count": os.cpu_count(), "in_process": in_process(args.seconds)}
+    results["memory"] = {f"at_{size}_agents": memory(size) for size in (1_000, 10_000)}
     if not args.skip_http:
         results["http"] = over_http(args.seconds)
         samples = results["http"]["at_500_rps"].pop("samples_ms")

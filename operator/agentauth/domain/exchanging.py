@@ -639,10 +639,15 @@ def check_agent_usable(agent: Agent) -> None:
     if agent.spec.suspended:
         raise errors.InvalidGrant(f"agent {agent_label(agent)} is suspended")
     status = agent.status
-    ready = next((c for c in status.conditions if c.type == "Ready"), None) if status else None
-    refused = ready is not None and ready.status == "False"
-    if ready is not None and refused and ready.reason not in READY_REASONS_RECOMPUTED:
-        raise errors.InvalidGrant(f"agent {agent_label(agent)} is not ready: {ready.reason}")
+    if status is None:
+        return
+    for condition in status.conditions:
+        if condition.type == "Ready":
+            if condition.status == "False" and condition.reason not in READY_REASONS_RECOMPUTED:
+                raise errors.InvalidGrant(
+                    f"agent {agent_label(agent)} is not ready: {condition.reason}"
+                )
+            return
 
 
 # -- scope -------------------------------------------------------------------------------------
@@ -734,7 +739,8 @@ def select_scope(
 
 @functools.lru_cache(maxsize=256)
 def _ttl(text: str) -> timedelta:
-    return durations.parse_duration(text)
+    """An Agent's ``tokenTTL``, at most :data:`tokens.MAX_LIFETIME`."""
+    return min(durations.parse_duration(text), tokens.MAX_LIFETIME)
 
 
 def token_lifetime(
@@ -745,16 +751,16 @@ def token_lifetime(
     not_after: Iterable[datetime | None] = (),
 ) -> timedelta:
     """min(requested, the Agent's tokenTTL, 1 h, every ``not_after`` - now); at least 1 s."""
-    lifetime = min(_ttl(agent.spec.token_ttl), tokens.MAX_LIFETIME)
-    if requested is not None:
-        lifetime = min(lifetime, requested)
+    lifetime = _ttl(agent.spec.token_ttl)
+    if requested is not None and requested < lifetime:
+        lifetime = requested
     for bound in not_after:
         if bound is not None:
             lifetime = min(lifetime, _aware(bound) - now)
-    whole = timedelta(seconds=int(lifetime.total_seconds()))
-    if whole < timedelta(seconds=1):
+    seconds = int(lifetime.total_seconds())
+    if seconds < 1:
         raise errors.InvalidGrant("the requested access ends before a token could be used")
-    return whole
+    return timedelta(seconds=seconds)
 
 
 def resolve_audience(
