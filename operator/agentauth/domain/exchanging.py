@@ -284,6 +284,7 @@ class Snapshot:
         self._held: dict[Key, tuple[Agent, int, datetime | None, list[EffectiveCapability]]] = {}
         self._counted: dict[Key, tuple[Agent, int, int, datetime | None, list[AccessRequest]]] = {}
         self._scopes: dict[Key, tuple[object, object, object, object, ScopeDecision]] = {}
+        self._decisions: dict[Key, tuple[Agent, Pod | None, ScopeDecision, object, Decision]] = {}
         for key, agent in (agents or {}).items():
             self.put_agent(key, agent)
         for grant in grants:
@@ -356,6 +357,7 @@ class Snapshot:
             self._held.pop(key, None)
             self._counted.pop(key, None)
             self._scopes.pop(key, None)
+            self._decisions.pop(key, None)
             return
         self.agents[key] = agent
         if agent.spec.federation is not None:
@@ -855,6 +857,20 @@ def decide_for_agent(
         now=now,
         restrict_to=[t.capability for t in server.spec.tools] if server is not None else None,
     )
+    # Without a ToolServer or an approval's end, the decision is a function of these objects
+    # alone (the lifetime does not depend on the time): the same ones give the same decision.
+    memo_key = (agent.metadata.namespace or "", agent.metadata.name or "")
+    reusable = server is None and scope.granted_until is None
+    if reusable:
+        cached = snapshot._decisions.get(memo_key)
+        if (
+            cached is not None
+            and cached[0] is agent
+            and cached[1] is pod
+            and cached[2] is scope
+            and cached[3] == (target, issuer, trust_domain)
+        ):
+            return cached[4]
     lifetime = token_lifetime(
         requested=target.requested_lifetime,
         agent=agent,
@@ -866,7 +882,7 @@ def decide_for_agent(
         namespace=agent.metadata.namespace or "",
         trust_domain=trust_domain,
     )
-    return Decision(
+    decision = Decision(
         agent=agent,
         subject=agent_id,
         client_id=agent_id,
@@ -878,6 +894,15 @@ def decide_for_agent(
         may_act=target.may_act,
         tool_server=server,
     )
+    if reusable:
+        snapshot._decisions[memo_key] = (
+            agent,
+            pod,
+            scope,
+            (target, issuer, trust_domain),
+            decision,
+        )
+    return decision
 
 
 def decide_for_service_account(
