@@ -477,34 +477,173 @@ async def _open_loop(
     }
 
 
-def over_http(seconds: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as directory:
-        info_path = Path(directory) / "info.json"
+def _serve_workers(info_path: Path, workers: int) -> int:
+    """``agentauth token-service --workers N`` as it runs (``workers.supervise``: forked
+    workers on one ``SO_REUSEPORT`` port, shared replay caches and rate limits), each worker
+    serving the same in-memory world (made before the fork, so every worker verifies the same
+    tokens)."""
+    from aiohttp import web
+
+    from agentauth.tokenservice import app as service_app
+    from agentauth.tokenservice import observability
+    from agentauth.tokenservice import settings as settings_module
+    from agentauth.tokenservice import state as state_module
+    from agentauth.tokenservice import workers as workers_module
+
+    observability.install_audit_sink(open(os.devnull, "w"))  # noqa: SIM115
+    cluster = tokenkit.ClusterIssuer()
+    snapshot, sa_tokens = world(cluster)
+    keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
+    settings = settings_module.Settings(
+        issuer=ISSUER,
+        cluster_issuer=tokenkit.CLUSTER_ISSUER,
+        rate_limit_per_second=1e9,
+        rate_limit_burst=10**9,
+        client_rate_limit_per_second=0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        workers=workers,
+    )
+
+    async def serve(
+        settings: settings_module.Settings,
+        *,
+        stop: asyncio.Event,
+        shared: Any,
+        worker: int,
+        started: Callable[[str], None],
+    ) -> None:
+        state = state_module.MemoryState(
+            snapshot=snapshot, keyset=keyset, cluster_jwks=cluster.jwks()
+        )
+        app = service_app.build_app(settings=settings, state=state, shared=shared, worker=worker)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(
+            runner, settings.listen_host, settings.listen_port, backlog=1024, reuse_port=True
+        ).start()
+        url = f"http://127.0.0.1:{settings.listen_port}"
+        started(url)
+        if worker == 0:
+            info_path.write_text(json.dumps({"port": settings.listen_port, "tokens": sa_tokens}))
+        await stop.wait()
+        await runner.cleanup()
+
+    return workers_module.supervise(settings, serve=serve)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+class _Server:
+    """A benchmark server process (one worker, or a supervisor and its workers)."""
+
+    def __init__(self, directory: str, workers: int) -> None:
+        self.info_path = Path(directory) / f"info-{workers}.json"
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(info_path)], env=env)
+        command = [sys.executable, __file__]
+        command += (
+            ["--serve", str(self.info_path)]
+            if workers == 1
+            else ["--serve-workers", str(workers), str(self.info_path)]
+        )
+        self.process = subprocess.Popen(command, env=env)
+        deadline = time.monotonic() + 60
+        while not self.info_path.exists() or not self.info_path.read_text():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("benchmark server did not start")
+            time.sleep(0.05)  # waiting for the server process to write its port file
+        info = json.loads(self.info_path.read_text())
+        self.port, self.tokens = int(info["port"]), list(info["tokens"])
+
+    def cpu(self) -> float:
+        return _tree_cpu(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def _measured(server: _Server, run: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    """``run()``'s result, server CPU seconds, load-generator CPU seconds, wall seconds."""
+    server_before, generator_before, started = (
+        server.cpu(),
+        time.process_time(),
+        time.perf_counter(),
+    )
+    result = run()
+    wall = time.perf_counter() - started
+    return result, server.cpu() - server_before, time.process_time() - generator_before, wall
+
+
+HTTP_ROUNDS = 3
+PACED_RPS = 2000.0
+
+
+def over_http(seconds: float) -> dict[str, Any]:
+    """One worker against two (``--workers 2``), in the same run: closed-loop maximum
+    throughput in alternating rounds (the machine is shared: each round sees the same load),
+    then an open-loop 500 rps run on one worker and a 2,000 rps run on two."""
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        servers = {1: _Server(directory, 1), 2: _Server(directory, 2)}
         try:
-            deadline = time.monotonic() + 60
-            while not info_path.exists() or not info_path.read_text():
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("benchmark server did not start")
-                time.sleep(0.05)  # waiting for the server subprocess to write its port file
-            info = json.loads(info_path.read_text())
-            port = info["port"]
-            cpu_before = asyncio.run(_server_cpu(port))
-            throughput, served = asyncio.run(
-                _closed_loop(port, info["tokens"], seconds, concurrency=32)
+            for server in servers.values():  # warm up: connections, memo, header caches
+                asyncio.run(_closed_loop(server.port, server.tokens, 0.5, concurrency=32))
+            rounds: dict[int, list[tuple[float, float, float, float, int]]] = {1: [], 2: []}
+            for _ in range(HTTP_ROUNDS):
+                for count, server in servers.items():
+                    (rate, served), server_cpu, generator_cpu, wall = _measured(
+                        server,
+                        lambda s=server: asyncio.run(
+                            _closed_loop(s.port, s.tokens, seconds, concurrency=32)
+                        ),
+                    )
+                    rounds[count].append((rate, server_cpu, generator_cpu, wall, served))
+            for count, measured in rounds.items():
+                served = sum(m[4] for m in measured)
+                results[f"workers_{count}"] = {
+                    "max_exchanges_per_s_wall_clock": statistics.median(m[0] for m in measured),
+                    "server_cores_used": sum(m[1] for m in measured) / sum(m[3] for m in measured),
+                    "server_cpu_ms_per_exchange": 1000 * sum(m[1] for m in measured) / served,
+                    "load_generator_cores_used": sum(m[2] for m in measured)
+                    / sum(m[3] for m in measured),
+                }
+            results["throughput_ratio_2_workers_to_1"] = statistics.median(
+                two[0] / one[0] for one, two in zip(rounds[1], rounds[2], strict=True)
             )
-            cpu_used = asyncio.run(_server_cpu(port)) - cpu_before
-            paced = asyncio.run(_open_loop(port, info["tokens"], seconds, rate=500.0))
+            results["exchanges_per_s_per_server_core"] = (
+                1000 / (results["workers_1"]["server_cpu_ms_per_exchange"])
+            )
+            paced, server_cpu, generator_cpu, wall = _measured(
+                servers[1],
+                lambda: asyncio.run(
+                    _open_loop(servers[1].port, servers[1].tokens, seconds, rate=500.0)
+                ),
+            )
+            paced["load_generator_cores_used"] = generator_cpu / wall
+            results["at_500_rps"] = paced
+            paced, server_cpu, generator_cpu, wall = _measured(
+                servers[2],
+                lambda: asyncio.run(
+                    _open_loop(servers[2].port, servers[2].tokens, seconds, rate=PACED_RPS)
+                ),
+            )
+            paced["load_generator_cores_used"] = generator_cpu / wall
+            paced["server_cores_used"] = server_cpu / wall
+            results["workers_2_at_2000_rps"] = paced
         finally:
-            server.terminate()
-            server.wait(timeout=10)
-    return {
-        "max_exchanges_per_s_wall_clock": throughput,
-        "server_cpu_ms_per_exchange": 1000 * cpu_used / served,
-        "exchanges_per_s_per_server_core": served / cpu_used,
-        "at_500_rps": paced,
-    }
+            for server in servers.values():
+                server.stop()
+    return results
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -647,24 +786,34 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-workers", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
+    if args.serve_workers:
+        sys.exit(_serve_workers(Path(args.serve_workers[1]), int(args.serve_workers[0])))
     if args.rss:
         print(json.dumps(asyncio.run(_measure_rss(args.rss))))
         return
-    results: dict[str, Any] = {"cpu_count": os.cpu_count(), "in_process": in_process(args.seconds)}
-    results["memory"] = {f"at_{size}_agents": memory(size) for size in (1_000, 10_000)}
+    results: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    if not args.skip_in_process:
+        results["in_process"] = in_process(args.seconds)
+        results["memory"] = {f"at_{size}_agents": memory(size) for size in (1_000, 10_000)}
     if not args.skip_http:
         results["http"] = over_http(args.seconds)
         samples = results["http"]["at_500_rps"].pop("samples_ms")
+        samples_2000 = results["http"]["workers_2_at_2000_rps"].pop("samples_ms")
     else:
-        samples = []
+        samples, samples_2000 = [], []
     print(json.dumps(results, indent=2), file=sys.stderr)
     # The raw samples go only to bench/run.py, which plots them (bench/plots/*.png).
-    results["distributions"] = {"http_exchange_latency_at_500_rps_ms": samples}
+    results["distributions"] = {
+        "http_exchange_latency_at_500_rps_ms": samples,
+        "http_exchange_latency_2_workers_at_2000_rps_ms": samples_2000,
+    }
     print(json.dumps(results))  # bench/run.py reads the last stdout line
 
 
