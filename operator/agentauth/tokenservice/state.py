@@ -79,6 +79,11 @@ class ServiceState(Protocol):
 
     def cache_sizes(self) -> dict[str, int]: ...
 
+    def on_access_request(self, listener: Callable[[tuple[str, str] | None], None]) -> None:
+        """Call ``listener((namespace, name))`` whenever that AccessRequest changes in the caches
+        (``None``: anything may have changed), on the event loop."""
+        ...
+
     async def cluster_keys(self, *, refresh: bool) -> jose.PublicKeySet: ...
 
     async def trusted_keys(self, issuer: str, *, refresh: bool) -> jose.PublicKeySet | None: ...
@@ -173,6 +178,7 @@ class MemoryState:
         self._trusted = {k: jose.PublicKeySet.from_jwks(v) for k, v in (trusted_jwks or {}).items()}
         self.changed = asyncio.Condition()
         self.draining = False
+        self._request_listeners: list[Callable[[tuple[str, str] | None], None]] = []
 
     async def update(
         self, *, snapshot: exchanging.Snapshot | None = None, keyset: keys.KeySet | None = None
@@ -181,8 +187,13 @@ class MemoryState:
             self._snapshot = snapshot
         if keyset is not None:
             self._keyset = keyset
+        for listener in self._request_listeners:
+            listener(None)
         async with self.changed:
             self.changed.notify_all()
+
+    def on_access_request(self, listener: Callable[[tuple[str, str] | None], None]) -> None:
+        self._request_listeners.append(listener)
 
     def snapshot(self) -> exchanging.Snapshot:
         return self._snapshot
@@ -406,6 +417,10 @@ class KubeState:
 
     def drain(self) -> None:
         self.draining = True
+
+    def on_access_request(self, listener: Callable[[tuple[str, str] | None], None]) -> None:
+        for requests in self.access_requests:
+            requests.listen(lambda key, _request: listener(key))
 
     def cache_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
