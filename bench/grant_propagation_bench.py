@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,66 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
+import stackkit  # noqa: E402
 from kubernetes import client  # noqa: E402
-from tests.e2e import jitkit  # noqa: E402
 
 from agentauth.devcluster import server  # noqa: E402
 from agentauth.kube import client as kubeclient  # noqa: E402
 from agentauth.kube import config  # noqa: E402
-from agentauth.tokenservice import settings as tokenservice_settings  # noqa: E402
 
 NAMESPACE = "propagation"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 CONCURRENCY = 32
-
-
-class BenchEnv(jitkit.JitEnv):
-    """The JIT kit's stack, with the token service in a process of its own, as it runs in a
-    cluster (``agentauth token-service``; the controller and the API server stay in this
-    process, on threads). Its per-address and per-caller limits are lifted: every check comes
-    from 127.0.0.1, and one caller introspects 1,000 tokens."""
-
-    process: subprocess.Popen[bytes] | None = None
-
-    def token_service_settings(self) -> tokenservice_settings.Settings:
-        return dataclasses.replace(
-            super().token_service_settings(),
-            client_rate_limit_per_second=0,
-            introspection_rate_limit_per_second=1e6,
-            introspection_rate_limit_burst=10**6,
-        )
-
-    def start_token_service(self) -> None:
-        settings = self.token_service_settings()
-        environment = {
-            **os.environ,
-            "AGENTAUTH_ISSUER": settings.issuer,
-            "AGENTAUTH_LISTEN_HOST": settings.listen_host,
-            "AGENTAUTH_LISTEN_PORT": str(settings.listen_port),
-            "AGENTAUTH_CONTROLLER_NAMESPACE": settings.namespace,
-            "KUBECONFIG": str(settings.kubeconfig),
-            "AGENTAUTH_CLUSTER_ISSUER": settings.cluster_issuer,
-            "AGENTAUTH_TLS_CERT": str(settings.tls_cert),
-            "AGENTAUTH_TLS_KEY": str(settings.tls_key),
-            "AGENTAUTH_CLIENT_RATE_LIMIT": "0",
-            "AGENTAUTH_INTROSPECTION_RATE_LIMIT": "1000000",
-            "AGENTAUTH_INTROSPECTION_RATE_LIMIT_BURST": "1000000",
-            "AGENTAUTH_LOG_LEVEL": "warning",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentauth", "token-service"],
-            env=environment,
-            stdout=subprocess.DEVNULL,
-        )
-        jitkit.wait_for(self._ready, timeout=60, message="token service /readyz")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-        self.token_service = None
-        super().stop()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -213,7 +161,9 @@ class Checker:
             return body
 
 
-async def measure(env: BenchEnv, cluster: server.DevCluster, agents: int) -> dict[str, Any]:
+async def measure(
+    env: stackkit.BenchEnv, cluster: server.DevCluster, agents: int
+) -> dict[str, Any]:
     api = kubeclient.KubeClient(config.from_kubeconfig(cluster.kubeconfig_path))
     connector = aiohttp.TCPConnector(ssl=env.tls, limit=CONCURRENCY)
     http = aiohttp.ClientSession(connector=connector)
@@ -320,7 +270,7 @@ def main() -> int:
         configuration.ssl_ca_cert = str(cluster.ca_path)
         configuration.api_key = {"BearerToken": cluster.admin_token}
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        env = BenchEnv(cluster, client.ApiClient(configuration))
+        env = stackkit.BenchEnv(cluster, client.ApiClient(configuration))
         env.start()
         try:
             summary = asyncio.run(measure(env, cluster, options.agents))
