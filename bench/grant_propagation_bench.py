@@ -24,6 +24,8 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
+import ssl
 import statistics
 import sys
 import tempfile
@@ -161,6 +163,55 @@ class Checker:
             return body
 
 
+def check_in_process(
+    issuer: str,
+    ca: str,
+    subjects: dict[str, str],
+    held: dict[str, str],
+    caller: str,
+    names: list[str],
+    go: Any,
+    t0_shared: Any,
+    out: Any,
+) -> None:
+    """From ``go`` on, for every agent until both hold: a new exchange lacks ``document.read``
+    and its earlier token introspects inactive; puts (seconds per agent since ``t0``, ...)."""
+
+    async def main() -> None:
+        tls = ssl.create_default_context(cafile=ca)
+        connector = aiohttp.TCPConnector(ssl=tls, limit=CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            checker = Checker(http, issuer)
+            gate = asyncio.Semaphore(CONCURRENCY)
+            exchanged_at: dict[str, float] = {}
+            introspected_at: dict[str, float] = {}
+            out.put("ready")
+            await asyncio.to_thread(go.wait)
+            t0 = t0_shared.value
+
+            async def watch(name: str) -> None:
+                deadline = t0 + 30
+                while time.monotonic() < deadline and (
+                    name not in exchanged_at or name not in introspected_at
+                ):
+                    async with gate:
+                        if name not in exchanged_at:
+                            status, body = await checker.exchange(subjects[name])
+                            if status == 200 and "document.read" not in body["scope"].split():
+                                exchanged_at[name] = time.monotonic() - t0
+                        if name not in introspected_at:
+                            answer = await checker.introspect(held[name], caller=caller)
+                            if answer == {"active": False}:
+                                introspected_at[name] = time.monotonic() - t0
+                    if name not in exchanged_at or name not in introspected_at:
+                        await asyncio.sleep(0.01)  # not yet reflected: look again shortly
+
+            await asyncio.gather(*(watch(name) for name in names))
+            out.put((exchanged_at, introspected_at, checker.requests, time.monotonic() - t0))
+
+    asyncio.run(main())
+
+
 async def measure(
     env: stackkit.BenchEnv, cluster: server.DevCluster, agents: int
 ) -> dict[str, Any]:
@@ -195,32 +246,26 @@ async def measure(
         held = dict(zip(names, await asyncio.gather(*(before(n) for n in names)), strict=True))
         assert (await checker.introspect(held[names[0]], caller=caller))["active"] is True
 
-        exchanged_at: dict[str, float] = {}
-        introspected_at: dict[str, float] = {}
-
-        async def watch(name: str, t0: float) -> None:
-            deadline = t0 + 30
-            while time.monotonic() < deadline and (
-                name not in exchanged_at or name not in introspected_at
-            ):
-                async with gate:
-                    if name not in exchanged_at:
-                        status, body = await checker.exchange(subjects[name])
-                        if status == 200 and "document.read" not in body["scope"].split():
-                            exchanged_at[name] = time.monotonic() - t0
-                    if name not in introspected_at:
-                        answer = await checker.introspect(held[name], caller=caller)
-                        if answer == {"active": False}:
-                            introspected_at[name] = time.monotonic() - t0
-                if name not in exchanged_at or name not in introspected_at:
-                    await asyncio.sleep(0.01)  # not yet reflected: look again shortly
-
-        checks_before = checker.requests
-        t0 = time.monotonic()
+        # The checks run in a process of their own: in this one the API server and the
+        # controller (busy rewriting 1,000 Agent statuses after the delete) would hold the
+        # interpreter while the answers wait to be read.
+        context = multiprocessing.get_context("spawn")
+        go, t0_shared, out = context.Event(), context.Value("d", 0.0), context.Queue()
+        checking = context.Process(
+            target=check_in_process,
+            args=(env.issuer, str(env.ca), subjects, held, caller, names, go, t0_shared, out),
+        )
+        checking.start()
+        assert out.get(timeout=60) == "ready"
+        t0 = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
+        t0_shared.value = t0
+        go.set()
         await api.delete(kubeclient.CAPABILITY_GRANTS, "docs", namespace=NAMESPACE)
         deleted_after = time.monotonic() - t0
-        await asyncio.gather(*(watch(name, t0) for name in names))
-        checking_seconds = time.monotonic() - t0
+        exchanged_at, introspected_at, requests, checking_seconds = await asyncio.to_thread(
+            out.get, True, 120
+        )
+        checking.join(timeout=30)
         both = [
             max(exchanged_at[n], introspected_at[n])
             for n in names
@@ -248,7 +293,7 @@ async def measure(
             "seconds_to_reflect": spread(both),
             "seconds_to_reflect_in_exchange": spread(list(exchanged_at.values())),
             "seconds_to_reflect_in_introspection": spread(list(introspected_at.values())),
-            "checks_per_s": round((checker.requests - checks_before) / checking_seconds, 1),
+            "checks_per_s": round(requests / checking_seconds, 1),
             "target_s": 2.0,
         }
     finally:
