@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
 from tests.domain import tokenkit  # noqa: E402
 
 from agentauth.domain import exchanging, jose, keys, serviceaccounts  # noqa: E402
+from agentauth.domain.models import Agent, CapabilityGrant  # noqa: E402
 
 ISSUER = "https://agentauth.bench.test"
 EXCHANGE = exchanging.GRANT_TYPE_TOKEN_EXCHANGE
@@ -70,6 +75,123 @@ def world(cluster: tokenkit.ClusterIssuer) -> tuple[exchanging.Snapshot, list[st
     return tokenkit.snapshot(agents=agents, pods=pods, grants=grants), sa_tokens
 
 
+def scaled_world(
+    cluster: tokenkit.ClusterIssuer, *, agents: int, callers: int
+) -> tuple[exchanging.Snapshot, list[str], random.Random]:
+    """``agents`` Agents and as many grants in ``agents // 100`` namespaces (100 of each per
+    namespace, as the issue's 10k-over-100-namespaces cluster), each Agent with its pod and
+    service account; half the grants name one Agent, half select ten by label. Service-account
+    tokens for ``callers`` Agents spread evenly over the cluster (the same number at every size,
+    so sizes differ only in what the caches hold)."""
+    namespaces = max(1, agents // 100)
+    agent_list, pods, grants, accounts = [], [], [], {}
+    for i in range(agents):
+        namespace, name = f"ns-{i % namespaces}", f"agent-{i}"
+        agent_list.append(
+            Agent.model_validate(
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "uid": f"uid-{i}",
+                        "labels": {"team": f"t{i % 10}"},
+                    },
+                    "spec": {"serviceAccountName": f"sa-{i}"},
+                }
+            )
+        )
+        pods.append(
+            tokenkit.pod(
+                f"{name}-0",
+                namespace,
+                uid=f"pod-{i}",
+                agent_label=name,
+                service_account=f"sa-{i}",
+            )
+        )
+        accounts[(namespace, f"sa-{i}")] = tokenkit.SERVICE_ACCOUNT_UID
+        selection: dict[str, Any] = (
+            {"names": [name]}
+            if i % 2 == 0
+            else {"selector": {"matchLabels": {"team": f"t{i % 10}"}}}
+        )
+        grants.append(
+            CapabilityGrant.model_validate(
+                {
+                    "metadata": {"name": f"g-{i}", "namespace": namespace, "uid": f"g-{i}"},
+                    "spec": {
+                        "agents": selection,
+                        "capabilities": tokenkit.STANDARD_CAPABILITIES
+                        if i % 2 == 0
+                        else [{"name": f"tool{i % 7}.use"}],
+                    },
+                }
+            )
+        )
+    snapshot = exchanging.Snapshot(
+        agents={(a.metadata.namespace or "", a.metadata.name or ""): a for a in agent_list},
+        grants=grants,
+        pods={(p.namespace, p.name): p for p in pods},
+        service_accounts=accounts,
+    )
+    now = datetime.now(UTC)
+    # every other caller an odd Agent (grants by selector), at every size
+    step = max(1, agents // callers)
+    sa_tokens = [
+        cluster.token(
+            namespace=f"ns-{i % namespaces}",
+            service_account=f"sa-{i}",
+            pod=f"agent-{i}-0",
+            pod_uid=f"pod-{i}",
+            audience=ISSUER,
+            now=now,
+            lifetime=3600,
+        )
+        for i in (k * step + (k % 2 if step > 1 else 0) for k in range(callers))
+    ]
+    return snapshot, sa_tokens, random.Random(agents)
+
+
+Event = tuple[Callable[[Any, Any], None], Any, Any]
+
+
+def watch_events(
+    snapshot: exchanging.Snapshot, *, callers: list[str], rng: random.Random, count: int
+) -> list[Event]:
+    """``count`` watch events of a live cluster, parsed in advance (parsing is the watch's
+    cost, not the exchange's), to apply as the token service applies them: an Agent status
+    write, a pod replaced, or one of three access requests of an Agent filed or updated, on the
+    objects of the calling Agents (so every size sees the same work, and sizes differ only in
+    what else the caches hold). Grant edits are left out: one invalidates every Agent of its
+    namespace, which is all the callers of a one-namespace cluster and one in a hundred of the
+    large one; ``grant_propagation_bench.py`` measures them."""
+    events: list[Event] = []
+    for _ in range(count):
+        claims = json.loads(jose.b64url_decode(rng.choice(callers).split(".")[1]))
+        namespace = claims["kubernetes.io"]["namespace"]
+        pod_name = claims["kubernetes.io"]["pod"]["name"]
+        key = (namespace, pod_name.removesuffix("-0"))
+        kind = rng.randrange(3)
+        if kind == 0:
+            agent = snapshot.agents[key].model_copy()
+            events.append((snapshot.put_agent, key, agent))
+        elif kind == 1:
+            pod = dataclasses.replace(snapshot.pods[(namespace, pod_name)])
+            events.append((snapshot.put_pod, (namespace, pod_name), pod))
+        else:
+            name = f"ar-{key[1]}-{rng.randrange(3)}"
+            request = tokenkit.access_request(
+                name,
+                capabilities=["payments.authorize"],
+                phase="Pending",
+                agent_name=key[1],
+                namespace=namespace,
+                agent_uid=snapshot.agents[key].metadata.uid or "",
+            )
+            events.append((snapshot.put_access_request, (namespace, name), request))
+    return events
+
+
 def timed(fn: Any, seconds: float) -> tuple[float, float]:
     """Calls per wall-clock second and per CPU second of ``fn`` over about ``seconds``. On a
     shared machine the CPU-second rate is the one-core capacity (time spent preempted by other
@@ -85,14 +207,22 @@ def timed(fn: Any, seconds: float) -> tuple[float, float]:
             return count / elapsed, count / cpu
 
 
-def in_process(seconds: float) -> dict[str, float]:
+SIZES = (100, 10_000)
+CALLERS = 100
+CHURN_EVERY = int(os.environ.get("CHURN_EVERY", "100"))
+"""One cache change (watch event) per this many exchanges."""
+
+
+def in_process(seconds: float) -> dict[str, Any]:
+    """The floor, then the exchange in clusters of each of ``SIZES`` Agents (and as many grants),
+    each with one watch event applied per ``CHURN_EVERY`` exchanges, in interleaved rounds."""
     cluster = tokenkit.ClusterIssuer()
-    snapshot, sa_tokens = world(cluster)
     keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
     jwks = jose.PublicKeySet.from_jwks(cluster.jwks())
     signer = keyset.signing_key().private_key
     rsa_public = cluster.key.public_key()
-    token = sa_tokens[0]
+    worlds = {size: scaled_world(cluster, agents=size, callers=CALLERS) for size in SIZES}
+    token = worlds[SIZES[0]][1][0]
     signing_input, _, signature_b64 = token.rpartition(".")
     signature = jose.b64url_decode(signature_b64)
     payload = b"x" * 400
@@ -102,44 +232,73 @@ def in_process(seconds: float) -> dict[str, float]:
         signer.sign(payload)
 
     target = exchanging.Target()
-    index = [0]
 
-    def exchange() -> None:
-        i = index[0] = (index[0] + 1) % PODS
-        now = datetime.now(UTC)
-        identity = serviceaccounts.verify_service_account_token(
-            sa_tokens[i], jwks=jwks, issuer=tokenkit.CLUSTER_ISSUER, audience=ISSUER, now=now
-        )
-        decision = exchanging.decide_for_service_account(
-            identity=identity,
-            target=target,
-            snapshot=snapshot,
-            issuer=ISSUER,
-            trust_domain="bench.test",
-            now=now,
-        )
-        exchanging.mint(decision, keyset=keyset, issuer=ISSUER, now=now)
+    def exchanger(snapshot: exchanging.Snapshot, sa_tokens: list[str], rng: random.Random) -> Any:
+        index = [0]
+        events = watch_events(snapshot, callers=sa_tokens, rng=rng, count=997)
 
-    exchange()  # warm up
-    # The machine is shared: interleave short rounds of both so they see the same load, and
-    # report per-CPU-second rates (one-core capacity) and wall-clock rates, as medians over the
-    # rounds; the ratio is taken per round, then the median.
+        def exchange() -> None:
+            i = index[0] = index[0] + 1
+            if i % CHURN_EVERY == 0:
+                put, key, value = events[(i // CHURN_EVERY) % len(events)]
+                put(key, value)
+            now = datetime.now(UTC)
+            identity = serviceaccounts.verify_service_account_token(
+                sa_tokens[i % len(sa_tokens)],
+                jwks=jwks,
+                issuer=tokenkit.CLUSTER_ISSUER,
+                audience=ISSUER,
+                now=now,
+            )
+            decision = exchanging.decide_for_service_account(
+                identity=identity,
+                target=target,
+                snapshot=snapshot,
+                issuer=ISSUER,
+                trust_domain="bench.test",
+                now=now,
+            )
+            exchanging.mint(decision, keyset=keyset, issuer=ISSUER, now=now)
+
+        return exchange
+
+    exchanges = {size: exchanger(*worlds[size]) for size in SIZES}
+    for exchange in exchanges.values():
+        for _ in range(2 * CALLERS):
+            exchange()  # warm up: every caller once at least
+    gc.collect()
+    # The machine is shared: interleave short rounds of all of them so they see the same load,
+    # and report per-CPU-second rates (one-core capacity) and wall-clock rates, as medians over
+    # the rounds; ratios are taken per round, then the median.
     rounds = max(4, int(seconds / 0.5))
-    floors, exchanges = [], []
+    floors: list[tuple[float, float]] = []
+    measured: dict[int, list[tuple[float, float]]] = {size: [] for size in SIZES}
     for _ in range(rounds):
         floors.append(timed(floor, 0.25))
-        exchanges.append(timed(exchange, 0.25))
-    return {
+        for size in SIZES:
+            measured[size].append(timed(exchanges[size], 0.25))
+    small, large = SIZES
+    results: dict[str, Any] = {
         "rounds": rounds,
+        "callers": CALLERS,
+        "watch_events_per_exchange": 1 / CHURN_EVERY,
         "floor_per_cpu_s": statistics.median(f[1] for f in floors),
-        "exchange_per_cpu_s": statistics.median(e[1] for e in exchanges),
-        "ratio_to_floor": statistics.median(
-            f[1] / e[1] for f, e in zip(floors, exchanges, strict=True)
-        ),
         "floor_per_wall_s": statistics.median(f[0] for f in floors),
-        "exchange_per_wall_s": statistics.median(e[0] for e in exchanges),
-        "exchange_per_wall_s_best_round": max(e[0] for e in exchanges),
     }
+    for size in SIZES:
+        rates = measured[size]
+        results[f"at_{size}_agents"] = {
+            "exchange_per_cpu_s": statistics.median(e[1] for e in rates),
+            "ratio_to_floor": statistics.median(
+                f[1] / e[1] for f, e in zip(floors, rates, strict=True)
+            ),
+            "exchange_per_wall_s": statistics.median(e[0] for e in rates),
+        }
+    results[f"cost_ratio_{large}_to_{small}"] = statistics.median(
+        s[1] / b[1] for s, b in zip(measured[small], measured[large], strict=True)
+    )
+    results["ratio_to_floor"] = results[f"at_{large}_agents"]["ratio_to_floor"]
+    return results
 
 
 # -- HTTP --------------------------------------------------------------------------------------
@@ -318,34 +477,308 @@ async def _open_loop(
     }
 
 
-def over_http(seconds: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as directory:
-        info_path = Path(directory) / "info.json"
+def _serve_workers(info_path: Path, workers: int) -> int:
+    """``agentauth token-service --workers N`` as it runs (``workers.supervise``: forked
+    workers on one ``SO_REUSEPORT`` port, shared replay caches and rate limits), each worker
+    serving the same in-memory world (made before the fork, so every worker verifies the same
+    tokens)."""
+    from aiohttp import web
+
+    from agentauth.tokenservice import app as service_app
+    from agentauth.tokenservice import observability
+    from agentauth.tokenservice import settings as settings_module
+    from agentauth.tokenservice import state as state_module
+    from agentauth.tokenservice import workers as workers_module
+
+    observability.install_audit_sink(open(os.devnull, "w"))  # noqa: SIM115
+    cluster = tokenkit.ClusterIssuer()
+    snapshot, sa_tokens = world(cluster)
+    keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
+    settings = settings_module.Settings(
+        issuer=ISSUER,
+        cluster_issuer=tokenkit.CLUSTER_ISSUER,
+        rate_limit_per_second=1e9,
+        rate_limit_burst=10**9,
+        client_rate_limit_per_second=0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        workers=workers,
+    )
+
+    async def serve(
+        settings: settings_module.Settings,
+        *,
+        stop: asyncio.Event,
+        shared: Any,
+        worker: int,
+        started: Callable[[str], None],
+    ) -> None:
+        state = state_module.MemoryState(
+            snapshot=snapshot, keyset=keyset, cluster_jwks=cluster.jwks()
+        )
+        app = service_app.build_app(settings=settings, state=state, shared=shared, worker=worker)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(
+            runner, settings.listen_host, settings.listen_port, backlog=1024, reuse_port=True
+        ).start()
+        url = f"http://127.0.0.1:{settings.listen_port}"
+        started(url)
+        if worker == 0:
+            info_path.write_text(json.dumps({"port": settings.listen_port, "tokens": sa_tokens}))
+        await stop.wait()
+        await runner.cleanup()
+
+    return workers_module.supervise(settings, serve=serve)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+class _Server:
+    """A benchmark server process (one worker, or a supervisor and its workers)."""
+
+    def __init__(self, directory: str, workers: int) -> None:
+        self.info_path = Path(directory) / f"info-{workers}.json"
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(info_path)], env=env)
+        command = [sys.executable, __file__]
+        command += (
+            ["--serve", str(self.info_path)]
+            if workers == 1
+            else ["--serve-workers", str(workers), str(self.info_path)]
+        )
+        self.process = subprocess.Popen(command, env=env)
+        deadline = time.monotonic() + 60
+        while not self.info_path.exists() or not self.info_path.read_text():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("benchmark server did not start")
+            time.sleep(0.05)  # waiting for the server process to write its port file
+        info = json.loads(self.info_path.read_text())
+        self.port, self.tokens = int(info["port"]), list(info["tokens"])
+
+    def cpu(self) -> float:
+        return _tree_cpu(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def _measured(server: _Server, run: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    """``run()``'s result, server CPU seconds, load-generator CPU seconds, wall seconds."""
+    server_before, generator_before, started = (
+        server.cpu(),
+        time.process_time(),
+        time.perf_counter(),
+    )
+    result = run()
+    wall = time.perf_counter() - started
+    return result, server.cpu() - server_before, time.process_time() - generator_before, wall
+
+
+HTTP_ROUNDS = 3
+PACED_RPS = 2000.0
+
+
+def over_http(seconds: float) -> dict[str, Any]:
+    """One worker against two (``--workers 2``), in the same run: closed-loop maximum
+    throughput in alternating rounds (the machine is shared: each round sees the same load),
+    then an open-loop 500 rps run on one worker and a 2,000 rps run on two."""
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        servers = {1: _Server(directory, 1), 2: _Server(directory, 2)}
         try:
-            deadline = time.monotonic() + 60
-            while not info_path.exists() or not info_path.read_text():
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("benchmark server did not start")
-                time.sleep(0.05)  # waiting for the server subprocess to write its port file
-            info = json.loads(info_path.read_text())
-            port = info["port"]
-            cpu_before = asyncio.run(_server_cpu(port))
-            throughput, served = asyncio.run(
-                _closed_loop(port, info["tokens"], seconds, concurrency=32)
+            for server in servers.values():  # warm up: connections, memo, header caches
+                asyncio.run(_closed_loop(server.port, server.tokens, 0.5, concurrency=32))
+            rounds: dict[int, list[tuple[float, float, float, float, int]]] = {1: [], 2: []}
+            for _ in range(HTTP_ROUNDS):
+                for count, server in servers.items():
+                    (rate, served), server_cpu, generator_cpu, wall = _measured(
+                        server,
+                        lambda s=server: asyncio.run(
+                            _closed_loop(s.port, s.tokens, seconds, concurrency=32)
+                        ),
+                    )
+                    rounds[count].append((rate, server_cpu, generator_cpu, wall, served))
+            for count, measured in rounds.items():
+                served = sum(m[4] for m in measured)
+                results[f"workers_{count}"] = {
+                    "max_exchanges_per_s_wall_clock": statistics.median(m[0] for m in measured),
+                    "server_cores_used": sum(m[1] for m in measured) / sum(m[3] for m in measured),
+                    "server_cpu_ms_per_exchange": 1000 * sum(m[1] for m in measured) / served,
+                    "load_generator_cores_used": sum(m[2] for m in measured)
+                    / sum(m[3] for m in measured),
+                }
+            results["throughput_ratio_2_workers_to_1"] = statistics.median(
+                two[0] / one[0] for one, two in zip(rounds[1], rounds[2], strict=True)
             )
-            cpu_used = asyncio.run(_server_cpu(port)) - cpu_before
-            paced = asyncio.run(_open_loop(port, info["tokens"], seconds, rate=500.0))
+            results["exchanges_per_s_per_server_core"] = (
+                1000 / (results["workers_1"]["server_cpu_ms_per_exchange"])
+            )
+            paced, server_cpu, generator_cpu, wall = _measured(
+                servers[1],
+                lambda: asyncio.run(
+                    _open_loop(servers[1].port, servers[1].tokens, seconds, rate=500.0)
+                ),
+            )
+            paced["load_generator_cores_used"] = generator_cpu / wall
+            results["at_500_rps"] = paced
+            paced, server_cpu, generator_cpu, wall = _measured(
+                servers[2],
+                lambda: asyncio.run(
+                    _open_loop(servers[2].port, servers[2].tokens, seconds, rate=PACED_RPS)
+                ),
+            )
+            paced["load_generator_cores_used"] = generator_cpu / wall
+            paced["server_cores_used"] = server_cpu / wall
+            results["workers_2_at_2000_rps"] = paced
         finally:
-            server.terminate()
-            server.wait(timeout=10)
-    return {
-        "max_exchanges_per_s_wall_clock": throughput,
-        "server_cpu_ms_per_exchange": 1000 * cpu_used / served,
-        "exchanges_per_s_per_server_core": served / cpu_used,
-        "at_500_rps": paced,
+            for server in servers.values():
+                server.stop()
+    return results
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _ListedApi:
+    """Answers the token service's lists with prepared collections; its watches stay silent."""
+
+    def __init__(self, collections: dict[str, list[dict[str, Any]]]) -> None:
+        self.collections = collections
+
+    async def list(self, resource: Any, **_: Any) -> dict[str, Any]:
+        items = self.collections.get(resource.plural, [])
+        return {"items": items, "metadata": {"resourceVersion": "1"}}
+
+    async def watch(self, resource: Any, **_: Any) -> Any:
+        await asyncio.Event().wait()
+        yield  # an async generator that never yields an event
+
+
+def _api_objects(agents: int) -> dict[str, list[dict[str, Any]]]:
+    """What the API server lists at this size: Agents with the status the controller writes,
+    grants (half by name, half by selector), agent pods, service accounts, the key Secret."""
+    namespaces = max(1, agents // 100)
+    keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
+    collections: dict[str, list[dict[str, Any]]] = {
+        "agents": [],
+        "capabilitygrants": [],
+        "pods": [],
+        "serviceaccounts": [],
+        "secrets": [
+            {
+                "metadata": {"name": "agentauth-issuer-keys", "namespace": "agentauth-system"},
+                "data": keyset.to_secret_data(),
+            }
+        ],
     }
+    for i in range(agents):
+        namespace, name = f"ns-{i % namespaces}", f"agent-{i}"
+        meta = {"name": name, "namespace": namespace, "uid": f"uid-{i}"}
+        collections["agents"].append(
+            {
+                "metadata": {**meta, "labels": {"team": f"t{i % 10}"}, "resourceVersion": "7"},
+                "spec": {"serviceAccountName": f"sa-{i}"},
+                "status": {
+                    "agentID": f"aauth:{name}.{namespace}@bench.test",
+                    "observedGeneration": 1,
+                    "capabilities": [
+                        {"name": c["name"], "grant": f"g-{i}", "approval": "Automatic"}
+                        for c in tokenkit.STANDARD_CAPABILITIES[:2]
+                    ],
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "Ready",
+                            "message": "the agent can exchange tokens",
+                            "lastTransitionTime": "2026-03-01T12:00:00Z",
+                            "observedGeneration": 1,
+                        }
+                    ],
+                },
+            }
+        )
+        selection: dict[str, Any] = (
+            {"names": [name]} if i % 2 == 0 else {"selector": {"matchLabels": {"team": "t1"}}}
+        )
+        collections["capabilitygrants"].append(
+            {
+                "metadata": {"name": f"g-{i}", "namespace": namespace, "uid": f"g-{i}"},
+                "spec": {"agents": selection, "capabilities": tokenkit.STANDARD_CAPABILITIES},
+            }
+        )
+        collections["pods"].append(
+            {
+                "metadata": {
+                    "name": f"{name}-0",
+                    "namespace": namespace,
+                    "uid": f"pod-{i}",
+                    "labels": {"agentauth.dev/agent": name, "app": name},
+                },
+                "spec": {"serviceAccountName": f"sa-{i}"},
+            }
+        )
+        collections["serviceaccounts"].append(
+            {"metadata": {"name": f"sa-{i}", "namespace": namespace, "uid": f"sa-uid-{i}"}}
+        )
+    return collections
+
+
+async def _measure_rss(agents: int) -> dict[str, Any]:
+    from agentauth.tokenservice import settings as settings_module
+    from agentauth.tokenservice import state as state_module
+
+    settings = settings_module.Settings(issuer=ISSUER, cluster_issuer=tokenkit.CLUSTER_ISSUER)
+    gc.collect()
+    baseline = _rss_mb()  # the interpreter with the token service's modules loaded
+    api = _ListedApi(_api_objects(agents))
+    state = state_module.KubeState(api, settings)  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(cache.run()) for cache in state._all]
+    await state.wait_synced(timeout=600)
+    api.collections.clear()  # the listing is the API server's memory, not the service's
+    gc.collect()
+    after = _rss_mb()
+    sizes = state.cache_sizes()
+    for task in tasks:
+        task.cancel()
+    return {
+        "agents": agents,
+        "rss_mb": after,
+        "rss_without_caches_mb": baseline,
+        "cache_sizes": sizes,
+    }
+
+
+def memory(agents: int) -> dict[str, Any]:
+    """RSS of the token service's real caches (``KubeState``) holding ``agents`` Agents, as many
+    grants, agent pods and service accounts, measured in a fresh process."""
+    completed = subprocess.run(
+        [sys.executable, __file__, "--rss", str(agents)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    figures: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
@@ -353,19 +786,34 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-workers", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
-    results: dict[str, Any] = {"cpu_count": os.cpu_count(), "in_process": in_process(args.seconds)}
+    if args.serve_workers:
+        sys.exit(_serve_workers(Path(args.serve_workers[1]), int(args.serve_workers[0])))
+    if args.rss:
+        print(json.dumps(asyncio.run(_measure_rss(args.rss))))
+        return
+    results: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    if not args.skip_in_process:
+        results["in_process"] = in_process(args.seconds)
+        results["memory"] = {f"at_{size}_agents": memory(size) for size in (1_000, 10_000)}
     if not args.skip_http:
         results["http"] = over_http(args.seconds)
         samples = results["http"]["at_500_rps"].pop("samples_ms")
+        samples_2000 = results["http"]["workers_2_at_2000_rps"].pop("samples_ms")
     else:
-        samples = []
+        samples, samples_2000 = [], []
     print(json.dumps(results, indent=2), file=sys.stderr)
     # The raw samples go only to bench/run.py, which plots them (bench/plots/*.png).
-    results["distributions"] = {"http_exchange_latency_at_500_rps_ms": samples}
+    results["distributions"] = {
+        "http_exchange_latency_at_500_rps_ms": samples,
+        "http_exchange_latency_2_workers_at_2000_rps_ms": samples_2000,
+    }
     print(json.dumps(results))  # bench/run.py reads the last stdout line
 
 

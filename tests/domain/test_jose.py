@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import jwt
 import pytest
@@ -189,3 +191,59 @@ def test_jwks_are_loaded_by_pyjwt_public_members_only() -> None:
         assert isinstance(caught.value, ValueError)
     keys = jose.PublicKeySet.from_jwks({"keys": [jwk, {"kty": "oct", "kid": "h", "k": "AA"}]})
     assert "k" in keys and "h" not in keys
+
+
+# --------------------------------------------------------------------------- JSON of the segments
+
+MALFORMED_PAYLOADS = [
+    (b'{"exp": NaN}', "token payload is not valid JSON"),
+    (b'{"exp": 1e999}', "token payload is not valid JSON"),
+    (b'{"exp": Infinity}', "token payload is not valid JSON"),
+    (b'\xef\xbb\xbf{"sub": "a"}', "token payload is not valid JSON"),
+    ('{"sub": "a"}'.encode("utf-16"), "token payload is not valid JSON"),
+    (b'{"sub": "\xff"}', "token payload is not valid JSON"),
+    (b'["sub"]', "token payload is not a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("raw", "description"), MALFORMED_PAYLOADS)
+def test_a_payload_that_is_not_strict_utf8_json_is_refused(
+    key: ed25519.Ed25519PrivateKey, raw: bytes, description: str
+) -> None:
+    header = _segment({"alg": "EdDSA", "kid": "k1"})
+    signing_input = f"{header}.{jose.b64url_encode(raw)}"
+    token = f"{signing_input}.{jose.b64url_encode(key.sign(signing_input.encode()))}"
+    with pytest.raises(jose.MalformedToken) as caught:
+        jose.parse(token)
+    assert caught.value.description == description
+
+
+def test_without_orjson_tokens_are_signed_and_parsed_alike() -> None:
+    """The SDK's base install has no orjson: the standard library signs the same claims and
+    refuses the same malformed payloads (run in a fresh interpreter where orjson cannot load)."""
+    probe = f"""
+import sys
+sys.modules["orjson"] = None  # ImportError: the base install
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from agentauth.domain import jose
+assert jose.orjson is None
+key = ed25519.Ed25519PrivateKey.generate()
+claims = {{"sub": "aauth:a.b@t", "scope": "x.y", "exp": 2, "agent": {{"name": "\\u00e9"}}}}
+token = jose.sign(claims, key=key, alg="EdDSA", headers={{"kid": "k1", "typ": "at+jwt"}})
+keys = jose.PublicKeySet({{"k1": key.public_key()}})
+assert jose.verify(token, keys=keys, allowed_algorithms=("EdDSA",)).payload == claims
+for raw, description in {MALFORMED_PAYLOADS!r}:
+    header = jose.b64url_encode(b'{{"alg":"EdDSA","kid":"k1"}}')
+    try:
+        jose.parse(header + "." + jose.b64url_encode(raw) + ".AA")
+    except jose.MalformedToken as exc:
+        assert exc.description == description, (raw, exc.description)
+    else:
+        raise AssertionError(raw)
+print("ok")
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "ok"

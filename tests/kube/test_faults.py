@@ -198,6 +198,39 @@ async def test_a_cache_recovers_within_seconds_when_the_api_server_returns(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_listeners_see_every_change_and_a_deletion_missed_while_the_server_was_away(
+    api: kubeclient.KubeClient, proxy: faults.TcpProxy, namespace: str, kube_api: Any
+) -> None:
+    """What the token service's snapshot is kept current by: each store and removal, one object
+    at a time, including one the watch never saw (the relist reports it)."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "before"}})
+    cache: caches.Cache[dict[str, Any]] = caches.Cache(
+        api, CONFIGMAPS, parse=dict, namespace=namespace
+    )
+    seen: dict[tuple[str, str], dict[str, Any] | None] = {}
+    cache.listen(lambda key, item: seen.__setitem__(key, item))
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.synced.wait(), 10)
+        assert seen[(namespace, "before")] is not None
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": "watched"}})
+        await asyncio.wait_for(_until(lambda: (namespace, "watched") in seen), 10)
+        late: dict[tuple[str, str], dict[str, Any] | None] = {}
+        cache.listen(lambda key, item: late.__setitem__(key, item))  # starts with the contents
+        assert set(late) == {(namespace, "before"), (namespace, "watched")}
+        proxy.go_down()
+        await asyncio.wait_for(_until(lambda: not cache.healthy), 10)
+        core.delete_namespaced_config_map("before", namespace)  # while the cache is away
+        proxy.come_up()
+        await asyncio.wait_for(_until(lambda: seen[(namespace, "before")] is None), 10)
+        assert late[(namespace, "before")] is None
+        assert seen[(namespace, "watched")] is not None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_the_health_probe_sees_a_freeze_and_the_return(
     api: kubeclient.KubeClient, proxy: faults.TcpProxy
 ) -> None:

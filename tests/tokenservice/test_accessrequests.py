@@ -364,15 +364,22 @@ async def test_get_refuses_bad_wait(env: Env, wait: str) -> None:
     )
 
 
+async def open_long_polls(env: Env) -> float:
+    async with env.http.get(env.base + "/metrics") as response:
+        text = await response.text()
+    (line,) = [x for x in text.splitlines() if x.startswith("agentauth_access_request_long_polls ")]
+    return float(line.split()[1])
+
+
 async def test_long_poll_returns_as_soon_as_the_cache_sees_the_decision(env: Env) -> None:
     pending = request_of(env, "buyer-lp", phase="Pending", expiresAt="2030-01-01T00:00:00Z")
     await env.world(requests=[pending])
     token = env.token()
     started = time.monotonic()
     poll = asyncio.create_task(env.call("GET", "/v1/access-requests/buyer-lp?wait=30", token=token))
-    # Wait (with a deadline) until the handler is parked on the change notification.
+    # Wait (with a deadline) until the handler is parked (the open long-polls gauge).
     deadline = time.monotonic() + 10
-    while not env.state.changed._waiters:  # type: ignore[attr-defined]
+    while await open_long_polls(env) != 1:
         assert time.monotonic() < deadline, "the long-poll never waited"
         await asyncio.sleep(0.01)
     # An unrelated change wakes it, but it keeps waiting: still Pending.
@@ -541,7 +548,7 @@ async def test_shutdown_answers_open_long_polls_at_once_and_closes_their_connect
 
     waiting = asyncio.create_task(poll())
     deadline = time.monotonic() + 10
-    while not env.state.changed._waiters:  # type: ignore[attr-defined]
+    while await open_long_polls(env) != 1:
         assert time.monotonic() < deadline, "the long-poll never waited"
         await asyncio.sleep(0.01)
     started = time.monotonic()

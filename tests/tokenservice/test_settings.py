@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,49 @@ async def test_remote_keys_unavailable_on_first_fetch_failure() -> None:
     with pytest.raises(errors.TemporarilyUnavailable) as caught:
         await state.RemoteKeys(failing, name="cluster").get(refresh=False)
     assert caught.value.description == "cannot fetch the cluster signing keys"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "--workers / AGENTAUTH_WORKERS must be 1 to 64 or auto"),
+        ("65", "--workers / AGENTAUTH_WORKERS must be 1 to 64 or auto"),
+        ("many", "--workers / AGENTAUTH_WORKERS: 'many' is not valid"),
+    ],
+)
+def test_bad_worker_counts_name_the_flag(value: str, message: str) -> None:
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.from_sources(environ={"AGENTAUTH_ISSUER": "https://x", "AGENTAUTH_WORKERS": value})
+    assert str(caught.value) == message
+
+
+def test_workers_default_to_one_and_auto_is_the_cpus_the_process_may_use() -> None:
+    base = {"AGENTAUTH_ISSUER": "https://x"}
+    assert settings.from_sources(environ=base).workers == 1
+    assert settings.from_sources(environ={**base, "AGENTAUTH_WORKERS": "3"}).workers == 3
+    auto = settings.from_sources(environ={**base, "AGENTAUTH_WORKERS": "auto"}).workers
+    assert auto == settings.available_cpus()
+    assert 1 <= auto <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # no quota: the CPUs it may run on
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 1),  # 1.5 CPUs: rounded down
+        ({"cpu.max": "50000 100000\n"}, 1),  # less than one: still one worker
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_auto_reads_the_cgroup_cpu_quota(
+    tmp_path: Path, files: dict[str, str], cpus: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    expected = min(cpus, affinity) if cpus is not None else min(affinity, settings.MAX_WORKERS)
+    assert settings.available_cpus(cgroup=tmp_path) == expected

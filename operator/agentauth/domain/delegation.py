@@ -228,7 +228,7 @@ def decide(
     audience, server = exchanging.resolve_audience(
         target.audience,
         issuer=issuer,
-        tool_servers=snapshot.tool_servers,
+        tool_servers=snapshot.tool_servers_claiming(target.audience),
         namespace=agent.metadata.namespace or "",
         policy=snapshot.claim_policy,
     )

@@ -38,7 +38,6 @@ import functools
 import hashlib
 import hmac
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -238,52 +237,201 @@ class Pod:
 Key = tuple[str, str]
 
 
-@dataclass
 class Snapshot:
-    """What the caches hold at one moment; the token service rebuilds it when a cache changes."""
+    """What the caches hold, indexed for the decisions of this module.
 
-    agents: Mapping[Key, Agent] = field(default_factory=dict)
-    grants: Sequence[CapabilityGrant] = ()
-    access_requests: Sequence[AccessRequest] = ()
-    tool_servers: Sequence[ToolServer] = ()
-    pods: Mapping[Key, Pod] = field(default_factory=dict)
-    claim_policy: claimpolicy.ClaimPolicy = field(default_factory=claimpolicy.ClaimPolicy)
-    """Who may claim which resource URI (and cloud identity): the token service's setting."""
-    service_accounts: Mapping[Key, str] = field(default_factory=dict)
-    """The uid of each service account of the watched namespaces, by (namespace, name)."""
-    _grants_by_ns: dict[str, list[CapabilityGrant]] = field(default_factory=dict, repr=False)
-    _requests_by_agent: dict[Key, list[AccessRequest]] = field(default_factory=dict, repr=False)
-    _held: dict[Key, tuple[Agent, datetime | None, list[EffectiveCapability]]] = field(
-        default_factory=dict, repr=False
-    )
-    _counted: dict[Key, tuple[Agent, datetime | None, list[AccessRequest]]] = field(
-        default_factory=dict, repr=False
-    )
+    Built from whole collections (tests, benchmarks, ``MemoryState``) or kept current one object at
+    a time (``put_*``: the token service's watch events), so a change costs what the changed
+    object costs, never a rebuild of the cluster. Every decision of this module is a synchronous
+    function of one ``Snapshot``, and changes are applied on the same event loop between
+    decisions, so each decision sees one consistent state.
 
-    def __post_init__(self) -> None:
-        by_ns: defaultdict[str, list[CapabilityGrant]] = defaultdict(list)
-        for grant in self.grants:
-            by_ns[grant.metadata.namespace or ""].append(grant)
-        self._grants_by_ns = dict(by_ns)
-        by_agent: defaultdict[Key, list[AccessRequest]] = defaultdict(list)
-        for request in self.access_requests:
-            by_agent[(request.metadata.namespace or "", request.spec.agent)].append(request)
-        self._requests_by_agent = dict(by_agent)
+    Per-request lookups are by key: the Agent and pod by (namespace, name), the grants of one
+    namespace (:meth:`grants_in`), the access requests of one Agent, the ToolServers claiming one
+    resource URI (:meth:`tool_servers_claiming`), the Agents with ``spec.federation``
+    (:meth:`federated_agents`). What an Agent holds (:meth:`held`) and its requests as they stand
+    (:meth:`access_requests_of`) are memoised per Agent object and are recomputed when that
+    Agent, a grant of its namespace or one of its requests changes, or the next grant expires.
+    """
+
+    def __init__(
+        self,
+        *,
+        agents: Mapping[Key, Agent] | None = None,
+        grants: Iterable[CapabilityGrant] = (),
+        access_requests: Iterable[AccessRequest] = (),
+        tool_servers: Iterable[ToolServer] = (),
+        pods: Mapping[Key, Pod] | None = None,
+        claim_policy: claimpolicy.ClaimPolicy | None = None,
+        service_accounts: Mapping[Key, str] | None = None,
+    ) -> None:
+        self.claim_policy = claim_policy if claim_policy is not None else claimpolicy.ClaimPolicy()
+        """Who may claim which resource URI (and cloud identity): the token service's setting."""
+        self.agents: dict[Key, Agent] = {}
+        self.pods: dict[Key, Pod] = dict(pods or {})
+        self.service_accounts: dict[Key, str] = dict(service_accounts or {})
+        """The uid of each service account of the watched namespaces, by (namespace, name)."""
+        self._federated: dict[Key, Agent] = {}
+        self._grants: dict[str, dict[str, CapabilityGrant]] = {}
+        self._grants_sorted: dict[str, tuple[CapabilityGrant, ...]] = {}
+        self._grants_version: dict[str, int] = {}
+        self._requests: dict[Key, dict[str, AccessRequest]] = {}
+        self._requests_version: dict[Key, int] = {}
+        self._request_agent: dict[Key, Key] = {}
+        self._tool_servers: dict[Key, ToolServer] = {}
+        self._by_uri: dict[str | None, dict[Key, ToolServer]] = {}
+        self._tick = 0
+        self._held: dict[Key, tuple[Agent, int, datetime | None, list[EffectiveCapability]]] = {}
+        self._counted: dict[Key, tuple[Agent, int, int, datetime | None, list[AccessRequest]]] = {}
+        self._scopes: dict[Key, tuple[object, object, object, object, ScopeDecision]] = {}
+        self._decisions: dict[Key, tuple[Agent, Pod | None, ScopeDecision, object, Decision]] = {}
+        for key, agent in (agents or {}).items():
+            self.put_agent(key, agent)
+        for grant in grants:
+            self.put_grant(_key_of(grant), grant)
+        for request in access_requests:
+            self.put_access_request(_key_of(request), request)
+        for server in tool_servers:
+            self.put_tool_server(_key_of(server), server)
+
+    # -- reading -------------------------------------------------------------------------------
 
     def agent(self, namespace: str, name: str) -> Agent | None:
         return self.agents.get((namespace, name))
 
+    @property
+    def grants(self) -> list[CapabilityGrant]:
+        """Every grant (a new list, O(grants): per-request code uses :meth:`grants_in`)."""
+        return [g for by_name in self._grants.values() for g in by_name.values()]
+
+    @property
+    def access_requests(self) -> list[AccessRequest]:
+        """Every access request (a new list; per-request code uses :meth:`access_requests_of`)."""
+        return [r for by_name in self._requests.values() for r in by_name.values()]
+
+    @property
+    def tool_servers(self) -> list[ToolServer]:
+        """Every ToolServer (a new list; per-request code uses :meth:`tool_servers_claiming`)."""
+        return list(self._tool_servers.values())
+
+    def grants_in(self, namespace: str) -> Sequence[CapabilityGrant]:
+        """The grants of ``namespace``, sorted by name."""
+        found = self._grants_sorted.get(namespace)
+        if found is None:
+            by_name = self._grants.get(namespace, {})
+            found = tuple(by_name[name] for name in sorted(by_name))
+            self._grants_sorted[namespace] = found
+        return found
+
+    def tool_servers_claiming(self, uri: str | None) -> list[ToolServer]:
+        """The ToolServers whose normalised ``resourceURI`` is that of ``uri`` (every namespace,
+        before the claim policy); none when ``uri`` is ``None`` or cannot be normalised."""
+        if uri is None:
+            return []
+        try:
+            wanted = claimpolicy.normalize_resource_uri(uri)
+        except ValueError:
+            return []
+        return list(self._by_uri.get(wanted, {}).values())
+
+    def federated_agents(self) -> list[Agent]:
+        """The Agents with a ``spec.federation`` (the only ones a cloud identity can match)."""
+        return list(self._federated.values())
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "agents": len(self.agents),
+            "capabilitygrants": sum(len(by_name) for by_name in self._grants.values()),
+            "accessrequests": len(self._request_agent),
+            "toolservers": len(self._tool_servers),
+            "pods": len(self.pods),
+        }
+
+    # -- keeping current -----------------------------------------------------------------------
+
+    def put_agent(self, key: Key, agent: Agent | None) -> None:
+        """Store (or with ``None`` remove) the Agent at ``key``."""
+        if agent is None:
+            self.agents.pop(key, None)
+            self._federated.pop(key, None)
+            self._held.pop(key, None)
+            self._counted.pop(key, None)
+            self._scopes.pop(key, None)
+            self._decisions.pop(key, None)
+            return
+        self.agents[key] = agent
+        if agent.spec.federation is not None:
+            self._federated[key] = agent
+        else:
+            self._federated.pop(key, None)
+
+    def put_grant(self, key: Key, grant: CapabilityGrant | None) -> None:
+        namespace, name = key
+        if grant is None:
+            if self._grants.get(namespace, {}).pop(name, None) is None:
+                return
+        else:
+            self._grants.setdefault(namespace, {})[name] = grant
+        self._grants_sorted.pop(namespace, None)
+        self._tick += 1
+        self._grants_version[namespace] = self._tick
+
+    def put_access_request(self, key: Key, request: AccessRequest | None) -> None:
+        previous = self._request_agent.pop(key, None)
+        if previous is not None:
+            self._requests.get(previous, {}).pop(key[1], None)
+            self._touch_requests(previous)
+        if request is not None:
+            owner = (key[0], request.spec.agent)
+            self._requests.setdefault(owner, {})[key[1]] = request
+            self._request_agent[key] = owner
+            self._touch_requests(owner)
+
+    def _touch_requests(self, owner: Key) -> None:
+        self._tick += 1
+        self._requests_version[owner] = self._tick
+        if not self._requests.get(owner, True):
+            del self._requests[owner]
+
+    def put_tool_server(self, key: Key, server: ToolServer | None) -> None:
+        previous = self._tool_servers.pop(key, None)
+        if previous is not None:
+            self._by_uri.get(toolservers.normalized_uri(previous), {}).pop(key, None)
+        if server is not None:
+            self._tool_servers[key] = server
+            self._by_uri.setdefault(toolservers.normalized_uri(server), {})[key] = server
+
+    def put_pod(self, key: Key, pod: Pod | None) -> None:
+        if pod is None:
+            self.pods.pop(key, None)
+        else:
+            self.pods[key] = pod
+
+    def put_service_account(self, key: Key, uid: str | None) -> None:
+        if uid is None:
+            self.service_accounts.pop(key, None)
+        else:
+            self.service_accounts[key] = uid
+
+    # -- derived, memoised ---------------------------------------------------------------------
+
     def held(self, agent: Agent, *, now: datetime) -> list[EffectiveCapability]:
-        """``capabilities.effective_capabilities`` over this snapshot's grants, memoised per
-        Agent object until the next grant expiry (a snapshot never changes; a new one is built
-        when a cache changes)."""
+        """``capabilities.effective_capabilities`` over the grants of the Agent's namespace,
+        memoised per Agent object until a grant of its namespace changes or the next one
+        expires."""
         key = (agent.metadata.namespace or "", agent.metadata.name or "")
+        version = self._grants_version.get(key[0], 0)
         cached = self._held.get(key)
-        if cached is not None and cached[0] is agent and (cached[1] is None or now < cached[1]):
-            return cached[2]
-        grants = self._grants_by_ns.get(key[0], [])
+        if (
+            cached is not None
+            and _same_selection(cached[0], agent)
+            and cached[1] == version
+            and (cached[2] is None or now < cached[2])
+        ):
+            return cached[3]
+        grants = self.grants_in(key[0])
         result = capabilities.effective_capabilities(agent, grants, now=now)
-        self._held[key] = (agent, capabilities.next_expiry(grants, now=now), result)
+        self._held[key] = (agent, version, capabilities.next_expiry(grants, now=now), result)
         return result
 
     def access_requests_of(
@@ -304,18 +452,87 @@ class Snapshot:
         """
         key = (agent.metadata.namespace or "", agent.metadata.name or "")
         moment = now if now is not None else datetime.now(UTC)
+        grants_version = self._grants_version.get(key[0], 0)
+        requests_version = self._requests_version.get(key, 0)
         cached = self._counted.get(key)
-        if cached is not None and cached[0] is agent and (cached[1] is None or moment < cached[1]):
-            return cached[2]
-        grants = self._grants_by_ns.get(key[0], [])
+        if (
+            cached is not None
+            and _same_selection(cached[0], agent)
+            and cached[1] == grants_version
+            and cached[2] == requests_version
+            and (cached[3] is None or moment < cached[3])
+        ):
+            return cached[4]
+        grants = self.grants_in(key[0])
         resolutions: dict[tuple[tuple[str, ...], str], approvals.ResolvedRequest | None] = {}
         counted = [
             _as_it_stands(request, agent=agent, grants=grants, now=moment, memo=resolutions)
-            for request in self._requests_by_agent.get(key, [])
+            for request in self._requests.get(key, {}).values()
             if request.spec.agent_uid and request.spec.agent_uid == agent.metadata.uid
         ]
-        self._counted[key] = (agent, capabilities.next_expiry(grants, now=moment), counted)
+        self._counted[key] = (
+            agent,
+            grants_version,
+            requests_version,
+            capabilities.next_expiry(grants, now=moment),
+            counted,
+        )
         return counted
+
+    def select_scope(
+        self,
+        agent: Agent,
+        *,
+        requested: tuple[str, ...] | None,
+        now: datetime,
+        restrict_to: Sequence[str] | None = None,
+    ) -> ScopeDecision:
+        """:func:`select_scope` over what ``agent`` holds and its requests as they stand,
+        memoised per Agent for its last (``requested``, ``restrict_to``): the same inputs give
+        the same decision until an approval it relies on ends (its ``granted_until``)."""
+        held = self.held(agent, now=now)
+        requests = self.access_requests_of(agent, now=now)
+        key = (agent.metadata.namespace or "", agent.metadata.name or "")
+        restricted = tuple(restrict_to) if restrict_to is not None else None
+        cached = self._scopes.get(key)
+        if (
+            cached is not None
+            and cached[0] is held
+            and cached[1] is requests
+            and cached[2] == requested
+            and cached[3] == restricted
+            and (cached[4].granted_until is None or now < cached[4].granted_until)
+        ):
+            return cached[4]
+        decision = select_scope(
+            agent=agent,
+            held=held,
+            requests=requests,
+            requested=requested,
+            now=now,
+            restrict_to=restrict_to,
+        )
+        self._scopes[key] = (held, requests, requested, restricted, decision)
+        return decision
+
+
+def _same_selection(cached: Agent, agent: Agent) -> bool:
+    """Whether a result computed for ``cached`` holds for ``agent``: what grants select by
+    (namespace, name, labels) and the uid requests are filed for are the same (a status write
+    changes neither)."""
+    if cached is agent:
+        return True
+    old, new = cached.metadata, agent.metadata
+    return (
+        old.uid == new.uid
+        and old.name == new.name
+        and old.namespace == new.namespace
+        and old.labels == new.labels
+    )
+
+
+def _key_of(obj: AccessRequest | CapabilityGrant | ToolServer) -> Key:
+    return (obj.metadata.namespace or "", obj.metadata.name or "")
 
 
 def _as_it_stands(
@@ -424,10 +641,15 @@ def check_agent_usable(agent: Agent) -> None:
     if agent.spec.suspended:
         raise errors.InvalidGrant(f"agent {agent_label(agent)} is suspended")
     status = agent.status
-    ready = next((c for c in status.conditions if c.type == "Ready"), None) if status else None
-    refused = ready is not None and ready.status == "False"
-    if ready is not None and refused and ready.reason not in READY_REASONS_RECOMPUTED:
-        raise errors.InvalidGrant(f"agent {agent_label(agent)} is not ready: {ready.reason}")
+    if status is None:
+        return
+    for condition in status.conditions:
+        if condition.type == "Ready":
+            if condition.status == "False" and condition.reason not in READY_REASONS_RECOMPUTED:
+                raise errors.InvalidGrant(
+                    f"agent {agent_label(agent)} is not ready: {condition.reason}"
+                )
+            return
 
 
 # -- scope -------------------------------------------------------------------------------------
@@ -519,7 +741,8 @@ def select_scope(
 
 @functools.lru_cache(maxsize=256)
 def _ttl(text: str) -> timedelta:
-    return durations.parse_duration(text)
+    """An Agent's ``tokenTTL``, at most :data:`tokens.MAX_LIFETIME`."""
+    return min(durations.parse_duration(text), tokens.MAX_LIFETIME)
 
 
 def token_lifetime(
@@ -530,16 +753,16 @@ def token_lifetime(
     not_after: Iterable[datetime | None] = (),
 ) -> timedelta:
     """min(requested, the Agent's tokenTTL, 1 h, every ``not_after`` - now); at least 1 s."""
-    lifetime = min(_ttl(agent.spec.token_ttl), tokens.MAX_LIFETIME)
-    if requested is not None:
-        lifetime = min(lifetime, requested)
+    lifetime = _ttl(agent.spec.token_ttl)
+    if requested is not None and requested < lifetime:
+        lifetime = requested
     for bound in not_after:
         if bound is not None:
             lifetime = min(lifetime, _aware(bound) - now)
-    whole = timedelta(seconds=int(lifetime.total_seconds()))
-    if whole < timedelta(seconds=1):
+    seconds = int(lifetime.total_seconds())
+    if seconds < 1:
         raise errors.InvalidGrant("the requested access ends before a token could be used")
-    return whole
+    return timedelta(seconds=seconds)
 
 
 def resolve_audience(
@@ -624,18 +847,30 @@ def decide_for_agent(
     audience, server = resolve_audience(
         target.audience,
         issuer=issuer,
-        tool_servers=snapshot.tool_servers,
+        tool_servers=snapshot.tool_servers_claiming(target.audience),
         namespace=agent.metadata.namespace or "",
         policy=snapshot.claim_policy,
     )
-    scope = select_scope(
-        agent=agent,
-        held=snapshot.held(agent, now=now),
-        requests=snapshot.access_requests_of(agent, now=now),
+    scope = snapshot.select_scope(
+        agent,
         requested=target.scope,
         now=now,
         restrict_to=[t.capability for t in server.spec.tools] if server is not None else None,
     )
+    # Without a ToolServer or an approval's end, the decision is a function of these objects
+    # alone (the lifetime does not depend on the time): the same ones give the same decision.
+    memo_key = (agent.metadata.namespace or "", agent.metadata.name or "")
+    reusable = server is None and scope.granted_until is None
+    if reusable:
+        cached = snapshot._decisions.get(memo_key)
+        if (
+            cached is not None
+            and cached[0] is agent
+            and cached[1] is pod
+            and cached[2] is scope
+            and cached[3] == (target, issuer, trust_domain)
+        ):
+            return cached[4]
     lifetime = token_lifetime(
         requested=target.requested_lifetime,
         agent=agent,
@@ -647,7 +882,7 @@ def decide_for_agent(
         namespace=agent.metadata.namespace or "",
         trust_domain=trust_domain,
     )
-    return Decision(
+    decision = Decision(
         agent=agent,
         subject=agent_id,
         client_id=agent_id,
@@ -659,6 +894,15 @@ def decide_for_agent(
         may_act=target.may_act,
         tool_server=server,
     )
+    if reusable:
+        snapshot._decisions[memo_key] = (
+            agent,
+            pod,
+            scope,
+            (target, issuer, trust_domain),
+            decision,
+        )
+    return decision
 
 
 def decide_for_service_account(
@@ -782,7 +1026,7 @@ def _check_tool_server_current(
         _, server = resolve_audience(
             audience,
             issuer="",
-            tool_servers=snapshot.tool_servers,
+            tool_servers=snapshot.tool_servers_claiming(audience),
             namespace=namespace,
             policy=snapshot.claim_policy,
         )

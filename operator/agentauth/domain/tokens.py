@@ -34,6 +34,7 @@ ALGORITHMS: tuple[str, ...] = ("EdDSA", "Ed25519")
 """Names an agent token may be issued (and is accepted) under: RFC 8037 and RFC 9864."""
 DEFAULT_LIFETIME = timedelta(minutes=2)
 MAX_LIFETIME = keys.MAX_TOKEN_LIFETIME
+_MAX_SECONDS = MAX_LIFETIME.total_seconds()
 DEFAULT_LEEWAY = float(clockskew.LEEWAY_SECONDS)
 SUBJECT_PREFIX = "aauth:"
 
@@ -84,12 +85,12 @@ def issue(
     :data:`ALGORITHMS`."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"agent tokens are signed with one of {ALGORITHMS}, not {algorithm!r}")
-    if lifetime <= timedelta(0):
+    seconds = lifetime.total_seconds()
+    if seconds <= 0:
         raise errors.InvalidRequest("token lifetime must be positive")
-    lifetime = min(lifetime, MAX_LIFETIME)
     signing = keyset.signing_key()
     iat = int(now.timestamp())
-    expires_in = int(lifetime.total_seconds())
+    expires_in = int(min(seconds, _MAX_SECONDS))
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": subject,
@@ -100,7 +101,7 @@ def issue(
         "jti": secrets.token_urlsafe(16),
         "client_id": client_id,
         "scope": " ".join(scope),
-        "agent": agent.claim(),
+        "agent": {"name": agent.name, "namespace": agent.namespace, "uid": agent.uid},
     }
     if cnf_jwk is not None:
         public = {k: v for k, v in cnf_jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
@@ -112,11 +113,11 @@ def issue(
     if extra_claims:
         for name, value in extra_claims.items():
             claims.setdefault(name, value)
-    token = jose.sign(
+    token = jose.sign_with_header(
         claims,
         key=signing.private_key,
         alg=algorithm,
-        headers={"kid": signing.kid, "typ": TOKEN_TYPE},
+        header=jose.header_segment(alg=algorithm, kid=signing.kid, typ=TOKEN_TYPE),
     )
     return IssuedToken(
         token=token,

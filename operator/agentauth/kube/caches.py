@@ -10,6 +10,10 @@ Guarantees:
   something changed; ``parse`` turns the raw object into a typed value, and objects that fail to
   parse are left out (logged), never half-used.
 - ``changed`` (an ``asyncio.Condition``) is notified on every change, for long-polls.
+- Every listener added with ``listen`` is called synchronously with ``(key, item)`` for each
+  object stored and ``(key, None)`` for each removed, before ``revision`` moves, so consumers
+  keep derived indexes current at the cost of the changed object (a relist reports every
+  object it loads and every one it no longer holds).
 - Failures are retried forever with a capped, jittered backoff (at most :data:`RETRY_MAX`
   seconds apart), so a watch recovers within seconds of the API server coming back; every call
   has the client's deadline, so a frozen API server cannot hang the loop. ``reconnect()`` drops
@@ -70,6 +74,18 @@ class Cache(Generic[T]):
         self.healthy = False
         self.last_error: str | None = None
         self._reconnect = asyncio.Event()
+        self._listeners: list[Callable[[Key, T | None], None]] = []
+
+    def listen(self, listener: Callable[[Key, T | None], None]) -> None:
+        """Call ``listener(key, item)`` on every store and ``(key, None)`` on every removal,
+        starting with what the cache holds now."""
+        self._listeners.append(listener)
+        for key, item in self._items.items():
+            listener(key, item)
+
+    def _report(self, key: Key, item: T | None) -> None:
+        for listener in self._listeners:
+            listener(key, item)
 
     def items(self) -> list[T]:
         return list(self._items.values())
@@ -81,13 +97,19 @@ class Cache(Generic[T]):
         return len(self._items)
 
     def _store(self, obj: dict[str, Any]) -> None:
+        key = object_key(obj)
         try:
-            self._items[object_key(obj)] = self._parse(obj)
+            item = self._parse(obj)
         except Exception as exc:  # a malformed object must not poison the cache
-            log.warning(
-                "skipping unparseable %s %s: %s", self.resource.plural, object_key(obj), exc
-            )
-            self._items.pop(object_key(obj), None)
+            log.warning("skipping unparseable %s %s: %s", self.resource.plural, key, exc)
+            self._remove(key)
+            return
+        self._items[key] = item
+        self._report(key, item)
+
+    def _remove(self, key: Key) -> None:
+        if self._items.pop(key, None) is not None:
+            self._report(key, None)
 
     async def _notify(self) -> None:
         self.revision += 1
@@ -101,7 +123,9 @@ class Cache(Generic[T]):
             label_selector=self.label_selector,
             field_selector=self.field_selector,
         )
-        self._items = {}
+        listed = {object_key(obj) for obj in listing.get("items", [])}
+        for key in [key for key in self._items if key not in listed]:
+            self._remove(key)  # deleted while we were not watching
         for obj in listing.get("items", []):
             self._store(obj)
         self.resource_version = str(listing.get("metadata", {}).get("resourceVersion", ""))
@@ -120,7 +144,7 @@ class Cache(Generic[T]):
             version = (event.object.get("metadata") or {}).get("resourceVersion")
             if event.type != "BOOKMARK":
                 if event.type == "DELETED":
-                    self._items.pop(object_key(event.object), None)
+                    self._remove(object_key(event.object))
                 else:
                     self._store(event.object)
                 await self._notify()

@@ -29,11 +29,14 @@ Guarantees:
   late.
 - An agent sees only its own requests: another agent's name is answered 404, like a missing one.
 - ``GET ...?wait=S`` (S <= :data:`MAX_WAIT_SECONDS`) returns as soon as the request is decided:
-  it waits on the watch-driven cache's change notification, not on a timer, so the answer leaves
-  within milliseconds of the watch event. When the service shuts down, every open long-poll is
-  answered at once with the current state and ``Connection: close``, so the client's next poll
-  reaches a replica that is still serving. A restarted token service re-lists and answers the
-  agent's next poll from the API server's state; nothing is kept in this process.
+  it waits for the watch event of that very request (``state.on_access_request``), not on a
+  timer, so the answer leaves within milliseconds of the watch event. A wait is a future on the
+  event loop, never a thread, and only the waits of the request that changed are woken, so a
+  replica holds thousands of open waits and a decision costs the same with one or thousands.
+  When the service shuts down, every open long-poll is answered at once with the current state
+  and ``Connection: close``, so the client's next poll reaches a replica that is still serving.
+  A restarted token service re-lists and answers the agent's next poll from the API server's
+  state; nothing is kept in this process.
 """
 
 from __future__ import annotations
@@ -155,10 +158,21 @@ class _Handlers:
         # would only lose races to each other (each loss costs API calls). Across replicas the
         # API server's create-if-absent decides; this lock is an optimisation, not the guarantee.
         self._slot_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Open long-polls by the (namespace, name) of their request.
+        self._waiters: dict[tuple[str, str], set[asyncio.Future[None]]] = {}
+        context.state.on_access_request(self._request_changed)
+
+    def _request_changed(self, key: tuple[str, str] | None) -> None:
+        """Wake the long-polls of the request at ``key`` (every one for ``None``)."""
+        for waiting in [key] if key is not None else list(self._waiters):
+            for waiter in self._waiters.pop(waiting, ()) if waiting is not None else ():
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def shutdown(self, _app: web.Application) -> None:
         """Wake every open long-poll: each answers with its current state."""
         self.stopping = True
+        self._request_changed(None)
         async with self.context.state.changed:
             self.context.state.changed.notify_all()
 
@@ -433,9 +447,7 @@ class _Handlers:
         if duration_text is not None and not isinstance(duration_text, str):
             raise errors.InvalidRequest('"duration" must be a string such as "15m"')
         namespace = agent.metadata.namespace or ""
-        grants = [
-            g for g in self.context.state.snapshot().grants if g.metadata.namespace == namespace
-        ]
+        grants = list(self.context.state.snapshot().grants_in(namespace))
         try:
             justification = approvals.validate_justification(justification)
             context = approvals.validate_context(context)
@@ -500,24 +512,32 @@ class _Handlers:
                     return item
             return None
 
-        # Check and wait under the condition's lock: a watch event cannot slip in between the
-        # check and the wait, so the answer leaves as soon as the decision reaches the cache.
-        async with state.changed:
-            while True:
-                found = find()
-                phase = found.status.phase if found is not None and found.status else None
-                if found is not None and phase not in (None, "Pending"):
-                    break
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self.stopping:
-                    break
-                self.context.metrics.long_polls.inc()
-                try:
-                    await asyncio.wait_for(state.changed.wait(), timeout=remaining)
-                except TimeoutError:
-                    continue
-                finally:
-                    self.context.metrics.long_polls.dec()
+        key = (agent.metadata.namespace or "", name)
+        while True:
+            found = find()
+            phase = found.status.phase if found is not None and found.status else None
+            if found is not None and phase not in (None, "Pending"):
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.stopping:
+                break
+            # Registered between the check and the wait with nothing awaited in between: the
+            # watch event cannot slip past (it runs on this loop), so the answer leaves as soon
+            # as the decision reaches the cache.
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(key, set()).add(waiter)
+            self.context.metrics.long_polls.inc()
+            try:
+                await asyncio.wait_for(waiter, timeout=remaining)
+            except TimeoutError:
+                continue
+            finally:
+                self.context.metrics.long_polls.dec()
+                waiting = self._waiters.get(key)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiters[key]
         if found is None:
             raise errors.NotFound(
                 f"access request {name!r} not found for agent "

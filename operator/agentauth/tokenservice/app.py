@@ -88,6 +88,7 @@ from agentauth.kube import client as kubeclient
 from agentauth.kube import config as kubeconfig
 from agentauth.tokenservice import bodies, federation, hardening, observability, ratelimit
 from agentauth.tokenservice import settings as settings_module
+from agentauth.tokenservice import shared as shared_module
 from agentauth.tokenservice import state as state_module
 
 log = logging.getLogger(__name__)
@@ -119,15 +120,39 @@ class ServiceContext:
         state: state_module.ServiceState,
         kube: kubeclient.KubeClient | None,
         metrics: observability.Metrics,
+        shared: shared_module.WorkerShared | None = None,
+        worker: int = 0,
     ) -> None:
         self.settings = settings
         self.state = state
         self.kube = kube
         self.metrics = metrics
-        # Every request signature is accepted once (within its 60 s window), per replica. The
-        # signature of a refused request is forgotten again (``forget_signature``): anyone can
-        # sign garbage with a key of their own, and must not fill the cache with it.
-        self.signature_replay = assertions.InMemoryReplayCache()
+        self.shared = shared
+        """What the workers of this replica share (``None`` with one worker); ``worker`` is this
+        process's index among them."""
+        self.worker = worker
+        # Every request signature is accepted once (within its 60 s window), per replica (all
+        # its workers). The signature of a refused request is forgotten again
+        # (``forget_signature``): anyone can sign garbage with a key of their own, and must not
+        # fill the cache with it.
+        self.signature_replay: assertions.ReplayCache = (
+            shared.signature_replay if shared is not None else assertions.InMemoryReplayCache()
+        )
+
+    def readiness(self) -> dict[str, Any]:
+        """``state.readiness()`` of this worker, and with several workers the replica's: ready
+        only when every worker is (each publishes its own readiness, see ``serve``)."""
+        report = dict(self.state.readiness())
+        if self.shared is None:
+            return report
+        self.shared.board.set(self.worker, bool(report["ready"]))
+        waiting = self.shared.board.not_ready()
+        if report["ready"] and waiting:
+            report = {
+                "ready": False,
+                "reason": "workers not ready: " + ", ".join(str(index) for index in waiting),
+            }
+        return {**report, "worker": self.worker}
 
     @staticmethod
     def now() -> datetime:
@@ -256,37 +281,56 @@ class TokenService:
         self.settings = context.settings
         self.state = context.state
         self.metrics = context.metrics
-        self.buckets = ratelimit.TokenBuckets(
-            rate=self.settings.rate_limit_per_second, burst=self.settings.rate_limit_burst
-        )
-        self.client_buckets = (
-            ratelimit.TokenBuckets(
-                rate=self.settings.client_rate_limit_per_second,
-                burst=self.settings.client_rate_limit_burst,
-                refusal="too many token requests from {key}",
+        shared = context.shared
+        self.buckets: ratelimit.Buckets = (
+            shared.buckets
+            if shared is not None
+            else ratelimit.TokenBuckets(
+                rate=self.settings.rate_limit_per_second, burst=self.settings.rate_limit_burst
             )
-            if self.settings.client_rate_limit_per_second > 0
-            else None
         )
+        self.client_buckets: ratelimit.Buckets | None = None
+        if self.settings.client_rate_limit_per_second > 0:
+            self.client_buckets = (
+                shared.client_buckets
+                if shared is not None
+                else ratelimit.TokenBuckets(
+                    rate=self.settings.client_rate_limit_per_second,
+                    burst=self.settings.client_rate_limit_burst,
+                    refusal="too many token requests from {key}",
+                )
+            )
         # Ask answers come out of their own per-agent budget (same rate as token requests), so a
         # looping agent can neither flood a replica nor starve its own token refreshes.
-        self.ask_buckets = ratelimit.TokenBuckets(
-            rate=self.settings.rate_limit_per_second,
-            burst=self.settings.rate_limit_burst,
-            refusal="too many Ask requests for {key}",
+        self.ask_buckets: ratelimit.Buckets = (
+            shared.ask_buckets
+            if shared is not None
+            else ratelimit.TokenBuckets(
+                rate=self.settings.rate_limit_per_second,
+                burst=self.settings.rate_limit_burst,
+                refusal="too many Ask requests for {key}",
+            )
         )
-        self.introspection_buckets = ratelimit.TokenBuckets(
-            rate=self.settings.introspection_rate_limit_per_second,
-            burst=self.settings.introspection_rate_limit_burst,
-            refusal="too many introspection requests from {key}",
+        self.introspection_buckets: ratelimit.Buckets = (
+            shared.introspection_buckets
+            if shared is not None
+            else ratelimit.TokenBuckets(
+                rate=self.settings.introspection_rate_limit_per_second,
+                burst=self.settings.introspection_rate_limit_burst,
+                refusal="too many introspection requests from {key}",
+            )
         )
         self._federation_settings = federation.FederationSettings(
             issuer=self.settings.issuer,
             aws_sts_test_endpoint=self.settings.aws_sts_test_endpoint,
             gcp_certs_url=self.settings.gcp_certs_url,
         )
-        self._aws_replay = aws_federation.InMemoryReplayCache()
-        self._assertion_replay = assertions.InMemoryReplayCache()
+        self._aws_replay: aws_federation.ReplayCache = (
+            shared.aws_replay if shared is not None else aws_federation.InMemoryReplayCache()
+        )
+        self._assertion_replay: assertions.ReplayCache = (
+            shared.assertion_replay if shared is not None else assertions.InMemoryReplayCache()
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -478,7 +522,7 @@ class TokenService:
             )
         fields["federated"] = identity.describe()
         return matching.match_agent(
-            identity, snapshot.agents.values(), policy=self.settings.claim_policy
+            identity, snapshot.federated_agents(), policy=self.settings.claim_policy
         )
 
     async def _delegate(
@@ -740,7 +784,7 @@ class TokenService:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        report = dict(self.state.readiness())
+        report = self.context.readiness()
         ready = bool(report.pop("ready"))
         body = {"status": "ready" if ready else "not ready", **report}
         return web.json_response(body, status=200 if ready else 503)
@@ -807,15 +851,20 @@ def build_app(
     settings: settings_module.Settings,
     state: state_module.ServiceState,
     kube: kubeclient.KubeClient | None = None,
+    shared: shared_module.WorkerShared | None = None,
+    worker: int = 0,
 ) -> web.Application:
-    """The aiohttp application over ``state`` (``KubeState`` or ``MemoryState``)."""
+    """The aiohttp application over ``state`` (``KubeState`` or ``MemoryState``); ``shared`` and
+    ``worker`` for one of several worker processes (``agentauth.tokenservice.workers``)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[oauth_errors],
         handler_args=hardening.handler_args(header_timeout=settings.header_timeout),
     )
     metrics = observability.Metrics(state.cache_sizes)
-    context = ServiceContext(settings=settings, state=state, kube=kube, metrics=metrics)
+    context = ServiceContext(
+        settings=settings, state=state, kube=kube, metrics=metrics, shared=shared, worker=worker
+    )
     service = TokenService(context)
     app[CONTEXT_KEY] = context
     app[MAX_BODY_KEY] = settings.max_body_bytes
@@ -862,8 +911,15 @@ async def serve(
     stop: asyncio.Event,
     started: Callable[[str], None] | None = None,
     sync_timeout: float = 60.0,
+    shared: shared_module.WorkerShared | None = None,
+    worker: int = 0,
 ) -> None:
     """Run the token service against the Kubernetes API until ``stop`` is set.
+
+    With ``shared`` this is worker ``worker`` of several (``agentauth.tokenservice.workers``): it
+    binds the port with ``SO_REUSEPORT`` beside its siblings, shares their replay caches and
+    rate limits, and publishes its readiness on the shared board (``/readyz`` of any worker is
+    the replica's). Each worker keeps its own caches (list+watch).
 
     The listener starts at once (``/healthz`` answers, ``/readyz`` is 503 until the caches
     synced); ``started`` receives the base URL once listening (useful with ``listen_port=0``).
@@ -876,15 +932,22 @@ async def serve(
     """
     kube = kubeclient.KubeClient(kubeconfig.load(settings.kubeconfig), timeout=settings.api_timeout)
     state = state_module.KubeState(kube, settings)
-    app = build_app(settings=settings, state=state, kube=kube)
+    app = build_app(settings=settings, state=state, kube=kube, shared=shared, worker=worker)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(
-        runner, settings.listen_host, settings.listen_port, ssl_context=ssl_context(settings)
+        runner,
+        settings.listen_host,
+        settings.listen_port,
+        ssl_context=ssl_context(settings),
+        reuse_port=True if shared is not None else None,
     )
+    publishing: asyncio.Task[None] | None = None
     try:
         await state.start()
         await site.start()
+        if shared is not None:
+            publishing = asyncio.create_task(_publish_readiness(app[CONTEXT_KEY], stop))
         if started is not None:
             started(_bound_url(runner, settings))
         stopping = asyncio.ensure_future(stop.wait())
@@ -895,6 +958,8 @@ async def serve(
             await synced  # not synced in time: /readyz stays 503 and says why
         await stopping
         state.drain()
+        if shared is not None:
+            shared.board.set(worker, False)  # the replica is not ready once any worker drains
         log.info(
             "stopping: not ready any more; closing the listener in %gs", settings.shutdown_delay
         )
@@ -902,11 +967,28 @@ async def serve(
             await asyncio.sleep(settings.shutdown_delay)  # time for load balancers to notice
     finally:
         state.drain()
+        if shared is not None:
+            shared.board.set(worker, False)
+        if publishing is not None:
+            publishing.cancel()
         started_cleanup = time.monotonic()
         await runner.cleanup()
         log.info("stopped serving in %.2fs", time.monotonic() - started_cleanup)
         await state.stop()
         await kube.close()
+
+
+READINESS_INTERVAL = 0.2
+"""Seconds between two publications of a worker's readiness on the shared board."""
+
+
+async def _publish_readiness(context: ServiceContext, stop: asyncio.Event) -> None:
+    """Keep this worker's flag on the board current (``context.readiness`` writes it), so the
+    replica's ``/readyz`` is right whichever worker a probe reaches."""
+    while not stop.is_set():
+        context.readiness()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), READINESS_INTERVAL)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -942,6 +1024,10 @@ def run(settings: settings_module.Settings) -> int:
 
     configure_logging(settings)
     observability.install_audit_sink(sys.stdout)
+    if settings.workers > 1:
+        from agentauth.tokenservice import workers
+
+        return workers.supervise(settings, serve=serve)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -13,8 +13,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from agentauth.domain import errors
+
+
+class Buckets(Protocol):
+    """Token buckets by key: :class:`TokenBuckets` in one process, ``shared.SharedTokenBuckets``
+    across the workers of a replica."""
+
+    def take(self, key: str) -> None:
+        """Spend one token of ``key``'s bucket or raise ``errors.RateLimited``."""
 
 
 class TokenBuckets:

@@ -166,6 +166,14 @@ class Settings:
     readiness. In Kubernetes the chart's ``preStop`` hook does this job instead (endpoints drop a
     terminating pod without waiting for its probe), so the chart leaves this at 0."""
 
+    workers: int = 1
+    """``--workers`` / ``AGENTAUTH_WORKERS``: worker processes serving the one listening port
+    (``SO_REUSEPORT``: the kernel spreads connections over them), a whole number or ``auto``:
+    the CPUs this container may use (its cgroup CPU quota rounded down, else the CPUs it may run
+    on; at least 1), at most :data:`MAX_WORKERS`. The workers of a replica share their replay
+    caches and rate limits and answer ``/readyz`` together; each keeps its own caches (memory
+    and watches per worker: docs/operations.md, "Worker processes"). Default 1."""
+
     shutdown_timeout: float = 5.0
     """``--shutdown-timeout`` / ``AGENTAUTH_SHUTDOWN_TIMEOUT`` (seconds): once the service stops
     accepting, open long-polls are answered at once and in-flight requests get this long to
@@ -211,6 +219,8 @@ class Settings:
             raise SettingsError(
                 "--client-rate-limit must be >= 0 (0: off) and --client-rate-limit-burst >= 1"
             )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise SettingsError(f"--workers / AGENTAUTH_WORKERS must be 1 to {MAX_WORKERS} or auto")
         for name, flag in (
             ("api_timeout", "--api-timeout"),
             ("shutdown_timeout", "--shutdown-timeout"),
@@ -241,6 +251,33 @@ class Settings:
     @property
     def key_secret(self) -> tuple[str, str]:
         return self.namespace, keys.SECRET_NAME
+
+
+MAX_WORKERS = 64
+
+
+def available_cpus(*, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its cgroup's CPU quota (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``/``cpu.cfs_period_us``) rounded down, and no more than the CPUs it may
+    run on; at least 1, at most :data:`MAX_WORKERS`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota: float | None = None
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:
+            limit_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+            if limit_us > 0 and period_us > 0:
+                quota = limit_us / period_us
+        except (OSError, ValueError):
+            pass
+    found = cpus or 1
+    if quota is not None:
+        found = min(found, int(quota))
+    return max(1, min(found, MAX_WORKERS))
 
 
 def _parse_trusted(raw: str) -> tuple[delegation.TrustedIssuer, ...]:
@@ -322,6 +359,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "api_timeout": ("--api-timeout", "AGENTAUTH_API_TIMEOUT"),
     "shutdown_delay": ("--shutdown-delay", "AGENTAUTH_SHUTDOWN_DELAY"),
     "shutdown_timeout": ("--shutdown-timeout", "AGENTAUTH_SHUTDOWN_TIMEOUT"),
+    "workers": ("--workers", "AGENTAUTH_WORKERS"),
 }
 _LISTS = frozenset({"watch_namespaces"})
 
@@ -389,6 +427,8 @@ def from_sources(
                 converted[name] = Path(value)
             elif name == "token_review":
                 converted[name] = _bool(value)
+            elif name == "workers":
+                converted[name] = available_cpus() if value == "auto" else int(value)
             elif name == "trusted_issuers":
                 converted[name] = _parse_trusted(value)
             elif name == "claim_policy":

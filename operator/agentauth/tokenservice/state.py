@@ -6,8 +6,11 @@ production source (caches of Agents, CapabilityGrants, AccessRequests, ToolServe
 ``MemoryState`` holds the same data in memory for tests, benchmarks and embedding.
 
 Guarantees:
-- ``snapshot()`` is rebuilt only when some cache changed, so handlers get a consistent view at
-  the cost of one revision comparison per request.
+- ``snapshot()`` is one ``exchanging.Snapshot`` kept current by the caches' watch events, one
+  object at a time (``Cache.listen``): a change costs what the changed object costs and a
+  request costs nothing to get its snapshot, however large the cluster. Changes are applied on
+  the event loop and every decision is a synchronous function of the snapshot, so each decision
+  sees one consistent state.
 - ``is_ready()`` is true only once every cache has synced and a usable signing key exists, and
   until ``drain()`` (shutdown) is called. ``readiness()`` says the same with what is degraded:
   once synced, an API server that stops answering does not make the service unready (exchanges,
@@ -33,7 +36,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -75,6 +78,11 @@ class ServiceState(Protocol):
     def drain(self) -> None: ...
 
     def cache_sizes(self) -> dict[str, int]: ...
+
+    def on_access_request(self, listener: Callable[[tuple[str, str] | None], None]) -> None:
+        """Call ``listener((namespace, name))`` whenever that AccessRequest changes in the caches
+        (``None``: anything may have changed), on the event loop."""
+        ...
 
     async def cluster_keys(self, *, refresh: bool) -> jose.PublicKeySet: ...
 
@@ -170,6 +178,7 @@ class MemoryState:
         self._trusted = {k: jose.PublicKeySet.from_jwks(v) for k, v in (trusted_jwks or {}).items()}
         self.changed = asyncio.Condition()
         self.draining = False
+        self._request_listeners: list[Callable[[tuple[str, str] | None], None]] = []
 
     async def update(
         self, *, snapshot: exchanging.Snapshot | None = None, keyset: keys.KeySet | None = None
@@ -178,8 +187,13 @@ class MemoryState:
             self._snapshot = snapshot
         if keyset is not None:
             self._keyset = keyset
+        for listener in self._request_listeners:
+            listener(None)
         async with self.changed:
             self.changed.notify_all()
+
+    def on_access_request(self, listener: Callable[[tuple[str, str] | None], None]) -> None:
+        self._request_listeners.append(listener)
 
     def snapshot(self) -> exchanging.Snapshot:
         return self._snapshot
@@ -201,14 +215,7 @@ class MemoryState:
         self.draining = True
 
     def cache_sizes(self) -> dict[str, int]:
-        s = self._snapshot
-        return {
-            "agents": len(s.agents),
-            "capabilitygrants": len(s.grants),
-            "accessrequests": len(s.access_requests),
-            "toolservers": len(s.tool_servers),
-            "pods": len(s.pods),
-        }
+        return self._snapshot.sizes()
 
     async def cluster_keys(self, *, refresh: bool) -> jose.PublicKeySet:
         return self._cluster
@@ -231,17 +238,18 @@ class MemoryState:
         )
 
 
-T = TypeVar("T")
-
-
-def _merged(scoped: list[caches.Cache[T]]) -> list[T]:
-    """The items of one resource's caches (one per watched namespace), as one list."""
-    return [item for cache in scoped for item in cache.items()]
-
-
 def _service_account_uid(obj: dict[str, Any]) -> tuple[str, str, str]:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", ""))
+
+
+def _service_account_listener(
+    snapshot: exchanging.Snapshot,
+) -> Callable[[caches.Key, tuple[str, str, str] | None], None]:
+    def put(key: caches.Key, account: tuple[str, str, str] | None) -> None:
+        snapshot.put_service_account(key, account[2] if account is not None else None)
+
+    return put
 
 
 def _parse_secret(obj: dict[str, Any]) -> keys.KeySet:
@@ -312,8 +320,20 @@ class KubeState:
             self.secret,
         ]
         self.changed = asyncio.Condition()
-        self._revisions: tuple[int, ...] = ()
-        self._snapshot = exchanging.Snapshot()
+        self._snapshot = exchanging.Snapshot(claim_policy=settings.claim_policy)
+        snapshot = self._snapshot
+        for agents in self.agents:
+            agents.listen(snapshot.put_agent)
+        for grants in self.grants:
+            grants.listen(snapshot.put_grant)
+        for requests in self.access_requests:
+            requests.listen(snapshot.put_access_request)
+        for servers in self.tool_servers:
+            servers.listen(snapshot.put_tool_server)
+        for pods in self.pods:
+            pods.listen(snapshot.put_pod)
+        for accounts in self.service_accounts:
+            accounts.listen(_service_account_listener(snapshot))
         self._cluster_keys = RemoteKeys(self._fetch_cluster_jwks, name="cluster")
         self._trusted = {
             t.issuer: RemoteKeys(self._fetcher(t.jwks_url), name=t.issuer)
@@ -361,24 +381,6 @@ class KubeState:
         await asyncio.gather(*(relay(c) for c in self._all))
 
     def snapshot(self) -> exchanging.Snapshot:
-        revisions = tuple(c.revision for c in self._all)
-        if revisions != self._revisions:
-            self._snapshot = exchanging.Snapshot(
-                agents={
-                    (a.metadata.namespace or "", a.metadata.name or ""): a
-                    for a in _merged(self.agents)
-                },
-                grants=_merged(self.grants),
-                access_requests=_merged(self.access_requests),
-                tool_servers=_merged(self.tool_servers),
-                pods={(p.namespace, p.name): p for p in _merged(self.pods)},
-                claim_policy=self.settings.claim_policy,
-                service_accounts={
-                    (namespace, name): uid
-                    for namespace, name, uid in _merged(self.service_accounts)
-                },
-            )
-            self._revisions = revisions
         return self._snapshot
 
     def keyset(self) -> keys.KeySet | None:
@@ -415,6 +417,10 @@ class KubeState:
 
     def drain(self) -> None:
         self.draining = True
+
+    def on_access_request(self, listener: Callable[[tuple[str, str] | None], None]) -> None:
+        for requests in self.access_requests:
+            requests.listen(lambda key, _request: listener(key))
 
     def cache_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}

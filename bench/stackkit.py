@@ -1,0 +1,75 @@
+"""The dev stack the benchmarks run on: the embedded control plane and the real controller (on
+threads of the benchmark's process, ``tests/e2e/jitkit``) and the real token service in a
+process of its own, as it runs in a cluster (``agentauth token-service``), so its CPU, threads
+and latency are its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e import jitkit  # noqa: E402
+
+from agentauth.tokenservice import settings as tokenservice_settings  # noqa: E402
+
+
+class BenchEnv(jitkit.JitEnv):
+    """The JIT kit's stack, with the token service in a process of its own, as it runs in a
+    cluster (``agentauth token-service``; the controller and the API server stay in this
+    process, on threads). Its per-address and per-caller limits are lifted: every check comes
+    from 127.0.0.1, and one caller introspects 1,000 tokens."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def token_service_settings(self) -> tokenservice_settings.Settings:
+        return dataclasses.replace(
+            super().token_service_settings(),
+            client_rate_limit_per_second=0,
+            introspection_rate_limit_per_second=1e6,
+            introspection_rate_limit_burst=10**6,
+        )
+
+    def start_token_service(self) -> None:
+        settings = self.token_service_settings()
+        environment = {
+            **os.environ,
+            "AGENTAUTH_ISSUER": settings.issuer,
+            "AGENTAUTH_LISTEN_HOST": settings.listen_host,
+            "AGENTAUTH_LISTEN_PORT": str(settings.listen_port),
+            "AGENTAUTH_CONTROLLER_NAMESPACE": settings.namespace,
+            "KUBECONFIG": str(settings.kubeconfig),
+            "AGENTAUTH_CLUSTER_ISSUER": settings.cluster_issuer,
+            "AGENTAUTH_TLS_CERT": str(settings.tls_cert),
+            "AGENTAUTH_TLS_KEY": str(settings.tls_key),
+            "AGENTAUTH_CLIENT_RATE_LIMIT": "0",
+            "AGENTAUTH_INTROSPECTION_RATE_LIMIT": "1000000",
+            "AGENTAUTH_INTROSPECTION_RATE_LIMIT_BURST": "1000000",
+            "AGENTAUTH_LOG_LEVEL": "warning",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentauth", "token-service"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+        )
+        jitkit.wait_for(self._ready, timeout=60, message="token service /readyz")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.token_service = None
+        super().stop()
+
+
+def threads_of(pid: int) -> int:
+    """The threads of process ``pid`` (``Threads:`` in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no thread count for process {pid}")
