@@ -11,7 +11,6 @@ name, Pod and CRD checks. Failures are the 400/422 ``Status`` bodies upstream an
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import re
@@ -95,43 +94,10 @@ def builtin_defaults(
     old: dict[str, Any] | None,
     reader: types.ObjectReader,
 ) -> None:
-    if rt.group == "" and rt.plural == "namespaces":
-        name = obj["metadata"]["name"]
-        obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
-        if old is None:
-            obj["spec"] = {"finalizers": ["kubernetes"]}
-            obj["status"] = {"phase": "Active"}
-        else:
-            obj["spec"] = old.get("spec", {})
-            obj["status"] = old.get("status", {})
-    elif rt.group == "" and rt.plural == "secrets":
-        obj.setdefault("type", "Opaque")
-        string_data = obj.pop("stringData", None)
-        if isinstance(string_data, dict):
-            data = obj.setdefault("data", {})
-            for key, value in string_data.items():
-                data[key] = base64.b64encode(str(value).encode()).decode()
-    elif rt.group == "" and rt.plural == "pods":
-        spec = obj.setdefault("spec", {})
-        if isinstance(spec, dict):
-            spec.setdefault("serviceAccountName", "default")
-            spec.setdefault("restartPolicy", "Always")
-            spec.setdefault("dnsPolicy", "ClusterFirst")
-            spec.setdefault("schedulerName", "default-scheduler")
-            for container in spec.get("containers") or ():
-                if isinstance(container, dict):
-                    container.setdefault("imagePullPolicy", "IfNotPresent")
-                    container.setdefault("terminationMessagePath", "/dev/termination-log")
-        if old is None:
-            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
-    elif rt.group == "" and rt.plural == "services":
-        builtins.service(obj, old, reader=reader)
-        builtins.service_status(obj, old)
-    elif rt.group == "batch" and rt.plural == "jobs":
-        builtins.job_defaults(obj)
-        if old is None:
-            builtins.job_selector(obj)
-    elif rt.group == "apiextensions.k8s.io":
+    """What the server fills in on create (``old`` None) or update: a CRD's status (names
+    accepted, established), a built-in kind's strategy (:func:`builtins.kind_defaults`) and
+    upstream's documented defaults of built-in kinds."""
+    if rt.group == "apiextensions.k8s.io":
         spec = obj.get("spec") or {}
         names = dict(spec.get("names") or {})
         names.setdefault("singular", str(names.get("kind", "")).lower())
@@ -157,6 +123,8 @@ def builtin_defaults(
                 "lastTransitionTime": context.now(),
             },
         ]
+    else:
+        builtins.kind_defaults(rt.group, rt.plural, obj, old=old, reader=reader)
 
     if not rt.custom and isinstance(obj.get("metadata"), dict):
         builtins.apply_defaults(rt.group, rt.storage_version, rt.kind, obj)
@@ -202,7 +170,7 @@ def validate(
         if upstream is not None and context.storage_type(registry, rt) is rt:
             warnings += decode_builtin(ctx, obj, found=upstream)
         if rt.group == "" and rt.plural == "pods":
-            field_errors += _pod_errors(obj)
+            field_errors += builtins.pod_errors(obj)
         elif rt.group == "apiextensions.k8s.io":
             field_errors += _crd_errors(obj)
     if field_errors:
@@ -338,36 +306,6 @@ def _name_errors(rt: resources.ResourceType, name: str) -> list[schema.FieldErro
             )
         ]
     return []
-
-
-def _pod_errors(pod: dict[str, Any]) -> list[schema.FieldError]:
-    spec = pod.get("spec")
-    if not isinstance(spec, dict):
-        return [schema.required("spec")]
-    containers = spec.get("containers")
-    if not isinstance(containers, list) or not containers:
-        return [schema.required("spec.containers")]
-    errors: list[schema.FieldError] = []
-    seen: set[str] = set()
-    for index, container in enumerate(containers):
-        path = f"spec.containers[{index}]"
-        if not isinstance(container, dict):
-            errors.append(schema.invalid(path, container, "must be an object"))
-            continue
-        name = container.get("name")
-        if not name:
-            errors.append(schema.required(f"{path}.name"))
-        elif name in seen:
-            errors.append(
-                schema.FieldError(
-                    "FieldValueDuplicate", f"{path}.name", f"Duplicate value: {json.dumps(name)}"
-                )
-            )
-        else:
-            seen.add(str(name))
-        if not container.get("image"):
-            errors.append(schema.required(f"{path}.image"))
-    return errors
 
 
 def _crd_errors(crd: dict[str, Any]) -> list[schema.FieldError]:
