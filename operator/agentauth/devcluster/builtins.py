@@ -7,20 +7,25 @@ one IPv4 ``clusterIP`` from the service CIDR (``10.96.0.0/12``, ``.1`` kept for 
 ``internalTrafficPolicy: Cluster``, ports with ``protocol: TCP`` and ``targetPort`` equal to
 ``port``, node ports for ``NodePort``/``LoadBalancer``, and ``status: {loadBalancer: {}}``.
 Allocated values survive an update that leaves them out, as ``patchAllocatedValues`` does.
+The other kinds' strategies (:func:`kind_defaults`: Namespace, Secret, Pod, Job) and the Pod
+validation clients rely on (:func:`pod_errors`) are here too, next to the upstream decoding
+(:func:`type_error`) and documented defaults (:func:`apply_defaults`) of every built-in kind.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import functools
 import ipaddress
+import json
 import random
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from agentauth.devcluster import definitions, types
+from agentauth.devcluster import definitions, schema, types
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORT_RANGE = range(30000, 32768)
@@ -449,3 +454,85 @@ def job_defaults(job: dict[str, Any]) -> None:
     spec.setdefault(
         "podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
     )
+
+
+def kind_defaults(
+    group: str,
+    plural: str,
+    obj: dict[str, Any],
+    *,
+    old: dict[str, Any] | None,
+    reader: types.ObjectReader,
+) -> None:
+    """The strategy of a built-in kind on create (``old`` None) or update, in place: the
+    namespace's name label, finalizer and phase, a Secret's ``stringData`` folded into ``data``,
+    a Pod's defaults and ``Pending`` status, Service allocations and a Job's defaults and
+    selector."""
+    if group == "" and plural == "namespaces":
+        name = obj["metadata"]["name"]
+        obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        if old is None:
+            obj["spec"] = {"finalizers": ["kubernetes"]}
+            obj["status"] = {"phase": "Active"}
+        else:
+            obj["spec"] = old.get("spec", {})
+            obj["status"] = old.get("status", {})
+    elif group == "" and plural == "secrets":
+        obj.setdefault("type", "Opaque")
+        string_data = obj.pop("stringData", None)
+        if isinstance(string_data, dict):
+            data = obj.setdefault("data", {})
+            for key, value in string_data.items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+    elif group == "" and plural == "pods":
+        spec = obj.setdefault("spec", {})
+        if isinstance(spec, dict):
+            spec.setdefault("serviceAccountName", "default")
+            spec.setdefault("restartPolicy", "Always")
+            spec.setdefault("dnsPolicy", "ClusterFirst")
+            spec.setdefault("schedulerName", "default-scheduler")
+            for container in spec.get("containers") or ():
+                if isinstance(container, dict):
+                    container.setdefault("imagePullPolicy", "IfNotPresent")
+                    container.setdefault("terminationMessagePath", "/dev/termination-log")
+        if old is None:
+            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+    elif group == "" and plural == "services":
+        service(obj, old, reader=reader)
+        service_status(obj, old)
+    elif group == "batch" and plural == "jobs":
+        job_defaults(obj)
+        if old is None:
+            job_selector(obj)
+
+
+def pod_errors(pod: dict[str, Any]) -> list[schema.FieldError]:
+    """The Pod validation clients rely on: containers present, each named uniquely, with an
+    image."""
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return [schema.required("spec")]
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        return [schema.required("spec.containers")]
+    errors: list[schema.FieldError] = []
+    seen: set[str] = set()
+    for index, container in enumerate(containers):
+        path = f"spec.containers[{index}]"
+        if not isinstance(container, dict):
+            errors.append(schema.invalid(path, container, "must be an object"))
+            continue
+        name = container.get("name")
+        if not name:
+            errors.append(schema.required(f"{path}.name"))
+        elif name in seen:
+            errors.append(
+                schema.FieldError(
+                    "FieldValueDuplicate", f"{path}.name", f"Duplicate value: {json.dumps(name)}"
+                )
+            )
+        else:
+            seen.add(str(name))
+        if not container.get("image"):
+            errors.append(schema.required(f"{path}.image"))
+    return errors
