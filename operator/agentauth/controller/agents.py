@@ -2,11 +2,13 @@
 
 Guarantees:
 - Any change to an Agent, to a grant in its namespace that selects (or selected) it, or to the
-  ServiceAccount it names, and every start of the controller (Kopf's initial listing), puts the
-  Agent on the work queue; its reconcile recomputes the whole status from the in-memory indices
-  with :func:`agentauth.domain.agents.agent_status` and writes it only if it differs.
-- Kopf runs these handlers only after every index below has its initial listing, so a restarted
-  controller never computes from a half-filled cache (no spurious ServiceAccountNotFound).
+  ServiceAccount it names, and every start of the controller (the informers' first listing),
+  puts the Agent on the work queue; its reconcile recomputes the whole status from the in-memory
+  mirrors with :func:`agentauth.domain.agents.agent_status` and writes it only if it differs.
+- Agents and ServiceAccounts are mirrored by :class:`agentauth.controller.informers.Informer`
+  (not Kopf: see that module for why); workers reconcile only once every mirror has its first
+  listing, so a restarted controller never computes from a half-filled cache (no spurious
+  ServiceAccountNotFound).
 - An Agent whose grants expire is re-queued at the expiry moment.
 """
 
@@ -15,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import kopf
 import pydantic
 
-from agentauth.controller import runtime
+from agentauth.controller import informers, runtime
 from agentauth.domain import agents as domain_agents
 from agentauth.domain import capabilities
 from agentauth.domain.models import Agent, AgentStatus, CapabilityGrant
@@ -28,33 +29,27 @@ from agentauth.kube import client as kube
 GROUP, VERSION = model_common.GROUP, model_common.VERSION
 KIND = "agent"
 
-
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(body)
-
-
-# --- indices (Kopf keeps them current from list+watch; handlers wait for their first listing) ---
-
-
-# One index handler per kind keeps Kopf's per-event cost low; keys are tagged tuples:
-#   ("name", ns, name) -> the Agent; ("ns", ns) -> the namespace's Agents;
-#   ("sa", ns, serviceAccountName) -> names of the Agents using that ServiceAccount.
-@kopf.index(GROUP, VERSION, "agents")
-async def agentauth_agents(
-    *, namespace: str | None, name: str, body: kopf.Body, spec: kopf.Spec, **_: Any
-) -> Any:
-    plain = _plain(body)
-    keys: dict[Any, Any] = {("name", namespace, name): plain, ("ns", namespace): plain}
-    account = spec.get("serviceAccountName")
-    if account:
-        keys[("sa", namespace, account)] = name
-    return keys
+# Informer names (runtime.Controller.informers) and their indices.
+AGENTS = "agents"
+SERVICE_ACCOUNTS = "serviceaccounts"
+GRANTS = "capabilitygrants"  # registered by grants.py
+BY_NAMESPACE = "namespace"  # namespace -> its Agents (and, for grants, its grants)
+BY_SERVICE_ACCOUNT = "serviceaccount"  # (namespace, serviceAccountName) -> Agents using it
+BY_AGENT = "agent"  # grants: (namespace, agent name) -> grants naming that agent
+BY_SELECTOR = "selector"  # grants: namespace -> grants selecting by labels
 
 
-@kopf.index("v1", "serviceaccounts")
-async def agentauth_serviceaccounts(*, namespace: str | None, name: str, **_: Any) -> Any:
-    """(namespace, name) of every ServiceAccount that exists."""
-    return {(namespace, name): True}
+def namespace_of(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("namespace") or "")
+
+
+def name_of(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("name") or "")
+
+
+def _agent_service_account(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    account = (body.get("spec") or {}).get("serviceAccountName")
+    return [(namespace_of(body), str(account))] if account else []
 
 
 def lookup(index: Any, key: Any) -> list[dict[str, Any]]:
@@ -65,12 +60,11 @@ def lookup(index: Any, key: Any) -> list[dict[str, Any]]:
 
 
 def agent_body(ctl: runtime.Controller, namespace: str, name: str) -> dict[str, Any] | None:
-    found = lookup(ctl.index("agentauth_agents"), ("name", namespace, name))
-    return found[0] if found else None
+    return ctl.informer(AGENTS).get(namespace, name)
 
 
 def valid_grants(ctl: runtime.Controller, namespace: str) -> Iterator[CapabilityGrant]:
-    for body in lookup(ctl.index("agentauth_grants"), ("ns", namespace)):
+    for body in ctl.informer(GRANTS).by(BY_NAMESPACE, namespace):
         parsed = ctl.parse(CapabilityGrant, body)
         if isinstance(parsed, CapabilityGrant):
             yield parsed
@@ -78,10 +72,10 @@ def valid_grants(ctl: runtime.Controller, namespace: str) -> Iterator[Capability
 
 def grants_for_agent(ctl: runtime.Controller, *, namespace: str, name: str) -> list[dict[str, Any]]:
     """The grants that may select Agent ``name``: those naming it, and every selector grant."""
+    grants = ctl.informer(GRANTS)
     found = {
-        str((body.get("metadata") or {}).get("uid")): body
-        for key in (("agent", namespace, name), ("selector", namespace))
-        for body in lookup(ctl.index("agentauth_grants"), key)
+        name_of(body): body
+        for body in grants.by(BY_AGENT, (namespace, name)) + grants.by(BY_SELECTOR, namespace)
     }
     return list(found.values())
 
@@ -99,23 +93,18 @@ def enqueue_grant(ctl: runtime.Controller, *, namespace: str, name: str) -> None
 # --- triggers --------------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, "agents")
-async def agent_changed(
-    *,
-    type: str,
-    namespace: str | None,
-    name: str,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    **kwargs: Any,
+def agent_changed(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    ctl: runtime.Controller = memo.controller
-    namespace = namespace or ""
-    ctl.bind(kwargs)
-    if ctl.is_own_write("Agent", body):
+    body = new if new is not None else old
+    if body is None:
+        return
+    namespace, name = namespace_of(body), name_of(body)
+    if new is not None and ctl.is_own_write("Agent", new):
         return  # the echo of our own status write
-    if type == "DELETED":
+    if new is None:
         ctl.forget("Agent", namespace, name)
+        ctl.forget_parsed(Agent, body)
     else:
         enqueue(ctl, namespace=namespace, name=name)
     enqueue_grants_touching(ctl, namespace=namespace, agent=name)
@@ -125,19 +114,20 @@ def enqueue_grants_touching(ctl: runtime.Controller, *, namespace: str, agent: s
     """Queue the grants whose status may list ``agent``: those that name it and those that
     select by labels (a grant that stops naming it re-queues it from its own reconcile)."""
     for body in grants_for_agent(ctl, namespace=namespace, name=agent):
-        grant = str((body.get("metadata") or {}).get("name"))
-        enqueue_grant(ctl, namespace=namespace, name=grant)
+        enqueue_grant(ctl, namespace=namespace, name=name_of(body))
 
 
-@kopf.on.event("v1", "serviceaccounts")
-async def serviceaccount_changed(
-    *, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+def serviceaccount_changed(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    ctl: runtime.Controller = memo.controller
-    namespace = namespace or ""
-    ctl.bind(kwargs)
-    for agent in lookup(ctl.index("agentauth_agents"), ("sa", namespace, name)):
-        enqueue(ctl, namespace=namespace, name=str(agent))
+    if event_type == "MODIFIED":
+        return  # only whether it exists matters
+    body = new if new is not None else old
+    if body is None:
+        return
+    namespace = namespace_of(body)
+    for agent in ctl.informer(AGENTS).by(BY_SERVICE_ACCOUNT, (namespace, name_of(body))):
+        enqueue(ctl, namespace=namespace, name=name_of(agent))
 
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -170,8 +160,9 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
         )
         grants = [g for g in candidates if isinstance(g, CapabilityGrant)]
         account = agent.spec.service_account_name
-        exists = account is not None and bool(
-            lookup(ctl.index("agentauth_serviceaccounts"), (namespace, account))
+        exists = (
+            account is not None
+            and ctl.informer(SERVICE_ACCOUNTS).get(namespace, account) is not None
         )
         new = domain_agents.agent_status(
             agent,
@@ -214,3 +205,18 @@ def summarize(error: pydantic.ValidationError) -> str:
 
 def register(ctl: runtime.Controller) -> None:
     ctl.reconcilers[KIND] = reconcile
+    namespaces = ctl.settings.watch_namespaces
+    agents = informers.Informer(
+        ctl.api,
+        kube.AGENTS,
+        namespaces=namespaces,
+        indexers={
+            BY_NAMESPACE: lambda body: [namespace_of(body)],
+            BY_SERVICE_ACCOUNT: _agent_service_account,
+        },
+    )
+    agents.listen(lambda event_type, old, new: agent_changed(ctl, event_type, old, new))
+    accounts = informers.Informer(ctl.api, kube.SERVICE_ACCOUNTS, namespaces=namespaces)
+    accounts.listen(lambda event_type, old, new: serviceaccount_changed(ctl, event_type, old, new))
+    ctl.informers[AGENTS] = agents
+    ctl.informers[SERVICE_ACCOUNTS] = accounts

@@ -16,35 +16,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
 import pydantic
 
 from agentauth.controller import agents as agent_handlers
-from agentauth.controller import runtime
+from agentauth.controller import informers, runtime
 from agentauth.domain import agents as domain_agents
 from agentauth.domain.models import Agent, CapabilityGrant, CapabilityGrantStatus
 from agentauth.kube import client as kube
 
-GROUP, VERSION = agent_handlers.GROUP, agent_handlers.VERSION
 KIND = "grant"
 
 
-# One index handler (Kopf's per-event cost grows with handlers); keys are tagged tuples:
-#   ("ns", ns) -> the namespace's grants (an Agent's capabilities come from them);
-#   ("name", ns, name) -> the grant; ("agent", ns, agent) -> grants naming that agent;
-#   ("selector", ns) -> grants selecting by labels (they may match any agent).
-@kopf.index(GROUP, VERSION, "capabilitygrants")
-async def agentauth_grants(
-    *, namespace: str | None, name: str, body: kopf.Body, spec: kopf.Spec, **_: Any
-) -> Any:
-    plain = dict(body)
-    keys: dict[Any, Any] = {("ns", namespace): plain, ("name", namespace, name): plain}
-    selection = spec.get("agents") or {}
-    for agent in selection.get("names") or []:
-        keys[("agent", namespace, str(agent))] = plain
-    if selection.get("selector") is not None:
-        keys[("selector", namespace)] = plain
-    return keys
+def _grant_namespace(body: Mapping[str, Any]) -> list[str]:
+    return [agent_handlers.namespace_of(body)]
+
+
+def _grant_agents(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    namespace = agent_handlers.namespace_of(body)
+    return [(namespace, name) for name in sorted(_named(body))]
+
+
+def _grant_selects_by_labels(body: Mapping[str, Any]) -> list[str]:
+    selection = (body.get("spec") or {}).get("agents") or {}
+    return [agent_handlers.namespace_of(body)] if selection.get("selector") is not None else []
 
 
 def _named(body: Mapping[str, Any]) -> set[str]:
@@ -57,26 +51,21 @@ def _listed(body: Mapping[str, Any]) -> set[str]:
     return {str(n) for n in status.get("matchedAgents") or []}
 
 
-@kopf.on.event(GROUP, VERSION, "capabilitygrants")
-async def grant_changed(
-    *,
-    type: str,
-    namespace: str | None,
-    name: str,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    **kwargs: Any,
+def grant_changed(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    ctl: runtime.Controller = memo.controller
-    namespace = namespace or ""
-    ctl.bind(kwargs)
-    if ctl.is_own_write("CapabilityGrant", body):
+    body = new if new is not None else old
+    if body is None:
+        return
+    namespace, name = agent_handlers.namespace_of(body), agent_handlers.name_of(body)
+    if new is not None and ctl.is_own_write("CapabilityGrant", new):
         return  # the echo of our own status write: nothing an agent sees has changed
-    if type == "DELETED":
-        # The index has dropped the grant already; its former agents recompute without it.
+    if new is None:
+        # The mirror has dropped the grant already; its former agents recompute without it.
         before = ctl.grant_matches.pop((namespace, name), set())
         ctl.grant_fingerprints.pop((namespace, name), None)
         ctl.forget("CapabilityGrant", namespace, name)
+        ctl.forget_parsed(CapabilityGrant, body)
         for agent in before | _named(body) | _listed(body):
             agent_handlers.enqueue(ctl, namespace=namespace, name=agent)
         return
@@ -91,17 +80,16 @@ def _agents_for(ctl: runtime.Controller, grant: CapabilityGrant, namespace: str)
             if (b := agent_handlers.agent_body(ctl, namespace, n)) is not None
         ]
     else:
-        bodies = agent_handlers.lookup(ctl.index("agentauth_agents"), ("ns", namespace))
+        bodies = ctl.informer(agent_handlers.AGENTS).by(agent_handlers.BY_NAMESPACE, namespace)
     parsed = (ctl.parse(Agent, b) for b in bodies)
     return [a for a in parsed if isinstance(a, Agent)]
 
 
 async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> None:
     """Recompute one grant's status, write it if changed, and queue the agents it affects."""
-    found = agent_handlers.lookup(ctl.index("agentauth_grants"), ("name", namespace, name))
-    if not found:
+    body = ctl.informer(agent_handlers.GRANTS).get(namespace, name)
+    if body is None:
         return
-    body = found[0]
     now = runtime.utcnow()
     raw = ctl.stored_status("CapabilityGrant", body)
     try:
@@ -151,3 +139,15 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
 
 def register(ctl: runtime.Controller) -> None:
     ctl.reconcilers[KIND] = reconcile
+    grants = informers.Informer(
+        ctl.api,
+        kube.CAPABILITY_GRANTS,
+        namespaces=ctl.settings.watch_namespaces,
+        indexers={
+            agent_handlers.BY_NAMESPACE: _grant_namespace,
+            agent_handlers.BY_AGENT: _grant_agents,
+            agent_handlers.BY_SELECTOR: _grant_selects_by_labels,
+        },
+    )
+    grants.listen(lambda event_type, old, new: grant_changed(ctl, event_type, old, new))
+    ctl.informers[agent_handlers.GRANTS] = grants
