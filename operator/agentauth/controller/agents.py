@@ -19,7 +19,7 @@ from typing import Any
 
 import pydantic
 
-from agentauth.controller import informers, runtime
+from agentauth.controller import informers, runtime, selection
 from agentauth.domain import agents as domain_agents
 from agentauth.domain import capabilities
 from agentauth.domain.models import Agent, AgentStatus, CapabilityGrant
@@ -29,27 +29,10 @@ from agentauth.kube import client as kube
 GROUP, VERSION = model_common.GROUP, model_common.VERSION
 KIND = "agent"
 
-# Informer names (runtime.Controller.informers) and their indices.
-AGENTS = "agents"
-SERVICE_ACCOUNTS = "serviceaccounts"
-GRANTS = "capabilitygrants"  # registered by grants.py
-BY_NAMESPACE = "namespace"  # namespace -> its Agents (and, for grants, its grants)
-BY_SERVICE_ACCOUNT = "serviceaccount"  # (namespace, serviceAccountName) -> Agents using it
-BY_AGENT = "agent"  # grants: (namespace, agent name) -> grants naming that agent
-BY_SELECTOR = "selector"  # grants: namespace -> grants selecting by labels
-
-
-def namespace_of(body: Mapping[str, Any]) -> str:
-    return str((body.get("metadata") or {}).get("namespace") or "")
-
-
-def name_of(body: Mapping[str, Any]) -> str:
-    return str((body.get("metadata") or {}).get("name") or "")
-
-
-def _agent_service_account(body: Mapping[str, Any]) -> list[tuple[str, str]]:
-    account = (body.get("spec") or {}).get("serviceAccountName")
-    return [(namespace_of(body), str(account))] if account else []
+# Re-exported for the other handler modules (the names live in selection.py).
+AGENTS, GRANTS, SERVICE_ACCOUNTS = selection.AGENTS, selection.GRANTS, selection.SERVICE_ACCOUNTS
+BY_NAMESPACE = selection.BY_NAMESPACE
+namespace_of, name_of = selection.namespace_of, selection.name_of
 
 
 def lookup(index: Any, key: Any) -> list[dict[str, Any]]:
@@ -70,14 +53,9 @@ def valid_grants(ctl: runtime.Controller, namespace: str) -> Iterator[Capability
             yield parsed
 
 
-def grants_for_agent(ctl: runtime.Controller, *, namespace: str, name: str) -> list[dict[str, Any]]:
-    """The grants that may select Agent ``name``: those naming it, and every selector grant."""
-    grants = ctl.informer(GRANTS)
-    found = {
-        name_of(body): body
-        for body in grants.by(BY_AGENT, (namespace, name)) + grants.by(BY_SELECTOR, namespace)
-    }
-    return list(found.values())
+def grants_for_agent(ctl: runtime.Controller, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The grants that may select the Agent ``body`` (``selection.candidate_grants``)."""
+    return selection.candidate_grants(ctl.informer(GRANTS), body)
 
 
 def enqueue(ctl: runtime.Controller, *, namespace: str, name: str) -> None:
@@ -107,14 +85,28 @@ def agent_changed(
         ctl.forget_parsed(Agent, body)
     else:
         enqueue(ctl, namespace=namespace, name=name)
-    enqueue_grants_touching(ctl, namespace=namespace, agent=name)
+    if old is not None and new is not None and _same_selection_inputs(old, new):
+        return  # no grant's matchedAgents can change
+    # The grants whose status may list the Agent before or after (its labels may have changed).
+    touching = {
+        name_of(grant)
+        for agent in (old, new)
+        if agent is not None
+        for grant in grants_for_agent(ctl, agent)
+    }
+    for grant in touching:
+        enqueue_grant(ctl, namespace=namespace, name=grant)
 
 
-def enqueue_grants_touching(ctl: runtime.Controller, *, namespace: str, agent: str) -> None:
-    """Queue the grants whose status may list ``agent``: those that name it and those that
-    select by labels (a grant that stops naming it re-queues it from its own reconcile)."""
-    for body in grants_for_agent(ctl, namespace=namespace, name=agent):
-        enqueue_grant(ctl, namespace=namespace, name=name_of(body))
+def _same_selection_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether nothing a grant's status depends on differs: uid, labels and generation (a
+    grant counts only Agents whose spec parses). A status change alone changes nothing."""
+    old_meta, new_meta = old.get("metadata") or {}, new.get("metadata") or {}
+    return bool(
+        old_meta.get("uid") == new_meta.get("uid")
+        and old_meta.get("generation") == new_meta.get("generation")
+        and (old_meta.get("labels") or {}) == (new_meta.get("labels") or {})
+    )
 
 
 def serviceaccount_changed(
@@ -126,7 +118,8 @@ def serviceaccount_changed(
     if body is None:
         return
     namespace = namespace_of(body)
-    for agent in ctl.informer(AGENTS).by(BY_SERVICE_ACCOUNT, (namespace, name_of(body))):
+    agents = ctl.informer(AGENTS).by(selection.BY_SERVICE_ACCOUNT, (namespace, name_of(body)))
+    for agent in agents:
         enqueue(ctl, namespace=namespace, name=name_of(agent))
 
 
@@ -154,10 +147,7 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
     grants: list[CapabilityGrant] = []
     if isinstance(parsed, Agent):
         agent = parsed.model_copy(update={"status": old})
-        candidates = (
-            ctl.parse(CapabilityGrant, b)
-            for b in grants_for_agent(ctl, namespace=namespace, name=name)
-        )
+        candidates = (ctl.parse(CapabilityGrant, b) for b in grants_for_agent(ctl, body))
         grants = [g for g in candidates if isinstance(g, CapabilityGrant)]
         account = agent.spec.service_account_name
         exists = (
@@ -211,8 +201,9 @@ def register(ctl: runtime.Controller) -> None:
         kube.AGENTS,
         namespaces=namespaces,
         indexers={
-            BY_NAMESPACE: lambda body: [namespace_of(body)],
-            BY_SERVICE_ACCOUNT: _agent_service_account,
+            selection.BY_NAMESPACE: selection.in_namespace,
+            selection.BY_SERVICE_ACCOUNT: selection.agent_service_account,
+            selection.BY_LABEL: selection.agent_labels,
         },
     )
     agents.listen(lambda event_type, old, new: agent_changed(ctl, event_type, old, new))

@@ -120,9 +120,6 @@ class Controller:
         self._pending: dict[str, set[Hashable]] = {}
         self._last_change: dict[str, float] = {}
         self._first_change: dict[str, float] = {}
-        # (namespace, grant) -> names of the Agents it matched when last reconciled.
-        self.grant_matches: dict[tuple[str, str], set[str]] = {}
-        self.grant_fingerprints: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.reconcilers: dict[str, Callable[..., Awaitable[None]]] = {}
         self.failures: collections.deque[str] = collections.deque(maxlen=100)
         # Reconciles completed per kind (observability for tests and debugging).
