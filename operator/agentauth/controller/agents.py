@@ -78,11 +78,12 @@ def agent_changed(
     if body is None:
         return
     namespace, name = namespace_of(body), name_of(body)
+    if old is not None:
+        ctl.forget_parsed(Agent, old)  # that version is gone
     if new is not None and ctl.is_own_write("Agent", new):
         return  # the echo of our own status write
     if new is None:
         ctl.forget("Agent", namespace, name)
-        ctl.forget_parsed(Agent, body)
     else:
         enqueue(ctl, namespace=namespace, name=name)
     if old is not None and new is not None and _same_selection_inputs(old, new):

@@ -50,11 +50,12 @@ def grant_changed(
     if body is None:
         return
     namespace, name = selection.namespace_of(body), selection.name_of(body)
+    if old is not None:
+        ctl.forget_parsed(CapabilityGrant, old)  # that version is gone
     if new is not None and ctl.is_own_write("CapabilityGrant", new):
         return  # the echo of our own status write: nothing an agent sees has changed
     if new is None:
         ctl.forget("CapabilityGrant", namespace, name)
-        ctl.forget_parsed(CapabilityGrant, body)
     else:
         agent_handlers.enqueue_grant(ctl, namespace=namespace, name=name)
     if old is not None and new is not None and _same_for_agents(old, new):

@@ -165,6 +165,8 @@ class Controller:
         return parsed
 
     def forget_parsed(self, model: type[pydantic.BaseModel], body: Mapping[str, Any]) -> None:
+        """Drop the parsed ``body`` (deleted, or superseded by a newer version: an entry for an
+        old resourceVersion is never read again)."""
         meta = body.get("metadata") or {}
         self._parsed.pop((model.__name__, str(meta.get("uid"))), None)
 
@@ -243,14 +245,19 @@ class Controller:
         return dict(status) if isinstance(status, Mapping) else None
 
     def is_own_write(self, kind: str, body: Mapping[str, Any]) -> bool:
-        """Whether ``body`` is exactly the version our last status write produced."""
+        """Whether ``body`` is exactly the version our last status write produced. Once it is
+        seen, the copy of the written status is dropped: the mirror holds it now (at 10,000
+        Agents and grants the copies were a tenth of the controller's memory)."""
         meta = body.get("metadata") or {}
         written = self._written.get((kind, meta.get("namespace", ""), meta.get("name", "")))
-        return (
+        own = (
             written is not None
             and written.uid == meta.get("uid")
             and written.resource_version == _rv(body) != 0
         )
+        if own and written is not None:
+            written.status = {}  # stored_status only reads it while the watch lags behind
+        return own
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._written.pop((kind, namespace, name), None)
