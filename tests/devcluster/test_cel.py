@@ -247,3 +247,22 @@ def test_a_rule_is_evaluated_once_per_distinct_value() -> None:
     ]
     assert after.misses - before.misses == 3  # "ok", "abc", "toolong"
     assert after.hits - before.hits == 2
+
+
+def test_subtrees_without_rules_are_not_walked() -> None:
+    rule = "self.startsWith('ok')"
+    node = {
+        "type": "object",
+        "properties": {
+            "ruled": {"type": "string", "x-kubernetes-validations": [{"rule": rule}]},
+            "free": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    assert cel._has_rules(node) and not cel._has_rules(node["properties"]["free"])
+    before = cel._outcome.cache_info()
+    found = cel.validate({"ruled": "nope", "free": [{"a": 1}] * 50}, node, schema_errors=[])
+    after = cel._outcome.cache_info()
+    assert [str(error) for error in found] == [
+        f'ruled: Invalid value: "string": failed rule: {rule}'
+    ]
+    assert (after.hits + after.misses) - (before.hits + before.misses) == 1

@@ -17,10 +17,12 @@ does the same with ``cel-python`` (``celpy``, a full CEL implementation from the
 
 Transition rules (``oldSelf``) are not evaluated: agentauth's CRDs do not use them.
 
-A rule's outcome depends only on the rule and the value at its node (CEL is pure and ``self`` is
-its only variable here), so outcomes are memoised by (rule, value as JSON): re-validating an
-unchanged spec on every status write, or ten thousand objects with the same spec, evaluates each
-rule once (cel-python interprets the parse tree and costs milliseconds per evaluation).
+Subtrees whose schema has no rule are not walked (which nodes have rules below them is computed
+once per schema node). A rule's outcome depends only on the rule and the value at its node (CEL
+is pure and ``self`` is its only variable here), so outcomes are memoised by (rule, value as
+JSON): re-validating an unchanged spec on every status write, or ten thousand objects with the
+same spec, evaluates each rule once (cel-python interprets the parse tree: milliseconds per
+evaluation).
 """
 
 from __future__ import annotations
@@ -81,23 +83,35 @@ def validate(
     return errors
 
 
+# id(schema node) -> (node, whether it or a descendant has rules). Schema nodes live as long as
+# their CRD version; the node is kept to tell a reused id from the same node.
+_RULES_BELOW: dict[int, tuple[Any, bool]] = {}
+_RULES_BELOW_MAX = 100_000
+
+
 def _has_rules(node: Any) -> bool:
     if not isinstance(node, dict):
         return False
-    if node.get(RULES):
-        return True
+    known = _RULES_BELOW.get(id(node))
+    if known is not None and known[0] is node:
+        return known[1]
     children = list((node.get("properties") or {}).values())
     children += [
         node[key] for key in ("items", "additionalProperties") if isinstance(node.get(key), dict)
     ]
-    return any(_has_rules(child) for child in children)
+    below = [_has_rules(child) for child in children]  # every child, so each gets cached
+    found = bool(node.get(RULES)) or any(below)
+    if len(_RULES_BELOW) >= _RULES_BELOW_MAX:
+        _RULES_BELOW.clear()
+    _RULES_BELOW[id(node)] = (node, found)
+    return found
 
 
 def _walk(
     value: Any, node: dict[str, Any], path: str, errors: list[schema.FieldError], *, root: bool
 ) -> None:
-    if value is None:
-        return
+    if value is None or not _has_rules(node):
+        return  # no rule below this node: nothing to evaluate in the value
     for rule in node.get(RULES) or ():
         failure = _check(rule, value, node, path)
         if failure is not None:
