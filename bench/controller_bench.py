@@ -19,11 +19,18 @@ At the largest size the controller is then stopped and started again: the new on
 everything, and the bench counts the writes it makes (the API's global resourceVersion before and
 after) and the Events it posts, which must both be zero.
 
-Prints one JSON line with, per size, ``all_ready_seconds`` (first create to every Agent correct;
-target 30 s at 10,000), ``create_seconds`` (the creates alone), ``controller_peak_rss_mb``
-(VmHWM, target under 400 MB at 10,000), ``controller_rss_mb`` (VmRSS when idle),
-``event_violations`` (objects whose Events differ from one transition's; target 0), and for the
-restart ``writes``, ``events`` (target 0 each), ``relist_seconds`` (start to idle) and RSS.
+Prints one JSON line with, per size:
+
+- ``all_ready_seconds``: first create to every Agent correct (target 30 s at 10,000);
+  ``create_seconds``: the creates alone;
+- ``cpu_seconds``: CPU used by the controller, the control plane and the load generator until
+  all were Ready (on a shared machine the wall-clock figures depend on what else runs;
+  ``load_average`` says how busy it was);
+- ``controller_peak_rss_mb`` (VmHWM, target under 400 MB at 10,000), ``controller_rss_mb``
+  (VmRSS when idle);
+- ``event_violations``: objects whose Events differ from one transition's (target 0);
+- at the largest size, ``restart``: ``writes`` and ``events`` (target 0 each),
+  ``relist_seconds`` (start to idle) and RSS.
 
 Usage: ``.venv/bin/python bench/controller_bench.py [--series 1000,3000,10000]``. Diagnosis:
 ``CONTROLLER_BENCH_PROFILE=path`` / ``SERVER_BENCH_PROFILE=path`` write cProfile data of the
@@ -365,6 +372,7 @@ async def measure(
         try:
             await until_keys(api, controller)
             started = time.monotonic()
+            load_before = os.getloadavg()[0]
             cpu_before = {
                 "controller": cpu_seconds(controller.pid),
                 "server": cpu_seconds(server_pid),
@@ -386,6 +394,9 @@ async def measure(
             rss, peak = rss_mb(controller.pid)
             wrong = event_violations(await events_by_object(api), expected)
             figures: dict[str, Any] = {
+                # The machine's 1-minute load average when the creates began and when all were
+                # Ready: above the core count, other work competed for the CPU.
+                "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "agents": count,
                 "grants": count,
                 "namespaces": NAMESPACES,
