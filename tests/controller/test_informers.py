@@ -159,3 +159,16 @@ async def test_a_failing_listener_does_not_stop_the_others(
         await api.create(CONFIGMAPS, {"metadata": {"name": "two"}}, namespace=namespace)
         await until(lambda: len(recorder.seen) == 2)
     assert [name for _t, _o, name, _d in recorder.seen] == ["one", "two"]
+
+
+async def test_the_listing_is_paginated_and_complete(api: kube.KubeClient, namespace: str) -> None:
+    for index in range(5):
+        await api.create(CONFIGMAPS, {"metadata": {"name": f"c{index}"}}, namespace=namespace)
+    mirror = informers.Informer(api, CONFIGMAPS, namespaces=(namespace,), page_size=2)
+    recorder = Recorder()
+    mirror.listen(recorder)
+    async with running(mirror):
+        assert sorted(name for _t, _o, name, _d in recorder.seen) == [f"c{i}" for i in range(5)]
+        await api.create(CONFIGMAPS, {"metadata": {"name": "later"}}, namespace=namespace)
+        await until(lambda: mirror.get(namespace, "later") is not None)
+    assert len(recorder.seen) == 6

@@ -22,6 +22,7 @@ Guarantees:
   re-delivered.
 - Failures are retried forever with a capped backoff (at most :data:`RETRY_MAX` seconds); an
   exception in a listener is logged and never stops the informer or the other listeners.
+- Lists are paginated (``limit``/``continue``); an expired continue token (410) lists again.
 - Stored bodies drop ``metadata.managedFields`` (never read here; a large share of each object).
 """
 
@@ -45,6 +46,7 @@ Indexer = Callable[[Body], Iterable[Hashable]]
 RETRY_INITIAL = 0.2
 RETRY_MAX = 5.0
 WATCH_SECONDS = 300
+PAGE = 500  # objects per list request: no single 20 MB response at 10,000 Agents
 
 
 def object_key(body: Mapping[str, Any]) -> Key:
@@ -78,10 +80,12 @@ class Informer:
         *,
         indexers: Mapping[str, Indexer] | None = None,
         namespaces: Iterable[str] = (),
+        page_size: int = PAGE,
     ) -> None:
         self.api = api
         self.resource = resource
         self.namespaces: tuple[str | None, ...] = tuple(namespaces) or (None,)
+        self.page_size = page_size
         self._listeners: list[OnChange] = []
         self._indexers = dict(indexers or {})
         self._items: dict[Key, Body] = {}
@@ -179,13 +183,27 @@ class Informer:
     # --- the loop ---------------------------------------------------------------------------
 
     async def _relist(self, namespace: str | None) -> str:
-        listing = await self.api.list(self.resource, namespace=namespace)
+        """List in pages of ``page_size`` (one consistent snapshot: every page is served at the
+        first page's resourceVersion), then replace the contents; returns that version."""
+        items: list[Body] = []
+        params = {"limit": str(self.page_size)}
+        version = ""
+        while True:
+            page = await self.api.request(
+                "GET", self.resource.path(namespace=namespace), params=params
+            )
+            items += page.get("items") or []
+            meta = page.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion", ""))
+            if not meta.get("continue"):
+                break
+            params = {"limit": str(self.page_size), "continue": str(meta["continue"])}
         self.relists += 1
-        self.replace(listing.get("items") or [], namespace=namespace)
+        self.replace(items, namespace=namespace)
         self._listed.add(namespace)
         if len(self._listed) == len(self.namespaces):
             self.synced.set()
-        return str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        return version
 
     async def _watch(self, namespace: str | None, version: str) -> str:
         async for event in self.api.watch(
