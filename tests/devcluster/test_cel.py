@@ -221,3 +221,48 @@ def test_a_rule_that_does_not_compile_or_errors_is_reported_not_passed() -> None
     assert cel.validate({"spec": {"c": 1}}, node, schema_errors=[schema.required("spec.x")]) == [
         schema.FieldError("FieldValueInvalid", "<nil>", f'Invalid value: "null": {cel.NOT_CHECKED}')
     ]
+
+
+def test_a_rule_is_evaluated_once_per_distinct_value() -> None:
+    """Outcomes are memoised by (rule, value): re-validating an unchanged spec (every status
+    write does) or many objects with the same spec costs one evaluation, with the same errors,
+    each reported at its own path."""
+    rule = "self.size() <= 3 && self != 'abc'"
+    node = {
+        "type": "object",
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {"type": "string", "x-kubernetes-validations": [{"rule": rule}]},
+            }
+        },
+    }
+    before = cel._outcome.cache_info()
+    found = cel.validate({"items": ["ok", "abc", "ok", "abc", "toolong"]}, node, schema_errors=[])
+    after = cel._outcome.cache_info()
+    assert [str(error) for error in found] == [
+        f'items[1]: Invalid value: "string": failed rule: {rule}',
+        f'items[3]: Invalid value: "string": failed rule: {rule}',
+        f'items[4]: Invalid value: "string": failed rule: {rule}',
+    ]
+    assert after.misses - before.misses == 3  # "ok", "abc", "toolong"
+    assert after.hits - before.hits == 2
+
+
+def test_subtrees_without_rules_are_not_walked() -> None:
+    rule = "self.startsWith('ok')"
+    node = {
+        "type": "object",
+        "properties": {
+            "ruled": {"type": "string", "x-kubernetes-validations": [{"rule": rule}]},
+            "free": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    assert cel._has_rules(node) and not cel._has_rules(node["properties"]["free"])
+    before = cel._outcome.cache_info()
+    found = cel.validate({"ruled": "nope", "free": [{"a": 1}] * 50}, node, schema_errors=[])
+    after = cel._outcome.cache_info()
+    assert [str(error) for error in found] == [
+        f'ruled: Invalid value: "string": failed rule: {rule}'
+    ]
+    assert (after.hits + after.misses) - (before.hits + before.misses) == 1

@@ -88,3 +88,25 @@ def test_messages_like_the_real_server() -> None:
         "message": "Required value",
         "field": "spec.name",
     }
+
+
+def test_a_repeated_top_level_value_gives_the_same_errors_from_the_memo() -> None:
+    """Top-level values are validated once per (schema node, value): the second object with the
+    same spec (another name, another status) gets the same errors, and the memo never lends
+    one schema's verdict to another schema with a different rule."""
+    bad = {"name": "UPPER", "count": 9}
+    first = schema.validate({"metadata": {"name": "a"}, "spec": dict(bad)}, SCHEMA)
+    second = schema.validate(
+        {"metadata": {"name": "b"}, "spec": dict(bad), "status": {"x": 1}}, SCHEMA
+    )
+    assert [str(e) for e in first] == [str(e) for e in second]
+    assert [e.field for e in first] == ["spec.name", "spec.count"]
+    first.clear()  # callers own the lists they get
+    assert [e.field for e in schema.validate({"spec": dict(bad)}, SCHEMA)] == [
+        "spec.name",
+        "spec.count",
+    ]
+    stricter = {"type": "object", "properties": {"spec": {"type": "object", "maxProperties": 1}}}
+    assert [str(e) for e in schema.validate({"spec": dict(bad)}, stricter)] == [
+        "spec: Too many: 2: must have at most 1 items"
+    ]

@@ -104,13 +104,19 @@ def access_request_changed(
     ctl.queue.add((KIND, namespace or "", name))
 
 
-@kopf.on.event(GROUP, VERSION, "capabilitygrants")
-def grant_changed_for_requests(namespace: str | None, memo: Any, **kwargs: Any) -> None:
-    """A grant changed: its approvers, minApprovals or capabilities may decide pending requests."""
-    ctl: runtime.Controller = memo.controller
-    ctl.bind(kwargs)
+def grant_changed_for_requests(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> None:
+    """A grant changed: its approvers, minApprovals or capabilities may decide pending requests.
+
+    A listener of the grants' informer (``register``); the echo of the controller's own status
+    write of the grant changes nothing a request depends on."""
+    body = new if new is not None else old
+    if body is None or (new is not None and ctl.is_own_write("CapabilityGrant", new)):
+        return
+    namespace = agent_handlers.namespace_of(body)
     for name in agent_handlers.lookup(ctl.index("agentauth_accessrequests_by_ns"), namespace):
-        ctl.queue.add((KIND, namespace or "", str(name)))
+        ctl.queue.add((KIND, namespace, str(name)))
 
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -251,6 +257,9 @@ async def post_events(
 
 def register(ctl: runtime.Controller) -> None:
     ctl.reconcilers[KIND] = reconcile
+    ctl.informer(agent_handlers.GRANTS).listen(
+        lambda event_type, old, new: grant_changed_for_requests(ctl, event_type, old, new)
+    )
 
 
 # --- admission -------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 Guarantees:
 - Any change to an Agent, to a grant in its namespace that selects (or selected) it, or to the
-  ServiceAccount it names, and every start of the controller (Kopf's initial listing), puts the
-  Agent on the work queue; its reconcile recomputes the whole status from the in-memory indices
-  with :func:`agentauth.domain.agents.agent_status` and writes it only if it differs.
-- Kopf runs these handlers only after every index below has its initial listing, so a restarted
-  controller never computes from a half-filled cache (no spurious ServiceAccountNotFound).
+  ServiceAccount it names, and every start of the controller (the informers' first listing),
+  puts the Agent on the work queue; its reconcile recomputes the whole status from the in-memory
+  mirrors with :func:`agentauth.domain.agents.agent_status` and writes it only if it differs.
+- Agents and ServiceAccounts are mirrored by :class:`agentauth.controller.informers.Informer`
+  (not Kopf: see that module for why); workers reconcile only once every mirror has its first
+  listing, so a restarted controller never computes from a half-filled cache (no spurious
+  ServiceAccountNotFound).
 - An Agent whose grants expire is re-queued at the expiry moment.
 """
 
@@ -15,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import kopf
 import pydantic
 
-from agentauth.controller import runtime
+from agentauth.controller import informers, runtime, selection
 from agentauth.domain import agents as domain_agents
 from agentauth.domain import capabilities
 from agentauth.domain.models import Agent, AgentStatus, CapabilityGrant
@@ -28,33 +29,10 @@ from agentauth.kube import client as kube
 GROUP, VERSION = model_common.GROUP, model_common.VERSION
 KIND = "agent"
 
-
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(body)
-
-
-# --- indices (Kopf keeps them current from list+watch; handlers wait for their first listing) ---
-
-
-# One index handler per kind keeps Kopf's per-event cost low; keys are tagged tuples:
-#   ("name", ns, name) -> the Agent; ("ns", ns) -> the namespace's Agents;
-#   ("sa", ns, serviceAccountName) -> names of the Agents using that ServiceAccount.
-@kopf.index(GROUP, VERSION, "agents")
-async def agentauth_agents(
-    *, namespace: str | None, name: str, body: kopf.Body, spec: kopf.Spec, **_: Any
-) -> Any:
-    plain = _plain(body)
-    keys: dict[Any, Any] = {("name", namespace, name): plain, ("ns", namespace): plain}
-    account = spec.get("serviceAccountName")
-    if account:
-        keys[("sa", namespace, account)] = name
-    return keys
-
-
-@kopf.index("v1", "serviceaccounts")
-async def agentauth_serviceaccounts(*, namespace: str | None, name: str, **_: Any) -> Any:
-    """(namespace, name) of every ServiceAccount that exists."""
-    return {(namespace, name): True}
+# Re-exported for the other handler modules (the names live in selection.py).
+AGENTS, GRANTS, SERVICE_ACCOUNTS = selection.AGENTS, selection.GRANTS, selection.SERVICE_ACCOUNTS
+BY_NAMESPACE = selection.BY_NAMESPACE
+namespace_of, name_of = selection.namespace_of, selection.name_of
 
 
 def lookup(index: Any, key: Any) -> list[dict[str, Any]]:
@@ -65,25 +43,19 @@ def lookup(index: Any, key: Any) -> list[dict[str, Any]]:
 
 
 def agent_body(ctl: runtime.Controller, namespace: str, name: str) -> dict[str, Any] | None:
-    found = lookup(ctl.index("agentauth_agents"), ("name", namespace, name))
-    return found[0] if found else None
+    return ctl.informer(AGENTS).get(namespace, name)
 
 
 def valid_grants(ctl: runtime.Controller, namespace: str) -> Iterator[CapabilityGrant]:
-    for body in lookup(ctl.index("agentauth_grants"), ("ns", namespace)):
+    for body in ctl.informer(GRANTS).by(BY_NAMESPACE, namespace):
         parsed = ctl.parse(CapabilityGrant, body)
         if isinstance(parsed, CapabilityGrant):
             yield parsed
 
 
-def grants_for_agent(ctl: runtime.Controller, *, namespace: str, name: str) -> list[dict[str, Any]]:
-    """The grants that may select Agent ``name``: those naming it, and every selector grant."""
-    found = {
-        str((body.get("metadata") or {}).get("uid")): body
-        for key in (("agent", namespace, name), ("selector", namespace))
-        for body in lookup(ctl.index("agentauth_grants"), key)
-    }
-    return list(found.values())
+def grants_for_agent(ctl: runtime.Controller, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The grants that may select the Agent ``body`` (``selection.candidate_grants``)."""
+    return selection.candidate_grants(ctl.informer(GRANTS), body)
 
 
 def enqueue(ctl: runtime.Controller, *, namespace: str, name: str) -> None:
@@ -99,45 +71,57 @@ def enqueue_grant(ctl: runtime.Controller, *, namespace: str, name: str) -> None
 # --- triggers --------------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, "agents")
-async def agent_changed(
-    *,
-    type: str,
-    namespace: str | None,
-    name: str,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    **kwargs: Any,
+def agent_changed(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    ctl: runtime.Controller = memo.controller
-    namespace = namespace or ""
-    ctl.bind(kwargs)
-    if ctl.is_own_write("Agent", body):
+    body = new if new is not None else old
+    if body is None:
+        return
+    namespace, name = namespace_of(body), name_of(body)
+    if old is not None:
+        ctl.forget_parsed(Agent, old)  # that version is gone
+    if new is not None and ctl.is_own_write("Agent", new):
         return  # the echo of our own status write
-    if type == "DELETED":
+    if new is None:
         ctl.forget("Agent", namespace, name)
     else:
         enqueue(ctl, namespace=namespace, name=name)
-    enqueue_grants_touching(ctl, namespace=namespace, agent=name)
-
-
-def enqueue_grants_touching(ctl: runtime.Controller, *, namespace: str, agent: str) -> None:
-    """Queue the grants whose status may list ``agent``: those that name it and those that
-    select by labels (a grant that stops naming it re-queues it from its own reconcile)."""
-    for body in grants_for_agent(ctl, namespace=namespace, name=agent):
-        grant = str((body.get("metadata") or {}).get("name"))
+    if old is not None and new is not None and _same_selection_inputs(old, new):
+        return  # no grant's matchedAgents can change
+    # The grants whose status may list the Agent before or after (its labels may have changed).
+    touching = {
+        name_of(grant)
+        for agent in (old, new)
+        if agent is not None
+        for grant in grants_for_agent(ctl, agent)
+    }
+    for grant in touching:
         enqueue_grant(ctl, namespace=namespace, name=grant)
 
 
-@kopf.on.event("v1", "serviceaccounts")
-async def serviceaccount_changed(
-    *, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+def _same_selection_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether nothing a grant's status depends on differs: uid, labels and generation (a
+    grant counts only Agents whose spec parses). A status change alone changes nothing."""
+    old_meta, new_meta = old.get("metadata") or {}, new.get("metadata") or {}
+    return bool(
+        old_meta.get("uid") == new_meta.get("uid")
+        and old_meta.get("generation") == new_meta.get("generation")
+        and (old_meta.get("labels") or {}) == (new_meta.get("labels") or {})
+    )
+
+
+def serviceaccount_changed(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    ctl: runtime.Controller = memo.controller
-    namespace = namespace or ""
-    ctl.bind(kwargs)
-    for agent in lookup(ctl.index("agentauth_agents"), ("sa", namespace, name)):
-        enqueue(ctl, namespace=namespace, name=str(agent))
+    if event_type == "MODIFIED":
+        return  # only whether it exists matters
+    body = new if new is not None else old
+    if body is None:
+        return
+    namespace = namespace_of(body)
+    agents = ctl.informer(AGENTS).by(selection.BY_SERVICE_ACCOUNT, (namespace, name_of(body)))
+    for agent in agents:
+        enqueue(ctl, namespace=namespace, name=name_of(agent))
 
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -164,14 +148,12 @@ async def reconcile(ctl: runtime.Controller, *, namespace: str, name: str) -> No
     grants: list[CapabilityGrant] = []
     if isinstance(parsed, Agent):
         agent = parsed.model_copy(update={"status": old})
-        candidates = (
-            ctl.parse(CapabilityGrant, b)
-            for b in grants_for_agent(ctl, namespace=namespace, name=name)
-        )
+        candidates = (ctl.parse(CapabilityGrant, b) for b in grants_for_agent(ctl, body))
         grants = [g for g in candidates if isinstance(g, CapabilityGrant)]
         account = agent.spec.service_account_name
-        exists = account is not None and bool(
-            lookup(ctl.index("agentauth_serviceaccounts"), (namespace, account))
+        exists = (
+            account is not None
+            and ctl.informer(SERVICE_ACCOUNTS).get(namespace, account) is not None
         )
         new = domain_agents.agent_status(
             agent,
@@ -214,3 +196,19 @@ def summarize(error: pydantic.ValidationError) -> str:
 
 def register(ctl: runtime.Controller) -> None:
     ctl.reconcilers[KIND] = reconcile
+    namespaces = ctl.settings.watch_namespaces
+    agents = informers.Informer(
+        ctl.api,
+        kube.AGENTS,
+        namespaces=namespaces,
+        indexers={
+            selection.BY_NAMESPACE: selection.in_namespace,
+            selection.BY_SERVICE_ACCOUNT: selection.agent_service_account,
+            selection.BY_LABEL: selection.agent_labels,
+        },
+    )
+    agents.listen(lambda event_type, old, new: agent_changed(ctl, event_type, old, new))
+    accounts = informers.Informer(ctl.api, kube.SERVICE_ACCOUNTS, namespaces=namespaces)
+    accounts.listen(lambda event_type, old, new: serviceaccount_changed(ctl, event_type, old, new))
+    ctl.informers[AGENTS] = agents
+    ctl.informers[SERVICE_ACCOUNTS] = accounts

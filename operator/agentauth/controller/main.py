@@ -8,6 +8,9 @@ Guarantees:
 - Kopf's own settings are set in one place, :func:`configure` (a startup hook): standalone (no
   peering objects; one active controller is ensured by the Deployment's Recreate strategy, see
   the chart), no runtime scanning for new CRDs/namespaces, Events only for warnings and errors.
+- Agents, CapabilityGrants and ServiceAccounts are mirrored by the controller's own informers
+  (``informers.py``: Kopf's watching costs too much per object at 10,000 of each); everything
+  else Kopf watches.
 - The issuer keys exist before anything else starts (create-if-absent), so the token service can
   sign as soon as the controller has run once.
 - Kopf's time-based event batching (``settings.queueing.batch_window``) is not set: the Kopf we
@@ -122,7 +125,8 @@ async def run(
         server = webhooks.WebhookServer(ctl)
         ctl.webhook_port = await server.start()
         ctl.webhook_ca = server.ca_pem
-        tasks = [asyncio.create_task(ctl.work()) for _ in range(settings.workers)]
+        tasks = [asyncio.create_task(informer.run()) for informer in ctl.informers.values()]
+        tasks += [asyncio.create_task(ctl.work()) for _ in range(settings.workers)]
         tasks.append(asyncio.create_task(keys.keep_rotating(ctl)))
         tasks.append(asyncio.create_task(server.keep_ca_bundles()))
         kopf_ready = asyncio.Event()

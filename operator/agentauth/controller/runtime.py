@@ -12,6 +12,10 @@ Guarantees:
   when the computed status differs; a replay of the same state posts nothing.
 - A failed write is retried with backoff and reported once per distinct error as a Warning Event
   ``StatusUpdateFailed`` on the object, so a missing RBAC rule is visible in ``kubectl describe``.
+- Workers reconcile nothing until every registered informer (``informers``) has stored its first
+  listing, so no status is computed from a half-filled mirror.
+- ``parse`` keeps one parsed model per object (by uid), replaced when its resourceVersion changes
+  and dropped with ``forget_parsed``: memory follows the number of objects, not of writes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, cast
 
 import pydantic
 
+from agentauth.controller import informers as controller_informers
 from agentauth.controller import settings as controller_settings
 from agentauth.domain import agents as domain_agents
 from agentauth.kube import client as kube
@@ -38,7 +43,8 @@ COMPONENT = "agentauth-controller"
 # grant deletion must reach its agents when changes are not streaming in.
 SETTLE_SECONDS = 0.3
 MAX_SETTLE_SECONDS = 5.0
-_MAX_PARSED = 20_000
+# A bound for the parse cache (one entry per live object; this only guards against leaks).
+_MAX_PARSED = 200_000
 
 
 def utcnow() -> datetime.datetime:
@@ -102,17 +108,18 @@ class Controller:
         self.queue = WorkQueue()
         # Kopf's in-memory indices, bound from handler kwargs (Kopf passes them to handlers only).
         self.indices: dict[str, Any] = {}
+        # List+watch mirrors by name (agents.py, grants.py register theirs); main.run runs them.
+        self.informers: dict[str, controller_informers.Informer] = {}
         self._written: dict[tuple[str, str, str], _Written] = {}
         self._reported_failures: dict[tuple[str, str, str], str] = {}
-        self._parsed: collections.OrderedDict[tuple[str, str, str], Any] = collections.OrderedDict()
+        self._parsed: collections.OrderedDict[tuple[str, str], tuple[str, Any]] = (
+            collections.OrderedDict()
+        )
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._flushers: dict[str, asyncio.TimerHandle] = {}
         self._pending: dict[str, set[Hashable]] = {}
         self._last_change: dict[str, float] = {}
         self._first_change: dict[str, float] = {}
-        # (namespace, grant) -> names of the Agents it matched when last reconciled.
-        self.grant_matches: dict[tuple[str, str], set[str]] = {}
-        self.grant_fingerprints: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.reconcilers: dict[str, Callable[..., Awaitable[None]]] = {}
         self.failures: collections.deque[str] = collections.deque(maxlen=100)
         # Reconciles completed per kind (observability for tests and debugging).
@@ -129,23 +136,39 @@ class Controller:
     def index(self, name: str) -> Any:
         return self.indices.get(name)
 
-    # --- parsing with a cache keyed by uid and resourceVersion -------------------------------
+    def informer(self, name: str) -> controller_informers.Informer:
+        return self.informers[name]
+
+    async def wait_synced(self) -> None:
+        """Return once every informer has stored its first listing."""
+        for informer in list(self.informers.values()):
+            await informer.synced.wait()
+
+    # --- parsing with a cache: one entry per object, valid for one resourceVersion -----------
 
     def parse(self, model: type[pydantic.BaseModel], body: Mapping[str, Any]) -> Any:
         """``model`` parsed from ``body``, or the ``pydantic.ValidationError`` it raised."""
         meta = body.get("metadata") or {}
-        key = (model.__name__, str(meta.get("uid")), str(meta.get("resourceVersion")))
-        if key in self._parsed:
-            self._parsed.move_to_end(key)
-            return self._parsed[key]
+        key = (model.__name__, str(meta.get("uid")))
+        version = str(meta.get("resourceVersion"))
+        cached = self._parsed.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         try:
             parsed: Any = model.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             parsed = exc
-        self._parsed[key] = parsed
+        self._parsed[key] = (version, parsed)
+        self._parsed.move_to_end(key)
         if len(self._parsed) > _MAX_PARSED:
             self._parsed.popitem(last=False)
         return parsed
+
+    def forget_parsed(self, model: type[pydantic.BaseModel], body: Mapping[str, Any]) -> None:
+        """Drop the parsed ``body`` (deleted, or superseded by a newer version: an entry for an
+        old resourceVersion is never read again)."""
+        meta = body.get("metadata") or {}
+        self._parsed.pop((model.__name__, str(meta.get("uid"))), None)
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -222,14 +245,19 @@ class Controller:
         return dict(status) if isinstance(status, Mapping) else None
 
     def is_own_write(self, kind: str, body: Mapping[str, Any]) -> bool:
-        """Whether ``body`` is exactly the version our last status write produced."""
+        """Whether ``body`` is exactly the version our last status write produced. Once it is
+        seen, the copy of the written status is dropped: the mirror holds it now (at 10,000
+        Agents and grants the copies were a tenth of the controller's memory)."""
         meta = body.get("metadata") or {}
         written = self._written.get((kind, meta.get("namespace", ""), meta.get("name", "")))
-        return (
+        own = (
             written is not None
             and written.uid == meta.get("uid")
             and written.resource_version == _rv(body) != 0
         )
+        if own and written is not None:
+            written.status = {}  # stored_status only reads it while the watch lags behind
+        return own
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._written.pop((kind, namespace, name), None)
@@ -334,6 +362,7 @@ class Controller:
     async def work(self) -> None:
         """One worker: take keys and run their reconciler, retrying failures with backoff."""
         backoff: dict[Hashable, float] = {}
+        await self.wait_synced()
         while True:
             key = await self.queue.get()
             try:

@@ -6,10 +6,14 @@ with a warning), ``default`` values are applied, then the object is validated. V
 errors are :class:`FieldError` values worded like the real server's ``field.Error`` strings
 (``spec.x: Invalid value: "y": spec.x in body should match '^a$'``), so clients and humans see
 the same messages they would on a real cluster.
+
+Validating a top-level value (``spec``, ``status``) is memoised by (schema node, value): a
+status write re-validates an unchanged spec, and many objects share one, at no cost.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import datetime
@@ -278,7 +282,9 @@ def _validate(
         for key, item in value.items():
             if root and key in _ROOT_KEYS:
                 continue
-            if key in properties:
+            if root and key in properties:
+                _validate_top_level(item, properties[key], _child(path, key), errors)
+            elif key in properties:
                 _validate(item, properties[key], _child(path, key), errors)
             elif isinstance(schema.get("additionalProperties"), dict):
                 _validate(item, schema["additionalProperties"], _child(path, key), errors)
@@ -304,6 +310,36 @@ def _validate(
                     path, value, f"{shown} in body must validate one and only one schema (oneOf)"
                 )
             )
+
+
+# (id(schema node), path, value as JSON) -> (node, errors). Validation is a pure function of
+# these, and a top-level value (spec, status) repeats: every status write re-validates the
+# unchanged spec, and many objects share a spec. The node is kept to tell a reused id apart.
+_TOP_LEVEL: collections.OrderedDict[tuple[int, str, str], tuple[Any, list[FieldError]]] = (
+    collections.OrderedDict()
+)
+_TOP_LEVEL_MAX = 4096
+
+
+def _validate_top_level(
+    value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]
+) -> None:
+    try:
+        key = (id(schema), path, json.dumps(value, separators=(",", ":")))
+    except (TypeError, ValueError):  # not JSON (cannot come from a request body): no memo
+        _validate(value, schema, path, errors)
+        return
+    known = _TOP_LEVEL.get(key)
+    if known is not None and known[0] is schema:
+        _TOP_LEVEL.move_to_end(key)
+        errors.extend(known[1])
+        return
+    found: list[FieldError] = []
+    _validate(value, schema, path, found)
+    _TOP_LEVEL[key] = (schema, found)
+    if len(_TOP_LEVEL) > _TOP_LEVEL_MAX:
+        _TOP_LEVEL.popitem(last=False)
+    errors.extend(found)
 
 
 def _collect(value: Any, schema: dict[str, Any], path: str) -> list[FieldError]:
