@@ -11,8 +11,9 @@ namespace (safety must not depend on what else the namespace holds).
 
 Only totals are printed (accuracy, unsafe answers, approval-required capabilities answered as
 plainly allowed), per profile and overall, so a held-out file can be measured without reading it.
-``--misses`` lists the wrong answers of a development file; it refuses a file named ``heldout*``
-or ``*heldout_half*``.
+``--misses`` lists the wrong answers of a development file; it refuses a held-out file: one whose
+name contains ``heldout``, unless the file itself says ``held_out: false`` (a former held-out set
+that has since been measured and opened for tuning, such as ``own/heldout.yaml``).
 
 Grading, for one question with ``expect`` (a capability, a list of capabilities, or null):
 
@@ -178,10 +179,19 @@ def evaluate(
     return result
 
 
+def is_held_out(path: Path) -> bool:
+    """Whether ``path`` is held out: named ``*heldout*`` and not marked ``held_out: false``.
+    Only the marker is looked at, never the questions."""
+    if "heldout" not in path.name:
+        return False
+    data = yaml.safe_load(path.read_text())
+    return not (isinstance(data, dict) and data.get("held_out") is False)
+
+
 def run(path: Path, *, show_misses: bool = False) -> dict[str, Totals]:
     """Evaluate ``path``; print totals and (``show_misses``) the misses. Returns the overall
     totals by mode (``alone``, ``together``)."""
-    if show_misses and "heldout" in path.name:
+    if show_misses and "heldout" in path.name and is_held_out(path):
         raise SystemExit(f"refusing to show misses of held-out file {path}")
     profiles = load_profiles(path.with_name("profiles.yaml"))
     questions = yaml.safe_load(path.read_text())["questions"]

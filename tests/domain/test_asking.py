@@ -34,10 +34,17 @@ def test_own_dev_corpus_thresholds(own_dev: dict[str, askeval.Totals], mode: str
 DEV_THRESHOLD = 0.67
 
 
-def test_the_heldout_half_is_not_tuned_on() -> None:
-    """The harness refuses to show the misses of a held-out file."""
+def test_a_heldout_file_is_not_tuned_on(tmp_path: Path) -> None:
+    """The harness refuses to show the misses of a held-out file, unless the file says it is
+    no longer held out (``held_out: false``, as the first round's held-out halves now do)."""
+    (tmp_path / "profiles.yaml").write_text((OWN / "profiles.yaml").read_text())
+    heldout = tmp_path / "heldout.yaml"
+    heldout.write_text('questions:\n  - {profile: finance-clerk, q: "pay it", expect: null}\n')
     with pytest.raises(SystemExit, match="refusing to show misses of held-out file"):
-        askeval.run(OWN / "heldout.yaml", show_misses=True)
+        askeval.run(heldout, show_misses=True)
+    assert askeval.is_held_out(heldout)
+    assert not askeval.is_held_out(OWN / "heldout.yaml")
+    assert not askeval.is_held_out(OWN.with_name("independent") / "heldout_half.yaml")
 
 
 # -- the lexicon -------------------------------------------------------------------------------
@@ -143,6 +150,30 @@ def test_dangerous_or_unrelated_questions_are_not_covered(question: str) -> None
     answer = ask(question)
     assert (answer.allowed, answer.approval_required, answer.capability) == (False, False, None)
     assert answer.decision == "not_covered"
+
+
+def test_a_person_who_acts_is_not_what_a_question_asks_about() -> None:
+    """ "what did customer 2231 buy" asks about what was bought, not about the customer: it was
+    answered allowed by customers.read (own held-out set, first round)."""
+    grants = [
+        tokenkit.grant(
+            "support",
+            capabilities=[
+                {"name": "customers.read", "description": "Look up a customer's profile"},
+                {"name": "tickets.read", "description": "Read support tickets"},
+            ],
+        )
+    ]
+    snapshot = tokenkit.snapshot(grants=grants)
+    agent = tokenkit.agent()
+    answer = asking.answer_question(
+        "what did customer 2231 buy last month?", agent=agent, snapshot=snapshot, now=NOW
+    )
+    assert answer.decision == "not_covered"
+    answer = asking.answer_question(
+        "what is the email address of customer 2231?", agent=agent, snapshot=snapshot, now=NOW
+    )
+    assert (answer.decision, answer.capability) == ("allowed", "customers.read")
 
 
 def test_every_clause_counts_and_the_most_restrictive_wins() -> None:

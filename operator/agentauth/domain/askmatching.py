@@ -883,6 +883,37 @@ def _placed_in(clause: Clause, entry: CatalogEntry) -> bool:
     return False
 
 
+_QUESTION_AUXILIARIES = _words("do does did has have had will would is are was were can could")
+
+
+def _actors(clause: Clause) -> frozenset[str]:
+    """The persons who act in a question for information ("what did **customer** 2231 buy?",
+    "which orders has the **customer** returned?"): the subject between the auxiliary and the
+    verb does the act; what is asked about is what the verb acts on, not the person, so the
+    person is no evidence for a capability that reads persons."""
+    if not clause.info:
+        return frozenset()
+    tokens = list(clause.after_verb)
+    # "what did ...", "which orders has ...": skip to the auxiliary
+    index = next((i for i, t in enumerate(tokens[:4]) if t.text in _QUESTION_AUXILIARIES), None)
+    if index is None:
+        return frozenset()
+    subject: list[str] = []
+    for token in tokens[index + 1 :]:
+        if (
+            token.kind == "word"
+            and token.text in token.verbs
+            and token.text not in _FUNCTION
+            and not any(asklexicon.is_person(n) for n in token.nouns)
+        ):
+            # the verb after the subject: the subject's persons are actors
+            return frozenset(n for n in subject if asklexicon.is_person(n))
+        if token.kind == "punct" or token.text in _PREPOSITIONS:
+            break
+        subject.extend(_noun_forms(token) if token.kind == "word" else ())
+    return frozenset()
+
+
 def _things(nouns: Iterable[str]) -> list[str]:
     """Nouns that can be acted on: not times ("tomorrow", "friday")."""
     return [n for n in nouns if not asklexicon.is_time(n)]
@@ -923,6 +954,7 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
     resources = {r: e.name for e in catalog for r in e.resource}
     scored: list[_Scored] = []
     persons = {n for n in (*all_nouns, *direct) if asklexicon.is_person(n)}
+    actors = _actors(clause)
     for entry in catalog:
         # action evidence first: it rules out most of the catalog cheaply
         derived = False
@@ -945,7 +977,11 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
         nouns = entry.nouns
         # object evidence
         if entry.person_resource:
-            evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
+            evidence = [
+                n
+                for n in all_nouns
+                if (n in entry.resource or n in entry.synonyms) and n not in actors
+            ]
         else:
             evidence = [n for n in all_nouns if n not in persons and _names(entry, n) > 0]
         object_score = max((_names(entry, n) for n in evidence), default=0.0)
