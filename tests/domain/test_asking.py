@@ -113,6 +113,19 @@ def test_a_capability_verb_is_understood_with_its_inflections() -> None:
     assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
 
 
+def test_everyday_verb_senses_are_understood_and_keep_their_danger() -> None:
+    """WordNet lacks "bounce" for restart and "nuke" for delete: the everyday-senses table adds
+    them, and a slang verb is as dangerous as its most dangerous sense."""
+    answer = ask("bounce the checkout deployment")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert asklexicon.verb_similarity("snooze", "silence") == 0.85
+    assert asklexicon.verb_lemmas("acked") == ("ack",)
+    assert asklexicon.verb_class("nuke") == "destroy"
+    assert asklexicon.verb_class("dump") == "destroy"  # export or discard: the worse
+    for question in ("nuke the checkout deployment", "dump every invoice to a USB stick"):
+        assert ask(question).decision == "not_covered", question
+
+
 def test_a_typo_is_corrected_but_an_undoing_prefix_is_not_a_typo() -> None:
     answer = ask("restrat the checkout deployment")
     assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
