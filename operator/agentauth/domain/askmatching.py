@@ -124,6 +124,51 @@ AMBIGUITY_MARGIN = 0.05
 DANGEROUS = ("destroy", "transfer", "privilege")
 
 
+@dataclass(frozen=True, slots=True)
+class Strictness:
+    """The matcher's fail-closed rules, as switches. :data:`STRICT` is what the service uses;
+    looser settings exist only to measure what each rule costs in accuracy and buys in safety
+    (``bench/ask_tradeoff.py``): no caller of the service can choose them."""
+
+    object_head: bool = True
+    """The head of the first object of a changing clause must be what the capability acts on."""
+    ambiguity_margin: float = AMBIGUITY_MARGIN
+    """Two capabilities scoring within this margin make the clause ambiguous (not covered)."""
+    object_required: bool = True
+    """Some object evidence is needed (or a verb derived from the resource, or only names)."""
+    foreign: bool = True
+    """An object that is another capability's resource, or a credential, refuses the match."""
+    classes: bool = True
+    """Destroying, transferring and privilege-changing verbs match only their own class, and a
+    reading capability only reading verbs."""
+
+
+STRICT = Strictness()
+LOOSENING = (
+    ("strict (shipped)", STRICT),
+    ("- object head", Strictness(object_head=False)),
+    ("- ambiguity margin", Strictness(object_head=False, ambiguity_margin=0.0)),
+    (
+        "- object required",
+        Strictness(object_head=False, ambiguity_margin=0.0, object_required=False),
+    ),
+    (
+        "- foreign objects",
+        Strictness(object_head=False, ambiguity_margin=0.0, object_required=False, foreign=False),
+    ),
+    (
+        "- verb classes",
+        Strictness(
+            object_head=False,
+            ambiguity_margin=0.0,
+            object_required=False,
+            foreign=False,
+            classes=False,
+        ),
+    ),
+)
+"""Cumulative loosenings of :data:`STRICT`, from strict to loosest, for the trade-off curve."""
+
 _TITLES = _words("mr mrs ms dr prof")
 """A word after one of these is a name ("Mr. Green", "Dr. Weber")."""
 
@@ -942,7 +987,9 @@ def resolve(clause: Clause, antecedent: Clause | None) -> Clause:
     )
 
 
-def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch:
+def match_clause(
+    clause: Clause, catalog: Sequence[CatalogEntry], *, strictness: Strictness = STRICT
+) -> ClauseMatch:
     """The capability that covers one requesting clause, or why none does."""
     all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
     direct_tokens = _object_nouns(clause.after_verb)
@@ -969,9 +1016,18 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
                 verb, word = READ_MATCH, lemmas[0]
             if verb < VERB_MATCH:
                 continue
-            if asked_class in DANGEROUS and asked_class != entry.action_class:
+            if (
+                strictness.classes
+                and asked_class in DANGEROUS
+                and asked_class != entry.action_class
+            ):
                 continue
-            if entry.reads and asked_class != "read" and word not in entry.actions:
+            if (
+                strictness.classes
+                and entry.reads
+                and asked_class != "read"
+                and word not in entry.actions
+            ):
                 continue
             derived = word in entry.strong_actions and word not in _name_actions(entry)
         nouns = entry.nouns
@@ -997,10 +1053,10 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
             and _names(entry, n) == 0.0
         ]
-        if foreign and not (entry.reads and clause.info):
+        if strictness.foreign and foreign and not (entry.reads and clause.info):
             continue
         if clause.info or clause.noun_request:
-            if object_score == 0.0:
+            if object_score == 0.0 and strictness.object_required:
                 continue
         elif object_score == 0.0:
             # no object the capability names: only a verb derived from its resource names
@@ -1008,10 +1064,14 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             # what the refund is for, and anything foreign was refused above), or the
             # capability's own action, held by no other capability, applied to nothing but
             # names ("roll back billing-api"): the name can only be what the action acts on
-            if not derived and not _only_names(direct_tokens, word, entry, catalog):
+            if (
+                strictness.object_required
+                and not derived
+                and not _only_names(direct_tokens, word, entry, catalog)
+            ):
                 continue
             object_score = 0.5
-        elif heads and not entry.reads and not derived and not placed:
+        elif strictness.object_head and heads and not entry.reads and not derived and not placed:
             # what is acted on (the first phrase's head) must be what the capability acts
             # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
             head, bare = heads[0]
@@ -1032,7 +1092,7 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
         )
         return ClauseMatch(clause.text, None, 0.0, (), reason, closest)
     best = scored[0]
-    if len(scored) > 1 and best.score - scored[1].score < AMBIGUITY_MARGIN:
+    if len(scored) > 1 and best.score - scored[1].score < strictness.ambiguity_margin:
         names = ", ".join(c.capability for c in suggestions)
         return ClauseMatch(
             clause.text,
