@@ -189,6 +189,41 @@ def test_a_person_who_acts_is_not_what_a_question_asks_about() -> None:
     assert (answer.decision, answer.capability) == ("allowed", "customers.read")
 
 
+OPS = [
+    {"name": "nodes.cordon", "description": "Mark a node as unschedulable"},
+    {"name": "nodes.drain", "description": "Evict all pods from a node"},
+    {"name": "deployments.rollback", "description": "Roll a deployment back"},
+    {"name": "certificates.renew", "description": "Renew a TLS certificate"},
+    {"name": "meetings.book", "description": "Book a demo or call with a prospect"},
+]
+
+
+def ask_ops(question: str) -> asking.AskAnswer:
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("ops", capabilities=OPS)])
+    return asking.answer_question(question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("question", "capabilities"),
+    [
+        # a pronoun for a name: the name is the object, as in the clause before
+        ("cordon worker-9 and then drain it", ["nodes.cordon", "nodes.drain"]),
+        # the particle of a phrasal verb is not part of the object
+        ("roll back billing-api", ["deployments.rollback"]),
+        # a pronoun may stand for what the statement before it is about
+        ("the certificate on api-gateway expires in 3 days, refresh it", ["certificates.renew"]),
+        # WordNet files "meeting" under social groups; what the description books still counts
+        ("book a demo with the Cyberdyne team next Wednesday", ["meetings.book"]),
+    ],
+)
+def test_objects_named_by_pronouns_names_and_descriptions(
+    question: str, capabilities: list[str]
+) -> None:
+    answer = ask_ops(question)
+    assert answer.decision == "allowed", answer.reason
+    assert [c.capability for c in answer.clauses] == capabilities
+
+
 def test_every_clause_counts_and_the_most_restrictive_wins() -> None:
     answer = ask("look up invoice 7712 and refund the 20 EUR overcharge")
     assert answer.decision == "approval_required"

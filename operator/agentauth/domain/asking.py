@@ -363,6 +363,10 @@ def _clause_answers(
             if danger is not None:
                 reason = f"the clause asks to {danger!r}, which no capability of the agent covers"
                 answers.append(_not_covered(clause.text, reason))
+            if antecedent is None:
+                # "the certificate on api-gateway expires in 3 days, refresh it": a pronoun in
+                # the first request may stand for what the statement before it is about
+                antecedent = clause
             continue
         matched = askmatching.match_clause(
             askmatching.resolve(clause, antecedent), catalog, strictness=strictness

@@ -895,7 +895,11 @@ def _only_names(
     """The object is only names and identifiers, and ``word`` is the capability's own action
     (exactly), which no other capability of the catalog has, and which neither destroys,
     transfers nor grants."""
-    content = [t for t in tokens if t.text not in _FUNCTION and t.kind != "punct"]
+    content = [
+        t
+        for t in tokens
+        if t.text not in _FUNCTION and t.text not in _PARTICLES and t.kind != "punct"
+    ]  # "roll back billing-api": the particle is part of the verb
     if not content or any(t.kind not in ("name", "id") for t in content):
         return False
     if word is None or entry.actions.get(word) != 1.0 or entry.action_class in DANGEROUS:
@@ -994,6 +998,11 @@ def match_clause(
     all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
     direct_tokens = _object_nouns(clause.after_verb)
     direct = _things(_content_nouns(direct_tokens))
+    # "cordon worker-9 and then drain it": a pronoun object names what the clause before named
+    pronoun_only = bool(direct_tokens) and all(
+        t.text in _ANAPHORA or t.text in _DETERMINERS or t.kind == "punct" for t in direct_tokens
+    )
+    named_tokens = list(clause.inherited) if pronoun_only and clause.inherited else direct_tokens
     vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
     lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
     heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
@@ -1033,10 +1042,14 @@ def match_clause(
         nouns = entry.nouns
         # object evidence
         if entry.person_resource:
+            # persons name it only as its resource ("the customer" for customers.read), not as
+            # who an act is for; the things its description acts on ("a demo or call" for
+            # meetings.book, whose "meeting" WordNet files under social groups) still count
             evidence = [
                 n
                 for n in all_nouns
-                if (n in entry.resource or n in entry.synonyms) and n not in actors
+                if ((n in entry.resource or n in entry.synonyms) and n not in actors)
+                or (n in entry.described and n not in persons)
             ]
         else:
             evidence = [n for n in all_nouns if n not in persons and _names(entry, n) > 0]
@@ -1067,7 +1080,7 @@ def match_clause(
             if (
                 strictness.object_required
                 and not derived
-                and not _only_names(direct_tokens, word, entry, catalog)
+                and not _only_names(named_tokens, word, entry, catalog)
             ):
                 continue
             object_score = 0.5
