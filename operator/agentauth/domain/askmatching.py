@@ -134,6 +134,8 @@ class Strictness:
     """The head of the first object of a changing clause must be what the capability acts on."""
     ambiguity_margin: float = AMBIGUITY_MARGIN
     """Two capabilities scoring within this margin make the clause ambiguous (not covered)."""
+    verb_required: bool = True
+    """The verb must name the capability's action; without this rule the object decides."""
     object_required: bool = True
     """Some object evidence is needed (or a verb derived from the resource, or only names)."""
     foreign: bool = True
@@ -149,18 +151,31 @@ LOOSENING = (
     ("- object head", Strictness(object_head=False)),
     ("- ambiguity margin", Strictness(object_head=False, ambiguity_margin=0.0)),
     (
+        "- verb match",
+        Strictness(object_head=False, ambiguity_margin=0.0, verb_required=False),
+    ),
+    (
         "- object required",
-        Strictness(object_head=False, ambiguity_margin=0.0, object_required=False),
+        Strictness(
+            object_head=False, ambiguity_margin=0.0, verb_required=False, object_required=False
+        ),
     ),
     (
         "- foreign objects",
-        Strictness(object_head=False, ambiguity_margin=0.0, object_required=False, foreign=False),
+        Strictness(
+            object_head=False,
+            ambiguity_margin=0.0,
+            verb_required=False,
+            object_required=False,
+            foreign=False,
+        ),
     ),
     (
         "- verb classes",
         Strictness(
             object_head=False,
             ambiguity_margin=0.0,
+            verb_required=False,
             object_required=False,
             foreign=False,
             classes=False,
@@ -1024,7 +1039,9 @@ def match_clause(
                 # any verb that only looks ("show", "check", "look at") asks a reading capability
                 verb, word = READ_MATCH, lemmas[0]
             if verb < VERB_MATCH:
-                continue
+                if strictness.verb_required:
+                    continue
+                verb, word = 0.5, None  # the object alone decides (trade-off measurement only)
             if (
                 strictness.classes
                 and asked_class in DANGEROUS
