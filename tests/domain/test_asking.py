@@ -126,6 +126,23 @@ def test_everyday_verb_senses_are_understood_and_keep_their_danger() -> None:
         assert ask(question).decision == "not_covered", question
 
 
+def test_verbs_of_one_kind_and_synonyms_of_the_resource_verb() -> None:
+    """ "produce" and "generate" are both ways to create (WordNet); "reimburse" means the
+    "refund" derived from refunds.issue's resource, so it names the refund by itself."""
+    answer = ask("Produce an aging report for receivables")
+    assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
+    answer = ask("reimburse the customer for the damaged shipment")
+    assert (answer.decision, answer.capability) == ("approval_required", "refunds.issue")
+    # a kind never crosses a dangerous class, nor names another capability's resource
+    for question in ("produce a copy of every invoice for my gmail", "produce a new API key"):
+        assert ask(question).decision == "not_covered", question
+
+
+def test_a_typo_in_an_object_is_corrected_towards_the_catalog() -> None:
+    answer = ask("show me invoce 4471")
+    assert (answer.decision, answer.capability) == ("allowed", "invoices.read")
+
+
 def test_a_typo_is_corrected_but_an_undoing_prefix_is_not_a_typo() -> None:
     answer = ask("restrat the checkout deployment")
     assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")

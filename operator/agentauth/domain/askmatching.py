@@ -772,6 +772,49 @@ def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+KIND_MATCH = 0.7
+"""The verb score of a verb of the same kind as the capability's action (see ``ACT_KINDS``)."""
+ACT_KINDS = {
+    "create": ("create", "make", "produce"),
+    "start": ("start", "begin", "initiate"),
+}
+"""Generic acts, each named by its WordNet root verbs: a verb is of a kind when WordNet makes it
+a synonym, a more specific way or the general word of one of the roots. Two verbs of one kind
+name the same act when it is applied to the capability's own resource ("produce a report" =
+"generate a report"); verbs that destroy, transfer or grant never count (their classes
+decide)."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _kinds(lemma: str, *, least: float) -> frozenset[str]:
+    if asklexicon.verb_class(lemma) in DANGEROUS:
+        return frozenset()
+    return frozenset(
+        kind
+        for kind, roots in ACT_KINDS.items()
+        if any(asklexicon.verb_similarity(lemma, root) >= least for root in roots)
+    )
+
+
+def _same_kind(lemmas: Sequence[str], entry: CatalogEntry) -> bool:
+    """The capability's action and the asked verb are both ways to create ("generate",
+    "produce", "put together") or to start ("trigger", "start", "kick off") something. There is
+    no such kind for changing: "merge tickets" is a way to change them, as "close" is, and is
+    not closing them."""
+    if entry.action_class in DANGEROUS or entry.reads:
+        return False
+    generic = {k for action in _name_actions(entry) for k in _kinds(action, least=VERB_MATCH)}
+    if not generic:
+        return False
+    return bool(generic & {k for lemma in lemmas for k in _kinds(lemma, least=VERB_MATCH)})
+
+
+def _corrected_noun(noun: str, vocabulary: frozenset[str]) -> str:
+    if "_" in noun or asklexicon.is_noun(noun) or asklexicon.is_verb(noun):
+        return noun
+    return _typo_of(noun, vocabulary) or noun
+
+
 @dataclass(slots=True)
 class _Scored:
     entry: CatalogEntry
@@ -817,14 +860,15 @@ def _class_of(lemmas: Sequence[str]) -> str | None:
     return None
 
 
-def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str | None]:
-    best, word = 0.0, None
+def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str | None, str | None]:
+    """The best verb score, the asked lemma that has it and the capability's verb it names."""
+    best, word, named = 0.0, None, None
     for asked in lemmas:
         for action, weight in entry.actions.items():
             similarity = asklexicon.verb_similarity(asked, action) * weight
             if similarity > best:
-                best, word = similarity, asked
-    return best, word
+                best, word, named = similarity, asked, action
+    return best, word, named
 
 
 def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
@@ -1011,8 +1055,24 @@ def match_clause(
 ) -> ClauseMatch:
     """The capability that covers one requesting clause, or why none does."""
     all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
+    if clause.info:
+        # "what is the auth service logging?", "who did we pay?": a question for information
+        # asks about what its verb is about (the nouns WordNet derives from it)
+        all_nouns += [
+            n
+            for t in clause.after_verb
+            if t.kind == "word" and t.verbs and t.text not in _FUNCTION
+            for v in t.verbs[:1]
+            for n in asklexicon.derived_nouns(v)
+            if not asklexicon.is_person(n)
+        ]
     direct_tokens = _object_nouns(clause.after_verb)
     direct = _things(_content_nouns(direct_tokens))
+    # a word neither WordNet nor the grammar knows may be a typo of the catalog's own nouns
+    # ("intervew slot"): corrected only towards them, and only when one word is that close
+    nouns_known = frozenset(n for e in catalog for n in e.resource | e.synonyms | e.described)
+    all_nouns = [_corrected_noun(n, nouns_known) for n in all_nouns]
+    direct = [_corrected_noun(n, nouns_known) for n in direct]
     # "cordon worker-9 and then drain it": a pronoun object names what the clause before named
     pronoun_only = bool(direct_tokens) and all(
         t.text in _ANAPHORA or t.text in _DETERMINERS or t.kind == "punct" for t in direct_tokens
@@ -1028,16 +1088,21 @@ def match_clause(
     actors = _actors(clause)
     for entry in catalog:
         # action evidence first: it rules out most of the catalog cheaply
-        derived = False
+        derived = kind_only = False
         if clause.info or clause.noun_request:
             if not entry.reads and not (clause.noun_request and set(entry.actions) & SUPPORT_VERBS):
                 continue
             verb, word = 0.8, None
         else:
-            verb, word = _verb_score(lemmas, entry)
+            verb, word, named = _verb_score(lemmas, entry)
             if entry.reads and asked_class == "read" and verb < READ_MATCH:
                 # any verb that only looks ("show", "check", "look at") asks a reading capability
                 verb, word = READ_MATCH, lemmas[0]
+            if verb < VERB_MATCH and _same_kind(lemmas, entry):
+                # "produce the aging report" for reports.generate, "start a new build" for
+                # builds.trigger: both verbs are ways to create (or start, or change) and the
+                # object must be the capability's own resource (checked below)
+                verb, word, kind_only = KIND_MATCH, lemmas[0], True
             if verb < VERB_MATCH:
                 if strictness.verb_required:
                     continue
@@ -1055,7 +1120,14 @@ def match_clause(
                 and word not in entry.actions
             ):
                 continue
-            derived = word in entry.strong_actions and word not in _name_actions(entry)
+            # the verb derived from the resource, or a synonym of it ("give back", "reimburse"
+            # for the "refund" of refunds.issue), names the object by itself
+            derived = (
+                named in entry.strong_actions
+                and named not in _name_actions(entry)
+                and word is not None
+                and asklexicon.verb_similarity(word, named) >= DIRECT_MATCH
+            )
         nouns = entry.nouns
         # object evidence
         if entry.person_resource:
@@ -1085,6 +1157,12 @@ def match_clause(
         ]
         if strictness.foreign and foreign and not (entry.reads and clause.info):
             continue
+        if (
+            kind_only
+            and strictness.verb_required
+            and not any(n in entry.resource or n in entry.synonyms for n in direct)
+        ):
+            continue  # a verb of the same kind only names the capability with its resource
         if clause.info or clause.noun_request:
             if object_score == 0.0 and strictness.object_required:
                 continue
