@@ -231,6 +231,8 @@ def ask_ops(question: str) -> asking.AskAnswer:
         ("the certificate on api-gateway expires in 3 days, refresh it", ["certificates.renew"]),
         # WordNet files "meeting" under social groups; what the description books still counts
         ("book a demo with the Cyberdyne team next Wednesday", ["meetings.book"]),
+        # several names make many capitals, not a title-cased question
+        ("cordon Worker Nine for Anna Lopez and Dr. Weber", ["nodes.cordon"]),
     ],
 )
 def test_objects_named_by_pronouns_names_and_descriptions(

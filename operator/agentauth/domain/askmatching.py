@@ -217,15 +217,21 @@ def tokenize(text: str) -> list[Token]:
     """Lower-cased tokens of ``text``; hyphenated English words are split into their words
     ("high-latency") or joined ("check-up"), other hyphenated or dotted strings are identifiers
     ("INV-2231"). A capitalised word inside a sentence ("cancel Tom Baker's appointment"), or the
-    word after a title ("Mr. Green"), is a name, unless the text capitalises most of its words
-    (a title-cased question says nothing about names)."""
+    word after a title ("Mr. Green"), is a name, unless the text is title-cased (its first word
+    and all its words but function words capitalised: capitals then say nothing about names)."""
     expanded = text.replace("\u2019", "'")
     for contraction, expansion in _CONTRACTIONS:
         expanded = re.sub(re.escape(contraction), expansion, expanded, flags=re.IGNORECASE)
     raws = _TOKEN.findall(expanded)
     alphabetic = [r for r in raws if r[:1].isalpha()]
-    capitalised = sum(1 for r in alphabetic if r[:1].isupper())
-    names_allowed = capitalised * 2 < len(alphabetic)
+    # a title-cased question ("Restart The Checkout Deployment") capitalises its first word and
+    # every word that is not a function word: then capitals say nothing about names; a
+    # sentence naming several people ("book Anna Lopez in with Dr. Weber") is not one
+    names_allowed = not (
+        alphabetic
+        and alphabetic[0][:1].isupper()
+        and all(r[:1].isupper() for r in alphabetic if r.lower() not in _FUNCTION)
+    )
     tokens: list[Token] = []
     for index, raw in enumerate(raws):
         lowered = raw.lower()
