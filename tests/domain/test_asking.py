@@ -243,6 +243,25 @@ def test_objects_named_by_pronouns_names_and_descriptions(
     assert [c.capability for c in answer.clauses] == capabilities
 
 
+def test_a_resource_is_named_by_the_nouns_of_its_acts() -> None:
+    """ "the booking" is what appointments.book makes, so appointments.cancel acts on it;
+    "the last deploy" comes from the verb of "deployment"."""
+    catalog = [
+        {"name": "appointments.book", "description": "Book an appointment for a patient"},
+        {"name": "appointments.cancel", "description": "Cancel a patient's appointment"},
+        {"name": "deployments.rollback", "description": "Roll a deployment back"},
+    ]
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("clinic", capabilities=catalog)])
+    for question, capability in (
+        ("cancel the booking for Friday", "appointments.cancel"),
+        ("roll back the last deploy of billing-api", "deployments.rollback"),
+    ):
+        answer = asking.answer_question(
+            question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW
+        )
+        assert (answer.decision, answer.capability) == ("allowed", capability), question
+
+
 def test_every_clause_counts_and_the_most_restrictive_wins() -> None:
     answer = ask("look up invoice 7712 and refund the 20 EUR overcharge")
     assert answer.decision == "approval_required"

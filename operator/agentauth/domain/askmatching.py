@@ -572,6 +572,9 @@ class CatalogEntry:
     """Other nouns of the description and examples ("for a service"): support, not evidence."""
     action_class: str | None = field(default=None, compare=False)
     person_resource: bool = field(default=False, compare=False)
+    act_nouns: frozenset[str] = field(default=frozenset(), compare=False)
+    """Nouns WordNet derives from its name's action ("booking" from ``book``): what capabilities
+    on the same resource may call the resource by ("drop the booking" for appointments.cancel)."""
 
     @property
     def reads(self) -> bool:
@@ -723,6 +726,13 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
         mentioned=frozenset(mentioned - described - resource),
         action_class=action_class,
         person_resource=any(asklexicon.is_person(r) for r in resource),
+        act_nouns=frozenset(
+            n
+            for a, w in actions.items()
+            if w == 1.0
+            for n in asklexicon.derived_nouns(a)
+            if not asklexicon.is_person(n)
+        ),
     )
 
 
@@ -778,6 +788,8 @@ def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+ACT_NOUN = 0.6
+"""The object score of a noun of an act on the capability's resource ("booking")."""
 KIND_MATCH = 0.7
 """The verb score of a verb of the same kind as the capability's action (see ``ACT_KINDS``)."""
 ACT_KINDS = {
@@ -938,7 +950,8 @@ def _object_nouns(tokens: Sequence[Token]) -> list[Token]:
 def _names(entry: CatalogEntry, noun: str) -> float:
     """How surely ``noun`` is something the capability acts on: its resource 1.0, a synonym
     0.8, a noun its description acts on 0.6, a kind of one of those (WordNet: a "contract" is an
-    "agreement") 0.6, the nearest more general word for one of those 0.5; else 0."""
+    "agreement") 0.6, the nearest more general word for one of those 0.5, a noun from the same
+    verb as the resource 0.6; else 0."""
     if noun in entry.resource:
         return 1.0
     if noun in entry.synonyms:
@@ -951,7 +964,29 @@ def _names(entry: CatalogEntry, noun: str) -> float:
         return 0.6
     if noun in entry.general:
         return 0.5
+    if _same_stem(noun, entry.resource):
+        return 0.6
     return 0.0
+
+
+@functools.lru_cache(maxsize=65536)
+def _same_stem(noun: str, resource: frozenset[str]) -> bool:
+    """``noun`` and one of the resource nouns come from the same verb (WordNet derivations):
+    "the last deploy" for ``deployments``."""
+    stems = set(asklexicon.derived_verbs(noun)) | set(asklexicon.verb_lemmas(noun))
+    return bool(stems) and any(stems & set(asklexicon.derived_verbs(r)) for r in resource)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resource_acts(catalog: tuple[CatalogEntry, ...]) -> dict[str, frozenset[str]]:
+    """For each capability, the nouns of the acts of every capability on the same resource
+    (appointments.book, .cancel, .reschedule: "booking", "cancellation")."""
+    return {
+        entry.name: frozenset().union(
+            *(other.act_nouns for other in catalog if other.resource & entry.resource)
+        )
+        for entry in catalog
+    }
 
 
 def _only_names(
@@ -1089,6 +1124,7 @@ def match_clause(
     heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
     asked_class = _class_of(lemmas)
     resources = {r: e.name for e in catalog for r in e.resource}
+    acts = _resource_acts(tuple(catalog))
     scored: list[_Scored] = []
     persons = {n for n in (*all_nouns, *direct) if asklexicon.is_person(n)}
     actors = _actors(clause)
@@ -1147,8 +1183,15 @@ def match_clause(
                 or (n in entry.described and n not in persons)
             ]
         else:
-            evidence = [n for n in all_nouns if n not in persons and _names(entry, n) > 0]
-        object_score = max((_names(entry, n) for n in evidence), default=0.0)
+            evidence = [
+                n
+                for n in all_nouns
+                if n not in persons and (_names(entry, n) > 0 or n in acts[entry.name])
+            ]
+        object_score = max(
+            (_names(entry, n) or (ACT_NOUN if n in acts[entry.name] else 0.0) for n in evidence),
+            default=0.0,
+        )
         placed = _placed_in(clause, entry)
         if object_score == 0.0 and placed:
             object_score = 0.5
@@ -1160,6 +1203,7 @@ def match_clause(
             and n not in persons  # who it is for ("the customer") is never foreign
             and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
             and _names(entry, n) == 0.0
+            and n not in acts[entry.name]
         ]
         if strictness.foreign and foreign and not (entry.reads and clause.info):
             continue
@@ -1190,7 +1234,11 @@ def match_clause(
             # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
             head, bare = heads[0]
             if not bare and not any(
-                form in nouns or form in entry.actions or _names(entry, form) > 0 for form in head
+                form in nouns
+                or form in entry.actions
+                or form in acts[entry.name]
+                or _names(entry, form) > 0
+                for form in head
             ):
                 continue
         words = ([word] if word else []) + sorted(set(evidence))
