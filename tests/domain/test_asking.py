@@ -284,6 +284,15 @@ def test_a_pronoun_acts_on_the_object_of_the_clause_before() -> None:
     ]
 
 
+def test_a_statement_of_what_is_happening_asks_for_nothing() -> None:
+    """ "it's overspending" says why; "I'm restarting X" says what the asker is about to do."""
+    answer = ask("restart the checkout deployment, it's crashing")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert len(answer.clauses) == 1
+    answer = ask("I'm restarting the checkout deployment now")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+
+
 def test_telling_the_asker_is_not_an_action() -> None:
     answer = ask("look up invoice 7712 and tell me the total")
     assert (answer.decision, answer.capability) == ("allowed", "invoices.read")

@@ -114,6 +114,8 @@ _CONTRACTIONS = (
     ("s'", "s"),
 )
 
+_PRONOUN_IS = re.compile(r"\b(it|that|there|he|she|what|who|where|here)'s\b", re.IGNORECASE)
+
 DIRECT_MATCH = 0.85
 """The least verb similarity that names a capability's action without a resource match."""
 VERB_MATCH = 0.7
@@ -220,6 +222,8 @@ def tokenize(text: str) -> list[Token]:
     word after a title ("Mr. Green"), is a name, unless the text is title-cased (its first word
     and all its words but function words capitalised: capitals then say nothing about names)."""
     expanded = text.replace("\u2019", "'")
+    # "it's", "that's", "what's": "is" (elsewhere "'s" is a possessive, dropped below)
+    expanded = _PRONOUN_IS.sub(r"\1 is", expanded)
     for contraction, expansion in _CONTRACTIONS:
         expanded = re.sub(re.escape(contraction), expansion, expanded, flags=re.IGNORECASE)
     raws = _TOKEN.findall(expanded)
@@ -488,7 +492,25 @@ def _asks_the_asker(body: Sequence[Token]) -> bool:
     return len(body) >= 2 and body[0].text in _TELLING and body[1].text in ("me", "us")
 
 
+_SUBJECTS = _words("it they he she this that there")
+
+
+def _progressive_statement(piece: Sequence[Token]) -> bool:
+    """ "it's overspending", "they are failing": a third-person subject pronoun, a form of "be"
+    and a verb in -ing says what is happening and asks for nothing ("I'm closing ticket 2210"
+    says what the asker is about to do: a request)."""
+    return (
+        len(piece) >= 3
+        and piece[0].text in _SUBJECTS
+        and piece[1].text in ("is", "are", "was", "were", "am")
+        and piece[2].text.endswith("ing")
+        and bool(piece[2].verbs)
+    )
+
+
 def _clause(kind: str, piece: list[Token]) -> Clause:
+    if _progressive_statement(piece):
+        return Clause(tuple(piece), "context", after_verb=tuple(piece[2:]))
     body, wanted = _strip_framing(piece)
     if _asks_the_asker(body) or (
         piece and piece[0].text == "let" and [t.text for t in body] in (["know"], ["know", "it"])
