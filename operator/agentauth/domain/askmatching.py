@@ -553,7 +553,7 @@ def _particle(verb: Token, rest: Sequence[Token]) -> str | None:
     matcher reads the clause both with and without it."""
     if not verb.verbs:
         return None
-    for index, token in enumerate(rest[:5]):
+    for index, token in enumerate(rest[:7]):
         if token.kind == "punct":
             break
         if token.text not in _PARTICLES:
