@@ -794,15 +794,19 @@ def _damerau(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
+@functools.lru_cache(maxsize=65536)
+def _typo_of(word: str, vocabulary: frozenset[str]) -> str | None:
     """The one vocabulary word ``word`` is a likely typo of (distance 1, or 2 from 8 letters)."""
     if len(word) < 4:
         return None
     limit = 2 if len(word) >= 8 else 1
+    letters = set(word)
     found = {
         v
         for v in vocabulary
         if abs(len(v) - len(word)) <= limit
+        # each edit changes the set of letters by at most two: a cheap bound before the distance
+        and len(letters.symmetric_difference(v)) <= 2 * limit
         and _damerau(word, v) <= limit
         and not word.endswith(v)  # "unpublish" is no typo of "publish": it is its undoing
         and not word.startswith(v)
@@ -847,6 +851,16 @@ def _same_kind(lemmas: Sequence[str], entry: CatalogEntry) -> bool:
     if not generic:
         return False
     return bool(generic & {k for lemma in lemmas for k in _kinds(lemma, least=VERB_MATCH)})
+
+
+@functools.lru_cache(maxsize=1024)
+def _catalog_nouns(catalog: tuple[CatalogEntry, ...]) -> frozenset[str]:
+    return frozenset(n for e in catalog for n in e.resource | e.synonyms | e.described)
+
+
+@functools.lru_cache(maxsize=1024)
+def _catalog_verbs(catalog: tuple[CatalogEntry, ...]) -> frozenset[str]:
+    return frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
 
 
 def _corrected_noun(noun: str, vocabulary: frozenset[str]) -> str:
@@ -1133,7 +1147,7 @@ def match_clause(
     direct = _things(_content_nouns(direct_tokens))
     # a word neither WordNet nor the grammar knows may be a typo of the catalog's own nouns
     # ("intervew slot"): corrected only towards them, and only when one word is that close
-    nouns_known = frozenset(n for e in catalog for n in e.resource | e.synonyms | e.described)
+    nouns_known = _catalog_nouns(tuple(catalog))
     all_nouns = [_corrected_noun(n, nouns_known) for n in all_nouns]
     direct = [_corrected_noun(n, nouns_known) for n in direct]
     # "cordon worker-9 and then drain it": a pronoun object names what the clause before named
@@ -1141,7 +1155,7 @@ def match_clause(
         t.text in _ANAPHORA or t.text in _DETERMINERS or t.kind == "punct" for t in direct_tokens
     )
     named_tokens = list(clause.inherited) if pronoun_only and clause.inherited else direct_tokens
-    vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
+    vocabulary = _catalog_verbs(tuple(catalog))
     lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
     heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
     asked_class = _class_of(lemmas)
