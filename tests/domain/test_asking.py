@@ -17,21 +17,33 @@ OWN = Path(__file__).with_name("ask_eval") / "own"
 # -- the corpora -------------------------------------------------------------------------------
 
 
+EVAL = OWN.parent
+
+DEV_THRESHOLDS = {
+    "own/dev.yaml": 0.79,
+    "own/heldout.yaml": 0.79,
+    "independent/dev_half.yaml": 0.68,
+    "independent/heldout_half.yaml": 0.68,
+}
+"""Least share right per development file, each agent alone and all together. The first
+round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; this one 79.2 %,
+79.2 %, 68.7 % and 68.0 % with no unsafe answer."""
+
+
 @pytest.fixture(scope="module")
-def own_dev() -> dict[str, askeval.Totals]:
-    return askeval.run(OWN / "dev.yaml")
+def dev_totals() -> dict[str, dict[str, askeval.Totals]]:
+    return {name: askeval.run(EVAL / name, quiet=True) for name in DEV_THRESHOLDS}
 
 
 @pytest.mark.parametrize("mode", ["alone", "together"])
-def test_own_dev_corpus_thresholds(own_dev: dict[str, askeval.Totals], mode: str) -> None:
-    """Main's matcher scored 43.8% / 44.6% right with 16 / 7 unsafe answers on this file."""
-    totals = own_dev[mode]
+@pytest.mark.parametrize("name", sorted(DEV_THRESHOLDS))
+def test_dev_corpus_thresholds(
+    dev_totals: dict[str, dict[str, askeval.Totals]], name: str, mode: str
+) -> None:
+    totals = dev_totals[name][mode]
     assert totals.unsafe == 0, totals.misses
     assert totals.approval_as_allowed == 0, totals.misses
-    assert totals.right / totals.asked >= DEV_THRESHOLD, "\n".join(totals.misses)
-
-
-DEV_THRESHOLD = 0.67
+    assert totals.right / totals.asked >= DEV_THRESHOLDS[name], "\n".join(totals.misses)
 
 
 def test_a_heldout_file_is_not_tuned_on(tmp_path: Path) -> None:
