@@ -243,6 +243,8 @@ def ask_ops(question: str) -> asking.AskAnswer:
         ("the certificate on api-gateway expires in 3 days, refresh it", ["certificates.renew"]),
         # WordNet files "meeting" under social groups; what the description books still counts
         ("book a demo with the Cyberdyne team next Wednesday", ["meetings.book"]),
+        # a particle closes the object; "under" opens a phrase that is not the object
+        ("cordon the node over there under the old rack", ["nodes.cordon"]),
         # several names make many capitals, not a title-cased question
         ("cordon Worker Nine for Anna Lopez and Dr. Weber", ["nodes.cordon"]),
     ],

@@ -60,7 +60,7 @@ _COORDINATORS = frozenset(["and", "then", "also", "plus", "but", "or"])
 _PREPOSITIONS = _words(
     """for about with from in on at to into onto by via during since after before until
     because within without across against toward towards per like than regarding
-    concerning"""
+    concerning under below above beneath beside besides between among amongst"""
 )
 _DETERMINERS = _words(
     """a an the this that these those my our your their his her its some any all every each
@@ -933,7 +933,8 @@ def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
     runs: list[list[Token]] = [[]]
     starts: list[int] = [0]
     for index, token in enumerate(tokens):
-        if token.kind != "word" or token.text in _FUNCTION:
+        # a particle closes the phrase ("hand the ticket over"): it is part of the verb
+        if token.kind != "word" or token.text in _FUNCTION or token.text in _PARTICLES:
             runs.append([])
             starts.append(index + 1)
         else:
