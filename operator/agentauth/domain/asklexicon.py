@@ -3,7 +3,9 @@
 The data is ``asklexicon.json.gz`` next to this module, generated once from Princeton WordNet 3.0
 by ``hack/gen_ask_lexicon.py`` and shipped inside the package (nothing is downloaded at run time;
 WordNet's licence notice is in the data file, key ``license``). It is loaded on first use and
-kept for the life of the process.
+kept for the life of the process. One table is not WordNet's: :data:`EVERYDAY_SENSES`, a small
+hand-written table of everyday and IT-slang verb senses WordNet 3.0 lacks ("bump", "snooze",
+"ack"), each a sense a current dictionary lists.
 
 Guarantees: every function is pure and deterministic; an unknown word gives empty results, never
 an error; lemmatisation follows WordNet's own *morphy* (its exception lists, then its suffix rules,
