@@ -27,7 +27,7 @@ DEV_THRESHOLDS = {
 }
 """Least share right per development file, each agent alone and all together. The first
 round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; this one 79.2 %,
-79.2 %, 68.7 % and 68.0 % with no unsafe answer."""
+80.0 %, 68.7 % and 68.7 % with no unsafe answer."""
 
 
 @pytest.fixture(scope="module")
