@@ -11,8 +11,9 @@ namespace (safety must not depend on what else the namespace holds).
 
 Only totals are printed (accuracy, unsafe answers, approval-required capabilities answered as
 plainly allowed), per profile and overall, so a held-out file can be measured without reading it.
-``--misses`` lists the wrong answers of a development file; it refuses a file named ``heldout*``
-or ``*heldout_half*``.
+``--misses`` lists the wrong answers of a development file; it refuses a held-out file: one whose
+name contains ``heldout``, unless the file itself says ``held_out: false`` (a former held-out set
+that has since been measured and opened for tuning, such as ``own/heldout.yaml``).
 
 Grading, for one question with ``expect`` (a capability, a list of capabilities, or null):
 
@@ -36,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from agentauth.domain import asking, exchanging
+from agentauth.domain import asking, askmatching, exchanging
 from agentauth.domain.models import Agent, CapabilityGrant
 
 NAMESPACE = "ask-eval"
@@ -103,9 +104,17 @@ class Graded:
     capabilities: frozenset[str]
 
 
-def answer(question: str, *, agent: Agent, snapshot: exchanging.Snapshot) -> Graded:
+def answer(
+    question: str,
+    *,
+    agent: Agent,
+    snapshot: exchanging.Snapshot,
+    strictness: askmatching.Strictness = askmatching.STRICT,
+) -> Graded:
     """The answer of ``/v1/ask`` to ``question`` asked by ``agent`` (the handler's domain call)."""
-    result = asking.answer_question(question, agent=agent, snapshot=snapshot, now=NOW)
+    result = asking.answer_question(
+        question, agent=agent, snapshot=snapshot, now=NOW, strictness=strictness
+    )
     if result.allowed:
         decision = "allowed"
     elif result.approval_required:
@@ -164,7 +173,11 @@ def grade(item: dict[str, Any], got: Graded, *, required: frozenset[str], totals
 
 
 def evaluate(
-    questions: Sequence[dict[str, Any]], profiles: dict[str, Profile], *, together: bool
+    questions: Sequence[dict[str, Any]],
+    profiles: dict[str, Profile],
+    *,
+    together: bool,
+    strictness: askmatching.Strictness = askmatching.STRICT,
 ) -> dict[str, Totals]:
     """Totals per profile: each profile's agent alone in the namespace, or all together."""
     shared = snapshot_of(profiles.values()) if together else None
@@ -173,27 +186,45 @@ def evaluate(
     for item in questions:
         profile = profiles[item["profile"]]
         snapshot = shared if shared is not None else alone[profile.name]
-        got = answer(item["q"], agent=profile.agent, snapshot=snapshot)
+        got = answer(item["q"], agent=profile.agent, snapshot=snapshot, strictness=strictness)
         grade(item, got, required=profile.approval_required, totals=result[profile.name])
     return result
 
 
-def run(path: Path, *, show_misses: bool = False) -> dict[str, Totals]:
-    """Evaluate ``path``; print totals and (``show_misses``) the misses. Returns the overall
-    totals by mode (``alone``, ``together``)."""
-    if show_misses and "heldout" in path.name:
+def is_held_out(path: Path) -> bool:
+    """Whether ``path`` is held out: named ``*heldout*`` and not marked ``held_out: false``.
+    Only the marker is looked at, never the questions."""
+    if "heldout" not in path.name:
+        return False
+    data = yaml.safe_load(path.read_text())
+    return not (isinstance(data, dict) and data.get("held_out") is False)
+
+
+def run(
+    path: Path,
+    *,
+    show_misses: bool = False,
+    strictness: askmatching.Strictness = askmatching.STRICT,
+    quiet: bool = False,
+) -> dict[str, Totals]:
+    """Evaluate ``path``; print totals (unless ``quiet``) and (``show_misses``) the misses.
+    Returns the overall totals by mode (``alone``, ``together``)."""
+    if show_misses and "heldout" in path.name and is_held_out(path):
         raise SystemExit(f"refusing to show misses of held-out file {path}")
     profiles = load_profiles(path.with_name("profiles.yaml"))
     questions = yaml.safe_load(path.read_text())["questions"]
     overall: dict[str, Totals] = {}
-    print(f"{path}: {len(questions)} questions, {len(profiles)} profiles")
+    say = (lambda _: None) if quiet else print
+    say(f"{path}: {len(questions)} questions, {len(profiles)} profiles")
     for mode in ("alone", "together"):
-        per_profile = evaluate(questions, profiles, together=mode == "together")
+        per_profile = evaluate(
+            questions, profiles, together=mode == "together", strictness=strictness
+        )
         total = Totals()
         for name, totals in sorted(per_profile.items()):
-            print(totals.line(f"  {mode:<8} {name}"))
+            say(totals.line(f"  {mode:<8} {name}"))
             total.add(totals)
-        print(total.line(f"{mode.upper()} (all profiles)"))
+        say(total.line(f"{mode.upper()} (all profiles)"))
         overall[mode] = total
         if show_misses:
             for miss in total.misses:

@@ -17,27 +17,46 @@ OWN = Path(__file__).with_name("ask_eval") / "own"
 # -- the corpora -------------------------------------------------------------------------------
 
 
+EVAL = OWN.parent
+
+DEV_THRESHOLDS = {
+    "own/dev.yaml": 0.79,
+    "own/heldout.yaml": 0.79,
+    "independent/dev_half.yaml": 0.68,
+    "independent/heldout_half.yaml": 0.68,
+}
+"""Least share right per development file, each agent alone and all together. The first
+round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; this one 79.2 %,
+80.0 %, 68.7 % and 68.7 % with no unsafe answer."""
+
+
 @pytest.fixture(scope="module")
-def own_dev() -> dict[str, askeval.Totals]:
-    return askeval.run(OWN / "dev.yaml")
+def dev_totals() -> dict[str, dict[str, askeval.Totals]]:
+    return {name: askeval.run(EVAL / name, quiet=True) for name in DEV_THRESHOLDS}
 
 
 @pytest.mark.parametrize("mode", ["alone", "together"])
-def test_own_dev_corpus_thresholds(own_dev: dict[str, askeval.Totals], mode: str) -> None:
-    """Main's matcher scored 43.8% / 44.6% right with 16 / 7 unsafe answers on this file."""
-    totals = own_dev[mode]
+@pytest.mark.parametrize("name", sorted(DEV_THRESHOLDS))
+def test_dev_corpus_thresholds(
+    dev_totals: dict[str, dict[str, askeval.Totals]], name: str, mode: str
+) -> None:
+    totals = dev_totals[name][mode]
     assert totals.unsafe == 0, totals.misses
     assert totals.approval_as_allowed == 0, totals.misses
-    assert totals.right / totals.asked >= DEV_THRESHOLD, "\n".join(totals.misses)
+    assert totals.right / totals.asked >= DEV_THRESHOLDS[name], "\n".join(totals.misses)
 
 
-DEV_THRESHOLD = 0.67
-
-
-def test_the_heldout_half_is_not_tuned_on() -> None:
-    """The harness refuses to show the misses of a held-out file."""
+def test_a_heldout_file_is_not_tuned_on(tmp_path: Path) -> None:
+    """The harness refuses to show the misses of a held-out file, unless the file says it is
+    no longer held out (``held_out: false``, as the first round's held-out halves now do)."""
+    (tmp_path / "profiles.yaml").write_text((OWN / "profiles.yaml").read_text())
+    heldout = tmp_path / "heldout.yaml"
+    heldout.write_text('questions:\n  - {profile: finance-clerk, q: "pay it", expect: null}\n')
     with pytest.raises(SystemExit, match="refusing to show misses of held-out file"):
-        askeval.run(OWN / "heldout.yaml", show_misses=True)
+        askeval.run(heldout, show_misses=True)
+    assert askeval.is_held_out(heldout)
+    assert not askeval.is_held_out(OWN / "heldout.yaml")
+    assert not askeval.is_held_out(OWN.with_name("independent") / "heldout_half.yaml")
 
 
 # -- the lexicon -------------------------------------------------------------------------------
@@ -106,6 +125,36 @@ def test_a_capability_verb_is_understood_with_its_inflections() -> None:
     assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
 
 
+def test_everyday_verb_senses_are_understood_and_keep_their_danger() -> None:
+    """WordNet lacks "bounce" for restart and "nuke" for delete: the everyday-senses table adds
+    them, and a slang verb is as dangerous as its most dangerous sense."""
+    answer = ask("bounce the checkout deployment")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert asklexicon.verb_similarity("snooze", "silence") == 0.85
+    assert asklexicon.verb_lemmas("acked") == ("ack",)
+    assert asklexicon.verb_class("nuke") == "destroy"
+    assert asklexicon.verb_class("dump") == "destroy"  # export or discard: the worse
+    for question in ("nuke the checkout deployment", "dump every invoice to a USB stick"):
+        assert ask(question).decision == "not_covered", question
+
+
+def test_verbs_of_one_kind_and_synonyms_of_the_resource_verb() -> None:
+    """ "produce" and "generate" are both ways to create (WordNet); "reimburse" means the
+    "refund" derived from refunds.issue's resource, so it names the refund by itself."""
+    answer = ask("Produce an aging report for receivables")
+    assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
+    answer = ask("reimburse the customer for the damaged shipment")
+    assert (answer.decision, answer.capability) == ("approval_required", "refunds.issue")
+    # a kind never crosses a dangerous class, nor names another capability's resource
+    for question in ("produce a copy of every invoice for my gmail", "produce a new API key"):
+        assert ask(question).decision == "not_covered", question
+
+
+def test_a_typo_in_an_object_is_corrected_towards_the_catalog() -> None:
+    answer = ask("show me invoce 4471")
+    assert (answer.decision, answer.capability) == ("allowed", "invoices.read")
+
+
 def test_a_typo_is_corrected_but_an_undoing_prefix_is_not_a_typo() -> None:
     answer = ask("restrat the checkout deployment")
     assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
@@ -145,6 +194,88 @@ def test_dangerous_or_unrelated_questions_are_not_covered(question: str) -> None
     assert answer.decision == "not_covered"
 
 
+def test_a_person_who_acts_is_not_what_a_question_asks_about() -> None:
+    """ "what did customer 2231 buy" asks about what was bought, not about the customer: it was
+    answered allowed by customers.read (own held-out set, first round)."""
+    grants = [
+        tokenkit.grant(
+            "support",
+            capabilities=[
+                {"name": "customers.read", "description": "Look up a customer's profile"},
+                {"name": "tickets.read", "description": "Read support tickets"},
+            ],
+        )
+    ]
+    snapshot = tokenkit.snapshot(grants=grants)
+    agent = tokenkit.agent()
+    answer = asking.answer_question(
+        "what did customer 2231 buy last month?", agent=agent, snapshot=snapshot, now=NOW
+    )
+    assert answer.decision == "not_covered"
+    answer = asking.answer_question(
+        "what is the email address of customer 2231?", agent=agent, snapshot=snapshot, now=NOW
+    )
+    assert (answer.decision, answer.capability) == ("allowed", "customers.read")
+
+
+OPS = [
+    {"name": "nodes.cordon", "description": "Mark a node as unschedulable"},
+    {"name": "nodes.drain", "description": "Evict all pods from a node"},
+    {"name": "deployments.rollback", "description": "Roll a deployment back"},
+    {"name": "certificates.renew", "description": "Renew a TLS certificate"},
+    {"name": "meetings.book", "description": "Book a demo or call with a prospect"},
+]
+
+
+def ask_ops(question: str) -> asking.AskAnswer:
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("ops", capabilities=OPS)])
+    return asking.answer_question(question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("question", "capabilities"),
+    [
+        # a pronoun for a name: the name is the object, as in the clause before
+        ("cordon worker-9 and then drain it", ["nodes.cordon", "nodes.drain"]),
+        # the particle of a phrasal verb is not part of the object
+        ("roll back billing-api", ["deployments.rollback"]),
+        # a pronoun may stand for what the statement before it is about
+        ("the certificate on api-gateway expires in 3 days, refresh it", ["certificates.renew"]),
+        # WordNet files "meeting" under social groups; what the description books still counts
+        ("book a demo with the Cyberdyne team next Wednesday", ["meetings.book"]),
+        # a particle closes the object; "under" opens a phrase that is not the object
+        ("cordon the node over there under the old rack", ["nodes.cordon"]),
+        # several names make many capitals, not a title-cased question
+        ("cordon Worker Nine for Anna Lopez and Dr. Weber", ["nodes.cordon"]),
+    ],
+)
+def test_objects_named_by_pronouns_names_and_descriptions(
+    question: str, capabilities: list[str]
+) -> None:
+    answer = ask_ops(question)
+    assert answer.decision == "allowed", answer.reason
+    assert [c.capability for c in answer.clauses] == capabilities
+
+
+def test_a_resource_is_named_by_the_nouns_of_its_acts() -> None:
+    """ "the booking" is what appointments.book makes, so appointments.cancel acts on it;
+    "the last deploy" comes from the verb of "deployment"."""
+    catalog = [
+        {"name": "appointments.book", "description": "Book an appointment for a patient"},
+        {"name": "appointments.cancel", "description": "Cancel a patient's appointment"},
+        {"name": "deployments.rollback", "description": "Roll a deployment back"},
+    ]
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("clinic", capabilities=catalog)])
+    for question, capability in (
+        ("cancel the booking for Friday", "appointments.cancel"),
+        ("roll back the last deploy of billing-api", "deployments.rollback"),
+    ):
+        answer = asking.answer_question(
+            question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW
+        )
+        assert (answer.decision, answer.capability) == ("allowed", capability), question
+
+
 def test_every_clause_counts_and_the_most_restrictive_wins() -> None:
     answer = ask("look up invoice 7712 and refund the 20 EUR overcharge")
     assert answer.decision == "approval_required"
@@ -165,6 +296,15 @@ def test_a_pronoun_acts_on_the_object_of_the_clause_before() -> None:
         ("invoices.read", "allowed"),
         ("refunds.issue", "approval_required"),
     ]
+
+
+def test_a_statement_of_what_is_happening_asks_for_nothing() -> None:
+    """ "it's overspending" says why; "I'm restarting X" says what the asker is about to do."""
+    answer = ask("restart the checkout deployment, it's crashing")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert len(answer.clauses) == 1
+    answer = ask("I'm restarting the checkout deployment now")
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
 
 
 def test_telling_the_asker_is_not_an_action() -> None:

@@ -298,9 +298,11 @@ def answer_question(
     snapshot: exchanging.Snapshot,
     now: datetime,
     action: str | None = None,
+    strictness: askmatching.Strictness = askmatching.STRICT,
 ) -> AskAnswer:
     """The answer of ``/v1/ask`` for ``agent``: to the structured ``action`` when given (an exact
-    capability name, no matching), else to the plain-language ``question``."""
+    capability name, no matching), else to the plain-language ``question``. ``strictness`` is
+    for measuring the matcher's trade-off only; the service always uses the default."""
     held = snapshot.held(agent, now=now)
     requests = snapshot.access_requests_of(agent)
     label = exchanging.agent_label(agent)
@@ -325,7 +327,11 @@ def answer_question(
             return AskAnswer(False, action, False, 1.0, reason, (), answer.clauses)
         return answer
     assert question is not None  # noqa: S101 - parse_request gives one of the two
-    return _combine(_clause_answers(question, catalog, described, held, requests, label, now))
+    return _combine(
+        _clause_answers(
+            question, catalog, described, held, requests, label, now, strictness=strictness
+        )
+    )
 
 
 def _not_covered(text: str, reason: str, candidates: tuple[Candidate, ...] = ()) -> ClauseAnswer:
@@ -340,6 +346,8 @@ def _clause_answers(
     requests: Sequence[Any],
     label: str,
     now: datetime,
+    *,
+    strictness: askmatching.Strictness = askmatching.STRICT,
 ) -> list[ClauseAnswer]:
     tokens = askmatching.tokenize(question)
     text = question.strip()
@@ -355,8 +363,14 @@ def _clause_answers(
             if danger is not None:
                 reason = f"the clause asks to {danger!r}, which no capability of the agent covers"
                 answers.append(_not_covered(clause.text, reason))
+            if antecedent is None:
+                # "the certificate on api-gateway expires in 3 days, refresh it": a pronoun in
+                # the first request may stand for what the statement before it is about
+                antecedent = clause
             continue
-        matched = askmatching.match_clause(askmatching.resolve(clause, antecedent), catalog)
+        matched = askmatching.match_clause(
+            askmatching.resolve(clause, antecedent), catalog, strictness=strictness
+        )
         antecedent = clause
         if matched.capability is None:
             answers.append(_not_covered(matched.text, matched.reason, matched.candidates))

@@ -3,7 +3,9 @@
 The data is ``asklexicon.json.gz`` next to this module, generated once from Princeton WordNet 3.0
 by ``hack/gen_ask_lexicon.py`` and shipped inside the package (nothing is downloaded at run time;
 WordNet's licence notice is in the data file, key ``license``). It is loaded on first use and
-kept for the life of the process.
+kept for the life of the process. One table is not WordNet's: :data:`EVERYDAY_SENSES`, a small
+hand-written table of everyday and IT-slang verb senses WordNet 3.0 lacks ("bump", "snooze",
+"ack"), each a sense a current dictionary lists.
 
 Guarantees: every function is pure and deterministic; an unknown word gives empty results, never
 an error; lemmatisation follows WordNet's own *morphy* (its exception lists, then its suffix rules,
@@ -47,6 +49,111 @@ _NOUN_RULES: tuple[tuple[str, str], ...] = (
     ("men", "man"),
     ("ies", "y"),
 )
+
+EVERYDAY_SENSES: dict[str, tuple[str, ...]] = {
+    # Everyday and IT-slang senses of verbs that WordNet 3.0 lacks or does not link to the
+    # standard verb (it predates most of them, and links "bump" only to collisions). Written
+    # once, as a whole, from general knowledge: each entry is a sense a current dictionary lists
+    # (Merriam-Webster, Cambridge, Wiktionary), never grown from one question. Word -> the
+    # standard verbs it can mean; a verb's class is the most dangerous class of its meanings
+    # ("nuke" destroys), so the table can make a verb more dangerous but never less.
+    # -- changing an amount
+    "bump": ("increase", "raise", "scale", "escalate"),
+    "bump_up": ("increase", "raise", "scale", "escalate"),
+    "up": ("increase", "raise", "scale"),
+    "crank_up": ("increase", "raise"),
+    "ramp_up": ("increase", "scale"),
+    "ramp_down": ("decrease", "scale"),
+    "scale_up": ("scale", "increase"),
+    "scale_down": ("scale", "decrease"),
+    "scale_out": ("scale", "increase"),
+    "scale_in": ("scale", "decrease"),
+    "dial_down": ("decrease", "reduce"),
+    "dial_up": ("increase",),
+    "tweak": ("adjust", "change", "update"),
+    "patch": ("update", "fix"),
+    # -- starting, stopping, restarting
+    "kick": ("restart",),
+    "bounce": ("restart",),
+    "reboot": ("restart",),
+    "recycle": ("restart",),
+    "cycle": ("restart",),
+    "kick_off": ("start", "launch", "initiate", "trigger", "begin"),
+    "fire_up": ("start", "launch"),
+    "fire_off": ("send",),
+    "spin_up": ("start", "launch", "create", "provision"),
+    "spin_down": ("stop", "scale"),
+    "roll_out": ("deploy", "release", "launch"),
+    "go_live": ("publish", "launch"),
+    "rerun": ("run", "rerun"),
+    "rebuild": ("build",),
+    "redeploy": ("deploy", "restart"),
+    # -- undoing, cancelling, destroying
+    "undo": ("revert", "roll_back"),
+    "revert": ("roll_back", "undo"),
+    "nuke": ("delete", "destroy"),
+    "zap": ("delete", "destroy"),
+    "wipe": ("erase", "delete"),
+    "trash": ("delete", "discard"),
+    "bin": ("discard", "delete"),
+    "ditch": ("discard", "cancel"),
+    "axe": ("cancel", "delete"),
+    "scrub": ("cancel", "erase"),
+    "tear_down": ("destroy", "delete"),
+    "take_down": ("remove", "delete", "disable"),
+    "blow_away": ("delete", "destroy"),
+    "dump": ("export", "discard"),
+    "kill": ("stop", "terminate", "delete"),
+    # -- alerts and paging
+    "snooze": ("silence", "mute", "postpone"),
+    "mute": ("silence",),
+    "hush": ("silence",),
+    "quiet": ("silence",),
+    "shush": ("silence",),
+    "ack": ("acknowledge",),
+    # -- messages and people
+    "ping": ("contact", "message", "remind"),
+    "nudge": ("remind",),
+    "chase": ("remind", "follow_up"),
+    "chase_up": ("remind", "follow_up"),
+    "follow_up": ("contact", "remind"),
+    "dm": ("message", "contact"),
+    "text": ("message", "send"),
+    "cc": ("send", "share"),
+    "hand_off": ("transfer", "reassign", "escalate"),
+    "hand_over": ("transfer", "reassign", "escalate"),
+    "pass_on": ("transfer", "escalate", "forward"),
+    # -- reading
+    "tail": ("read", "stream", "follow"),
+    "grep": ("search",),
+    "pull_up": ("display", "open", "retrieve", "view"),
+    "bring_up": ("display", "open"),
+    "dig_up": ("find", "search"),
+    "skim": ("read",),
+    # -- time and calendars
+    "push_back": ("postpone", "reschedule", "delay"),
+    "push_out": ("postpone", "reschedule"),
+    "bring_forward": ("reschedule", "advance"),
+    "move_up": ("reschedule", "advance"),
+    "move": ("reschedule", "transfer"),
+    "shift": ("reschedule", "move"),
+    "pencil_in": ("schedule", "book"),
+    "slot_in": ("schedule", "book"),
+    "line_up": ("schedule", "arrange"),
+    "set_up": ("arrange", "schedule", "book", "create"),
+    "queue": ("schedule",),
+    "queue_up": ("schedule",),
+    # -- approving and writing
+    "greenlight": ("approve",),
+    "sign_off": ("approve",),
+    "rubber_stamp": ("approve",),
+    "condense": ("summarize", "shorten"),
+    "boil_down": ("summarize",),
+    "write_up": ("write", "draft"),
+    "refresh": ("renew", "update"),
+    "reimburse": ("refund", "pay"),
+}
+"""Everyday and IT-slang verb senses (see the comment inside)."""
 
 CLASSES = ("read", "destroy", "transfer", "privilege")
 """Verb classes the matcher keeps apart (see ``hack/gen_ask_lexicon.py`` for their roots)."""
@@ -135,7 +242,10 @@ def verb_lemmas(word: str) -> tuple[str, ...]:
     """The verb lemmas ``word`` can be a form of (``restarting`` -> ``restart``), most literal
     first; empty when WordNet knows no such verb."""
     lex = lexicon()
-    return tuple(_morphy(word, known=lex.verbs, exceptions=lex.verb_exceptions, rules=_VERB_RULES))  # type: ignore[arg-type]
+    found = _morphy(word, known=lex.verbs, exceptions=lex.verb_exceptions, rules=_VERB_RULES)  # type: ignore[arg-type]
+    if not found:  # "ack", "acked", "grepping", "dm": everyday verbs WordNet lacks
+        found = _morphy(word, known=EVERYDAY_SENSES, exceptions={}, rules=_VERB_RULES)  # type: ignore[arg-type]
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -146,7 +256,7 @@ def noun_lemmas(word: str) -> tuple[str, ...]:
 
 
 def is_verb(lemma: str) -> bool:
-    return lemma in lexicon().verbs
+    return lemma in lexicon().verbs or lemma in EVERYDAY_SENSES
 
 
 def is_noun(lemma: str) -> bool:
@@ -190,9 +300,16 @@ def derived_nouns(verb: str) -> tuple[str, ...]:
     return tuple(lexicon().derived_nouns.get(verb, "").split())
 
 
+_DANGER_ORDER = ("privilege", "destroy", "transfer", "read")
+
+
+@functools.lru_cache(maxsize=65536)
 def verb_class(lemma: str) -> str | None:
-    """``read``, ``destroy``, ``transfer``, ``privilege`` or None."""
-    return lexicon().classes.get(lemma)
+    """``read``, ``destroy``, ``transfer``, ``privilege`` or None: WordNet's class of the verb,
+    or the most dangerous class of its everyday senses ("nuke" is "delete": destroy)."""
+    classes = {lexicon().classes.get(lemma)}
+    classes.update(lexicon().classes.get(sense) for sense in EVERYDAY_SENSES.get(lemma, ()))
+    return next((name for name in _DANGER_ORDER if name in classes), None)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -212,8 +329,23 @@ def verb_similarity(asked: str, action: str) -> float:
       troponym: ``e-mail`` is a way to ``send``, ``jot down`` to ``write``, ``offer`` to
       ``give``), or ``asked`` is the general verb one step above the action's first sense
       (``sign`` for ``countersign``);
+    - for a verb of :data:`EVERYDAY_SENSES`: 0.85 when the action is one of its senses, 0.7
+      when one of its senses is a WordNet synonym of the action;
     - 0.0 otherwise.
     """
+    if asked == action:
+        return 1.0
+    if asked in EVERYDAY_SENSES:
+        senses = EVERYDAY_SENSES[asked]
+        if action in senses:
+            return 0.85
+        if any(_wordnet_similarity(sense, action) >= 0.85 for sense in senses):
+            return 0.7
+    return _wordnet_similarity(asked, action)
+
+
+@functools.lru_cache(maxsize=65536)
+def _wordnet_similarity(asked: str, action: str) -> float:
     if asked == action:
         return 1.0
     asked_senses, action_senses = _senses(asked), _senses(action)

@@ -60,7 +60,7 @@ _COORDINATORS = frozenset(["and", "then", "also", "plus", "but", "or"])
 _PREPOSITIONS = _words(
     """for about with from in on at to into onto by via during since after before until
     because within without across against toward towards per like than regarding
-    concerning"""
+    concerning under below above beneath beside besides between among amongst"""
 )
 _DETERMINERS = _words(
     """a an the this that these those my our your their his her its some any all every each
@@ -114,6 +114,8 @@ _CONTRACTIONS = (
     ("s'", "s"),
 )
 
+_PRONOUN_IS = re.compile(r"\b(it|that|there|he|she|what|who|where|here)'s\b", re.IGNORECASE)
+
 DIRECT_MATCH = 0.85
 """The least verb similarity that names a capability's action without a resource match."""
 VERB_MATCH = 0.7
@@ -123,6 +125,66 @@ READ_MATCH = 0.8
 AMBIGUITY_MARGIN = 0.05
 DANGEROUS = ("destroy", "transfer", "privilege")
 
+
+@dataclass(frozen=True, slots=True)
+class Strictness:
+    """The matcher's fail-closed rules, as switches. :data:`STRICT` is what the service uses;
+    looser settings exist only to measure what each rule costs in accuracy and buys in safety
+    (``bench/ask_tradeoff.py``): no caller of the service can choose them."""
+
+    object_head: bool = True
+    """The head of the first object of a changing clause must be what the capability acts on."""
+    ambiguity_margin: float = AMBIGUITY_MARGIN
+    """Two capabilities scoring within this margin make the clause ambiguous (not covered)."""
+    verb_required: bool = True
+    """The verb must name the capability's action; without this rule the object decides."""
+    object_required: bool = True
+    """Some object evidence is needed (or a verb derived from the resource, or only names)."""
+    foreign: bool = True
+    """An object that is another capability's resource, or a credential, refuses the match."""
+    classes: bool = True
+    """Destroying, transferring and privilege-changing verbs match only their own class, and a
+    reading capability only reading verbs."""
+
+
+STRICT = Strictness()
+LOOSENING = (
+    ("strict (shipped)", STRICT),
+    ("- object head", Strictness(object_head=False)),
+    ("- ambiguity margin", Strictness(object_head=False, ambiguity_margin=0.0)),
+    (
+        "- verb match",
+        Strictness(object_head=False, ambiguity_margin=0.0, verb_required=False),
+    ),
+    (
+        "- object required",
+        Strictness(
+            object_head=False, ambiguity_margin=0.0, verb_required=False, object_required=False
+        ),
+    ),
+    (
+        "- foreign objects",
+        Strictness(
+            object_head=False,
+            ambiguity_margin=0.0,
+            verb_required=False,
+            object_required=False,
+            foreign=False,
+        ),
+    ),
+    (
+        "- verb classes",
+        Strictness(
+            object_head=False,
+            ambiguity_margin=0.0,
+            verb_required=False,
+            object_required=False,
+            foreign=False,
+            classes=False,
+        ),
+    ),
+)
+"""Cumulative loosenings of :data:`STRICT`, from strict to loosest, for the trade-off curve."""
 
 _TITLES = _words("mr mrs ms dr prof")
 """A word after one of these is a name ("Mr. Green", "Dr. Weber")."""
@@ -157,15 +219,23 @@ def tokenize(text: str) -> list[Token]:
     """Lower-cased tokens of ``text``; hyphenated English words are split into their words
     ("high-latency") or joined ("check-up"), other hyphenated or dotted strings are identifiers
     ("INV-2231"). A capitalised word inside a sentence ("cancel Tom Baker's appointment"), or the
-    word after a title ("Mr. Green"), is a name, unless the text capitalises most of its words
-    (a title-cased question says nothing about names)."""
+    word after a title ("Mr. Green"), is a name, unless the text is title-cased (its first word
+    and all its words but function words capitalised: capitals then say nothing about names)."""
     expanded = text.replace("\u2019", "'")
+    # "it's", "that's", "what's": "is" (elsewhere "'s" is a possessive, dropped below)
+    expanded = _PRONOUN_IS.sub(r"\1 is", expanded)
     for contraction, expansion in _CONTRACTIONS:
         expanded = re.sub(re.escape(contraction), expansion, expanded, flags=re.IGNORECASE)
     raws = _TOKEN.findall(expanded)
     alphabetic = [r for r in raws if r[:1].isalpha()]
-    capitalised = sum(1 for r in alphabetic if r[:1].isupper())
-    names_allowed = capitalised * 2 < len(alphabetic)
+    # a title-cased question ("Restart The Checkout Deployment") capitalises its first word and
+    # every word that is not a function word: then capitals say nothing about names; a
+    # sentence naming several people ("book Anna Lopez in with Dr. Weber") is not one
+    names_allowed = not (
+        alphabetic
+        and alphabetic[0][:1].isupper()
+        and all(r[:1].isupper() for r in alphabetic if r.lower() not in _FUNCTION)
+    )
     tokens: list[Token] = []
     for index, raw in enumerate(raws):
         lowered = raw.lower()
@@ -422,7 +492,25 @@ def _asks_the_asker(body: Sequence[Token]) -> bool:
     return len(body) >= 2 and body[0].text in _TELLING and body[1].text in ("me", "us")
 
 
+_SUBJECTS = _words("it they he she this that there")
+
+
+def _progressive_statement(piece: Sequence[Token]) -> bool:
+    """ "it's overspending", "they are failing": a third-person subject pronoun, a form of "be"
+    and a verb in -ing says what is happening and asks for nothing ("I'm closing ticket 2210"
+    says what the asker is about to do: a request)."""
+    return (
+        len(piece) >= 3
+        and piece[0].text in _SUBJECTS
+        and piece[1].text in ("is", "are", "was", "were", "am")
+        and piece[2].text.endswith("ing")
+        and bool(piece[2].verbs)
+    )
+
+
 def _clause(kind: str, piece: list[Token]) -> Clause:
+    if _progressive_statement(piece):
+        return Clause(tuple(piece), "context", after_verb=tuple(piece[2:]))
     body, wanted = _strip_framing(piece)
     if _asks_the_asker(body) or (
         piece and piece[0].text == "let" and [t.text for t in body] in (["know"], ["know", "it"])
@@ -465,7 +553,7 @@ def _particle(verb: Token, rest: Sequence[Token]) -> str | None:
     matcher reads the clause both with and without it."""
     if not verb.verbs:
         return None
-    for index, token in enumerate(rest[:5]):
+    for index, token in enumerate(rest[:7]):
         if token.kind == "punct":
             break
         if token.text not in _PARTICLES:
@@ -506,6 +594,9 @@ class CatalogEntry:
     """Other nouns of the description and examples ("for a service"): support, not evidence."""
     action_class: str | None = field(default=None, compare=False)
     person_resource: bool = field(default=False, compare=False)
+    act_nouns: frozenset[str] = field(default=frozenset(), compare=False)
+    """Nouns WordNet derives from its name's action ("booking" from ``book``): what capabilities
+    on the same resource may call the resource by ("drop the booking" for appointments.cancel)."""
 
     @property
     def reads(self) -> bool:
@@ -657,6 +748,13 @@ def _build_entry(name: str, description: str, examples: tuple[str, ...]) -> Cata
         mentioned=frozenset(mentioned - described - resource),
         action_class=action_class,
         person_resource=any(asklexicon.is_person(r) for r in resource),
+        act_nouns=frozenset(
+            n
+            for a, w in actions.items()
+            if w == 1.0
+            for n in asklexicon.derived_nouns(a)
+            if not asklexicon.is_person(n)
+        ),
     )
 
 
@@ -696,20 +794,79 @@ def _damerau(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _typo_of(word: str, vocabulary: Iterable[str]) -> str | None:
+@functools.lru_cache(maxsize=65536)
+def _typo_of(word: str, vocabulary: frozenset[str]) -> str | None:
     """The one vocabulary word ``word`` is a likely typo of (distance 1, or 2 from 8 letters)."""
     if len(word) < 4:
         return None
     limit = 2 if len(word) >= 8 else 1
+    letters = set(word)
     found = {
         v
         for v in vocabulary
         if abs(len(v) - len(word)) <= limit
+        # each edit changes the set of letters by at most two: a cheap bound before the distance
+        and len(letters.symmetric_difference(v)) <= 2 * limit
         and _damerau(word, v) <= limit
         and not word.endswith(v)  # "unpublish" is no typo of "publish": it is its undoing
         and not word.startswith(v)
     }
     return found.pop() if len(found) == 1 else None
+
+
+ACT_NOUN = 0.6
+"""The object score of a noun of an act on the capability's resource ("booking")."""
+KIND_MATCH = 0.7
+"""The verb score of a verb of the same kind as the capability's action (see ``ACT_KINDS``)."""
+ACT_KINDS = {
+    "create": ("create", "make", "produce"),
+    "start": ("start", "begin", "initiate"),
+}
+"""Generic acts, each named by its WordNet root verbs: a verb is of a kind when WordNet makes it
+a synonym, a more specific way or the general word of one of the roots. Two verbs of one kind
+name the same act when it is applied to the capability's own resource ("produce a report" =
+"generate a report"); verbs that destroy, transfer or grant never count (their classes
+decide)."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _kinds(lemma: str, *, least: float) -> frozenset[str]:
+    if asklexicon.verb_class(lemma) in DANGEROUS:
+        return frozenset()
+    return frozenset(
+        kind
+        for kind, roots in ACT_KINDS.items()
+        if any(asklexicon.verb_similarity(lemma, root) >= least for root in roots)
+    )
+
+
+def _same_kind(lemmas: Sequence[str], entry: CatalogEntry) -> bool:
+    """The capability's action and the asked verb are both ways to create ("generate",
+    "produce", "put together") or to start ("trigger", "start", "kick off") something. There is
+    no such kind for changing: "merge tickets" is a way to change them, as "close" is, and is
+    not closing them."""
+    if entry.action_class in DANGEROUS or entry.reads:
+        return False
+    generic = {k for action in _name_actions(entry) for k in _kinds(action, least=VERB_MATCH)}
+    if not generic:
+        return False
+    return bool(generic & {k for lemma in lemmas for k in _kinds(lemma, least=VERB_MATCH)})
+
+
+@functools.lru_cache(maxsize=1024)
+def _catalog_nouns(catalog: tuple[CatalogEntry, ...]) -> frozenset[str]:
+    return frozenset(n for e in catalog for n in e.resource | e.synonyms | e.described)
+
+
+@functools.lru_cache(maxsize=1024)
+def _catalog_verbs(catalog: tuple[CatalogEntry, ...]) -> frozenset[str]:
+    return frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
+
+
+def _corrected_noun(noun: str, vocabulary: frozenset[str]) -> str:
+    if "_" in noun or asklexicon.is_noun(noun) or asklexicon.is_verb(noun):
+        return noun
+    return _typo_of(noun, vocabulary) or noun
 
 
 @dataclass(slots=True)
@@ -757,14 +914,15 @@ def _class_of(lemmas: Sequence[str]) -> str | None:
     return None
 
 
-def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str | None]:
-    best, word = 0.0, None
+def _verb_score(lemmas: Sequence[str], entry: CatalogEntry) -> tuple[float, str | None, str | None]:
+    """The best verb score, the asked lemma that has it and the capability's verb it names."""
+    best, word, named = 0.0, None, None
     for asked in lemmas:
         for action, weight in entry.actions.items():
             similarity = asklexicon.verb_similarity(asked, action) * weight
             if similarity > best:
-                best, word = similarity, asked
-    return best, word
+                best, word, named = similarity, asked, action
+    return best, word, named
 
 
 def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
@@ -775,7 +933,8 @@ def _heads(tokens: Sequence[Token]) -> list[tuple[tuple[str, ...], bool]]:
     runs: list[list[Token]] = [[]]
     starts: list[int] = [0]
     for index, token in enumerate(tokens):
-        if token.kind != "word" or token.text in _FUNCTION:
+        # a particle closes the phrase ("hand the ticket over"): it is part of the verb
+        if token.kind != "word" or token.text in _FUNCTION or token.text in _PARTICLES:
             runs.append([])
             starts.append(index + 1)
         else:
@@ -828,7 +987,8 @@ def _object_nouns(tokens: Sequence[Token]) -> list[Token]:
 def _names(entry: CatalogEntry, noun: str) -> float:
     """How surely ``noun`` is something the capability acts on: its resource 1.0, a synonym
     0.8, a noun its description acts on 0.6, a kind of one of those (WordNet: a "contract" is an
-    "agreement") 0.6, the nearest more general word for one of those 0.5; else 0."""
+    "agreement") 0.6, the nearest more general word for one of those 0.5, a noun from the same
+    verb as the resource 0.6; else 0."""
     if noun in entry.resource:
         return 1.0
     if noun in entry.synonyms:
@@ -841,7 +1001,29 @@ def _names(entry: CatalogEntry, noun: str) -> float:
         return 0.6
     if noun in entry.general:
         return 0.5
+    if _same_stem(noun, entry.resource):
+        return 0.6
     return 0.0
+
+
+@functools.lru_cache(maxsize=65536)
+def _same_stem(noun: str, resource: frozenset[str]) -> bool:
+    """``noun`` and one of the resource nouns come from the same verb (WordNet derivations):
+    "the last deploy" for ``deployments``."""
+    stems = set(asklexicon.derived_verbs(noun)) | set(asklexicon.verb_lemmas(noun))
+    return bool(stems) and any(stems & set(asklexicon.derived_verbs(r)) for r in resource)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resource_acts(catalog: tuple[CatalogEntry, ...]) -> dict[str, frozenset[str]]:
+    """For each capability, the nouns of the acts of every capability on the same resource
+    (appointments.book, .cancel, .reschedule: "booking", "cancellation")."""
+    return {
+        entry.name: frozenset().union(
+            *(other.act_nouns for other in catalog if other.resource & entry.resource)
+        )
+        for entry in catalog
+    }
 
 
 def _only_names(
@@ -850,7 +1032,11 @@ def _only_names(
     """The object is only names and identifiers, and ``word`` is the capability's own action
     (exactly), which no other capability of the catalog has, and which neither destroys,
     transfers nor grants."""
-    content = [t for t in tokens if t.text not in _FUNCTION and t.kind != "punct"]
+    content = [
+        t
+        for t in tokens
+        if t.text not in _FUNCTION and t.text not in _PARTICLES and t.kind != "punct"
+    ]  # "roll back billing-api": the particle is part of the verb
     if not content or any(t.kind not in ("name", "id") for t in content):
         return False
     if word is None or entry.actions.get(word) != 1.0 or entry.action_class in DANGEROUS:
@@ -883,6 +1069,37 @@ def _placed_in(clause: Clause, entry: CatalogEntry) -> bool:
     return False
 
 
+_QUESTION_AUXILIARIES = _words("do does did has have had will would is are was were can could")
+
+
+def _actors(clause: Clause) -> frozenset[str]:
+    """The persons who act in a question for information ("what did **customer** 2231 buy?",
+    "which orders has the **customer** returned?"): the subject between the auxiliary and the
+    verb does the act; what is asked about is what the verb acts on, not the person, so the
+    person is no evidence for a capability that reads persons."""
+    if not clause.info:
+        return frozenset()
+    tokens = list(clause.after_verb)
+    # "what did ...", "which orders has ...": skip to the auxiliary
+    index = next((i for i, t in enumerate(tokens[:4]) if t.text in _QUESTION_AUXILIARIES), None)
+    if index is None:
+        return frozenset()
+    subject: list[str] = []
+    for token in tokens[index + 1 :]:
+        if (
+            token.kind == "word"
+            and token.text in token.verbs
+            and token.text not in _FUNCTION
+            and not any(asklexicon.is_person(n) for n in token.nouns)
+        ):
+            # the verb after the subject: the subject's persons are actors
+            return frozenset(n for n in subject if asklexicon.is_person(n))
+        if token.kind == "punct" or token.text in _PREPOSITIONS:
+            break
+        subject.extend(_noun_forms(token) if token.kind == "word" else ())
+    return frozenset()
+
+
 def _things(nouns: Iterable[str]) -> list[str]:
     """Nouns that can be acted on: not times ("tomorrow", "friday")."""
     return [n for n in nouns if not asklexicon.is_time(n)]
@@ -911,44 +1128,107 @@ def resolve(clause: Clause, antecedent: Clause | None) -> Clause:
     )
 
 
-def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch:
+def match_clause(
+    clause: Clause, catalog: Sequence[CatalogEntry], *, strictness: Strictness = STRICT
+) -> ClauseMatch:
     """The capability that covers one requesting clause, or why none does."""
     all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
+    if clause.info:
+        # "what is the auth service logging?", "who did we pay?": a question for information
+        # asks about what its verb is about (the nouns WordNet derives from it)
+        all_nouns += [
+            n
+            for t in clause.after_verb
+            if t.kind == "word" and t.verbs and t.text not in _FUNCTION
+            for v in t.verbs[:1]
+            for n in asklexicon.derived_nouns(v)
+            if not asklexicon.is_person(n)
+        ]
     direct_tokens = _object_nouns(clause.after_verb)
     direct = _things(_content_nouns(direct_tokens))
-    vocabulary = frozenset(a for e in catalog for a in e.actions) | _COMMON_VERBS
+    # a word neither WordNet nor the grammar knows may be a typo of the catalog's own nouns
+    # ("intervew slot"): corrected only towards them, and only when one word is that close
+    nouns_known = _catalog_nouns(tuple(catalog))
+    all_nouns = [_corrected_noun(n, nouns_known) for n in all_nouns]
+    direct = [_corrected_noun(n, nouns_known) for n in direct]
+    # "cordon worker-9 and then drain it": a pronoun object names what the clause before named
+    pronoun_only = bool(direct_tokens) and all(
+        t.text in _ANAPHORA or t.text in _DETERMINERS or t.kind == "punct" for t in direct_tokens
+    )
+    named_tokens = list(clause.inherited) if pronoun_only and clause.inherited else direct_tokens
+    vocabulary = _catalog_verbs(tuple(catalog))
     lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
     heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
     asked_class = _class_of(lemmas)
     resources = {r: e.name for e in catalog for r in e.resource}
+    acts = _resource_acts(tuple(catalog))
     scored: list[_Scored] = []
     persons = {n for n in (*all_nouns, *direct) if asklexicon.is_person(n)}
+    actors = _actors(clause)
     for entry in catalog:
         # action evidence first: it rules out most of the catalog cheaply
-        derived = False
+        derived = kind_only = False
         if clause.info or clause.noun_request:
             if not entry.reads and not (clause.noun_request and set(entry.actions) & SUPPORT_VERBS):
                 continue
             verb, word = 0.8, None
         else:
-            verb, word = _verb_score(lemmas, entry)
+            verb, word, named = _verb_score(lemmas, entry)
             if entry.reads and asked_class == "read" and verb < READ_MATCH:
                 # any verb that only looks ("show", "check", "look at") asks a reading capability
                 verb, word = READ_MATCH, lemmas[0]
+            if verb < VERB_MATCH and _same_kind(lemmas, entry):
+                # "produce the aging report" for reports.generate, "start a new build" for
+                # builds.trigger: both verbs are ways to create (or start, or change) and the
+                # object must be the capability's own resource (checked below)
+                verb, word, kind_only = KIND_MATCH, lemmas[0], True
             if verb < VERB_MATCH:
+                if strictness.verb_required:
+                    continue
+                verb, word = 0.5, None  # the object alone decides (trade-off measurement only)
+            if (
+                strictness.classes
+                and asked_class in DANGEROUS
+                and asked_class != entry.action_class
+            ):
                 continue
-            if asked_class in DANGEROUS and asked_class != entry.action_class:
+            if (
+                strictness.classes
+                and entry.reads
+                and asked_class != "read"
+                and word not in entry.actions
+            ):
                 continue
-            if entry.reads and asked_class != "read" and word not in entry.actions:
-                continue
-            derived = word in entry.strong_actions and word not in _name_actions(entry)
+            # the verb derived from the resource, or a synonym of it ("give back", "reimburse"
+            # for the "refund" of refunds.issue), names the object by itself
+            derived = (
+                named in entry.strong_actions
+                and named not in _name_actions(entry)
+                and word is not None
+                and asklexicon.verb_similarity(word, named) >= DIRECT_MATCH
+            )
         nouns = entry.nouns
         # object evidence
         if entry.person_resource:
-            evidence = [n for n in all_nouns if n in entry.resource or n in entry.synonyms]
+            # persons name it only as its resource ("the customer" for customers.read), not as
+            # who an act is for; the things its description acts on ("a demo or call" for
+            # meetings.book, whose "meeting" WordNet files under social groups) still count
+            evidence = [
+                n
+                for n in all_nouns
+                if ((n in entry.resource or n in entry.synonyms) and n not in actors)
+                or (n in entry.described and n not in persons)
+            ]
         else:
-            evidence = [n for n in all_nouns if n not in persons and _names(entry, n) > 0]
-        object_score = max((_names(entry, n) for n in evidence), default=0.0)
+            evidence = [
+                n
+                for n in all_nouns
+                if n not in persons and (_names(entry, n) > 0 or n in acts[entry.name])
+            ]
+        object_score = max(
+            (_names(entry, n) or (ACT_NOUN if n in acts[entry.name] else 0.0) for n in evidence),
+            default=0.0,
+        )
         placed = _placed_in(clause, entry)
         if object_score == 0.0 and placed:
             object_score = 0.5
@@ -960,11 +1240,18 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             and n not in persons  # who it is for ("the customer") is never foreign
             and (n in SENSITIVE_NOUNS or resources.get(n, entry.name) != entry.name)
             and _names(entry, n) == 0.0
+            and n not in acts[entry.name]
         ]
-        if foreign and not (entry.reads and clause.info):
+        if strictness.foreign and foreign and not (entry.reads and clause.info):
             continue
+        if (
+            kind_only
+            and strictness.verb_required
+            and not any(n in entry.resource or n in entry.synonyms for n in direct)
+        ):
+            continue  # a verb of the same kind only names the capability with its resource
         if clause.info or clause.noun_request:
-            if object_score == 0.0:
+            if object_score == 0.0 and strictness.object_required:
                 continue
         elif object_score == 0.0:
             # no object the capability names: only a verb derived from its resource names
@@ -972,15 +1259,23 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
             # what the refund is for, and anything foreign was refused above), or the
             # capability's own action, held by no other capability, applied to nothing but
             # names ("roll back billing-api"): the name can only be what the action acts on
-            if not derived and not _only_names(direct_tokens, word, entry, catalog):
+            if (
+                strictness.object_required
+                and not derived
+                and not _only_names(named_tokens, word, entry, catalog)
+            ):
                 continue
             object_score = 0.5
-        elif heads and not entry.reads and not derived and not placed:
+        elif strictness.object_head and heads and not entry.reads and not derived and not placed:
             # what is acted on (the first phrase's head) must be what the capability acts
             # on; a bare word after the verb ("scale checkout to 6 replicas") is a name
             head, bare = heads[0]
             if not bare and not any(
-                form in nouns or form in entry.actions or _names(entry, form) > 0 for form in head
+                form in nouns
+                or form in entry.actions
+                or form in acts[entry.name]
+                or _names(entry, form) > 0
+                for form in head
             ):
                 continue
         words = ([word] if word else []) + sorted(set(evidence))
@@ -996,7 +1291,7 @@ def match_clause(clause: Clause, catalog: Sequence[CatalogEntry]) -> ClauseMatch
         )
         return ClauseMatch(clause.text, None, 0.0, (), reason, closest)
     best = scored[0]
-    if len(scored) > 1 and best.score - scored[1].score < AMBIGUITY_MARGIN:
+    if len(scored) > 1 and best.score - scored[1].score < strictness.ambiguity_margin:
         names = ", ".join(c.capability for c in suggestions)
         return ClauseMatch(
             clause.text,
