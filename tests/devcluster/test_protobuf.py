@@ -73,3 +73,46 @@ def test_delete_options_in_protobuf() -> None:
         "apiVersion": "meta.k8s.io/v1",
         "kind": "DeleteOptions",
     }
+
+
+def _varint(value: int) -> bytes:
+    out = b""
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            return out + bytes([low])
+        out += bytes([low | 0x80])
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # metadata (a message) sent as a varint of 2**40: bytes(n) would allocate a terabyte
+        (
+            _varint(1 << 3 | 0) + _varint(1 << 40),
+            "wire type 0 where a length-delimited field is expected",
+        ),
+        # metadata.name as a varint
+        (
+            _length_delimited(1, _varint(1 << 3 | 0) + _varint(1 << 30)),
+            "wire type 0 where a length-delimited field is expected",
+        ),
+        # metadata.name that is not UTF-8
+        (
+            _length_delimited(1, _length_delimited(1, b"\xff\xfe")),
+            "string field is not valid UTF-8",
+        ),
+        # data (a map) entry as a fixed 32-bit value
+        (_varint(2 << 3 | 5) + b"\x00\x00\x00\x00", "wire type 5 where a map entry is expected"),
+        # a fixed 64-bit field cut short
+        (_varint(9 << 3 | 1) + b"\x00\x00", "truncated field"),
+    ],
+)
+def test_malformed_fields_are_errors_never_allocations_or_crashes(raw: bytes, message: str) -> None:
+    with pytest.raises(protobuf.ProtobufError) as raised:
+        protobuf.decode(_envelope("v1", "ConfigMap", raw))
+    assert str(raised.value) == message

@@ -336,6 +336,22 @@ def test_bad_input(raw: Raw, namespace: str, dev_cluster: server.DevCluster) -> 
     assert (status, body["reason"]) == (415, "UnsupportedMediaType")
     status, body, _ = raw("POST", configmaps, "null")
     assert status == 400
+    # A protobuf ConfigMap whose metadata is a varint of 2**40 where a message belongs: decoding
+    # it used to call bytes(2**40) (a MemoryError; a smaller number allocates that many bytes).
+    type_meta = b"\n\x02v1\x12\tConfigMap"
+    raw_object = b"\x08\x80\x80\x80\x80\x80\x20"
+    envelope = b"\n" + bytes([len(type_meta)]) + type_meta + b"\x12" + bytes([len(raw_object)])
+    status, body, _ = raw(
+        "POST",
+        configmaps,
+        b"k8s\x00" + envelope + raw_object,
+        content_type="application/vnd.kubernetes.protobuf",
+    )
+    assert (status, body["reason"], body["message"]) == (
+        415,
+        "UnsupportedMediaType",
+        "wire type 0 where a length-delimited field is expected",
+    )
     # The server survived all of it.
     status, _, _ = raw("GET", "/version")
     assert status == 200

@@ -444,19 +444,34 @@ def _fields(data: bytes) -> list[tuple[int, int, Any]]:
                 raise ProtobufError("truncated field")
             value = data[position : position + length]
             position += length
-        elif wire == 1:
-            value, position = data[position : position + 8], position + 8
-        elif wire == 5:
-            value, position = data[position : position + 4], position + 4
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if position + size > len(data):
+                raise ProtobufError("truncated field")
+            value, position = data[position : position + size], position + size
         else:
             raise ProtobufError(f"unsupported wire type {wire}")
         found.append((number, wire, value))
     return found
 
 
+# Wire types: 0 varint, 1 fixed 64-bit, 2 length-delimited, 5 fixed 32-bit.
+_VARINT_KINDS = frozenset({"int", "bool"})
+
+
 def _scalar(kind: Any, wire: int, value: Any) -> Any:
+    # A field's wire type must be its kind's: a varint where bytes are expected would otherwise
+    # reach bytes(n), which allocates n zero bytes (any client could ask for gigabytes).
+    if isinstance(kind, str) and kind in _VARINT_KINDS:
+        if wire != 0:
+            raise ProtobufError(f"wire type {wire} where a varint is expected")
+    elif wire != 2:
+        raise ProtobufError(f"wire type {wire} where a length-delimited field is expected")
     if kind == "string":
-        return bytes(value).decode("utf-8")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtobufError("string field is not valid UTF-8") from None
     if kind == "bytes":
         return base64.b64encode(bytes(value)).decode()
     if kind == "rawbytes":
@@ -473,7 +488,10 @@ def _scalar(kind: Any, wire: int, value: Any) -> Any:
         )
         if not parts.get("seconds"):
             return None
-        moment = datetime.datetime.fromtimestamp(int(parts["seconds"]), datetime.UTC)
+        try:
+            moment = datetime.datetime.fromtimestamp(int(parts["seconds"]), datetime.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ProtobufError("timestamp out of range") from None
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     if kind == _INT_OR_STRING:
         parts = _decode_message(
@@ -498,11 +516,15 @@ def _decode_message(data: bytes, schema: Schema) -> dict[str, Any]:
             continue  # Fields this server does not model are dropped, like an old server.
         name, kind, repeated = field
         if isinstance(kind, tuple) and kind[0] == "map":
+            if wire != 2:
+                raise ProtobufError(f"wire type {wire} where a map entry is expected")
             entry = _decode_message(
                 bytes(value), {1: ("key", "string", False), 2: ("value", kind[1], False)}
             )
             result.setdefault(name, {})[entry.get("key", "")] = entry.get("value", "")
         elif name == _INLINE:
+            if wire != 2:
+                raise ProtobufError(f"wire type {wire} where an embedded message is expected")
             result.update(_decode_message(bytes(value), kind))
         elif repeated:
             result.setdefault(name, []).append(_scalar(kind, wire, value))
