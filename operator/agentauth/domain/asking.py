@@ -357,23 +357,44 @@ def _clause_answers(
         return [_not_covered(text, f"agent {label} holds no concrete capability")]
     answers: list[ClauseAnswer] = []
     antecedent: askmatching.Clause | None = None
-    for clause in askmatching.clauses(tokens):
-        if clause.kind == "context":
-            danger = askmatching.context_danger(clause)
-            if danger is not None:
-                reason = f"the clause asks to {danger!r}, which no capability of the agent covers"
-                answers.append(_not_covered(clause.text, reason))
-            if antecedent is None:
-                # "the certificate on api-gateway expires in 3 days, refresh it": a pronoun in
-                # the first request may stand for what the statement before it is about
-                antecedent = clause
-            continue
+    for found in askmatching.clauses(tokens):
+        clause = found
+        if found.kind == "context":
+            # a context clause that carries an action of its own is a request like any other
+            # (most restrictive wins): only a clause with no action may be passed over
+            hidden = askmatching.hidden_request(found) if strictness.hidden_requests else None
+            if hidden is None:
+                danger = askmatching.context_danger(found)
+                if danger is not None:
+                    reason = f"the clause asks to {danger!r}, which no capability covers"
+                    answers.append(_not_covered(found.text, reason))
+                if antecedent is None:
+                    # "the certificate on api-gateway expires in 3 days, refresh it": a pronoun
+                    # in the first request may stand for what the statement before it is about
+                    antecedent = found
+                continue
+            clause = hidden
         matched = askmatching.match_clause(
-            askmatching.resolve(clause, antecedent), catalog, strictness=strictness
+            askmatching.resolve(clause, antecedent),
+            catalog,
+            strictness=strictness,
+            active_inferences=strictness.inferences,
         )
         antecedent = clause
         if matched.capability is None:
             answers.append(_not_covered(matched.text, matched.reason, matched.candidates))
+            continue
+        if matched.inferred:
+            # a loose inference never answers for the agent: it may suggest the capability,
+            # which the agent then asks about by its exact name (the structured ``action``)
+            inferences = ", ".join(matched.inferred)
+            reason = (
+                f"the clause matches {matched.capability} only by inference ({inferences}): "
+                f'ask again with "action": "{matched.capability}" if that is what is meant'
+            )
+            suggestion = (askmatching.Candidate(matched.capability, matched.confidence),)
+            others = tuple(c for c in matched.candidates if c.capability != matched.capability)
+            answers.append(_not_covered(matched.text, reason, suggestion + others))
             continue
         decision, reason, until = _decide_capability(
             matched.capability, held=held, requests=requests, agent_label=label, now=now
