@@ -20,7 +20,7 @@ OWN = Path(__file__).with_name("ask_eval") / "own"
 EVAL = OWN.parent
 
 DEV_THRESHOLDS = {
-    "own/dev.yaml": 0.64,
+    "own/dev.yaml": 0.66,
     "own/heldout.yaml": 0.66,
     "independent/dev_half.yaml": 0.62,
     "independent/heldout_half.yaml": 0.59,
@@ -28,7 +28,7 @@ DEV_THRESHOLDS = {
 """Least share right per development file, each agent alone and all together. The first
 round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; the second 79.2 %,
 80.0 %, 68.7 % and 68.7 %; this one, where loose inferences no longer answer "allowed" and every
-clause with an action must be covered, 64.6 %, 66.9 %, 62.0 % and 59.3 %, no unsafe answer and
+clause with an action must be covered, 66.9 %, 66.9 %, 62.0 % and 59.3 %, no unsafe answer and
 no approval answered as allowed."""
 
 
@@ -514,3 +514,11 @@ def test_a_clause_with_an_uncovered_action_is_never_passed_over(question: str) -
 def test_a_clause_without_an_action_is_only_context(question: str) -> None:
     answer = ask(question)
     assert (answer.decision, answer.capability) == ("allowed", "invoices.read"), answer.reason
+
+
+@pytest.mark.parametrize("question", ["please restart Invoices", "please restart Admin"])
+def test_capitals_do_not_hide_a_foreign_object(question: str) -> None:
+    """A capitalised word is read as a name, and an action applied to nothing but names may
+    match; a "name" that is another capability's resource or a credential is no such name."""
+    assert ask(question).decision == "not_covered"
+    assert ask("please restart Checkout").decision == "allowed"

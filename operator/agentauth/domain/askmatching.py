@@ -177,9 +177,12 @@ class Strictness:
     reading capability only reading verbs."""
     hidden_requests: bool = True
     """A context clause that carries an action ("before approving the discount") is matched."""
-    inferences: frozenset[str] = frozenset(INFERENCES)
-    """The loose inferences that keep a match from answering "allowed" (all of them: fewer only
-    to measure what each contributes)."""
+    inferences: frozenset[str] = frozenset(INFERENCES) - {"light verb"}
+    """The loose inferences that keep a match from answering "allowed" (fewer only to measure
+    what each contributes). A light verb is not among them: "do a restart", "make a payment"
+    ask for the verb WordNet derives the noun from, which shares the noun's stem, so the light
+    verb adds no meaning, and the derived verb meets every rule (classes, object, foreign) that
+    the verb itself would."""
 
 
 STRICT = Strictness()
@@ -1084,6 +1087,13 @@ def _only_names(
     ]  # "roll back billing-api": the particle is part of the verb
     if not content or any(t.kind not in ("name", "id") for t in content):
         return False
+    # a capitalised word that is a catalog noun or a credential ("restart Payments", "reset
+    # the Admin") is no name to act on blindly: capitals must not hide a foreign object
+    resources = {r for other in catalog if other is not entry for r in other.resource}
+    for token in content:
+        forms = {token.text, *_word(token.text).nouns}
+        if token.kind == "name" and forms & (resources | SENSITIVE_NOUNS):
+            return False
     if word is None or entry.actions.get(word) != 1.0 or entry.action_class in DANGEROUS:
         return False
     return not any(word in other.actions for other in catalog if other is not entry)
