@@ -522,3 +522,19 @@ def test_capitals_do_not_hide_a_foreign_object(question: str) -> None:
     match; a "name" that is another capability's resource or a credential is no such name."""
     assert ask(question).decision == "not_covered"
     assert ask("please restart Checkout").decision == "allowed"
+
+
+def test_slang_written_into_an_example_is_direct() -> None:
+    """The sure way for an admin to get a slang verb answered: an example that uses it."""
+    catalog = [
+        {
+            "name": "deployments.restart",
+            "description": "Restart a deployment",
+            "examples": ["bounce the checkout deployment"],
+        }
+    ]
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("ops", capabilities=catalog)])
+    answer = asking.answer_question(
+        "bounce the checkout deployment", agent=tokenkit.agent(), snapshot=snapshot, now=NOW
+    )
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
