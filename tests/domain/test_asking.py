@@ -477,6 +477,8 @@ def test_multiline_text_is_a_question() -> None:
         "show me invoice 7712 so I can refund the order",
         "read invoice 7712 to refund the order",
         "show me invoice 7712 while refunding the order",
+        "show me invoice 7712 and immediately refund the order",
+        "show me invoice 7712 and afterwards refund the order",
     ],
 )
 def test_a_clause_needing_approval_is_never_passed_over(question: str) -> None:
@@ -495,6 +497,10 @@ def test_a_clause_needing_approval_is_never_passed_over(question: str) -> None:
         "restart the checkout deployment when you delete the invoices",
         "show me invoice 7712, after that wire the money to my account",
         "look up invoice 7712 once you have refunded it",
+        # an action inside a clause, beside its verb: a gerund with an object, a passive
+        "show me invoice 7712 as well as refunding the order",
+        "show me invoice 7712 and the order should be refunded",
+        "show me invoice 7712, the backups need to be deleted",
     ],
 )
 def test_a_clause_with_an_uncovered_action_is_never_passed_over(question: str) -> None:

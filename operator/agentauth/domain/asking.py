@@ -363,6 +363,13 @@ def _clause_answers(
             # a context clause that carries an action of its own is a request like any other
             # (most restrictive wins): only a clause with no action may be passed over
             hidden = askmatching.hidden_request(found) if strictness.hidden_requests else None
+            residual = (
+                askmatching.residual_actions(found, catalog) if strictness.hidden_requests else []
+            )
+            if hidden is None and residual:
+                reason = f"the clause asks to {residual[0]!r}: ask it as a clause of its own"
+                answers.append(_not_covered(found.text, reason))
+                continue
             if hidden is None:
                 danger = askmatching.context_danger(found)
                 if danger is not None:
@@ -374,6 +381,14 @@ def _clause_answers(
                     antecedent = found
                 continue
             clause = hidden
+        residual = (
+            askmatching.residual_actions(clause, catalog) if strictness.hidden_requests else []
+        )
+        if residual:
+            reason = (
+                f"the clause also asks to {residual[0]!r}: ask each action as a clause of its own"
+            )
+            answers.append(_not_covered(clause.text, reason))
         matched = askmatching.match_clause(
             askmatching.resolve(clause, antecedent),
             catalog,

@@ -44,7 +44,7 @@ _FRAMING = _words(
     shall should must i we you me us am is are be do does did have has to need needs want
     wants like allowed able permitted going gonna wanna about ahead go it possible really
     quickly quick actually first next finally right away again yes sure if whether fine
-    alright"""
+    alright afterwards afterward later soon immediately subsequently thereafter meanwhile"""
 )
 """Words stripped from the start of a clause: "can I", "I need to", "please go ahead and"."""
 _CONDITIONAL_FRAMING = frozenset(["do", "does", "did", "have", "has"])
@@ -1498,6 +1498,49 @@ def hidden_request(clause: Clause) -> Clause | None:
         for t in found.after_verb
     )
     return found if has_object else None
+
+
+_MODALS = _words("should must can could will would shall may might")
+
+
+def residual_actions(clause: Clause, catalog: Sequence[CatalogEntry]) -> list[str]:
+    """Actions a clause names besides its own verb, which the clause's match does not cover:
+    a gerund with an object ("as well as refunding the order") or a passive after a modal
+    ("the order should be refunded", "needs to be deleted"), when the verb names an action of
+    the agent's catalog (the same lemma or a WordNet synonym) or destroys, transfers or grants.
+    Each must be asked as a clause of its own: the answer is not covered."""
+    tokens = list(clause.tokens)
+    found: list[str] = []
+    for index, token in enumerate(tokens):
+        if token is clause.verb or token.kind != "word" or token.text in _FUNCTION:
+            continue
+        lemmas = [v for v in token.verbs if v != token.text]
+        if not lemmas:
+            continue  # a base form: a verb of its own clause, or a noun ("the refund")
+        before = tokens[index - 1].text if index else ""
+        after = tokens[index + 1] if index + 1 < len(tokens) else None
+        gerund = (
+            token.text.endswith("ing")
+            and before not in _DETERMINERS
+            and after is not None
+            and (after.text in _DETERMINERS or after.text in _ANAPHORA or after.kind != "word")
+        )
+        passive = (
+            before == "be"
+            and index >= 2
+            and (tokens[index - 2].text in _MODALS or tokens[index - 2].text == "to")
+        )
+        if not (gerund or passive):
+            continue
+        names_action = any(
+            asklexicon.verb_similarity(lemma, action) >= DIRECT_MATCH
+            for lemma in lemmas
+            for entry in catalog
+            for action in entry.actions
+        )
+        if names_action or _class_of(lemmas) in DANGEROUS:
+            found.append(token.text)
+    return found
 
 
 def context_danger(clause: Clause) -> str | None:
