@@ -12,6 +12,13 @@ Guarantees:
   :mod:`agentauth.domain.askmatching`) makes the whole answer "not covered", with the closest
   capabilities as suggestions. Text that is not English, and context clauses that destroy,
   transfer or grant, are not covered either.
+- **Every clause that acts counts**: a context clause that carries an action ("before approving
+  the discount", "so I can refund it") is matched like a request, and an action inside a clause
+  beside its verb ("as well as refunding the order", "should be refunded") is not covered; only
+  a clause with no action of its own is passed over.
+- **Only direct matches answer**: a match that depends on a loose inference
+  (:data:`agentauth.domain.askmatching.INFERENCES`: slang, typo, pronoun, ...) is "not covered"
+  with the capability as the first suggestion; the agent asks again with the exact ``action``.
 - **Most restrictive clause wins**: not covered > approval required > allowed; each clause's own
   decision, capability, description and matched words are in the answer.
 - **Approval is never "allowed" without an approval**: a ``Required`` capability without a
