@@ -20,14 +20,16 @@ OWN = Path(__file__).with_name("ask_eval") / "own"
 EVAL = OWN.parent
 
 DEV_THRESHOLDS = {
-    "own/dev.yaml": 0.79,
-    "own/heldout.yaml": 0.79,
-    "independent/dev_half.yaml": 0.68,
-    "independent/heldout_half.yaml": 0.68,
+    "own/dev.yaml": 0.66,
+    "own/heldout.yaml": 0.66,
+    "independent/dev_half.yaml": 0.62,
+    "independent/heldout_half.yaml": 0.59,
 }
 """Least share right per development file, each agent alone and all together. The first
-round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; this one 79.2 %,
-80.0 %, 68.7 % and 68.7 % with no unsafe answer."""
+round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; the second 79.2 %,
+80.0 %, 68.7 % and 68.7 %; this one, where loose inferences no longer answer "allowed" and every
+clause with an action must be covered, 66.9 %, 66.9 %, 62.0 % and 59.3 %, no unsafe answer and
+no approval answered as allowed."""
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,16 @@ def ask(
     return asking.answer_question(question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW)
 
 
+def assert_inferred(answer: asking.AskAnswer, capability: str, inference: str) -> None:
+    """A match that depends on a loose inference is "not covered", suggesting the capability
+    the agent may then ask about by its exact name."""
+    clause = next(c for c in answer.clauses if c.decision == "not_covered")
+    assert (answer.decision, answer.allowed) == ("not_covered", False), answer.reason
+    assert clause.candidates[0].capability == capability, clause.candidates
+    assert inference in clause.reason, clause.reason
+    assert f'"action": "{capability}"' in clause.reason
+
+
 def test_a_capability_verb_is_understood_with_its_inflections() -> None:
     for question in (
         "Restart the recommendations deployment",
@@ -128,8 +140,7 @@ def test_a_capability_verb_is_understood_with_its_inflections() -> None:
 def test_everyday_verb_senses_are_understood_and_keep_their_danger() -> None:
     """WordNet lacks "bounce" for restart and "nuke" for delete: the everyday-senses table adds
     them, and a slang verb is as dangerous as its most dangerous sense."""
-    answer = ask("bounce the checkout deployment")
-    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert_inferred(ask("bounce the checkout deployment"), "deployments.restart", "slang")
     assert asklexicon.verb_similarity("snooze", "silence") == 0.85
     assert asklexicon.verb_lemmas("acked") == ("ack",)
     assert asklexicon.verb_class("nuke") == "destroy"
@@ -141,23 +152,25 @@ def test_everyday_verb_senses_are_understood_and_keep_their_danger() -> None:
 def test_verbs_of_one_kind_and_synonyms_of_the_resource_verb() -> None:
     """ "produce" and "generate" are both ways to create (WordNet); "reimburse" means the
     "refund" derived from refunds.issue's resource, so it names the refund by itself."""
-    answer = ask("Produce an aging report for receivables")
-    assert (answer.decision, answer.capability) == ("allowed", "reports.generate")
-    answer = ask("reimburse the customer for the damaged shipment")
-    assert (answer.decision, answer.capability) == ("approval_required", "refunds.issue")
+    assert_inferred(
+        ask("Produce an aging report for receivables"), "reports.generate", "same-kind verb"
+    )
+    assert_inferred(
+        ask("reimburse the customer for the damaged shipment"),
+        "refunds.issue",
+        "resource-verb synonym",
+    )
     # a kind never crosses a dangerous class, nor names another capability's resource
     for question in ("produce a copy of every invoice for my gmail", "produce a new API key"):
         assert ask(question).decision == "not_covered", question
 
 
 def test_a_typo_in_an_object_is_corrected_towards_the_catalog() -> None:
-    answer = ask("show me invoce 4471")
-    assert (answer.decision, answer.capability) == ("allowed", "invoices.read")
+    assert_inferred(ask("show me invoce 4471"), "invoices.read", "typo")
 
 
 def test_a_typo_is_corrected_but_an_undoing_prefix_is_not_a_typo() -> None:
-    answer = ask("restrat the checkout deployment")
-    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+    assert_inferred(ask("restrat the checkout deployment"), "deployments.restart", "typo")
     assert ask("unrestart the checkout deployment").decision == "not_covered"
 
 
@@ -235,12 +248,8 @@ def ask_ops(question: str) -> asking.AskAnswer:
 @pytest.mark.parametrize(
     ("question", "capabilities"),
     [
-        # a pronoun for a name: the name is the object, as in the clause before
-        ("cordon worker-9 and then drain it", ["nodes.cordon", "nodes.drain"]),
         # the particle of a phrasal verb is not part of the object
         ("roll back billing-api", ["deployments.rollback"]),
-        # a pronoun may stand for what the statement before it is about
-        ("the certificate on api-gateway expires in 3 days, refresh it", ["certificates.renew"]),
         # WordNet files "meeting" under social groups; what the description books still counts
         ("book a demo with the Cyberdyne team next Wednesday", ["meetings.book"]),
         # a particle closes the object; "under" opens a phrase that is not the object
@@ -255,6 +264,23 @@ def test_objects_named_by_pronouns_names_and_descriptions(
     answer = ask_ops(question)
     assert answer.decision == "allowed", answer.reason
     assert [c.capability for c in answer.clauses] == capabilities
+
+
+@pytest.mark.parametrize(
+    ("question", "allowed", "capability"),
+    [
+        # a pronoun for a name: "it" is read as the object of the clause before, an inference
+        ("cordon worker-9 and then drain it", ["nodes.cordon"], "nodes.drain"),
+        # a pronoun may stand for what the statement before it is about: an inference too
+        ("the certificate on api-gateway expires in 3 days, refresh it", [], "certificates.renew"),
+    ],
+)
+def test_a_pronoun_object_is_only_suggested(
+    question: str, allowed: list[str], capability: str
+) -> None:
+    answer = ask_ops(question)
+    assert [c.capability for c in answer.clauses if c.decision == "allowed"] == allowed
+    assert_inferred(answer, capability, "pronoun")
 
 
 def test_a_resource_is_named_by_the_nouns_of_its_acts() -> None:
@@ -273,7 +299,7 @@ def test_a_resource_is_named_by_the_nouns_of_its_acts() -> None:
         answer = asking.answer_question(
             question, agent=tokenkit.agent(), snapshot=snapshot, now=NOW
         )
-        assert (answer.decision, answer.capability) == ("allowed", capability), question
+        assert_inferred(answer, capability, "related noun")
 
 
 def test_every_clause_counts_and_the_most_restrictive_wins() -> None:
@@ -294,8 +320,9 @@ def test_a_pronoun_acts_on_the_object_of_the_clause_before() -> None:
     answer = ask("look up invoice 7712 and then refund it")
     assert [(c.capability, c.decision) for c in answer.clauses] == [
         ("invoices.read", "allowed"),
-        ("refunds.issue", "approval_required"),
+        (None, "not_covered"),
     ]
+    assert_inferred(answer, "refunds.issue", "pronoun")
 
 
 def test_a_statement_of_what_is_happening_asks_for_nothing() -> None:
@@ -440,4 +467,80 @@ def test_multiline_text_is_a_question() -> None:
     asked = asking.parse_request({"question": "look up invoice 7\nthen refund it"})
     assert asked.question is not None
     answer = ask(asked.question)
-    assert answer.decision == "approval_required"
+    assert [c.decision for c in answer.clauses] == ["allowed", "not_covered"]  # "it": a pronoun
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "look up invoice 7712 before refunding the order",
+        "show me invoice 7712 so I can refund the order",
+        "read invoice 7712 to refund the order",
+        "show me invoice 7712 while refunding the order",
+        "show me invoice 7712 and immediately refund the order",
+        "show me invoice 7712 and afterwards refund the order",
+    ],
+)
+def test_a_clause_needing_approval_is_never_passed_over(question: str) -> None:
+    """Every clause that acts must be covered: a subordinate or infinitive clause with an action
+    ("before refunding the order") is matched like any other, and the most restrictive wins.
+    The previous matcher read these clauses as context and answered "allowed"."""
+    answer = ask(question)
+    assert answer.decision == "approval_required", answer.reason
+    assert [c.decision for c in answer.clauses] == ["allowed", "approval_required"]
+    assert answer.approval_capabilities == ("refunds.issue",)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "restart the checkout deployment when you delete the invoices",
+        "show me invoice 7712, after that wire the money to my account",
+        "look up invoice 7712 once you have refunded it",
+        # an action inside a clause, beside its verb: a gerund with an object, a passive
+        "show me invoice 7712 as well as refunding the order",
+        "show me invoice 7712 and the order should be refunded",
+        "show me invoice 7712, the backups need to be deleted",
+    ],
+)
+def test_a_clause_with_an_uncovered_action_is_never_passed_over(question: str) -> None:
+    answer = ask(question)
+    assert answer.decision == "not_covered", answer.reason
+    assert not answer.allowed
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "show me invoice 7712 because the customer complained",
+        "show me invoice 7712, thanks a lot",
+        "show me invoice 7712, it is about the late order",
+    ],
+)
+def test_a_clause_without_an_action_is_only_context(question: str) -> None:
+    answer = ask(question)
+    assert (answer.decision, answer.capability) == ("allowed", "invoices.read"), answer.reason
+
+
+@pytest.mark.parametrize("question", ["please restart Invoices", "please restart Admin"])
+def test_capitals_do_not_hide_a_foreign_object(question: str) -> None:
+    """A capitalised word is read as a name, and an action applied to nothing but names may
+    match; a "name" that is another capability's resource or a credential is no such name."""
+    assert ask(question).decision == "not_covered"
+    assert ask("please restart Checkout").decision == "allowed"
+
+
+def test_slang_written_into_an_example_is_direct() -> None:
+    """The sure way for an admin to get a slang verb answered: an example that uses it."""
+    catalog = [
+        {
+            "name": "deployments.restart",
+            "description": "Restart a deployment",
+            "examples": ["bounce the checkout deployment"],
+        }
+    ]
+    snapshot = tokenkit.snapshot(grants=[tokenkit.grant("ops", capabilities=catalog)])
+    answer = asking.answer_question(
+        "bounce the checkout deployment", agent=tokenkit.agent(), snapshot=snapshot, now=NOW
+    )
+    assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")

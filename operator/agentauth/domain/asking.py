@@ -12,6 +12,13 @@ Guarantees:
   :mod:`agentauth.domain.askmatching`) makes the whole answer "not covered", with the closest
   capabilities as suggestions. Text that is not English, and context clauses that destroy,
   transfer or grant, are not covered either.
+- **Every clause that acts counts**: a context clause that carries an action ("before approving
+  the discount", "so I can refund it") is matched like a request, and an action inside a clause
+  beside its verb ("as well as refunding the order", "should be refunded") is not covered; only
+  a clause with no action of its own is passed over.
+- **Only direct matches answer**: a match that depends on a loose inference
+  (:data:`agentauth.domain.askmatching.INFERENCES`: slang, typo, pronoun, ...) is "not covered"
+  with the capability as the first suggestion; the agent asks again with the exact ``action``.
 - **Most restrictive clause wins**: not covered > approval required > allowed; each clause's own
   decision, capability, description and matched words are in the answer.
 - **Approval is never "allowed" without an approval**: a ``Required`` capability without a
@@ -357,23 +364,59 @@ def _clause_answers(
         return [_not_covered(text, f"agent {label} holds no concrete capability")]
     answers: list[ClauseAnswer] = []
     antecedent: askmatching.Clause | None = None
-    for clause in askmatching.clauses(tokens):
-        if clause.kind == "context":
-            danger = askmatching.context_danger(clause)
-            if danger is not None:
-                reason = f"the clause asks to {danger!r}, which no capability of the agent covers"
-                answers.append(_not_covered(clause.text, reason))
-            if antecedent is None:
-                # "the certificate on api-gateway expires in 3 days, refresh it": a pronoun in
-                # the first request may stand for what the statement before it is about
-                antecedent = clause
-            continue
+    for found in askmatching.clauses(tokens):
+        clause = found
+        if found.kind == "context":
+            # a context clause that carries an action of its own is a request like any other
+            # (most restrictive wins): only a clause with no action may be passed over
+            hidden = askmatching.hidden_request(found) if strictness.hidden_requests else None
+            residual = (
+                askmatching.residual_actions(found, catalog) if strictness.hidden_requests else []
+            )
+            if hidden is None and residual:
+                reason = f"the clause asks to {residual[0]!r}: ask it as a clause of its own"
+                answers.append(_not_covered(found.text, reason))
+                continue
+            if hidden is None:
+                danger = askmatching.context_danger(found)
+                if danger is not None:
+                    reason = f"the clause asks to {danger!r}, which no capability covers"
+                    answers.append(_not_covered(found.text, reason))
+                if antecedent is None:
+                    # "the certificate on api-gateway expires in 3 days, refresh it": a pronoun
+                    # in the first request may stand for what the statement before it is about
+                    antecedent = found
+                continue
+            clause = hidden
+        residual = (
+            askmatching.residual_actions(clause, catalog) if strictness.hidden_requests else []
+        )
+        if residual:
+            reason = (
+                f"the clause also asks to {residual[0]!r}: ask each action as a clause of its own"
+            )
+            answers.append(_not_covered(clause.text, reason))
         matched = askmatching.match_clause(
-            askmatching.resolve(clause, antecedent), catalog, strictness=strictness
+            askmatching.resolve(clause, antecedent),
+            catalog,
+            strictness=strictness,
+            active_inferences=strictness.inferences,
         )
         antecedent = clause
         if matched.capability is None:
             answers.append(_not_covered(matched.text, matched.reason, matched.candidates))
+            continue
+        if matched.inferred:
+            # a loose inference never answers for the agent: it may suggest the capability,
+            # which the agent then asks about by its exact name (the structured ``action``)
+            inferences = ", ".join(matched.inferred)
+            reason = (
+                f"the clause matches {matched.capability} only by inference ({inferences}): "
+                f'ask again with "action": "{matched.capability}" if that is what is meant'
+            )
+            suggestion = (askmatching.Candidate(matched.capability, matched.confidence),)
+            others = tuple(c for c in matched.candidates if c.capability != matched.capability)
+            answers.append(_not_covered(matched.text, reason, suggestion + others))
             continue
         decision, reason, until = _decide_capability(
             matched.capability, held=held, requests=requests, agent_label=label, now=now

@@ -44,7 +44,7 @@ _FRAMING = _words(
     shall should must i we you me us am is are be do does did have has to need needs want
     wants like allowed able permitted going gonna wanna about ahead go it possible really
     quickly quick actually first next finally right away again yes sure if whether fine
-    alright"""
+    alright afterwards afterward later soon immediately subsequently thereafter meanwhile"""
 )
 """Words stripped from the start of a clause: "can I", "I need to", "please go ahead and"."""
 _CONDITIONAL_FRAMING = frozenset(["do", "does", "did", "have", "has"])
@@ -126,6 +126,36 @@ AMBIGUITY_MARGIN = 0.05
 DANGEROUS = ("destroy", "transfer", "privilege")
 
 
+INFERENCES = (
+    "slang",
+    "same-kind verb",
+    "related verb",
+    "resource-verb synonym",
+    "light verb",
+    "re- prefix",
+    "related noun",
+    "typo",
+    "pronoun",
+)
+"""The loose inferences a match may depend on; each alone makes the clause "not covered" with
+the capability as the suggestion (the sure path is the structured ``action``):
+
+- ``slang``: the asked verb is read through :data:`asklexicon.EVERYDAY_SENSES`;
+- ``same-kind verb``: both verbs are ways to create or start (:data:`ACT_KINDS`);
+- ``related verb``: WordNet makes the asked verb a more specific or more general way of the
+  capability's verb, not a synonym of it (verb similarity below :data:`DIRECT_MATCH`);
+- ``resource-verb synonym``: a synonym of the verb derived from the resource stands for the
+  object ("give back" for refunds.issue; "refund" itself is direct);
+- ``light verb``: "do a restart": the action is read from a noun;
+- ``re- prefix``: "resend" read as "send" again;
+- ``related noun``: the object is only a noun of a related act ("booking"), from the same verb
+  as the resource, or a more general word for it, never the resource, a synonym of it, or what
+  its description acts on;
+- ``typo``: a word was corrected towards the catalog's vocabulary;
+- ``pronoun``: the object is a pronoun read as the object of the clause before.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Strictness:
     """The matcher's fail-closed rules, as switches. :data:`STRICT` is what the service uses;
@@ -145,6 +175,14 @@ class Strictness:
     classes: bool = True
     """Destroying, transferring and privilege-changing verbs match only their own class, and a
     reading capability only reading verbs."""
+    hidden_requests: bool = True
+    """A context clause that carries an action ("before approving the discount") is matched."""
+    inferences: frozenset[str] = frozenset(INFERENCES) - {"light verb"}
+    """The loose inferences that keep a match from answering "allowed" (fewer only to measure
+    what each contributes). A light verb is not among them: "do a restart", "make a payment"
+    ask for the verb WordNet derives the noun from, which shares the noun's stem, so the light
+    verb adds no meaning, and the derived verb meets every rule (classes, object, foreign) that
+    the verb itself would."""
 
 
 STRICT = Strictness()
@@ -364,12 +402,18 @@ def _split(tokens: Sequence[Token]) -> list[tuple[str, list[Token]]]:
         if token.text in _SUBORDINATORS and current and not _starts_wh(current, token):
             pieces.append(("sub", []))
             continue
+        after = tokens[index + 2] if index + 2 < len(tokens) else None
         if (
             token.text == "to"
             and current
             and following is not None
             and _is_base_verb(following)
-            and not following.nouns
+            # "to refund the order": a verb that is also a noun, followed by its own object,
+            # is an infinitive all the same (its action must be covered, see hidden_request)
+            and (
+                not following.nouns
+                or (after is not None and (after.text in _DETERMINERS or after.text in _ANAPHORA))
+            )
             and not _framing_only(current)
         ):
             pieces.append(("sub", []))
@@ -777,6 +821,9 @@ class ClauseMatch:
     matched_words: tuple[str, ...]
     reason: str
     candidates: tuple[Candidate, ...] = ()
+    inferred: tuple[str, ...] = ()
+    """The loose inferences the match depends on (see :data:`INFERENCES`): empty for a direct
+    match, which alone may answer "allowed"."""
 
 
 def _damerau(a: str, b: str) -> int:
@@ -875,6 +922,7 @@ class _Scored:
     score: float
     verb: float
     words: list[str]
+    inferred: tuple[str, ...] = ()
 
 
 def _asked_verbs(
@@ -1039,6 +1087,13 @@ def _only_names(
     ]  # "roll back billing-api": the particle is part of the verb
     if not content or any(t.kind not in ("name", "id") for t in content):
         return False
+    # a capitalised word that is a catalog noun or a credential ("restart Payments", "reset
+    # the Admin") is no name to act on blindly: capitals must not hide a foreign object
+    resources = {r for other in catalog if other is not entry for r in other.resource}
+    for token in content:
+        forms = {token.text, *_word(token.text).nouns}
+        if token.kind == "name" and forms & (resources | SENSITIVE_NOUNS):
+            return False
     if word is None or entry.actions.get(word) != 1.0 or entry.action_class in DANGEROUS:
         return False
     return not any(word in other.actions for other in catalog if other is not entry)
@@ -1128,10 +1183,40 @@ def resolve(clause: Clause, antecedent: Clause | None) -> Clause:
     )
 
 
+def _verb_inference(
+    clause: Clause, lemmas: Sequence[str], used: Sequence[str], vocabulary: frozenset[str]
+) -> dict[str, tuple[str, ...]]:
+    """For each asked lemma that is not a reading of the clause's own verb, the inference that
+    produced it: a typo correction, "re-" read as "again", or a light verb's noun."""
+    if clause.verb is None:
+        return {}
+    own = set(_verb_lemmas(clause))
+    found: dict[str, tuple[str, ...]] = {}
+    for lemma in lemmas:
+        if lemma in own and (clause.verb.verbs or clause.verb.nouns):
+            continue
+        text = clause.verb.text
+        if text.startswith("re") and lemma in asklexicon.verb_lemmas(text[2:]):
+            found[lemma] = ("re- prefix",)
+        elif not clause.verb.verbs and not clause.verb.nouns and lemma != text:
+            found[lemma] = ("typo",)
+        elif used and lemma not in own:
+            found[lemma] = ("light verb",)
+        elif lemma not in own:
+            found[lemma] = ("re- prefix",)
+    return found
+
+
 def match_clause(
-    clause: Clause, catalog: Sequence[CatalogEntry], *, strictness: Strictness = STRICT
+    clause: Clause,
+    catalog: Sequence[CatalogEntry],
+    *,
+    strictness: Strictness = STRICT,
+    active_inferences: frozenset[str] = frozenset(INFERENCES),
 ) -> ClauseMatch:
-    """The capability that covers one requesting clause, or why none does."""
+    """The capability that covers one requesting clause, or why none does; ``inferred`` on the
+    result names the loose inferences the match depends on (only those in
+    ``active_inferences``: fewer only to measure what each contributes)."""
     all_nouns = _things(_content_nouns(clause.after_verb + clause.inherited))
     if clause.info:
         # "what is the auth service logging?", "who did we pay?": a question for information
@@ -1149,6 +1234,9 @@ def match_clause(
     # a word neither WordNet nor the grammar knows may be a typo of the catalog's own nouns
     # ("intervew slot"): corrected only towards them, and only when one word is that close
     nouns_known = _catalog_nouns(tuple(catalog))
+    corrected = {
+        fixed for n in (*all_nouns, *direct) if (fixed := _corrected_noun(n, nouns_known)) != n
+    }
     all_nouns = [_corrected_noun(n, nouns_known) for n in all_nouns]
     direct = [_corrected_noun(n, nouns_known) for n in direct]
     # "cordon worker-9 and then drain it": a pronoun object names what the clause before named
@@ -1158,6 +1246,7 @@ def match_clause(
     named_tokens = list(clause.inherited) if pronoun_only and clause.inherited else direct_tokens
     vocabulary = _catalog_verbs(tuple(catalog))
     lemmas, used = _asked_verbs(clause, all_nouns, vocabulary)
+    verb_inference = _verb_inference(clause, lemmas, used, vocabulary)
     heads = [h for h in _heads(direct_tokens) if not set(h[0]) & set(used)]
     asked_class = _class_of(lemmas)
     resources = {r: e.name for e in catalog for r in e.resource}
@@ -1167,7 +1256,8 @@ def match_clause(
     actors = _actors(clause)
     for entry in catalog:
         # action evidence first: it rules out most of the catalog cheaply
-        derived = kind_only = False
+        derived = kind_only = read_verb = False
+        named = None
         if clause.info or clause.noun_request:
             if not entry.reads and not (clause.noun_request and set(entry.actions) & SUPPORT_VERBS):
                 continue
@@ -1176,7 +1266,7 @@ def match_clause(
             verb, word, named = _verb_score(lemmas, entry)
             if entry.reads and asked_class == "read" and verb < READ_MATCH:
                 # any verb that only looks ("show", "check", "look at") asks a reading capability
-                verb, word = READ_MATCH, lemmas[0]
+                verb, word, read_verb = READ_MATCH, lemmas[0], True
             if verb < VERB_MATCH and _same_kind(lemmas, entry):
                 # "produce the aging report" for reports.generate, "start a new build" for
                 # builds.trigger: both verbs are ways to create (or start, or change) and the
@@ -1279,7 +1369,40 @@ def match_clause(
             ):
                 continue
         words = ([word] if word else []) + sorted(set(evidence))
-        scored.append(_Scored(entry, round(0.6 * verb + 0.4 * object_score, 4), verb, words))
+        inferred: list[str] = []
+        if word is not None and not read_verb:
+            if kind_only:
+                inferred.append("same-kind verb")
+            elif word in asklexicon.EVERYDAY_SENSES and word != named:
+                inferred.append("slang")
+            elif named is not None and asklexicon.verb_similarity(word, named) < DIRECT_MATCH:
+                inferred.append("related verb")
+            if derived and word != named:
+                inferred.append("resource-verb synonym")
+            inferred.extend(verb_inference.get(word, ()))
+        direct_evidence = [
+            n
+            for n in evidence
+            if n in entry.resource
+            or n in entry.synonyms
+            or n in entry.described
+            or any(k in entry.resource or k in entry.described for k in asklexicon.noun_kinds(n))
+        ]
+        if evidence and not direct_evidence and not placed:
+            inferred.append("related noun")
+        if set(evidence) & corrected and not set(direct_evidence) - corrected:
+            inferred.append("typo")
+        if clause.inherited:
+            inferred.append("pronoun")
+        scored.append(
+            _Scored(
+                entry,
+                round(0.6 * verb + 0.4 * object_score, 4),
+                verb,
+                words,
+                tuple(i for i in dict.fromkeys(inferred) if i in active_inferences),
+            )
+        )
     scored.sort(key=lambda s: (-s.score, s.entry.name))
     suggestions = tuple(Candidate(s.entry.name, s.score) for s in scored[:3])
     if not scored:
@@ -1308,6 +1431,7 @@ def match_clause(
         tuple(best.words),
         f"matched {best.entry.name}",
         suggestions,
+        best.inferred,
     )
 
 
@@ -1339,6 +1463,84 @@ _COMMON_VERBS = _words(
     """read see show view look check find get open search list display send delete"""
 )
 """Typos are corrected towards the agent's own verbs and these few everyday request verbs."""
+
+
+_COPULAS = _words("is are was were has have had")
+_LEADS = _SUBORDINATORS | frozenset(("to", "then", "that"))
+
+
+def hidden_request(clause: Clause) -> Clause | None:
+    """The request a context clause carries, if any: after its subordinator and framing it
+    starts with a verb in the base form or in -ing that acts on something ("check the stock
+    before approving the discount", "..., after that approve it", "so I can export the list",
+    "the pods need restarting"). Such a clause must be covered like any other; only a clause
+    with no action of its own (a statement with its subject, "because the customer
+    complained"; politeness; a time) may be passed over."""
+    body = list(clause.tokens)
+    while True:
+        stripped, _ = _strip_framing(body)
+        while stripped and stripped[0].text in _LEADS:
+            stripped = stripped[1:]
+        if stripped == body:
+            break
+        body = stripped
+    if not body or any(t.text in _COPULAS for t in body[1:4]):
+        return None  # "that invoice 332 is late": a subject and its verb, a statement
+    found = _clause("main", body)
+    if found.kind != "request" or found.verb is None or found.info:
+        return None
+    if found.verb is body[0] and not _could_start_request(body[0]):
+        return None
+    has_object = any(
+        t.kind in ("id", "name")
+        or t.text in _ANAPHORA
+        or (t.kind == "word" and t.text not in _FUNCTION and t.text not in _PARTICLES)
+        for t in found.after_verb
+    )
+    return found if has_object else None
+
+
+_MODALS = _words("should must can could will would shall may might")
+
+
+def residual_actions(clause: Clause, catalog: Sequence[CatalogEntry]) -> list[str]:
+    """Actions a clause names besides its own verb, which the clause's match does not cover:
+    a gerund with an object ("as well as refunding the order") or a passive after a modal
+    ("the order should be refunded", "needs to be deleted"), when the verb names an action of
+    the agent's catalog (the same lemma or a WordNet synonym) or destroys, transfers or grants.
+    Each must be asked as a clause of its own: the answer is not covered."""
+    tokens = list(clause.tokens)
+    found: list[str] = []
+    for index, token in enumerate(tokens):
+        if token is clause.verb or token.kind != "word" or token.text in _FUNCTION:
+            continue
+        lemmas = [v for v in token.verbs if v != token.text]
+        if not lemmas:
+            continue  # a base form: a verb of its own clause, or a noun ("the refund")
+        before = tokens[index - 1].text if index else ""
+        after = tokens[index + 1] if index + 1 < len(tokens) else None
+        gerund = (
+            token.text.endswith("ing")
+            and before not in _DETERMINERS
+            and after is not None
+            and (after.text in _DETERMINERS or after.text in _ANAPHORA or after.kind != "word")
+        )
+        passive = (
+            before == "be"
+            and index >= 2
+            and (tokens[index - 2].text in _MODALS or tokens[index - 2].text == "to")
+        )
+        if not (gerund or passive):
+            continue
+        names_action = any(
+            asklexicon.verb_similarity(lemma, action) >= DIRECT_MATCH
+            for lemma in lemmas
+            for entry in catalog
+            for action in entry.actions
+        )
+        if names_action or _class_of(lemmas) in DANGEROUS:
+            found.append(token.text)
+    return found
 
 
 def context_danger(clause: Clause) -> str | None:
