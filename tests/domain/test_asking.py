@@ -24,6 +24,9 @@ DEV_THRESHOLDS = {
     "own/heldout.yaml": 0.66,
     "independent/dev_half.yaml": 0.62,
     "independent/heldout_half.yaml": 0.59,
+    # Opened after one measurement (46.5 %, 0 unsafe, 2 approval-required answered as allowed):
+    # both of those were a clause whose verb WordNet lacks merged into the clause before.
+    "fresh/heldout.yaml": 0.46,
 }
 """Least share right per development file, each agent alone and all together. The first
 round's matcher scored 70.8 %, 70.8 % (1 unsafe), 63.3 % and 60.0 % on them; the second 79.2 %,
@@ -544,3 +547,32 @@ def test_slang_written_into_an_example_is_direct() -> None:
         "bounce the checkout deployment", agent=tokenkit.agent(), snapshot=snapshot, now=NOW
     )
     assert (answer.decision, answer.capability) == ("allowed", "deployments.restart")
+
+
+LOGISTICS = [
+    {"name": "shipments.track", "description": "Look up where a shipment is and its status"},
+    {
+        "name": "shipments.reroute",
+        "description": "Send a shipment to a different destination",
+        "approval": "Required",
+    },
+]
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "track shipment 3342 and reroute it to the Antwerp depot",
+        "track shipment 3342 and if it's stuck, reroute it to the Antwerp depot",
+        "track shipment 3342 and then reroute the truck",
+        "show me invoice 7712 and then backfill it for last week",
+    ],
+)
+def test_a_clause_whose_verb_the_lexicon_lacks_is_never_merged_away(question: str) -> None:
+    """ "reroute" and "backfill" are not in WordNet: after "and" or a comma, such a word followed
+    by an object starts a clause of its own, which must be covered. The previous matcher merged
+    it into the clause before and answered that clause alone: allowed."""
+    answer = ask(question, others=[tokenkit.grant("logistics", capabilities=LOGISTICS)])
+    assert not answer.allowed, answer.reason
+    assert answer.decision in ("not_covered", "approval_required")
+    assert len(answer.clauses) == 2

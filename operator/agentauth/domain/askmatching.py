@@ -464,13 +464,31 @@ def _verb_list(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[To
     return result
 
 
+def _unknown_verb_shape(body: Sequence[Token]) -> bool:
+    """A word the lexicon does not know followed by an object ("backfill it", "reroute the
+    truck"): the shape of a verb phrase whose verb WordNet lacks (a capability's own action
+    often is one). It is a clause of its own, so its action must be answered: merged into the
+    clause before, it would be left unasked and the answer could be that clause's alone."""
+    head = body[0]
+    return (
+        len(body) > 1
+        and head.kind == "word"
+        and not head.verbs
+        and not head.nouns
+        and head.text not in _FUNCTION
+        and (body[1].text in _DETERMINERS or body[1].text in _PRONOUNS)
+    )
+
+
 def _merge(pieces: list[tuple[str, list[Token]]]) -> list[tuple[str, list[Token]]]:
     """A piece after "and" or a comma that does not start with a verb continues the previous
     one ("invoices and receipts"), unless it starts its own question."""
     merged: list[tuple[str, list[Token]]] = []
     for kind, piece in pieces:
         body, _ = _strip_framing(piece)
-        starts = bool(body) and (_could_start_request(body[0]) or body[0].text in _WH)
+        starts = bool(body) and (
+            _could_start_request(body[0]) or body[0].text in _WH or _unknown_verb_shape(body)
+        )
         if merged and kind == "main" and not starts and not _framing_only(piece):
             previous_kind, previous = merged[-1]
             if previous_kind == "main" and not _is_statement(piece):
