@@ -313,7 +313,7 @@ def answer_question(
     held = snapshot.held(agent, now=now)
     requests = snapshot.access_requests_of(agent)
     label = exchanging.agent_label(agent)
-    catalog = catalog_for(agent, snapshot.grants, now=now)
+    catalog = catalog_for(agent, snapshot.grants_in(agent.metadata.namespace or ""), now=now)
     described = {entry.name: entry.description for entry in catalog}
     if action is not None:
         decision, reason, until = _decide_capability(
