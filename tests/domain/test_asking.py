@@ -504,6 +504,9 @@ def test_a_clause_needing_approval_is_never_passed_over(question: str) -> None:
         "show me invoice 7712 as well as refunding the order",
         "show me invoice 7712 and the order should be refunded",
         "show me invoice 7712, the backups need to be deleted",
+        # a participle closing a "with" phrase asks for the action's result
+        "show me invoice 7712 with the order refunded",
+        "show me invoice 7712 with the old ones deleted",
     ],
 )
 def test_a_clause_with_an_uncovered_action_is_never_passed_over(question: str) -> None:

@@ -1523,8 +1523,9 @@ _MODALS = _words("should must can could will would shall may might")
 
 def residual_actions(clause: Clause, catalog: Sequence[CatalogEntry]) -> list[str]:
     """Actions a clause names besides its own verb, which the clause's match does not cover:
-    a gerund with an object ("as well as refunding the order") or a passive after a modal
-    ("the order should be refunded", "needs to be deleted"), when the verb names an action of
+    a gerund with an object ("as well as refunding the order"), a passive after a modal
+    ("the order should be refunded", "needs to be deleted") or a participle closing a "with"
+    phrase ("with the order refunded"), when the verb names an action of
     the agent's catalog (the same lemma or a WordNet synonym) or destroys, transfers or grants.
     Each must be asked as a clause of its own: the answer is not covered."""
     tokens = list(clause.tokens)
@@ -1548,7 +1549,15 @@ def residual_actions(clause: Clause, catalog: Sequence[CatalogEntry]) -> list[st
             and index >= 2
             and (tokens[index - 2].text in _MODALS or tokens[index - 2].text == "to")
         )
-        if not (gerund or passive):
+        # "show me invoice 7712 with the order refunded": a participle closing a "with" phrase
+        # asks for the state the action leaves (an adjective before its noun, "the refunded
+        # order", does not)
+        with_participle = (
+            not token.text.endswith("ing")
+            and before not in _DETERMINERS
+            and any(t.text == "with" for t in tokens[:index])
+        )
+        if not (gerund or passive or with_participle):
             continue
         names_action = any(
             asklexicon.verb_similarity(lemma, action) >= DIRECT_MATCH
