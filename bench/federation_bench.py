@@ -37,6 +37,7 @@ from tests.domain.federation.loopback_clouds import (
     serving,
 )
 
+from agentauth.domain import claimpolicy
 from agentauth.domain.federation import aws, matching
 from agentauth.domain.models import Agent
 from agentauth.sdk import aws as sdk_aws
@@ -124,9 +125,13 @@ def bench_match(n_agents: int = 1000, calls: int = 200) -> float:
         account="123456789012",
         subject="s",
     )
+    # The namespace may claim any AWS role (the claim policy is part of every match).
+    policy = claimpolicy.parse(
+        json.dumps([{"namespaces": ["agents"], "aws": {"roleArns": ["arn:*:iam::*:role/*"]}}])
+    )
     started = time.perf_counter()
     for _ in range(calls):
-        matching.match_agent(identity, agents)
+        matching.match_agent(identity, agents, policy=policy)
     return (time.perf_counter() - started) / calls * 1e6
 
 
