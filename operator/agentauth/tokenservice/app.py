@@ -282,43 +282,24 @@ class TokenService:
         self.state = context.state
         self.metrics = context.metrics
         shared = context.shared
-        self.buckets: ratelimit.Buckets = (
-            shared.buckets
-            if shared is not None
-            else ratelimit.TokenBuckets(
-                rate=self.settings.rate_limit_per_second, burst=self.settings.rate_limit_burst
+        budgets = ratelimit.budgets(self.settings)
+
+        def local(name: str) -> ratelimit.Buckets:
+            budget = budgets[name]
+            return ratelimit.TokenBuckets(
+                rate=budget.rate, burst=budget.burst, refusal=budget.refusal
             )
-        )
+
+        # Workers share their buckets (one budget per replica); a single process keeps its own.
+        self.buckets: ratelimit.Buckets = shared.buckets if shared is not None else local("agent")
         self.client_buckets: ratelimit.Buckets | None = None
         if self.settings.client_rate_limit_per_second > 0:
-            self.client_buckets = (
-                shared.client_buckets
-                if shared is not None
-                else ratelimit.TokenBuckets(
-                    rate=self.settings.client_rate_limit_per_second,
-                    burst=self.settings.client_rate_limit_burst,
-                    refusal="too many token requests from {key}",
-                )
-            )
-        # Ask answers come out of their own per-agent budget (same rate as token requests), so a
-        # looping agent can neither flood a replica nor starve its own token refreshes.
+            self.client_buckets = shared.client_buckets if shared is not None else local("client")
         self.ask_buckets: ratelimit.Buckets = (
-            shared.ask_buckets
-            if shared is not None
-            else ratelimit.TokenBuckets(
-                rate=self.settings.rate_limit_per_second,
-                burst=self.settings.rate_limit_burst,
-                refusal="too many Ask requests for {key}",
-            )
+            shared.ask_buckets if shared is not None else local("ask")
         )
         self.introspection_buckets: ratelimit.Buckets = (
-            shared.introspection_buckets
-            if shared is not None
-            else ratelimit.TokenBuckets(
-                rate=self.settings.introspection_rate_limit_per_second,
-                burst=self.settings.introspection_rate_limit_burst,
-                refusal="too many introspection requests from {key}",
-            )
+            shared.introspection_buckets if shared is not None else local("introspection")
         )
         self._federation_settings = federation.FederationSettings(
             issuer=self.settings.issuer,

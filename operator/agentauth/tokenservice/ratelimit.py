@@ -13,9 +13,48 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from agentauth.domain import errors
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One rate limit of the token service: its rate, burst and the refusal it answers with."""
+
+    rate: float
+    burst: int
+    refusal: str
+
+
+def budgets(settings: Any) -> dict[str, Budget]:
+    """The token service's rate limits by name, read from its settings: the one definition both
+    a single process (:class:`TokenBuckets`) and the workers' shared memory build them from."""
+    return {
+        "agent": Budget(
+            rate=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+            refusal="too many token requests for {key}",
+        ),
+        "client": Budget(
+            rate=settings.client_rate_limit_per_second,
+            burst=settings.client_rate_limit_burst,
+            refusal="too many token requests from {key}",
+        ),
+        # Ask answers come out of their own per-agent budget (same rate as token requests), so a
+        # looping agent can neither flood a replica nor starve its own token refreshes.
+        "ask": Budget(
+            rate=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+            refusal="too many Ask requests for {key}",
+        ),
+        "introspection": Budget(
+            rate=settings.introspection_rate_limit_per_second,
+            burst=settings.introspection_rate_limit_burst,
+            refusal="too many introspection requests from {key}",
+        ),
+    }
 
 
 class Buckets(Protocol):

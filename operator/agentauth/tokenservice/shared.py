@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from agentauth.domain import assertions, errors
+from agentauth.tokenservice import ratelimit
 
 _SLOT = struct.Struct("=16sdd")
 """One entry: the key's 128-bit digest and two values."""
@@ -215,26 +216,18 @@ class WorkerShared:
         self.signature_replay = SharedReplayCache(name="signature-replay")
         self.assertion_replay = SharedReplayCache(name="assertion-replay")
         self.aws_replay = SharedAwsReplayCache()
-        self.buckets = SharedTokenBuckets(
-            name="agent-buckets",
-            rate=settings.rate_limit_per_second,
-            burst=settings.rate_limit_burst,
-        )
-        self.client_buckets = SharedTokenBuckets(
-            name="client-buckets",
-            rate=settings.client_rate_limit_per_second,
-            burst=settings.client_rate_limit_burst,
-            refusal="too many token requests from {key}",
-        )
-        self.ask_buckets = SharedTokenBuckets(
-            name="ask-buckets",
-            rate=settings.rate_limit_per_second,
-            burst=settings.rate_limit_burst,
-            refusal="too many Ask requests for {key}",
-        )
-        self.introspection_buckets = SharedTokenBuckets(
-            name="introspection-buckets",
-            rate=settings.introspection_rate_limit_per_second,
-            burst=settings.introspection_rate_limit_burst,
-            refusal="too many introspection requests from {key}",
-        )
+        budgets = ratelimit.budgets(settings)
+
+        def buckets(name: str) -> SharedTokenBuckets:
+            budget = budgets[name]
+            return SharedTokenBuckets(
+                name=f"{name}-buckets",
+                rate=budget.rate,
+                burst=budget.burst,
+                refusal=budget.refusal,
+            )
+
+        self.buckets = buckets("agent")
+        self.client_buckets = buckets("client")
+        self.ask_buckets = buckets("ask")
+        self.introspection_buckets = buckets("introspection")
