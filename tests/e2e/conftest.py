@@ -41,6 +41,7 @@ import yaml
 from agentauth import devstack
 from agentauth.devcluster import server
 from tests import stack
+from tests.e2e.devprocess import DevServer
 
 # test_dev_stack imports these from here; tests.stack holds the one copy.
 from tests.stack import BIN as BIN
@@ -242,3 +243,12 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield helpers
         finally:
             helpers.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[DevServer]]:
+    """`agentauth dev` processes a test starts (tests/e2e/devprocess.py), closed after it."""
+    started: list[DevServer] = []
+    yield started
+    for started_server in started:
+        started_server.close()

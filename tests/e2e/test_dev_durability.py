@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +132,6 @@ def _watch(server: DevServer, since: int, *, until: str) -> list[tuple[str, str,
             if event["type"] == "ADDED" and metadata["name"] == until:
                 return events
     raise AssertionError(f"the watch ended before {until}: {events[-5:]}")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[DevServer]]:
-    started: list[DevServer] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def test_kill_9_during_a_burst_loses_no_acknowledged_write(

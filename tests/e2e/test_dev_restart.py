@@ -19,7 +19,6 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,6 @@ pytestmark = pytest.mark.slow
 # 2-core CI machine: a quiet one stops in 1-3 s.
 STOP_SECONDS = 15.0
 TIME_WAIT = "06"
-
-
-@pytest.fixture
-def servers() -> Iterator[list[DevServer]]:
-    started: list[DevServer] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def _ports(directory: Path) -> dict[str, int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import resource
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.slow
 NAMESPACE = "faults"
 CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
 FULL_DISK_BYTES = 4096
-
-
-@pytest.fixture
-def servers() -> Iterator[list[DevServer]]:
-    started: list[DevServer] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def _configmap(name: str) -> dict[str, Any]:
