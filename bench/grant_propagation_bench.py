@@ -306,21 +306,8 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=1000)
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        server.running_cluster(Path(directory), bookmark_interval=1.0) as cluster,
-    ):
-        configuration = client.Configuration()
-        configuration.host = cluster.url
-        configuration.ssl_ca_cert = str(cluster.ca_path)
-        configuration.api_key = {"BearerToken": cluster.admin_token}
-        configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        env = stackkit.BenchEnv(cluster, client.ApiClient(configuration))
-        env.start()
-        try:
-            summary = asyncio.run(measure(env, cluster, options.agents))
-        finally:
-            env.stop()
+    with stackkit.running_stack(bookmark_interval=1.0) as env:
+        summary = asyncio.run(measure(env, options.agents))
     print(json.dumps(summary, indent=2), file=sys.stderr)
     print(json.dumps(summary))  # bench/run.py reads the last stdout line
     return 0 if summary["not_reflected"] == 0 else 1

@@ -33,7 +33,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,15 +43,16 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 import stackkit  # noqa: E402
 from kubernetes import client  # noqa: E402
+from tests import stack  # noqa: E402
 from tests.e2e import jitkit  # noqa: E402
 
-from agentauth.devcluster import server  # noqa: E402
 from agentauth.kubectl_plugin import run as plugin  # noqa: E402
 
 NAMESPACE = "bench"
 FILING_CONCURRENCY = 64
 APPROVERS = int(os.environ.get("APPROVERS", "2"))
 TARGET_P99_SECONDS = 0.5
+REFRESH_AFTER_SECONDS = 60.0
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -67,22 +67,8 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=100)
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        server.running_cluster(Path(directory), bookmark_interval=1.0) as cluster,
-    ):
-        configuration = client.Configuration()
-        configuration.host = cluster.url
-        configuration.ssl_ca_cert = str(cluster.ca_path)
-        configuration.api_key = {"BearerToken": cluster.admin_token}
-        configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        api = client.ApiClient(configuration)
-        env = stackkit.BenchEnv(cluster, api)
-        env.start()
-        try:
-            summary = asyncio.run(run(env, api, cluster, options.requests, options.agents))
-        finally:
-            env.stop()
+    with stackkit.running_stack(bookmark_interval=1.0) as env:
+        summary = asyncio.run(run(env, options.requests, options.agents))
     print(
         json.dumps({k: v for k, v in summary.items() if k != "distributions"}, indent=2),
         file=sys.stderr,
@@ -94,6 +80,32 @@ def main() -> int:
     return 0 if ok else 1
 
 
+class AgentTokens:
+    """Each agent's ``document.read`` token, exchanged again (with its pod's service-account
+    token, as the SDK does) once it is ``REFRESH_AFTER_SECONDS`` old: agent tokens live 2
+    minutes by default, and a run on a busy machine outlasts them."""
+
+    def __init__(
+        self, http: aiohttp.ClientSession, issuer: str, agents: list[jitkit.AgentClient]
+    ) -> None:
+        self.http, self.issuer, self.agents = http, issuer, agents
+        self.held: dict[int, tuple[str, float]] = {}
+        self.locks = [asyncio.Lock() for _ in agents]
+
+    async def get(self, index: int, *, renew: bool = False) -> str:
+        async with self.locks[index]:
+            token, obtained = self.held.get(index, ("", 0.0))
+            if renew or not token or time.monotonic() - obtained > REFRESH_AFTER_SECONDS:
+                form = stack.exchange_form(self.agents[index].pod_token, scope="document.read")
+                async with self.http.post(f"{self.issuer}/oauth2/token", data=form) as response:
+                    body = await response.json()
+                if response.status != 200:
+                    raise RuntimeError(f"agent {index}: exchange answered {response.status} {body}")
+                token, obtained = str(body["access_token"]), time.monotonic()
+                self.held[index] = (token, obtained)
+            return token
+
+
 async def open_long_polls(http: aiohttp.ClientSession, issuer: str) -> float:
     async with http.get(f"{issuer}/metrics") as response:
         text = await response.text()
@@ -103,14 +115,9 @@ async def open_long_polls(http: aiohttp.ClientSession, issuer: str) -> float:
     return 0.0
 
 
-async def run(
-    env: stackkit.BenchEnv,
-    api: client.ApiClient,
-    cluster: server.DevCluster,
-    total: int,
-    count: int,
-) -> dict[str, Any]:
+async def run(env: stackkit.BenchEnv, total: int, count: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
+    api, cluster = env.api, env.cluster
     env.ensure_namespace(NAMESPACE)
     setups = [
         await loop.run_in_executor(
@@ -121,12 +128,12 @@ async def run(
     agents = [jitkit.AgentClient(env, setup) for setup in setups]
     for agent in agents:
         await loop.run_in_executor(None, agent.wait_ready)
-    tokens = [agent.token(scope="document.read") for agent in agents]
     base = env.issuer
     connector = aiohttp.TCPConnector(ssl=env.tls, limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
     failures: list[str] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        tokens = AgentTokens(http, base, agents)
         # 1. N concurrent filings.
         names: list[str | None] = [None] * total
         retries: list[int] = []
@@ -146,7 +153,7 @@ async def run(
                             "duration": "10m",
                         },
                         headers={
-                            "Authorization": f"Bearer {tokens[index % count]}",
+                            "Authorization": f"Bearer {await tokens.get(index % count)}",
                             "Idempotency-Key": f"bench-{index}",
                         },
                     ) as response,
@@ -191,17 +198,24 @@ async def run(
 
         async def long_poll(index: int, name: str) -> None:
             deadline = time.monotonic() + 1800  # until its approval, however long they take
+            renew = False
             while time.monotonic() < deadline:
+                token = await tokens.get(index % count, renew=renew)
                 async with http.get(
                     f"{base}/v1/access-requests/{name}",
                     params={"wait": "60"},
-                    headers={"Authorization": f"Bearer {tokens[index % count]}"},
+                    headers={"Authorization": f"Bearer {token}"},
                 ) as response:
                     body = await response.json()
-                phase = body.get("phase", f"HTTP {response.status}")
-                if phase != "Pending":
+                # 401: the token expired during a wait (no refresh can happen inside one)
+                renew = response.status == 401
+                if response.status != 200 and not renew:
+                    failures.append(f"poll {name}: {response.status} {body}")
+                    phases[name] = f"HTTP {response.status}"
+                    return
+                if response.status == 200 and body["phase"] != "Pending":
                     visible_at[name] = time.monotonic()
-                    phases[name] = phase
+                    phases[name] = body["phase"]
                     return
 
         pollers = [
@@ -260,6 +274,7 @@ async def run(
         "filed": len(created),
         "reached_pending": reached_pending,
         "seen_approved_by_agent": len(latencies),
+        "answers": {phase: list(phases.values()).count(phase) for phase in sorted(set(phases.values()))},
         "lost": total - len(latencies),
         "filing_retries": {str(code): retries.count(code) for code in sorted(set(retries))},
         "file_all_seconds": round(filed_seconds, 3),

@@ -1,14 +1,18 @@
 """The dev stack the benchmarks run on: the embedded control plane and the real controller (on
 threads of the benchmark's process, ``tests/e2e/jitkit``) and the real token service in a
 process of its own, as it runs in a cluster (``agentauth token-service``), so its CPU, threads
-and latency are its own."""
+and latency are its own. :func:`running_stack` starts all three on a fresh dev cluster and stops
+them again."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e import jitkit  # noqa: E402
 
+from agentauth.devcluster import server  # noqa: E402
 from agentauth.tokenservice import settings as tokenservice_settings  # noqa: E402
 
 
@@ -73,3 +78,20 @@ def threads_of(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     raise RuntimeError(f"no thread count for process {pid}")
+
+
+@contextlib.contextmanager
+def running_stack(*, bookmark_interval: float = 1.0) -> Iterator[BenchEnv]:
+    """A fresh dev cluster in a temporary directory with the controller and the token service
+    running on it (``env.cluster``; ``env.api`` is an admin client of the official library);
+    everything is stopped on exit."""
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        server.running_cluster(Path(directory), bookmark_interval=bookmark_interval) as cluster,
+    ):
+        env = BenchEnv(cluster, jitkit.user_api(cluster, cluster.admin_token))
+        env.start()
+        try:
+            yield env
+        finally:
+            env.stop()
