@@ -20,17 +20,25 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e import jitkit  # noqa: E402
 
+from agentauth.controller import settings as controller_settings  # noqa: E402
 from agentauth.devcluster import server  # noqa: E402
 from agentauth.tokenservice import settings as tokenservice_settings  # noqa: E402
 
 
 class BenchEnv(jitkit.JitEnv):
     """The JIT kit's stack, with the token service in a process of its own, as it runs in a
-    cluster (``agentauth token-service``; the controller and the API server stay in this
-    process, on threads). Its per-address and per-caller limits are lifted: every check comes
-    from 127.0.0.1, and one caller introspects 1,000 tokens."""
+    cluster (``agentauth token-service``; the controller, with its default settings, and the API
+    server stay in this process, on threads). Its per-address and per-caller limits are lifted:
+    every check comes from 127.0.0.1, and one caller introspects 1,000 tokens."""
 
     process: subprocess.Popen[bytes] | None = None
+
+    def controller_settings(self) -> controller_settings.Settings:
+        # The controller as it is deployed: its default number of concurrent reconciles (the
+        # test kit runs 4, which queues a decision behind three others' status writes).
+        return dataclasses.replace(
+            super().controller_settings(), workers=controller_settings.Settings.workers
+        )
 
     def token_service_settings(self) -> tokenservice_settings.Settings:
         return dataclasses.replace(
@@ -95,3 +103,9 @@ def running_stack(*, bookmark_interval: float = 1.0) -> Iterator[BenchEnv]:
             yield env
         finally:
             env.stop()
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

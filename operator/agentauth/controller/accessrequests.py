@@ -3,11 +3,13 @@
 All rules live in :mod:`agentauth.domain.approvals`; these handlers only read, call and write.
 
 Reconcile (level-based, restart-safe):
-- Every watch event of an AccessRequest (and Kopf's initial listing after a restart), and every
-  change of a grant in its namespace, queues the request; its reconcile computes the status with
-  :func:`approvals.evaluate` from the stored request, the live grants and the clock, and patches
-  only ``phase``, ``expiresAt``, ``grantedUntil``, ``conditions`` and ``observedGeneration``. It
-  never writes ``approvals``/``denials``: those are appended by approvers and only by them.
+- Every change of an AccessRequest seen by the controller's list+watch mirror of them
+  (:class:`informers.Informer`, whose first listing after a restart delivers every request),
+  and every change of a grant in its namespace, queues the request; its reconcile computes the
+  status with :func:`approvals.evaluate` from the stored request, the live grants and the
+  clock, and patches only ``phase``, ``expiresAt``, ``grantedUntil``, ``conditions`` and
+  ``observedGeneration``. It never writes ``approvals``/``denials``: those are appended by
+  approvers and only by them.
 - The request is re-queued at its next deadline (``expiresAt`` while Pending, ``grantedUntil``
   while Approved), so expiry and the end of the grant window happen on time without polling.
 - Events (on the AccessRequest and on its Agent) are derived from the stored status by
@@ -36,17 +38,17 @@ Admission (``/mutate/accessrequests``, ``/validate/accessrequests``; the chart r
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
-import kopf
 import pydantic
 
 from agentauth.controller import agents as agent_handlers
-from agentauth.controller import notifications, runtime, webhooks
+from agentauth.controller import informers, notifications, runtime, webhooks
 from agentauth.domain import approvals
 from agentauth.domain import capabilities as domain_capabilities
 from agentauth.domain.models import AccessRequest, AccessRequestStatus, Agent, CapabilityGrant
@@ -56,6 +58,8 @@ logger = logging.getLogger("agentauth.controller.accessrequests")
 
 GROUP, VERSION = agent_handlers.GROUP, agent_handlers.VERSION
 KIND = "accessrequest"
+ACCESS_REQUESTS = "accessrequests"
+"""The name of the AccessRequests' informer (``ctl.informer``)."""
 SUBJECT_ACCESS_REVIEWS = kube.Resource(
     "authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False
 )
@@ -73,35 +77,30 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-# --- indices and triggers --------------------------------------------------------------------
+# --- the mirror and its triggers ----------------------------------------------------------
 
 
-@kopf.index(GROUP, VERSION, "accessrequests")
-def agentauth_accessrequests(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-    """(namespace, name) -> the AccessRequest."""
-    return {(namespace, name): dict(body)}
+UNDECIDED_BY_NAMESPACE = "undecided-by-namespace"
 
 
-@kopf.index(GROUP, VERSION, "accessrequests")
-def agentauth_accessrequests_by_ns(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> Any:
-    """namespace -> names of its undecided requests (re-evaluated when a grant changes)."""
+def undecided_namespace(body: informers.Body) -> list[Hashable]:
+    """The namespace of an undecided request (re-evaluated when a grant there changes)."""
     phase = (body.get("status") or {}).get("phase")
-    return {namespace: name} if phase in (None, "Pending") else None
+    return [agent_handlers.namespace_of(body)] if phase in (None, "Pending") else []
 
 
-@kopf.on.event(GROUP, VERSION, "accessrequests")
 def access_request_changed(
-    type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    ctl: runtime.Controller = memo.controller
-    ctl.bind(kwargs)
-    if type == "DELETED":
-        uid = str((kwargs.get("body") or {}).get("metadata", {}).get("uid", ""))
-        _posted.get(ctl, {}).pop(uid, None)
+    """Every change of an AccessRequest (and every request of a relist) queues its reconcile."""
+    if new is None:
+        if old is not None:
+            uid = str((old.get("metadata") or {}).get("uid", ""))
+            _posted.get(ctl, {}).pop(uid, None)
+            ctl.forget_parsed(AccessRequest, old)
         return
-    ctl.queue.add((KIND, namespace or "", name))
+    namespace, name = informers.object_key(new)
+    ctl.queue.add((KIND, namespace, name))
 
 
 def grant_changed_for_requests(
@@ -115,8 +114,8 @@ def grant_changed_for_requests(
     if body is None or (new is not None and ctl.is_own_write("CapabilityGrant", new)):
         return
     namespace = agent_handlers.namespace_of(body)
-    for name in agent_handlers.lookup(ctl.index("agentauth_accessrequests_by_ns"), namespace):
-        ctl.queue.add((KIND, namespace, str(name)))
+    for request in ctl.informer(ACCESS_REQUESTS).by(UNDECIDED_BY_NAMESPACE, namespace):
+        ctl.queue.add((KIND, namespace, informers.object_key(request)[1]))
 
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -141,10 +140,9 @@ def _resolved(
 
 async def reconcile(ctl: runtime.Controller, namespace: str, name: str) -> None:
     """Recompute one request's status, write it if changed, post its Events, set its timer."""
-    found = agent_handlers.lookup(ctl.index("agentauth_accessrequests"), (namespace, name))
-    if not found:
+    body = ctl.informer(ACCESS_REQUESTS).get(namespace, name)
+    if body is None:
         return
-    body = found[0]
     parsed = ctl.parse(AccessRequest, body)
     if not isinstance(parsed, AccessRequest):
         logger.warning("AccessRequest %s/%s does not parse: %s", namespace, name, parsed)
@@ -257,6 +255,14 @@ async def post_events(
 
 def register(ctl: runtime.Controller) -> None:
     ctl.reconcilers[KIND] = reconcile
+    requests = informers.Informer(
+        ctl.api,
+        kube.ACCESS_REQUESTS,
+        namespaces=ctl.settings.watch_namespaces,
+        indexers={UNDECIDED_BY_NAMESPACE: undecided_namespace},
+    )
+    requests.listen(lambda event_type, old, new: access_request_changed(ctl, event_type, old, new))
+    ctl.informers[ACCESS_REQUESTS] = requests
     ctl.informer(agent_handlers.GRANTS).listen(
         lambda event_type, old, new: grant_changed_for_requests(ctl, event_type, old, new)
     )
@@ -283,19 +289,32 @@ def _denied(error: approvals.ApprovalError) -> webhooks.Denied:
     return webhooks.Denied(error.message, code=error.status, reason=reason)
 
 
+async def _get_or_none(
+    ctl: runtime.Controller, resource: kube.Resource, name: str, *, namespace: str
+) -> dict[str, Any] | None:
+    try:
+        return await ctl.api.get(resource, name, namespace=namespace)
+    except kube.ApiError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
 async def _agent_and_grants(
     ctl: runtime.Controller, *, namespace: str, agent: str
 ) -> tuple[Agent | None, list[CapabilityGrant]]:
     """Read the Agent and the namespace's grants live (a just-changed grant counts at once)."""
+    # Both reads at once: each is a round trip the caller's write waits on.
+    read_agent, listed = await asyncio.gather(
+        _get_or_none(ctl, kube.AGENTS, agent, namespace=namespace),
+        ctl.api.list(kube.CAPABILITY_GRANTS, namespace=namespace),
+    )
     found: Agent | None = None
-    try:
-        found = Agent.model_validate(await ctl.api.get(kube.AGENTS, agent, namespace=namespace))
-    except kube.ApiError as exc:
-        if exc.code != 404:
-            raise
-    except pydantic.ValidationError:
-        found = None
-    listed = await ctl.api.list(kube.CAPABILITY_GRANTS, namespace=namespace)
+    if read_agent is not None:
+        try:
+            found = Agent.model_validate(read_agent)
+        except pydantic.ValidationError:
+            found = None
     grants: list[CapabilityGrant] = []
     for item in listed.get("items", []):
         item.setdefault("metadata", {}).setdefault("namespace", namespace)
