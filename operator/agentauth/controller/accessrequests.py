@@ -5,11 +5,11 @@ All rules live in :mod:`agentauth.domain.approvals`; these handlers only read, c
 Reconcile (level-based, restart-safe):
 - Every change of an AccessRequest seen by the controller's list+watch mirror of them
   (:class:`informers.Informer`, whose first listing after a restart delivers every request),
-  and every change of a grant in its namespace, queues the request; its reconcile computes the
-  status with :func:`approvals.evaluate` from the stored request, the live grants and the
-  clock, and patches only ``phase``, ``expiresAt``, ``grantedUntil``, ``conditions`` and
-  ``observedGeneration``. It never writes ``approvals``/``denials``: those are appended by
-  approvers and only by them.
+  every change of a grant in its namespace and every creation, deletion or relabelling of its
+  Agent, queues the request; its reconcile computes the status with :func:`approvals.evaluate`
+  from the stored request, the live grants and the clock, and patches only ``phase``,
+  ``expiresAt``, ``grantedUntil``, ``conditions`` and ``observedGeneration``. It never writes
+  ``approvals``/``denials``: those are appended by approvers and only by them.
 - The request is re-queued at its next deadline (``expiresAt`` while Pending, ``grantedUntil``
   while Approved), so expiry and the end of the grant window happen on time without polling.
 - Events (on the AccessRequest and on its Agent) are derived from the stored status by
@@ -80,13 +80,26 @@ def _now() -> datetime.datetime:
 # --- the mirror and its triggers ----------------------------------------------------------
 
 
-UNDECIDED_BY_NAMESPACE = "undecided-by-namespace"
+OPEN_BY_NAMESPACE = "open-by-namespace"
 
 
-def undecided_namespace(body: informers.Body) -> list[Hashable]:
-    """The namespace of an undecided request (re-evaluated when a grant there changes)."""
+def open_namespace(body: informers.Body) -> list[Hashable]:
+    """The namespace of a request a grant change can decide (Pending: approvers, quorum) or end
+    (Approved: its approvals withdrawn); Denied and Expired are final."""
     phase = (body.get("status") or {}).get("phase")
-    return [agent_handlers.namespace_of(body)] if phase in (None, "Pending") else []
+    return [agent_handlers.namespace_of(body)] if phase in (None, "Pending", "Approved") else []
+
+
+OPEN_BY_AGENT = "open-by-agent"
+
+
+def open_agent(body: informers.Body) -> list[Hashable]:
+    """(namespace, agent name) of an open request: its Agent deleted, re-created or relabelled
+    can withdraw it or close it."""
+    if not open_namespace(body):
+        return []
+    agent = (body.get("spec") or {}).get("agent")
+    return [(agent_handlers.namespace_of(body), str(agent))] if agent else []
 
 
 def access_request_changed(
@@ -106,7 +119,8 @@ def access_request_changed(
 def grant_changed_for_requests(
     ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
-    """A grant changed: its approvers, minApprovals or capabilities may decide pending requests.
+    """A grant changed: its approvers, minApprovals or capabilities may decide pending requests
+    or withdraw approved ones.
 
     A listener of the grants' informer (``register``); the echo of the controller's own status
     write of the grant changes nothing a request depends on."""
@@ -114,7 +128,26 @@ def grant_changed_for_requests(
     if body is None or (new is not None and ctl.is_own_write("CapabilityGrant", new)):
         return
     namespace = agent_handlers.namespace_of(body)
-    for request in ctl.informer(ACCESS_REQUESTS).by(UNDECIDED_BY_NAMESPACE, namespace):
+    for request in ctl.informer(ACCESS_REQUESTS).by(OPEN_BY_NAMESPACE, namespace):
+        ctl.queue.add((KIND, namespace, informers.object_key(request)[1]))
+
+
+def agent_changed_for_requests(
+    ctl: runtime.Controller, event_type: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> None:
+    """An Agent was created, deleted or relabelled: its open requests may be withdrawn (an
+    approval holds only for the Agent object it was given for, under the grants selecting it).
+    A listener of the Agents' informer: its events and the requests' own arrive on separate
+    watches, in either order, so a request is reconciled again once its Agent's change is in."""
+    if old is not None and new is not None:
+        before, after = old.get("metadata") or {}, new.get("metadata") or {}
+        if before.get("uid") == after.get("uid") and before.get("labels") == after.get("labels"):
+            return  # a status write or a spec change: nothing an approval depends on
+    body = new if new is not None else old
+    if body is None:
+        return
+    namespace, name = informers.object_key(body)
+    for request in ctl.informer(ACCESS_REQUESTS).by(OPEN_BY_AGENT, (namespace, name)):
         ctl.queue.add((KIND, namespace, informers.object_key(request)[1]))
 
 
@@ -259,10 +292,13 @@ def register(ctl: runtime.Controller) -> None:
         ctl.api,
         kube.ACCESS_REQUESTS,
         namespaces=ctl.settings.watch_namespaces,
-        indexers={UNDECIDED_BY_NAMESPACE: undecided_namespace},
+        indexers={OPEN_BY_NAMESPACE: open_namespace, OPEN_BY_AGENT: open_agent},
     )
     requests.listen(lambda event_type, old, new: access_request_changed(ctl, event_type, old, new))
     ctl.informers[ACCESS_REQUESTS] = requests
+    ctl.informer(agent_handlers.AGENTS).listen(
+        lambda event_type, old, new: agent_changed_for_requests(ctl, event_type, old, new)
+    )
     ctl.informer(agent_handlers.GRANTS).listen(
         lambda event_type, old, new: grant_changed_for_requests(ctl, event_type, old, new)
     )
