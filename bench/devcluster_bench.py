@@ -13,7 +13,8 @@ process (pinned to CPU 1 when there is one), then prints one JSON line:
 - ``controller_mix``: the requests the controller bench makes of the control plane, without the
   controller: ``--mix-agents`` Agents and as many CapabilityGrants created over 10 namespaces
   (64 concurrent writers, a cluster-wide watch of each kind open), a status merge patch of
-  each, and two core Events per Agent; ``server_cpu_ms_per_request`` is the server's CPU time
+  each, and two core Events per Agent (capability names repeat every 50 Agents, as in the
+  controller bench); ``server_cpu_ms_per_request`` is the server's CPU time
   per request (the cost of one request on one core, whatever else the machine runs).
 
 Usage: ``.venv/bin/python bench/devcluster_bench.py [--writes 3000] [--objects 10000]
@@ -251,7 +252,7 @@ class Bench:
                     "metadata": {"name": f"grant-{index}"},
                     "spec": {
                         "agents": {"selector": {"matchLabels": {"pair": f"p{index // 2}"}}},
-                        "capabilities": [{"name": f"doc{index}.read"}],
+                        "capabilities": [{"name": f"doc{index % 50}.read"}],
                     },
                 }
                 await send("POST", f"{base}/agents", agent, "application/json")
@@ -279,7 +280,7 @@ class Bench:
                             "agentID": f"aauth:{name}.{namespace}@bench.test",
                             "capabilities": [
                                 {
-                                    "name": f"doc{index}.read",
+                                    "name": f"doc{index % 50}.read",
                                     "grant": f"grant-{index}",
                                     "approval": "Automatic",
                                 }
