@@ -13,7 +13,7 @@ process (pinned to CPU 1 when there is one), then prints one JSON line:
 - ``controller_mix``: the requests the controller bench makes of the control plane, without the
   controller: ``--mix-agents`` Agents and as many CapabilityGrants created over 10 namespaces
   (64 concurrent writers, a cluster-wide watch of each kind open), a status merge patch of
-  each, and two core Events per Agent (capability names repeat every 50 Agents, as in the
+  each, and two core Events per Agent (capability names and selectors repeat every 50 Agents, as in the
   controller bench); ``server_cpu_ms_per_request`` is the server's CPU time
   per request (the cost of one request on one core, whatever else the machine runs).
 
@@ -243,7 +243,7 @@ class Bench:
                 agent = {
                     "apiVersion": CRD_GROUP,
                     "kind": "Agent",
-                    "metadata": {"name": name, "labels": {"pair": f"p{index // 2}"}},
+                    "metadata": {"name": name, "labels": {"pair": f"p{index // 2 % 50}"}},
                     "spec": {"serviceAccountName": "bench-sa"},
                 }
                 grant = {
@@ -251,7 +251,7 @@ class Bench:
                     "kind": "CapabilityGrant",
                     "metadata": {"name": f"grant-{index}"},
                     "spec": {
-                        "agents": {"selector": {"matchLabels": {"pair": f"p{index // 2}"}}},
+                        "agents": {"selector": {"matchLabels": {"pair": f"p{index // 2 % 50}"}}},
                         "capabilities": [{"name": f"doc{index % 50}.read"}],
                     },
                 }
