@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from agentauth.devcluster import jsontext
+
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str, str, str]
@@ -100,7 +102,7 @@ class Event:
 
 
 def encode(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return jsontext.encode(obj)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -201,7 +203,7 @@ class Store:
             log.error("store %s is not writable (%s): serving reads only", self.path, error)
         self.resource_version = 0
         for key, body in loaded.objects:
-            obj = json.loads(body)
+            obj = jsontext.decode(body)
             self._remember(key, Entry(obj, body))
             version = int(obj.get("metadata", {}).get("resourceVersion") or 0)
             self.resource_version = max(self.resource_version, version)
@@ -224,9 +226,9 @@ class Store:
                     event_type,
                     int(rv),
                     (grp, resource, namespace, name),
-                    json.loads(body),
+                    jsontext.decode(body),
                     body,
-                    json.loads(old) if old is not None else None,
+                    jsontext.decode(old) if old is not None else None,
                 )
             )
             self.resource_version = max(self.resource_version, int(rv))

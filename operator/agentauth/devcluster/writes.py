@@ -24,6 +24,7 @@ from agentauth.devcluster import (
     decoding,
     deletion,
     errors,
+    jsontext,
     patching,
     responses,
     schema,
@@ -198,7 +199,9 @@ async def patch(server: context.Server, ctx: context.Context) -> web.Response:
             if is_apply and not ctx.sub:
                 return await create_from_apply(server, ctx, body=patch)
             raise errors.not_found(rt, ctx.name)
-        current = copy.deepcopy(context.view(ctx, entry.obj))
+        served = context.view(ctx, entry.obj)
+        # A private copy to patch: parsed from the stored text when served as stored.
+        current = jsontext.decode(entry.text) if served is entry.obj else jsontext.clone(served)
         try:
             if is_apply:
                 patched = patching.server_side_apply(
