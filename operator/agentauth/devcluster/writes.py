@@ -111,7 +111,7 @@ async def create(
     warnings += webhook_warnings
     if ctx.dry_run:
         return responses.object_response(ctx, obj, status=201, warnings=warnings)
-    entry = commits.commit(server, store_rt, key=key, obj=obj, event_type="ADDED")
+    entry = commits.commit(server, store_rt, key=key, obj=obj, event_type="ADDED", deferred=True)
     return responses.object_response(ctx, entry, status=201, warnings=warnings)
 
 
@@ -315,5 +315,5 @@ async def write_existing(
     ):
         final = deletion.remove(server, rt, key=key, obj=new)
         return responses.object_response(ctx, final, warnings=warnings)
-    stored = commits.commit(server, rt, key=key, obj=new, event_type="MODIFIED")
+    stored = commits.commit(server, rt, key=key, obj=new, event_type="MODIFIED", deferred=True)
     return responses.object_response(ctx, stored, warnings=warnings)
