@@ -4,6 +4,15 @@ Guarantees:
 - a write is committed to SQLite before :meth:`Store.put` or :meth:`Store.remove` returns, and
   only then does it reach the in-memory index (what reads serve) and the watchers: whatever the
   server acknowledged, or any client saw, survives the process being killed (``kill -9``, OOM).
+  The exception is the group commit, ``put(..., deferred=True)``, which request handlers use:
+  the write is applied to the index at once (so the next request's read-check-write sees it)
+  and joins the transaction that commits, once per turn of the event loop, every write deferred
+  meanwhile (one commit for many writes: a third of the cost of a write). Until it commits
+  nobody is shown it: every answer awaits :meth:`Store.synced` (the router does this for every
+  request), its event reaches the history and the watchers only after the commit, and
+  :attr:`Store.resource_version` stays at the last committed version. A batch that fails to
+  commit is undone in the index, newest write first, and each waiting request gets
+  :class:`StorageError`;
   SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is one append to the WAL, no
   fsync, so an operating-system crash or power loss may still lose the last writes (the price of
   thousands of writes per second on one core; this is a development cluster);
@@ -23,8 +32,9 @@ Guarantees:
   raise SIGBUS; the exclusive lock also keeps a second process off the same database;
 - each object is serialised to JSON once per write; lists and watch events reuse that text.
 
-The store is not thread-safe: it belongs to the server's event loop, and every method is
-synchronous, so a read-check-write sequence without ``await`` in between is atomic.
+The store is not thread-safe: it belongs to the server's event loop, and every method but
+:meth:`Store.synced` is synchronous, so a read-check-write sequence without ``await`` in between
+is atomic.
 """
 
 from __future__ import annotations
