@@ -40,6 +40,8 @@ def decode(text: str | bytes) -> Any:
 
 def clone(value: Any) -> Any:
     """A deep copy of the JSON value ``value`` (a round trip through orjson, else deepcopy)."""
+    if not isinstance(value, (dict, list)):
+        return copy.deepcopy(value)  # immutable scalars come back as they are
     try:
         return orjson.loads(orjson.dumps(value))
     except (TypeError, orjson.JSONDecodeError):

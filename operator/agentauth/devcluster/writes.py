@@ -33,6 +33,18 @@ from agentauth.devcluster import (
 )
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SUFFIX_LENGTH = 5
+
+
+def _random_suffix() -> str:
+    """Five characters of the alphabet, uniform, as upstream's generateName: one draw from the
+    CSPRNG (its base-27 digits) rather than one per character."""
+    value = secrets.randbelow(len(_GENERATE_ALPHABET) ** _SUFFIX_LENGTH)
+    suffix = []
+    for _ in range(_SUFFIX_LENGTH):
+        value, digit = divmod(value, len(_GENERATE_ALPHABET))
+        suffix.append(_GENERATE_ALPHABET[digit])
+    return "".join(suffix)
 
 
 async def create(
@@ -45,9 +57,7 @@ async def create(
     if not metadata.get("name"):
         prefix = metadata.get("generateName")
         if prefix:
-            metadata["name"] = prefix + "".join(
-                secrets.choice(_GENERATE_ALPHABET) for _ in range(5)
-            )
+            metadata["name"] = prefix + _random_suffix()
         else:
             raise errors.invalid(
                 rt,
