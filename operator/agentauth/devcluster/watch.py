@@ -87,8 +87,11 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
             event.frames[cache_key] = frame
         return frame
 
-    def bookmark_frame(annotations: dict[str, str] | None = None) -> bytes:
-        metadata: dict[str, Any] = {"resourceVersion": str(server.store.resource_version)}
+    def bookmark_frame(
+        annotations: dict[str, str] | None = None, *, version: int | None = None
+    ) -> bytes:
+        shown = server.store.resource_version if version is None else version
+        metadata: dict[str, Any] = {"resourceVersion": str(shown)}
         if annotations:
             metadata["annotations"] = annotations
         obj = {"kind": rt.kind, "apiVersion": served_version, "metadata": metadata}
@@ -127,7 +130,10 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
             # not delivered again when they commit.
             watcher.after = server.store.latest_version
             if initial_events and bookmarks:
-                frames.append(bookmark_frame({"k8s.io/initial-events-end": "true"}))
+                # The version of the replayed state (sent once it is committed).
+                frames.append(
+                    bookmark_frame({"k8s.io/initial-events-end": "true"}, version=watcher.after)
+                )
             for start in range(0, len(frames), 500):
                 watcher.pending.append(b"".join(frames[start : start + 500]))
         else:
