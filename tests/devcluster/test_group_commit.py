@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from agentauth.devcluster import server
+from agentauth.devcluster import selectors, server, storage, watching
 
 NAMESPACE = "burst"
 WRITES = 600
@@ -109,3 +109,49 @@ async def test_burst_of_writes_is_watched_once_in_order_and_survives_restart(
             **acknowledged,
             SENTINEL: sentinel_version,
         }
+
+
+class _Socket(asyncio.Transport):
+    """A transport that keeps what is written (the hub writes HTTP chunks to it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_a_watch_replaying_pending_writes_does_not_get_their_events_again(
+    tmp_path: Path,
+) -> None:
+    store = storage.Store(tmp_path / "db")
+    hub = watching.Hub()
+    store.subscribe(hub.publish)
+    for name in ("a", "b"):
+        obj = {"metadata": {"name": name, "resourceVersion": str(store.next_version())}}
+        store.put(("", "configmaps", "ns", name), obj, event_type="ADDED", deferred=True)
+    socket = _Socket()
+    watcher = watching.Watcher(
+        group="",
+        resource="configmaps",
+        filter=selectors.Filter(),
+        encoder=lambda event_type, event: f"{event_type} {event.resource_version}\n".encode(),
+        transport=socket,
+    )
+    # Its replay (from memory) holds both pending writes: versions up to 2.
+    watcher.after = store.latest_version
+    hub.add(watcher)
+    obj = {"metadata": {"name": "c", "resourceVersion": str(store.next_version())}}
+    store.put(("", "configmaps", "ns", "c"), obj, event_type="ADDED", deferred=True)
+    await store.synced()
+    watcher.flush()
+    assert socket.written.endswith(b"ADDED 3\n\r\n")
+    assert b"ADDED 1" not in socket.written
+    assert b"ADDED 2" not in socket.written
