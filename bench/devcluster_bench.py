@@ -13,9 +13,9 @@ process (pinned to CPU 1 when there is one), then prints one JSON line:
 - ``controller_mix``: the requests the controller bench makes of the control plane, without the
   controller: ``--mix-agents`` Agents and as many CapabilityGrants created over 10 namespaces
   (64 concurrent writers, a cluster-wide watch of each kind open), a status merge patch of
-  each, and two core Events per Agent (capability names and selectors repeat every 50 Agents, as in the
-  controller bench); ``server_cpu_ms_per_request`` is the server's CPU time
-  per request (the cost of one request on one core, whatever else the machine runs).
+  each, and two core Events per Agent (capability names and selectors repeat every 50 Agents,
+  as in the controller bench); ``server_cpu_ms_per_request`` is the server's CPU time per
+  request (the cost of one request on one core, whatever else the machine runs).
 
 Usage: ``.venv/bin/python bench/devcluster_bench.py [--writes 3000] [--objects 10000]
 [--mix-agents 2000] [--mix-only]``.
