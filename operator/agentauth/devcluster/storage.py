@@ -7,7 +7,7 @@ Guarantees:
   The exception is the group commit, ``put(..., deferred=True)``, which request handlers use:
   the write is applied to the index at once (so the next request's read-check-write sees it)
   and joins the transaction that commits, once per turn of the event loop, every write deferred
-  meanwhile (one commit for many writes: a third of the cost of a write). Until it commits
+  meanwhile (one commit for many writes: a fraction of the cost of one each). Until it commits
   nobody is shown it: every answer awaits :meth:`Store.synced` (the router does this for every
   request), its event reaches the history and the watchers only after the commit, and
   :attr:`Store.resource_version` stays at the last committed version. A batch that fails to
