@@ -9,9 +9,16 @@ process (pinned to CPU 1 when there is one), then prints one JSON line:
   its event, over every (write, watcher) pair, at a paced 200 writes/s (target p99 < 50 ms);
   ``saturated_latency_p99_ms`` is the same figure during the unpaced throughput run;
 - ``list_10k_seconds``: one GET of a namespace holding 10,000 ConfigMaps, body read and parsed
-  (target < 1 s).
+  (target < 1 s);
+- ``controller_mix``: the requests the controller bench makes of the control plane, without the
+  controller: ``--mix-agents`` Agents and as many CapabilityGrants created over 10 namespaces
+  (64 concurrent writers, a cluster-wide watch of each kind open), a status merge patch of
+  each, and two core Events per Agent (capability names and selectors repeat every 50 Agents,
+  as in the controller bench); ``server_cpu_ms_per_request`` is the server's CPU time per
+  request (the cost of one request on one core, whatever else the machine runs).
 
-Usage: ``.venv/bin/python bench/devcluster_bench.py [--writes 3000] [--objects 10000]``.
+Usage: ``.venv/bin/python bench/devcluster_bench.py [--writes 3000] [--objects 10000]
+[--mix-agents 2000] [--mix-only]``.
 ``BENCH_SERVER_WRAPPER=script.py`` runs the server child as ``python script.py DIR`` instead
 (for profiling it, e.g. under cProfile).
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import re
@@ -36,6 +44,9 @@ import aiohttp
 
 WATCHERS = 50
 WRITERS = 8
+MIX_WRITERS = 64
+MIX_NAMESPACES = 10
+CRD_GROUP = "agentauth.dev/v1alpha1"
 NAME = re.compile(rb'"metadata":\{"name":"([^"]+)"')
 
 
@@ -44,7 +55,7 @@ def serve(directory: Path) -> None:
     from agentauth.devcluster import server
 
     async def main() -> None:
-        cluster = server.DevCluster(directory=directory, apply_crds=False)
+        cluster = server.DevCluster(directory=directory)
         await cluster.start()
         print(
             json.dumps(
@@ -201,6 +212,142 @@ class Bench:
                 assert len(items) == count
             return statistics.median(timings)
 
+    async def controller_mix(self, agents: int) -> tuple[int, float]:
+        """The controller bench's load (see the module docstring); returns (requests, seconds)."""
+        namespaces = [f"mix-{n}" for n in range(MIX_NAMESPACES)]
+        requests = [0]
+        async with self.session() as session:
+            for namespace in namespaces:
+                await self.create_namespace(session, namespace)
+            watches = [
+                asyncio.create_task(self.drain(session, f"/apis/{CRD_GROUP}/{plural}"))
+                for plural in ("agents", "capabilitygrants")
+            ]
+
+            async def send(method: str, path: str, body: Any, content_type: str) -> None:
+                async with session.request(
+                    method,
+                    f"{self.url}{path}",
+                    data=json.dumps(body),
+                    headers={"Content-Type": content_type},
+                ) as response:
+                    if response.status >= 300:
+                        raise RuntimeError(f"{method} {path}: {await response.text()}")
+                    await response.read()
+                requests[0] += 1
+
+            async def one(index: int) -> None:
+                namespace = namespaces[index % MIX_NAMESPACES]
+                base = f"/apis/{CRD_GROUP}/namespaces/{namespace}"
+                name = f"agent-{index}"
+                agent = {
+                    "apiVersion": CRD_GROUP,
+                    "kind": "Agent",
+                    "metadata": {"name": name, "labels": {"pair": f"p{index // 2 % 50}"}},
+                    "spec": {"serviceAccountName": "bench-sa"},
+                }
+                grant = {
+                    "apiVersion": CRD_GROUP,
+                    "kind": "CapabilityGrant",
+                    "metadata": {"name": f"grant-{index}"},
+                    "spec": {
+                        "agents": {"selector": {"matchLabels": {"pair": f"p{index // 2 % 50}"}}},
+                        "capabilities": [{"name": f"doc{index % 50}.read"}],
+                    },
+                }
+                await send("POST", f"{base}/agents", agent, "application/json")
+                await send("POST", f"{base}/capabilitygrants", grant, "application/json")
+                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                condition = {"status": "True", "lastTransitionTime": now, "observedGeneration": 1}
+                await send(
+                    "PATCH",
+                    f"{base}/capabilitygrants/grant-{index}/status",
+                    {
+                        "status": {
+                            "observedGeneration": 1,
+                            "matchedAgents": [name],
+                            "conditions": [{**condition, "type": "Active", "reason": "Matched"}],
+                        }
+                    },
+                    "application/merge-patch+json",
+                )
+                await send(
+                    "PATCH",
+                    f"{base}/agents/{name}/status",
+                    {
+                        "status": {
+                            "observedGeneration": 1,
+                            "agentID": f"aauth:{name}.{namespace}@bench.test",
+                            "capabilities": [
+                                {
+                                    "name": f"doc{index % 50}.read",
+                                    "grant": f"grant-{index}",
+                                    "approval": "Automatic",
+                                }
+                            ],
+                            "conditions": [{**condition, "type": "Ready", "reason": "Ready"}],
+                        }
+                    },
+                    "application/merge-patch+json",
+                )
+                for reason in ("Registered", "Ready"):
+                    event = {
+                        "metadata": {"generateName": f"{name}."},
+                        "involvedObject": {
+                            "apiVersion": CRD_GROUP,
+                            "kind": "Agent",
+                            "name": name,
+                            "namespace": namespace,
+                        },
+                        "type": "Normal",
+                        "reason": reason,
+                        "message": f"{reason} {name}",
+                        "source": {"component": "agentauth-controller"},
+                        "firstTimestamp": now,
+                        "lastTimestamp": now,
+                        "count": 1,
+                    }
+                    await send(
+                        "POST", f"/api/v1/namespaces/{namespace}/events", event, "application/json"
+                    )
+
+            pending = collections.deque(range(agents))
+
+            async def worker() -> None:
+                while pending:
+                    await one(pending.popleft())
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(MIX_WRITERS)))
+            elapsed = time.perf_counter() - started
+            for task in watches:
+                task.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+        return requests[0], elapsed
+
+    async def drain(self, session: aiohttp.ClientSession, path: str) -> None:
+        """A cluster-wide watch read and discarded (the controller's informers hold two)."""
+        async with session.get(f"{self.url}{path}?watch=true&resourceVersion=0") as response:
+            while await response.content.readany():
+                pass
+
+
+async def run_mix(
+    arguments: argparse.Namespace, url: str, token: str, ca: str, pid: int
+) -> dict[str, Any]:
+    bench = Bench(url, token, ca, watchers=0)
+    cpu_before = cpu_seconds(pid)
+    requests, elapsed = await bench.controller_mix(arguments.mix_agents)
+    server_cpu = cpu_seconds(pid) - cpu_before
+    return {
+        "agents": arguments.mix_agents,
+        "requests": requests,
+        "server_cpu_seconds": round(server_cpu, 2),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / requests, 3),
+        "requests_per_server_cpu_second": round(requests / server_cpu, 1),
+        "requests_per_second": round(requests / elapsed, 1),
+    }
+
 
 async def run(
     arguments: argparse.Namespace, url: str, token: str, ca: str, pid: int
@@ -214,6 +361,7 @@ async def run(
     server_cpu = cpu_seconds(pid) - cpu_before
     _, paced = await bench.fan_out("bench-latency", arguments.paced_writes, 200.0, "p")
     list_seconds = await bench.list_many("bench-list", arguments.objects)
+    mix = await run_mix(arguments, url, token, ca, pid) if arguments.mix_agents else None
     return {
         "watchers": arguments.watchers,
         "writes": arguments.writes,
@@ -226,6 +374,7 @@ async def run(
         "watch_latency_p99_ms": round(percentile(paced, 0.99), 2) if paced else None,
         "list_objects": arguments.objects,
         "list_10k_seconds": round(list_seconds, 3),
+        "controller_mix": mix,
         "load_average_1m": os.getloadavg()[0],
         # The raw samples go only to bench/run.py, which plots them (bench/plots/*.png).
         "distributions": {"write_to_watcher_ms_paced_200_per_s": [round(v, 2) for v in paced]},
@@ -239,6 +388,8 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=WATCHERS)
     parser.add_argument("--paced-writes", type=int, default=600)
     parser.add_argument("--objects", type=int, default=10_000)
+    parser.add_argument("--mix-agents", type=int, default=2000)
+    parser.add_argument("--mix-only", action="store_true", help="run the controller mix only")
     arguments = parser.parse_args()
     if arguments.serve:
         os.sched_setaffinity(0, {0})
@@ -265,7 +416,10 @@ def main() -> None:
         try:
             assert child.stdout is not None and child.stdin is not None
             info = json.loads(child.stdout.readline())
-            result = asyncio.run(run(arguments, info["url"], info["token"], info["ca"], child.pid))
+            runner = run_mix if arguments.mix_only else run
+            result = asyncio.run(
+                runner(arguments, info["url"], info["token"], info["ca"], child.pid)
+            )
         finally:
             if child.stdin is not None:
                 child.stdin.close()

@@ -35,7 +35,7 @@ from typing import Any
 import celpy
 from celpy import adapter, celparser, celtypes, evaluation
 
-from agentauth.devcluster import schema
+from agentauth.devcluster import jsontext, schema
 
 # celpy logs every evaluation error with a traceback; the error is reported to the client.
 logging.getLogger("celpy").setLevel(logging.CRITICAL)
@@ -160,7 +160,7 @@ def _check(
 ) -> schema.FieldError | None:
     text = str(rule.get("rule", ""))
     shown = _type_of(node)
-    detail = _outcome(text, json.dumps(value, separators=(",", ":")))
+    detail = _outcome(text, jsontext.encode(value))
     if detail is None:
         return None
     if detail != _FALSE:

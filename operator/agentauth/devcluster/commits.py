@@ -19,9 +19,14 @@ def commit(
     key: storage.ObjectKey,
     obj: dict[str, Any],
     event_type: str,
+    deferred: bool = False,
 ) -> storage.Entry:
+    """Store ``obj`` at the next version. ``deferred`` (request handlers): join the store's group
+    commit, which :func:`routing.handle` awaits before answering; CRDs and Namespaces, whose
+    commit sets off more here, are always committed at once."""
     obj["metadata"]["resourceVersion"] = str(server.store.next_version())
-    entry = server.store.put(key, obj, event_type=event_type)
+    deferred = deferred and rt.group != "apiextensions.k8s.io" and rt.plural != "namespaces"
+    entry = server.store.put(key, obj, event_type=event_type, deferred=deferred)
     if rt.group == "apiextensions.k8s.io":
         register_crd(server.registry, obj)
     elif rt.group == "" and rt.plural == "namespaces" and event_type == "ADDED":

@@ -8,13 +8,12 @@ the URL names, so the handlers after it see a well-formed object.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from agentauth.devcluster import context, errors, protobuf
+from agentauth.devcluster import context, errors, jsontext, protobuf
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
 
@@ -41,7 +40,7 @@ async def read_body(request: web.Request) -> Any:
     try:
         if "yaml" in content_type:
             return yaml.safe_load(raw.decode("utf-8"))
-        return json.loads(raw)
+        return jsontext.decode(raw)
     except (ValueError, yaml.YAMLError, UnicodeDecodeError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise errors.bad_request(f"error decoding request body: {detail}") from None

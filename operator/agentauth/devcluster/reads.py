@@ -52,7 +52,7 @@ def list_objects(server: context.Server, ctx: context.Context) -> web.Response:
     entries = server.store.entries(
         *context.stored_as(rt), ctx.namespace if rt.namespaced and ctx.namespace else None
     )
-    list_version = server.store.resource_version
+    list_version = server.store.latest_version
     start: tuple[str, str] | None = None
     token = query.get("continue", "")
     if token:

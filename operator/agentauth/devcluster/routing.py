@@ -69,7 +69,11 @@ PUBLIC_PATHS = {
 async def handle(server: context.Server, request: web.Request) -> web.StreamResponse:
     """Answer one request; every failure becomes a ``Status`` body (500 for a crash, logged)."""
     try:
-        return await route(server, request)
+        response = await route(server, request)
+        # Group commit: whatever this answer shows (its own write, or a write of another
+        # request it read) is committed before it leaves.
+        await server.store.synced()
+        return response
     except errors.ApiError as error:
         return errors.error_response(error)
     except storage.StorageError as error:

@@ -21,6 +21,8 @@ import json
 import re
 from typing import Any
 
+from agentauth.devcluster import jsontext
+
 _ROOT_KEYS = ("apiVersion", "kind", "metadata")
 
 
@@ -325,7 +327,7 @@ def _validate_top_level(
     value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]
 ) -> None:
     try:
-        key = (id(schema), path, json.dumps(value, separators=(",", ":")))
+        key = (id(schema), path, jsontext.encode(value))
     except (TypeError, ValueError):  # not JSON (cannot come from a request body): no memo
         _validate(value, schema, path, errors)
         return

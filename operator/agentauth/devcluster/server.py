@@ -66,7 +66,12 @@ def deadlines(*, body_timeout: float) -> Any:
     async def read_body_in_time(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.body_exists:
             try:
-                await asyncio.wait_for(request.read(), body_timeout)
+                if request.content.is_eof():
+                    # The whole body has arrived already (the usual small body): nothing can
+                    # time out, so no timer is armed for it.
+                    await request.read()
+                else:
+                    await asyncio.wait_for(request.read(), body_timeout)
             except TimeoutError:
                 timed_out = api.error_response(
                     api.ApiError(
@@ -268,7 +273,7 @@ class DevCluster:
         self.admin_token = ""
         self.user_tokens: dict[str, str] = {}
         self.api: api.ApiServer | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._store: storage.Store | None = None
 
     @property
@@ -326,20 +331,39 @@ class DevCluster:
             log.error("the store cannot be written (%s): bootstrap objects not updated", error)
         server.resume()
 
-        app = web.Application(
-            client_max_size=api.MAX_BODY_BYTES + 1,
-            middlewares=[deadlines(body_timeout=self._body_timeout)],
+        read_body = deadlines(body_timeout=self._body_timeout)
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            answered: web.StreamResponse = await read_body(request, server.handle)
+            return answered
+
+        def make_request(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.Request:
+            return web.Request(
+                message,
+                payload,
+                protocol,
+                writer,
+                task,
+                asyncio.get_running_loop(),
+                client_max_size=api.MAX_BODY_BYTES + 1,
+            )
+
+        # aiohttp's low-level server: every path goes to one handler, so an Application's
+        # router, middleware chain and signals would only add work to each request.
+        lowlevel = web.Server(
+            handle,
+            request_factory=make_request,
+            access_log=None,
             # aiohttp's keep-alive timer runs from the connection's start (or the previous
             # response) until a complete request head: it is the header deadline. It stops
             # while a handler runs, so watches are unaffected.
-            handler_args={"keepalive_timeout": self._header_timeout},
+            keepalive_timeout=self._header_timeout,
         )
-        app.router.add_route("*", "/{tail:.*}", server.handle)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_path, key_path)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
+        self._runner = web.ServerRunner(lowlevel, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.SockSite(self._runner, sock, ssl_context=context)
         await site.start()

@@ -11,13 +11,22 @@ name, Pod and CRD checks. Failures are the 400/422 ``Status`` bodies upstream an
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import uuid
 from typing import Any
 
-from agentauth.devcluster import builtins, cel, context, errors, resources, schema, storage, types
+from agentauth.devcluster import (
+    builtins,
+    cel,
+    context,
+    errors,
+    jsontext,
+    resources,
+    schema,
+    storage,
+    types,
+)
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -216,7 +225,7 @@ def apply_strategy(
     """Update strategy: immutable metadata, status split, generation, finalizer rules."""
     rt = ctx.rt
     if rt.status_subresource and ctx.sub == "status":
-        result = copy.deepcopy(old)
+        result: dict[str, Any] = jsontext.clone(old)
         if "status" in new:
             result["status"] = new["status"]
         else:
@@ -224,7 +233,7 @@ def apply_strategy(
         return result
     if rt.status_subresource:
         if "status" in old:
-            new["status"] = copy.deepcopy(old["status"])
+            new["status"] = jsontext.clone(old["status"])
         else:
             new.pop("status", None)
     metadata = new.setdefault("metadata", {})

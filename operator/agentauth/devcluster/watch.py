@@ -87,8 +87,11 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
             event.frames[cache_key] = frame
         return frame
 
-    def bookmark_frame(annotations: dict[str, str] | None = None) -> bytes:
-        metadata: dict[str, Any] = {"resourceVersion": str(server.store.resource_version)}
+    def bookmark_frame(
+        annotations: dict[str, str] | None = None, *, version: int | None = None
+    ) -> bytes:
+        shown = server.store.resource_version if version is None else version
+        metadata: dict[str, Any] = {"resourceVersion": str(shown)}
         if annotations:
             metadata["annotations"] = annotations
         obj = {"kind": rt.kind, "apiVersion": served_version, "metadata": metadata}
@@ -110,7 +113,8 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
         encoder=encode_event,
         transport=transport,
     )
-    # From here to hub.add nothing awaits, so no event can fall between replay and live.
+    # From here to hub.add nothing awaits, so no event can fall between replay and live; the
+    # replay is queued, not sent, until it is committed.
     try:
         if initial_events or version_text in ("", "0"):
             namespace = ctx.namespace if rt.namespaced and ctx.namespace else None
@@ -122,10 +126,16 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
                 for e in server.store.entries(stored_group, stored_plural, namespace)
                 if selection.matches(e.obj)
             ]
+            # The objects may include writes of the pending group commit: their events are
+            # not delivered again when they commit.
+            watcher.after = server.store.latest_version
             if initial_events and bookmarks:
-                frames.append(bookmark_frame({"k8s.io/initial-events-end": "true"}))
+                # The version of the replayed state (sent once it is committed).
+                frames.append(
+                    bookmark_frame({"k8s.io/initial-events-end": "true"}, version=watcher.after)
+                )
             for start in range(0, len(frames), 500):
-                watcher.send(b"".join(frames[start : start + 500]))
+                watcher.pending.append(b"".join(frames[start : start + 500]))
         else:
             try:
                 requested = int(version_text)
@@ -138,6 +148,8 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
                 watcher.send(statuses.watch_error(status))
                 await response.write_eof()
                 return response
+            # History holds committed events only; pending writes are delivered as they commit.
+            watcher.after = server.store.resource_version
             frames = []
             for event in history:
                 if event.key[0] != stored_group or event.key[1] != stored_plural:
@@ -146,12 +158,23 @@ async def watch(server: context.Server, ctx: context.Context) -> web.StreamRespo
                 if event_type is not None:
                     frames.append(encode_event(event_type, event))
             if frames:
-                watcher.send(b"".join(frames))
+                watcher.pending.append(b"".join(frames))
     except errors.ApiError as error:
         watcher.send(statuses.watch_error(error.status()))
         await response.write_eof()
         return response
     server.hub.add(watcher)
+    try:
+        # The replay goes out once what it shows is committed (group commit).
+        await server.store.synced()
+    except storage.StorageError as error:
+        server.hub.remove(watcher)
+        watcher.pending.clear()
+        unavailable = errors.ApiError(503, "ServiceUnavailable", f"storage is unavailable: {error}")
+        watcher.send(statuses.watch_error(unavailable.status()))
+        await response.write_eof()
+        return response
+    watcher.flush()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:

@@ -34,6 +34,8 @@ class Watcher:
     encoder: Encoder
     transport: asyncio.Transport
     pending: list[bytes] = dataclasses.field(default_factory=list)
+    # Events up to this version are in the replay this watcher was started with.
+    after: int = 0
     closed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     def send(self, frame: bytes) -> None:
@@ -110,8 +112,9 @@ class Hub:
             if event_type is None:
                 continue
             for watcher in watchers:
-                watcher.pending.append(watcher.encoder(event_type, event))
-            self._dirty.update(watchers)
+                if event.resource_version > watcher.after:
+                    watcher.pending.append(watcher.encoder(event_type, event))
+                    self._dirty.add(watcher)
         if self._dirty and not self._flush_scheduled:
             self._flush_scheduled = True
             # Flushes are rate-limited to one per FLUSH_WINDOW: an isolated write goes out at

@@ -24,6 +24,7 @@ from agentauth.devcluster import (
     decoding,
     deletion,
     errors,
+    jsontext,
     patching,
     responses,
     schema,
@@ -32,6 +33,18 @@ from agentauth.devcluster import (
 )
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SUFFIX_LENGTH = 5
+
+
+def _random_suffix() -> str:
+    """Five characters of the alphabet, uniform, as upstream's generateName: one draw from the
+    CSPRNG (its base-27 digits) rather than one per character."""
+    value = secrets.randbelow(len(_GENERATE_ALPHABET) ** _SUFFIX_LENGTH)
+    suffix = []
+    for _ in range(_SUFFIX_LENGTH):
+        value, digit = divmod(value, len(_GENERATE_ALPHABET))
+        suffix.append(_GENERATE_ALPHABET[digit])
+    return "".join(suffix)
 
 
 async def create(
@@ -44,9 +57,7 @@ async def create(
     if not metadata.get("name"):
         prefix = metadata.get("generateName")
         if prefix:
-            metadata["name"] = prefix + "".join(
-                secrets.choice(_GENERATE_ALPHABET) for _ in range(5)
-            )
+            metadata["name"] = prefix + _random_suffix()
         else:
             raise errors.invalid(
                 rt,
@@ -110,7 +121,7 @@ async def create(
     warnings += webhook_warnings
     if ctx.dry_run:
         return responses.object_response(ctx, obj, status=201, warnings=warnings)
-    entry = commits.commit(server, store_rt, key=key, obj=obj, event_type="ADDED")
+    entry = commits.commit(server, store_rt, key=key, obj=obj, event_type="ADDED", deferred=True)
     return responses.object_response(ctx, entry, status=201, warnings=warnings)
 
 
@@ -198,7 +209,9 @@ async def patch(server: context.Server, ctx: context.Context) -> web.Response:
             if is_apply and not ctx.sub:
                 return await create_from_apply(server, ctx, body=patch)
             raise errors.not_found(rt, ctx.name)
-        current = copy.deepcopy(context.view(ctx, entry.obj))
+        served = context.view(ctx, entry.obj)
+        # A private copy to patch: parsed from the stored text when served as stored.
+        current = jsontext.decode(entry.text) if served is entry.obj else jsontext.clone(served)
         try:
             if is_apply:
                 patched = patching.server_side_apply(
@@ -312,5 +325,5 @@ async def write_existing(
     ):
         final = deletion.remove(server, rt, key=key, obj=new)
         return responses.object_response(ctx, final, warnings=warnings)
-    stored = commits.commit(server, rt, key=key, obj=new, event_type="MODIFIED")
+    stored = commits.commit(server, rt, key=key, obj=new, event_type="MODIFIED", deferred=True)
     return responses.object_response(ctx, stored, warnings=warnings)
