@@ -1,13 +1,13 @@
-"""List+watch mirrors of the collections Agents are reconciled from: Agents, CapabilityGrants and
-ServiceAccounts.
+"""List+watch mirrors of the collections the controller reconciles from: Agents, CapabilityGrants,
+ServiceAccounts and AccessRequests.
 
-Why not Kopf's watching and ``@kopf.index`` for these three: Kopf runs one task per object and,
+Why not Kopf's watching and ``@kopf.index`` for these: Kopf runs one task per object and,
 until every index has had its first listing, wakes every waiting object task each time one more
 object is indexed, so a restart against N objects costs O(N²) wake-ups (a controller restarted
 at 10,000 Agents and 10,000 grants did not finish its initial listing in minutes); and Kopf's
 per-event bookkeeping (memories, body views, cause detection) costs about a millisecond per watch
 event, at a few events per object. Here an event costs a dictionary update and a call. Kopf still
-runs the controller (startup, login, probes, AccessRequests, ToolServers).
+runs the controller (startup, login, probes, ToolServers).
 
 Guarantees:
 - ``synced`` is set once the first list has been stored and its events delivered; the
