@@ -379,12 +379,20 @@ class PublicKeySet:
 def verify(token: str, *, keys: PublicKeySet, allowed_algorithms: Iterable[str]) -> ParsedJWS:
     """Parse, check the algorithm against the allow-list, find the key by kid, verify."""
     parsed = parse(token)
+    verify_parsed(parsed, keys=keys, allowed_algorithms=allowed_algorithms)
+    return parsed
+
+
+def verify_parsed(
+    parsed: ParsedJWS, *, keys: PublicKeySet, allowed_algorithms: Iterable[str]
+) -> None:
+    """:func:`verify` of a token already parsed: the algorithm against the allow-list, the key
+    by kid, the signature."""
     alg = check_algorithm(parsed.header, allowed=allowed_algorithms)
     kid = parsed.header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise MissingKeyId("token header has no kid")
     verify_signature(parsed, alg=alg, key=keys.get(kid))
-    return parsed
 
 
 def compact_json(value: Any) -> bytes:
