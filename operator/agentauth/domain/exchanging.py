@@ -844,12 +844,16 @@ def decide_for_agent(
 ) -> Decision:
     """Decide a token for ``agent`` acting as itself (pod, cloud or registered-key identity)."""
     check_agent_usable(agent)
-    audience, server = resolve_audience(
-        target.audience,
-        issuer=issuer,
-        tool_servers=snapshot.tool_servers_claiming(target.audience),
-        namespace=agent.metadata.namespace or "",
-        policy=snapshot.claim_policy,
+    audience, server = (
+        (issuer, None)  # what resolve_audience answers for no audience, without the look-ups
+        if target.audience is None
+        else resolve_audience(
+            target.audience,
+            issuer=issuer,
+            tool_servers=snapshot.tool_servers_claiming(target.audience),
+            namespace=agent.metadata.namespace or "",
+            policy=snapshot.claim_policy,
+        )
     )
     scope = snapshot.select_scope(
         agent,
