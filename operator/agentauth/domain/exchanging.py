@@ -124,7 +124,8 @@ def parse_scope(raw: str) -> tuple[str, ...]:
 
 def parse_request(form: Mapping[str, Sequence[str]]) -> ExchangeRequest:
     """Validate the form parameters of ``POST /oauth2/token`` for a token exchange."""
-    for name in _SINGLE_VALUED:
+    repeated = any(len(values) > 1 for values in form.values())  # most requests repeat none
+    for name in _SINGLE_VALUED if repeated else ():
         if len(form.get(name, ())) > 1:
             raise errors.InvalidRequest(f"parameter {name} is repeated")
 
@@ -177,7 +178,8 @@ _AGENT_ID = re.compile(rf"aauth:{_LABEL}\.{_LABEL}@[A-Za-z0-9.-]{{1,253}}")
 
 def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
     """``scope``, ``audience``/``resource`` (RFC 8707) and ``expires_in`` of a token request."""
-    for name in ("scope", "audience", "expires_in", "may_act"):
+    repeated = any(len(values) > 1 for values in form.values())  # most requests repeat none
+    for name in ("scope", "audience", "expires_in", "may_act") if repeated else ():
         if len(form.get(name, ())) > 1:
             raise errors.InvalidRequest(f"parameter {name} is repeated")
     raw_scope = _one(form, "scope")
