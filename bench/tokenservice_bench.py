@@ -1,16 +1,18 @@
 """Token service benchmark: the issue's numbers, measured in one run.
 
-1. Crypto floor: one RS256 verification plus one Ed25519 signature (``cryptography``), the
-   irreducible cost of one exchange.
+1. Crypto floor: one RS256 verification of a service-account token plus one Ed25519 signature
+   of a message as long as a minted agent token's signing input (``cryptography``, called
+   directly), the signature work no exchange can avoid.
 2. In-process exchange of a service-account token (verify, bind to the pod, decide scope, mint),
-   single thread, compared with the floor.
-3. Over HTTP on loopback: the service runs in its own process (one core, one event loop); a
-   separate load process (a minimal keep-alive HTTP/1.1 client, so that the generator's own CPU
-   cost stays small) measures (a) maximum throughput with 32 connections and (b) an
-   open-loop 500 requests/second run, latency counted from each request's scheduled send time
-   (no coordinated omission), reporting p50/p99. The server also reports its own CPU time, so
-   ``exchanges_per_s_per_server_core`` (requests served / server CPU seconds) is the one-core
-   capacity even when the shared machine gives the server less than a core.
+   single thread, compared with the floor, in clusters of 100 and 10,000 Agents.
+3. Over HTTP on loopback: the service runs in its own process (one core, one event loop), then
+   as two worker processes (``--workers 2``); the load generator (``_Load``: blocking sockets
+   and ``select()`` in the benchmark process, so that its own CPU cost and its lateness stay
+   small) measures (a) maximum throughput with 32 connections and (b) open-loop runs at 500
+   requests/second (one worker) and 2,000 (two), latency counted from each request's scheduled
+   send time (no coordinated omission), reporting p50/p99. The server also reports its own CPU
+   time, so ``exchanges_per_s_per_server_core`` (requests served / server CPU seconds) is the
+   one-core capacity even when the shared machine gives the server less than a core.
 
 Run: ``.venv/bin/python bench/tokenservice_bench.py`` (``--seconds N`` per phase, default 5).
 """
@@ -19,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import gc
 import json
 import os
 import random
+import select
+import socket
 import statistics
 import subprocess
 import sys
@@ -134,10 +139,16 @@ def scaled_world(
         pods={(p.namespace, p.name): p for p in pods},
         service_accounts=accounts,
     )
+    return snapshot, caller_tokens(cluster, agents=agents, callers=callers), random.Random(agents)
+
+
+def caller_tokens(cluster: tokenkit.ClusterIssuer, *, agents: int, callers: int) -> list[str]:
+    """Service-account tokens of ``callers`` Agents of a :func:`scaled_world` of ``agents``,
+    spread evenly over it, every other one an odd Agent (grants by selector)."""
+    namespaces = max(1, agents // 100)
     now = datetime.now(UTC)
-    # every other caller an odd Agent (grants by selector), at every size
     step = max(1, agents // callers)
-    sa_tokens = [
+    return [
         cluster.token(
             namespace=f"ns-{i % namespaces}",
             service_account=f"sa-{i}",
@@ -149,7 +160,6 @@ def scaled_world(
         )
         for i in (k * step + (k % 2 if step > 1 else 0) for k in range(callers))
     ]
-    return snapshot, sa_tokens, random.Random(agents)
 
 
 Event = tuple[Callable[[Any, Any], None], Any, Any]
@@ -208,6 +218,8 @@ def timed(fn: Any, seconds: float) -> tuple[float, float]:
 
 
 SIZES = (100, 10_000)
+FIRST_PRESENTATION = "at_10000_agents_tokens_first_presented"
+"""The exchange at 10,000 Agents when no caller presented its token recently."""
 CALLERS = 100
 CHURN_EVERY = int(os.environ.get("CHURN_EVERY", "100"))
 """One cache change (watch event) per this many exchanges."""
@@ -217,7 +229,8 @@ def in_process(seconds: float) -> dict[str, Any]:
     """The floor, then the exchange in clusters of each of ``SIZES`` Agents (and as many grants),
     each with one watch event applied per ``CHURN_EVERY`` exchanges, in interleaved rounds."""
     cluster = tokenkit.ClusterIssuer()
-    keyset = keys.generate_keyset(now=datetime.now(UTC) - timedelta(minutes=1))
+    now = datetime.now(UTC)
+    keyset = keys.generate_keyset(now=now - timedelta(minutes=1))
     jwks = jose.PublicKeySet.from_jwks(cluster.jwks())
     signer = keyset.signing_key().private_key
     rsa_public = cluster.key.public_key()
@@ -225,11 +238,31 @@ def in_process(seconds: float) -> dict[str, Any]:
     token = worlds[SIZES[0]][1][0]
     signing_input, _, signature_b64 = token.rpartition(".")
     signature = jose.b64url_decode(signature_b64)
-    payload = b"x" * 400
+    # Ed25519 hashes its message twice: the floor signs as many bytes as an exchange does.
+    minted = exchanging.mint(
+        exchanging.decide_for_service_account(
+            identity=serviceaccounts.verify_service_account_token(
+                token, jwks=jwks, issuer=tokenkit.CLUSTER_ISSUER, audience=ISSUER, now=now
+            ),
+            target=exchanging.Target(),
+            snapshot=worlds[SIZES[0]][0],
+            issuer=ISSUER,
+            trust_domain="bench.test",
+            now=now,
+        ),
+        keyset=keyset,
+        issuer=ISSUER,
+        now=now,
+    )
+    payload = b"x" * len(minted.token.rpartition(".")[0])
 
     def floor() -> None:
         rsa_public.verify(signature, signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         signer.sign(payload)
+
+    def floor_400() -> None:  # the floor of earlier runs: a 400-byte message signed
+        rsa_public.verify(signature, signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        signer.sign(b"x" * 400)
 
     target = exchanging.Target()
 
@@ -262,35 +295,49 @@ def in_process(seconds: float) -> dict[str, Any]:
 
         return exchange
 
-    exchanges = {size: exchanger(*worlds[size]) for size in SIZES}
-    for exchange in exchanges.values():
-        for _ in range(2 * CALLERS):
-            exchange()  # warm up: every caller once at least
+    small, large = SIZES
+    exchanges: dict[int | str, Callable[[], None]] = {
+        size: exchanger(*worlds[size]) for size in SIZES
+    }
+    # Callers a service-account token each, more than the token service keeps decoded: every
+    # exchange decodes its token (a pod's first presentation of a token).
+    unseen = caller_tokens(cluster, agents=large, callers=2 * serviceaccounts.DECODED_TOKENS)
+    exchanges[FIRST_PRESENTATION] = exchanger(worlds[large][0], unseen, random.Random(1))
+    for key, exchange in exchanges.items():
+        # warm up: every caller twice (what its Agent holds is computed on its first exchange)
+        for _ in range(2 * (len(unseen) if key == FIRST_PRESENTATION else CALLERS)):
+            exchange()
     gc.collect()
     # The machine is shared: interleave short rounds of all of them so they see the same load,
     # and report per-CPU-second rates (one-core capacity) and wall-clock rates, as medians over
     # the rounds; ratios are taken per round, then the median.
     rounds = max(4, int(seconds / 0.5))
     floors: list[tuple[float, float]] = []
-    measured: dict[int, list[tuple[float, float]]] = {size: [] for size in SIZES}
+    floors_400: list[tuple[float, float]] = []
+    measured: dict[int | str, list[tuple[float, float]]] = {key: [] for key in exchanges}
     for _ in range(rounds):
         floors.append(timed(floor, 0.25))
-        for size in SIZES:
-            measured[size].append(timed(exchanges[size], 0.25))
-    small, large = SIZES
+        floors_400.append(timed(floor_400, 0.25))
+        for key, exchange in exchanges.items():
+            measured[key].append(timed(exchange, 0.25))
     results: dict[str, Any] = {
         "rounds": rounds,
         "callers": CALLERS,
         "watch_events_per_exchange": 1 / CHURN_EVERY,
+        "floor_signed_bytes": len(payload),
         "floor_per_cpu_s": statistics.median(f[1] for f in floors),
         "floor_per_wall_s": statistics.median(f[0] for f in floors),
+        "floor_400_byte_message_per_cpu_s": statistics.median(f[1] for f in floors_400),
     }
-    for size in SIZES:
-        rates = measured[size]
-        results[f"at_{size}_agents"] = {
+    for key in exchanges:
+        rates = measured[key]
+        results[f"at_{key}_agents" if isinstance(key, int) else key] = {
             "exchange_per_cpu_s": statistics.median(e[1] for e in rates),
             "ratio_to_floor": statistics.median(
                 f[1] / e[1] for f, e in zip(floors, rates, strict=True)
+            ),
+            "ratio_to_floor_400_byte_message": statistics.median(
+                f[1] / e[1] for f, e in zip(floors_400, rates, strict=True)
             ),
             "exchange_per_wall_s": statistics.median(e[0] for e in rates),
         }
@@ -342,36 +389,6 @@ async def _serve(info_path: Path) -> None:
     await asyncio.Event().wait()
 
 
-class _Connection:
-    """A minimal keep-alive HTTP/1.1 client: pre-encoded requests, Content-Length responses.
-
-    The load generator shares the machine with the server; aiohttp's client costs more CPU per
-    request than the server's handler, so the generator would measure itself.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> _Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def exchange(self, request: bytes) -> int:
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await self.reader.readexactly(length)
-        return status
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _requests(port: int, sa_tokens: list[str]) -> list[bytes]:
     from urllib.parse import urlencode
 
@@ -392,79 +409,129 @@ def _requests(port: int, sa_tokens: list[str]) -> list[bytes]:
     return encoded
 
 
-async def _server_cpu(port: int) -> float:
-    connection = await _Connection.open(port)
-    connection.writer.write(b"GET /_bench/cpu HTTP/1.1\r\nHost: x\r\n\r\n")
-    head = await connection.reader.readuntil(b"\r\n\r\n")
-    length = next(
-        int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"
-    )
-    body = json.loads(await connection.reader.readexactly(length))
-    connection.close()
-    return float(body["cpu"])
+class _Load:
+    """A minimal keep-alive HTTP/1.1 load generator: blocking sockets, ``select()`` and
+    pre-encoded requests, in the benchmark's own thread (no event loop).
 
+    The generator shares the machine's cores with the server, and everything it spends is taken
+    from the server: an asyncio client costs about as much CPU per request as the server's
+    handler, and its timers are rounded up to whole milliseconds (epoll), so an open-loop
+    schedule would be sent up to a millisecond late and that lateness counted as the server's
+    latency. ``select()`` waits to the microsecond; a request costs a send, a receive and a
+    look for the end of the response.
+    """
 
-async def _closed_loop(
-    port: int, sa_tokens: list[str], seconds: float, concurrency: int
-) -> tuple[float, int]:
-    requests = _requests(port, sa_tokens)
-    done = 0
-    deadline = time.perf_counter() + seconds
+    def __init__(self, port: int, sa_tokens: list[str], connections: int) -> None:
+        self.requests = _requests(port, sa_tokens)
+        self.sockets = []
+        for _ in range(connections):
+            connection = socket.create_connection(("127.0.0.1", port))
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sockets.append(connection)
+        self.by_fd = {connection.fileno(): connection for connection in self.sockets}
+        self.received = {connection.fileno(): bytearray() for connection in self.sockets}
+        self.statuses: list[int] = []
 
-    async def worker(offset: int) -> None:
-        nonlocal done
-        connection = await _Connection.open(port)
-        i = offset
-        try:
-            while time.perf_counter() < deadline:
-                status = await connection.exchange(requests[i % PODS])
-                assert status == 200, status
-                done += 1
-                i += 1
-        finally:
+    def send(self, fd: int, index: int) -> None:
+        self.by_fd[fd].sendall(self.requests[index % len(self.requests)])
+
+    def receive(self, fd: int) -> bool:
+        """Read what ``fd`` has; whether its response is now complete (status in
+        ``statuses``)."""
+        data = self.by_fd[fd].recv(65536)
+        if not data:
+            raise ConnectionError("the benchmark server closed a connection")
+        buffer = self.received[fd]
+        buffer += data
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return False
+        length = 0
+        for line in bytes(buffer[:head_end]).split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if len(buffer) < head_end + 4 + length:
+            return False
+        self.statuses.append(int(buffer[9:12]))
+        del buffer[: head_end + 4 + length]
+        return True
+
+    def close(self) -> None:
+        for connection in self.sockets:
             connection.close()
 
+
+def _closed_loop(
+    port: int, sa_tokens: list[str], seconds: float, concurrency: int
+) -> tuple[float, int]:
+    """``concurrency`` connections, each sending its next request as soon as it has the answer
+    to the last, for ``seconds``: (responses per second, responses)."""
+    load = _Load(port, sa_tokens, concurrency)
     started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return done / (time.perf_counter() - started), done
+    deadline = started + seconds
+    busy = set(load.by_fd)
+    for offset, fd in enumerate(busy):
+        load.send(fd, offset)
+    sent = len(busy)
+    try:
+        while busy:
+            readable, _, _ = select.select(list(busy), [], [], 1.0)
+            for fd in readable:
+                if not load.receive(fd):
+                    continue
+                if time.perf_counter() < deadline:
+                    load.send(fd, sent)
+                    sent += 1
+                else:
+                    busy.discard(fd)
+    finally:
+        load.close()
+    elapsed = time.perf_counter() - started
+    assert all(status == 200 for status in load.statuses), set(load.statuses)
+    return len(load.statuses) / elapsed, len(load.statuses)
 
 
-async def _open_loop(
-    port: int, sa_tokens: list[str], seconds: float, rate: float
-) -> dict[str, float]:
-    requests = _requests(port, sa_tokens)
+def _open_loop(port: int, sa_tokens: list[str], seconds: float, rate: float) -> dict[str, Any]:
+    """``rate`` requests per second on a fixed schedule over up to 64 connections, whatever
+    the answers: each latency is counted from the request's scheduled time (no coordinated
+    omission), so a request that waits for a free connection, or is sent late, counts the
+    wait."""
+    load = _Load(port, sa_tokens, 64)
+    for index, fd in enumerate(load.by_fd):  # warm up every connection
+        load.send(fd, index)
+        while not load.receive(fd):
+            pass
+    load.statuses.clear()
+    idle = collections.deque(load.by_fd)
+    in_flight: dict[int, float] = {}
+    waiting: collections.deque[tuple[int, float]] = collections.deque()
     latencies: list[float] = []
-    failures = 0
-    idle: asyncio.Queue[_Connection] = asyncio.Queue()
-    for _ in range(64):
-        idle.put_nowait(await _Connection.open(port))
-
-    async def one(i: int, scheduled: float) -> None:
-        nonlocal failures
-        connection = await idle.get()  # waiting for a free connection counts as latency
-        try:
-            if await connection.exchange(requests[i % PODS]) != 200:
-                failures += 1
-        finally:
-            idle.put_nowait(connection)
-        latencies.append(time.perf_counter() - scheduled)
-
-    for i in range(64):  # warm up every connection
-        await one(i, time.perf_counter())
-    latencies.clear()
-    tasks = []
-    start = time.perf_counter()
     total = int(seconds * rate)
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)  # pacing of the open-loop generator
-        tasks.append(asyncio.create_task(one(i, scheduled)))
-    await asyncio.gather(*tasks)
+    sent = 0
+    start = time.perf_counter()
+    try:
+        while sent < total or in_flight or waiting:
+            now = time.perf_counter()
+            while sent < total and start + sent / rate <= now:
+                waiting.append((sent, start + sent / rate))
+                sent += 1
+            while waiting and idle:
+                index, scheduled = waiting.popleft()
+                fd = idle.popleft()
+                load.send(fd, index)
+                in_flight[fd] = scheduled
+            timeout = max(0.0, start + sent / rate - now) if sent < total else 1.0
+            if not in_flight:
+                time.sleep(timeout)  # pacing: nothing to read until the next request is due
+                continue
+            readable, _, _ = select.select(list(in_flight), [], [], timeout)
+            for fd in readable:
+                if load.receive(fd):
+                    latencies.append(time.perf_counter() - in_flight.pop(fd))
+                    idle.append(fd)
+    finally:
+        load.close()
     elapsed = time.perf_counter() - start
-    while not idle.empty():
-        idle.get_nowait().close()
     latencies.sort()
     return {
         "offered_rps": rate,
@@ -472,7 +539,7 @@ async def _open_loop(
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "max_ms": 1000 * latencies[-1],
-        "failures": failures,
+        "failures": sum(1 for status in load.statuses if status != 200),
         "samples_ms": [round(1000 * value, 3) for value in latencies],
     }
 
@@ -597,15 +664,13 @@ def over_http(seconds: float) -> dict[str, Any]:
         servers = {1: _Server(directory, 1), 2: _Server(directory, 2)}
         try:
             for server in servers.values():  # warm up: connections, memo, header caches
-                asyncio.run(_closed_loop(server.port, server.tokens, 0.5, concurrency=32))
+                _closed_loop(server.port, server.tokens, 0.5, concurrency=32)
             rounds: dict[int, list[tuple[float, float, float, float, int]]] = {1: [], 2: []}
             for _ in range(HTTP_ROUNDS):
                 for count, server in servers.items():
                     (rate, served), server_cpu, generator_cpu, wall = _measured(
                         server,
-                        lambda s=server: asyncio.run(
-                            _closed_loop(s.port, s.tokens, seconds, concurrency=32)
-                        ),
+                        lambda s=server: _closed_loop(s.port, s.tokens, seconds, concurrency=32),
                     )
                     rounds[count].append((rate, server_cpu, generator_cpu, wall, served))
             for count, measured in rounds.items():
@@ -625,17 +690,13 @@ def over_http(seconds: float) -> dict[str, Any]:
             )
             paced, server_cpu, generator_cpu, wall = _measured(
                 servers[1],
-                lambda: asyncio.run(
-                    _open_loop(servers[1].port, servers[1].tokens, seconds, rate=500.0)
-                ),
+                lambda: _open_loop(servers[1].port, servers[1].tokens, seconds, rate=500.0),
             )
             paced["load_generator_cores_used"] = generator_cpu / wall
             results["at_500_rps"] = paced
             paced, server_cpu, generator_cpu, wall = _measured(
                 servers[2],
-                lambda: asyncio.run(
-                    _open_loop(servers[2].port, servers[2].tokens, seconds, rate=PACED_RPS)
-                ),
+                lambda: _open_loop(servers[2].port, servers[2].tokens, seconds, rate=PACED_RPS),
             )
             paced["load_generator_cores_used"] = generator_cpu / wall
             paced["server_cores_used"] = server_cpu / wall

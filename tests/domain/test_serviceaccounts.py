@@ -168,3 +168,39 @@ def test_token_review_status_gives_the_same_identity() -> None:
         serviceaccounts.identity_from_token_review(
             {"authenticated": False}, audience="https://agentauth.example"
         )
+
+
+def test_a_token_presented_again_is_checked_again(
+    cluster: tokenkit.ClusterIssuer, jwks: jose.PublicKeySet
+) -> None:
+    """The second presentation of a token is not decoded again, but nothing it is checked for
+    is remembered: its expiry against the time of the call, its audience and issuer against
+    the call's, and its signature against the call's key set (a rotated-out cluster key)."""
+    token = cluster.token(lifetime=600)
+    assert verify(token, jwks).pod_name == "research-0"
+    with pytest.raises(jose.Expired):
+        verify(token, jwks, now=NOW + timedelta(minutes=20))
+    with pytest.raises(jose.WrongAudience):
+        serviceaccounts.verify_service_account_token(
+            token, jwks=jwks, issuer=CLUSTER_ISSUER, audience="https://other.example", now=NOW
+        )
+    with pytest.raises(jose.UntrustedIssuer):
+        serviceaccounts.verify_service_account_token(
+            token, jwks=jwks, issuer="https://other-cluster.example", audience=ISSUER, now=NOW
+        )
+    with pytest.raises(jose.UnknownKeyId):
+        verify(token, jose.PublicKeySet({}))
+    # the same kid naming another key (the cluster's key replaced): the signature fails
+    replaced = jose.PublicKeySet({cluster.kid: tokenkit.ClusterIssuer().key.public_key()})
+    with pytest.raises(jose.BadSignature):
+        verify(token, replaced)
+    assert verify(token, jwks).pod_uid == "pod-uid-1"
+
+
+def test_tokens_kept_decoded_are_bounded() -> None:
+    cluster = tokenkit.ClusterIssuer()
+    keyset = jose.PublicKeySet.from_jwks(cluster.jwks())
+    for index in range(serviceaccounts.DECODED_TOKENS + 5):
+        token = cluster.token(pod_uid=f"pod-{index}")
+        assert verify(token, keyset).pod_uid == f"pod-{index}"
+    assert len(serviceaccounts._decoded) == serviceaccounts.DECODED_TOKENS

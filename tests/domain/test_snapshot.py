@@ -195,3 +195,38 @@ def test_only_agents_with_federation_are_candidates_for_a_cloud_identity() -> No
     assert snapshot.federated_agents() == [cloud]
     snapshot.put_agent(("team-a", "cloud"), tokenkit.agent("cloud", uid="u-cloud"))
     assert snapshot.federated_agents() == []
+
+
+def test_a_decision_made_again_ends_when_a_grant_of_it_expires_though_nothing_changed() -> None:
+    """The same request from the same pod is answered from the memoised decision, until the
+    next ``expiresAt`` of a grant of the namespace: then what the Agent holds is computed
+    again, at once, without a watch event."""
+    expiring = CapabilityGrant.model_validate(
+        {
+            "metadata": {"name": "for-a-while", "namespace": "team-a", "uid": "uid-while"},
+            "spec": {
+                "agents": {"names": ["research"]},
+                "capabilities": [{"name": "report.read"}],
+                "expiresAt": (NOW + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+        }
+    )
+    snapshot = tokenkit.snapshot()
+    snapshot.put_grant(("team-a", "for-a-while"), expiring)
+
+    def decided_at(offset: timedelta) -> exchanging.Decision:
+        return exchanging.decide_for_service_account(
+            identity=IDENTITY,
+            target=exchanging.Target(),
+            snapshot=snapshot,
+            issuer=ISSUER,
+            trust_domain=TRUST_DOMAIN,
+            now=NOW + offset,
+        )
+
+    first = decided_at(timedelta(0))
+    assert "report.read" in first.scope
+    assert decided_at(timedelta(minutes=4)) is first
+    after = decided_at(timedelta(minutes=6))
+    assert "report.read" not in after.scope
+    assert after.scope == ("document.read", "document.write")

@@ -124,7 +124,8 @@ def parse_scope(raw: str) -> tuple[str, ...]:
 
 def parse_request(form: Mapping[str, Sequence[str]]) -> ExchangeRequest:
     """Validate the form parameters of ``POST /oauth2/token`` for a token exchange."""
-    for name in _SINGLE_VALUED:
+    repeated = any(len(values) > 1 for values in form.values())  # most requests repeat none
+    for name in _SINGLE_VALUED if repeated else ():
         if len(form.get(name, ())) > 1:
             raise errors.InvalidRequest(f"parameter {name} is repeated")
 
@@ -177,7 +178,8 @@ _AGENT_ID = re.compile(rf"aauth:{_LABEL}\.{_LABEL}@[A-Za-z0-9.-]{{1,253}}")
 
 def parse_target(form: Mapping[str, Sequence[str]]) -> Target:
     """``scope``, ``audience``/``resource`` (RFC 8707) and ``expires_in`` of a token request."""
-    for name in ("scope", "audience", "expires_in", "may_act"):
+    repeated = any(len(values) > 1 for values in form.values())  # most requests repeat none
+    for name in ("scope", "audience", "expires_in", "may_act") if repeated else ():
         if len(form.get(name, ())) > 1:
             raise errors.InvalidRequest(f"parameter {name} is repeated")
     raw_scope = _one(form, "scope")
@@ -284,7 +286,7 @@ class Snapshot:
         self._held: dict[Key, tuple[Agent, int, datetime | None, list[EffectiveCapability]]] = {}
         self._counted: dict[Key, tuple[Agent, int, int, datetime | None, list[AccessRequest]]] = {}
         self._scopes: dict[Key, tuple[object, object, object, object, ScopeDecision]] = {}
-        self._decisions: dict[Key, tuple[Agent, Pod | None, ScopeDecision, object, Decision]] = {}
+        self._decisions: dict[Key, _MemoisedDecision] = {}
         for key, agent in (agents or {}).items():
             self.put_agent(key, agent)
         for grant in grants:
@@ -514,6 +516,35 @@ class Snapshot:
         )
         self._scopes[key] = (held, requests, requested, restricted, decision)
         return decision
+
+    def _memo_state(self, key: Key) -> tuple[int, int, datetime | None]:
+        """What the memoised results for the Agent at ``key`` were computed under: the version
+        of its namespace's grants, the version of its requests, and the first moment they stop
+        holding (the next grant expiry), as :meth:`held` and :meth:`access_requests_of` check."""
+        held, counted = self._held.get(key), self._counted.get(key)
+        ends = [
+            end
+            for end in (held[2] if held else None, counted[3] if counted else None)
+            if end is not None
+        ]
+        return (
+            self._grants_version.get(key[0], 0),
+            self._requests_version.get(key, 0),
+            min(ends) if ends else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoisedDecision:
+    """A decision of :func:`decide_for_agent` and everything it was a function of."""
+
+    agent: Agent
+    pod: Pod | None
+    request: tuple[Target, str, str]
+    grants_version: int
+    requests_version: int
+    until: datetime | None
+    decision: Decision
 
 
 def _same_selection(cached: Agent, agent: Agent) -> bool:
@@ -844,12 +875,34 @@ def decide_for_agent(
 ) -> Decision:
     """Decide a token for ``agent`` acting as itself (pod, cloud or registered-key identity)."""
     check_agent_usable(agent)
-    audience, server = resolve_audience(
-        target.audience,
-        issuer=issuer,
-        tool_servers=snapshot.tool_servers_claiming(target.audience),
-        namespace=agent.metadata.namespace or "",
-        policy=snapshot.claim_policy,
+    # Without a ToolServer or an approval's end, a decision is a function of the Agent and pod
+    # objects, the request, the grants of the namespace and the Agent's requests (their
+    # versions) and of the time only through the next grant expiry: while all of these are the
+    # same, so is the decision (the memoised scope and holdings it came from would be reused).
+    memo_key = (agent.metadata.namespace or "", agent.metadata.name or "")
+    request = (target, issuer, trust_domain)
+    if target.audience is None:
+        cached = snapshot._decisions.get(memo_key)
+        if (
+            cached is not None
+            and cached.agent is agent
+            and cached.pod is pod
+            and cached.request == request
+            and cached.grants_version == snapshot._grants_version.get(memo_key[0], 0)
+            and cached.requests_version == snapshot._requests_version.get(memo_key, 0)
+            and (cached.until is None or now < cached.until)
+        ):
+            return cached.decision
+    audience, server = (
+        (issuer, None)  # what resolve_audience answers for no audience, without the look-ups
+        if target.audience is None
+        else resolve_audience(
+            target.audience,
+            issuer=issuer,
+            tool_servers=snapshot.tool_servers_claiming(target.audience),
+            namespace=agent.metadata.namespace or "",
+            policy=snapshot.claim_policy,
+        )
     )
     scope = snapshot.select_scope(
         agent,
@@ -857,20 +910,6 @@ def decide_for_agent(
         now=now,
         restrict_to=[t.capability for t in server.spec.tools] if server is not None else None,
     )
-    # Without a ToolServer or an approval's end, the decision is a function of these objects
-    # alone (the lifetime does not depend on the time): the same ones give the same decision.
-    memo_key = (agent.metadata.namespace or "", agent.metadata.name or "")
-    reusable = server is None and scope.granted_until is None
-    if reusable:
-        cached = snapshot._decisions.get(memo_key)
-        if (
-            cached is not None
-            and cached[0] is agent
-            and cached[1] is pod
-            and cached[2] is scope
-            and cached[3] == (target, issuer, trust_domain)
-        ):
-            return cached[4]
     lifetime = token_lifetime(
         requested=target.requested_lifetime,
         agent=agent,
@@ -894,13 +933,16 @@ def decide_for_agent(
         may_act=target.may_act,
         tool_server=server,
     )
-    if reusable:
-        snapshot._decisions[memo_key] = (
-            agent,
-            pod,
-            scope,
-            (target, issuer, trust_domain),
-            decision,
+    if server is None and scope.granted_until is None:
+        grants_version, requests_version, until = snapshot._memo_state(memo_key)
+        snapshot._decisions[memo_key] = _MemoisedDecision(
+            agent=agent,
+            pod=pod,
+            request=request,
+            grants_version=grants_version,
+            requests_version=requests_version,
+            until=until,
+            decision=decision,
         )
     return decision
 

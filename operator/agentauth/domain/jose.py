@@ -256,14 +256,27 @@ def check_algorithm(header: Mapping[str, Any], *, allowed: Iterable[str]) -> str
     return alg
 
 
-def _check_key_type(alg: str, key: object) -> None:
+def _key_fits(alg: str, key: object) -> bool:
     if alg in ED25519_ALGORITHMS:
-        ok = isinstance(key, ed25519.Ed25519PublicKey)
-    elif alg[:2] in ("RS", "PS"):
-        ok = isinstance(key, rsa.RSAPublicKey)
-    else:
-        ok = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
-    if not ok:
+        return isinstance(key, ed25519.Ed25519PublicKey)
+    if alg[:2] in ("RS", "PS"):
+        return isinstance(key, rsa.RSAPublicKey)
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
+
+
+# (alg, key class) -> whether keys of that class fit alg. isinstance against the ``cryptography``
+# ABCs costs more than the rest of the check; the answer depends on the class alone, except for
+# EC keys, whose curve is looked at every time.
+_KEY_CLASS_FITS: dict[tuple[str, type], bool] = {}
+
+
+def _check_key_type(alg: str, key: object) -> None:
+    fits = _KEY_CLASS_FITS.get((alg, type(key)))
+    if fits is None:
+        fits = _key_fits(alg, key)
+        if not alg.startswith("ES"):
+            _KEY_CLASS_FITS[(alg, type(key))] = fits
+    if not fits:
         raise KeyTypeMismatch(f"token key type does not match algorithm {alg}")
 
 
@@ -366,12 +379,20 @@ class PublicKeySet:
 def verify(token: str, *, keys: PublicKeySet, allowed_algorithms: Iterable[str]) -> ParsedJWS:
     """Parse, check the algorithm against the allow-list, find the key by kid, verify."""
     parsed = parse(token)
+    verify_parsed(parsed, keys=keys, allowed_algorithms=allowed_algorithms)
+    return parsed
+
+
+def verify_parsed(
+    parsed: ParsedJWS, *, keys: PublicKeySet, allowed_algorithms: Iterable[str]
+) -> None:
+    """:func:`verify` of a token already parsed: the algorithm against the allow-list, the key
+    by kid, the signature."""
     alg = check_algorithm(parsed.header, allowed=allowed_algorithms)
     kid = parsed.header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise MissingKeyId("token header has no kid")
     verify_signature(parsed, alg=alg, key=keys.get(kid))
-    return parsed
 
 
 def compact_json(value: Any) -> bytes:
@@ -425,7 +446,8 @@ def _is_number(value: object) -> bool:
 
 def check_issuer(claims: Mapping[str, Any], *, issuers: Iterable[str]) -> None:
     iss = claims.get("iss")
-    if not isinstance(iss, str) or iss not in set(issuers):
+    trusted = issuers if isinstance(issuers, tuple | frozenset | set) else set(issuers)
+    if not isinstance(iss, str) or iss not in trusted:
         raise UntrustedIssuer("token issuer is not trusted", claim="iss")
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,8 @@ class KeySet:
     """The current key plus retired keys still published for verification."""
 
     keys: tuple[IssuerKey, ...]
+    _current: IssuerKey = field(init=False, repr=False, compare=False)
+    """The one key with ``retired_at`` None, found once (every minted token asks for it)."""
 
     def __post_init__(self) -> None:
         current = [k for k in self.keys if k.retired_at is None]
@@ -78,10 +80,11 @@ class KeySet:
             raise KeySetError(f"a key set needs exactly one current key, found {len(current)}")
         if len({k.kid for k in self.keys}) != len(self.keys):
             raise KeySetError("duplicate kid in key set")
+        object.__setattr__(self, "_current", current[0])
 
     def signing_key(self) -> IssuerKey:
         """The current key; new tokens are signed with it."""
-        return next(k for k in self.keys if k.retired_at is None)
+        return self._current
 
     def verification_key(self, kid: str) -> ed25519.Ed25519PublicKey:
         """The public key for ``kid``; raises ``jose.UnknownKeyId`` (an ``InvalidGrant``)."""

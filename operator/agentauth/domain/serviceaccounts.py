@@ -8,6 +8,11 @@ may refetch it once):
   ``nbf``/``iat`` may not be in the future; each with at most ``clockskew.LEEWAY_SECONDS``,
 - the token must be a pod-bound token (``kubernetes.io.pod``) for a service account whose
   ``sub`` agrees with the ``kubernetes.io`` claims, so a token cannot claim another identity.
+- Every check above runs on every presentation. What a pod presents again (its projected token
+  is the same for most of an hour) is not decoded again: the last :data:`DECODED_TOKENS`
+  distinct tokens that verified are kept decoded (base64url and JSON are a function of the
+  token's text alone), and their signature is verified, against the key set of the call, and
+  their claims checked, against its issuer, audience and time, as on first presentation.
 """
 
 from __future__ import annotations
@@ -61,16 +66,33 @@ def verify_service_account_token(
 
     ``issuer`` is the cluster's service-account issuer; ``audience`` our own issuer URL.
     """
-    parsed = jose.verify(token, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
-    claims = parsed.payload
+    decoded = _decoded.get(token)
+    if decoded is not None:
+        parsed, identity = decoded
+        jose.verify_parsed(parsed, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
+    else:
+        parsed = jose.verify(token, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
+        identity = None
     jose.check_registered_claims(
-        claims,
+        parsed.payload,
         issuers=(issuer,),
         audience=audience,
         now=now.timestamp(),
         leeway=min(leeway, MAX_LEEWAY),
     )
-    return identity_from_claims(claims)
+    if identity is None:
+        identity = identity_from_claims(parsed.payload)
+        if len(_decoded) >= DECODED_TOKENS:
+            _decoded.pop(next(iter(_decoded)), None)  # the oldest first
+        _decoded[token] = (parsed, identity)
+    return identity
+
+
+DECODED_TOKENS = 1024
+"""Service-account tokens kept decoded after they verified (a few KiB each): see the module
+docstring. Only tokens that verified enter, so garbage cannot push the others out."""
+
+_decoded: dict[str, tuple[jose.ParsedJWS, ServiceAccountIdentity]] = {}
 
 
 def identity_from_claims(claims: dict[str, Any]) -> ServiceAccountIdentity:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -67,6 +68,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import http_exceptions, web, web_protocol
 
 from agentauth.domain import (
@@ -268,6 +270,25 @@ def _header_safe(text: str) -> str:
     return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
 
 
+def json_response(
+    body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] = NO_STORE
+) -> web.Response:
+    """``web.json_response`` (``application/json; charset=utf-8``) encoded by orjson, a quarter
+    of its cost on the token endpoint; by the standard library for what orjson refuses
+    (integers beyond 64 bits, keys that are not strings)."""
+    try:
+        encoded = orjson.dumps(body)
+    except TypeError:
+        encoded = json.dumps(body).encode()
+    return web.Response(
+        body=encoded,
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
 def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
@@ -323,7 +344,7 @@ class TokenService:
     def _json(
         self, body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] = NO_STORE
     ) -> web.Response:
-        return web.json_response(dict(body), status=status, headers=dict(headers))
+        return json_response(body, status=status, headers=headers)
 
     # -- token endpoint ----------------------------------------------------------------------
 
@@ -934,6 +955,8 @@ async def serve(
         stopping = asyncio.ensure_future(stop.wait())
         synced = asyncio.ensure_future(state.wait_synced(sync_timeout))
         await asyncio.wait({stopping, synced}, return_when=asyncio.FIRST_COMPLETED)
+        if synced.done() and not synced.cancelled() and synced.exception() is None:
+            freeze_heap()
         synced.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await synced  # not synced in time: /readyz stays 503 and says why
@@ -957,6 +980,20 @@ async def serve(
         log.info("stopped serving in %.2fs", time.monotonic() - started_cleanup)
         await state.stop()
         await kube.close()
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the caches as first listed, the modules) out of the garbage
+    collector's generations (``gc.freeze``), once the caches have synced.
+
+    A full collection walks every tracked object: with 10,000 Agents, grants and pods cached,
+    hundreds of thousands of them, a pause of tens of milliseconds in the middle of whichever
+    request triggered it. Frozen objects are still freed by reference counting when a watch
+    event replaces them; only cycles among them would outlive their use, and the caches hold
+    none. A collection first, so garbage of the start-up is not frozen with them.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 READINESS_INTERVAL = 0.2

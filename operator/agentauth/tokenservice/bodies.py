@@ -54,8 +54,13 @@ async def read(request: web.Request, *, timeout: float, max_bytes: int) -> bytes
     if cached is not None:
         return cached
     try:
-        async with asyncio.timeout(timeout):
+        if request.content.is_eof():
+            # The whole body has arrived with the headers (as a token request's does): reading
+            # it cannot wait, and a timer armed and cancelled per request is not free.
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
     except TimeoutError:
         raise errors.OAuthError(
             "invalid_request", f"the request body did not arrive within {timeout:g} s", 408

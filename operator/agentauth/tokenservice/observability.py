@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+import orjson
 import prometheus_client
 
 audit_log = logging.getLogger("agentauth.audit")
@@ -94,11 +95,40 @@ def install_audit_sink(stream: IO[str]) -> None:
     audit_log.propagate = False
 
 
+_ORJSON_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+"""orjson writes what ``json.dumps(..., default=str)`` writes: datetimes and dataclasses through
+``str`` (not orjson's own formats), keys that are not strings as strings."""
+
+
+def audit_line(record: dict[str, Any]) -> str:
+    """``record`` as one compact, ASCII JSON line, every value JSON has no type for through
+    ``str``: by orjson, or by the standard library when orjson would write something else (text
+    beyond ASCII, which ``json`` escapes) or refuses (integers beyond 64 bits)."""
+    try:
+        line = orjson.dumps(record, default=str, option=_ORJSON_OPTIONS)
+    except TypeError:
+        line = None
+    if line is not None and line.isascii():
+        return line.decode("ascii")
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
 def audit(decision: str, **fields: Any) -> str:
     """Write one audit line; returns its ``audit_id``."""
     audit_id = secrets.token_hex(16)
     if audit_log.isEnabledFor(logging.INFO):  # the id is returned even when nobody listens
         record = {"audit_id": audit_id, "ts": round(time.time(), 3), "decision": decision}
-        record.update({k: v for k, v in fields.items() if v is not None})
-        audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
+        for name, value in fields.items():
+            if value is not None:
+                record[name] = value
+        # The record made directly: ``Logger.info`` would also walk the stack to find its caller
+        # (``findCaller``), a third of the cost of an audit line, for a location nobody reads.
+        # Handlers, filters and levels apply as for ``audit_log.info``.
+        audit_log.handle(
+            audit_log.makeRecord(
+                audit_log.name, logging.INFO, __file__, 0, audit_line(record), (), None
+            )
+        )
     return audit_id
