@@ -97,13 +97,17 @@ def run_controller() -> None:
     """Child process: the controller, configured from the environment like the chart does."""
     from agentauth.controller import main, settings
 
+    started: list[Any] = []
+
     async def body() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)))
-        await main.run(settings.from_sources(None), stop=stop)
+        await main.run(settings.from_sources(None), stop=stop, on_started=started.append)
 
     _profiled(body, os.environ.get("CONTROLLER_BENCH_PROFILE"))
+    # What the controller's own client sent (Kopf's client, for the other kinds, is not counted).
+    print(json.dumps(dict(started[0].api.requests) if started else {}), flush=True)
 
 
 # --- the manifests and what they must produce -------------------------------------------------
@@ -236,23 +240,29 @@ class Controller:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--role", "controller"],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             env=environ,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.started = time.monotonic()
+        self.requests: dict[str, int] = {}
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
+        """Stop the controller and read the requests it sent (``requests``, by method)."""
         try:
-            self.process.wait(timeout=60)
+            # Closing stdin (communicate does) is the controller's stop signal.
+            output, _ = self.process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+            return
+        lines = output.strip().splitlines()
+        self.requests = json.loads(lines[-1]) if lines else {}
 
 
 # --- one size ---------------------------------------------------------------------------------
@@ -413,6 +423,12 @@ async def measure(
             }
         finally:
             controller.stop()
+        # Every request the controller's client sent, start to idle (keys, lists, watches,
+        # status writes, Events), per Agent and grant: what the controller costs the API server.
+        figures["controller_requests"] = controller.requests
+        figures["controller_requests_per_object"] = round(
+            sum(controller.requests.values()) / (2 * count), 2
+        )
         if not restart:
             return figures
         version = await list_version(api)
@@ -431,6 +447,7 @@ async def measure(
             "relist_seconds": round(idle_at - controller.started, 2),
             "controller_rss_mb": round(rss, 1),
             "controller_peak_rss_mb": round(peak, 1),
+            "controller_requests": controller.requests,
         }
         return figures
 
