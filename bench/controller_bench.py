@@ -106,8 +106,12 @@ def run_controller() -> None:
         await main.run(settings.from_sources(None), stop=stop, on_started=started.append)
 
     _profiled(body, os.environ.get("CONTROLLER_BENCH_PROFILE"))
-    # What the controller's own client sent (Kopf's client, for the other kinds, is not counted).
-    print(json.dumps(dict(started[0].api.requests) if started else {}), flush=True)
+    # What the controller's own client sent (Kopf's client, for the other kinds, is not counted)
+    # and the reconciles it ran, by kind.
+    counts: dict[str, Any] = {"requests": {}, "reconciles": {}}
+    if started:
+        counts = {"requests": started[0].api.requests, "reconciles": started[0].reconciled}
+    print(json.dumps(counts), flush=True)
 
 
 # --- the manifests and what they must produce -------------------------------------------------
@@ -247,6 +251,7 @@ class Controller:
         )
         self.started = time.monotonic()
         self.requests: dict[str, int] = {}
+        self.reconciles: dict[str, int] = {}
 
     @property
     def pid(self) -> int:
@@ -262,7 +267,8 @@ class Controller:
             self.process.wait()
             return
         lines = output.strip().splitlines()
-        self.requests = json.loads(lines[-1]) if lines else {}
+        counts = json.loads(lines[-1]) if lines else {}
+        self.requests, self.reconciles = counts.get("requests", {}), counts.get("reconciles", {})
 
 
 # --- one size ---------------------------------------------------------------------------------
@@ -429,6 +435,7 @@ async def measure(
         figures["controller_requests_per_object"] = round(
             sum(controller.requests.values()) / (2 * count), 2
         )
+        figures["controller_reconciles"] = controller.reconciles
         if not restart:
             return figures
         version = await list_version(api)
@@ -448,6 +455,7 @@ async def measure(
             "controller_rss_mb": round(rss, 1),
             "controller_peak_rss_mb": round(peak, 1),
             "controller_requests": controller.requests,
+            "controller_reconciles": controller.reconciles,
         }
         return figures
 
