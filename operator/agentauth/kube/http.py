@@ -136,25 +136,24 @@ class _Connection(asyncio.Protocol):
             if len(self._buffer) > MAX_HEAD_BYTES:
                 raise ProtocolError("response head too large")
             return False
-        lines = self._buffer[:end].decode("latin-1").split("\r\n")
+        status_line, _, fields = bytes(self._buffer[:end]).partition(b"\r\n")
         del self._buffer[: end + 4]
-        version, _, rest = lines[0].partition(" ")
-        if not version.startswith("HTTP/1."):
-            raise ProtocolError(f"status line {lines[0][:80]!r}")
+        version, _, rest = status_line.partition(b" ")
+        if not version.startswith(b"HTTP/1."):
+            raise ProtocolError(f"status line {status_line[:80]!r}")
         status = int(rest[:3])
         if 100 <= status < 200:
             return self._parse_head()  # an interim answer (never asked for): the real one follows
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        # Only three fields matter; each is found by its name at a line start (a CRLF before
+        # it), case-insensitively, without splitting the head into a dict.
+        lowered = b"\r\n" + fields.lower()
         self._status = status
-        connection = headers.get("connection", "").lower()
-        self._keep_alive = "close" not in connection and version != "HTTP/1.0"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        self._keep_alive = b"close" not in _field(lowered, b"connection") and version != b"HTTP/1.0"
+        length = _field(lowered, b"content-length")
+        if b"chunked" in _field(lowered, b"transfer-encoding"):
             self._chunked = True
-        elif "content-length" in headers:
-            self._length = int(headers["content-length"])
+        elif length:
+            self._length = int(length)
             if self._length < 0:
                 raise ProtocolError("negative Content-Length")
         elif status in (204, 304):
@@ -194,6 +193,17 @@ class _Connection(asyncio.Protocol):
                 return
             del self._buffer[: line_end + 2]
             self._chunk_left = size + 2
+
+
+def _field(lowered: bytes, name: bytes) -> bytes:
+    """The value of header field ``name`` in ``lowered`` (a lower-cased head after its status
+    line, with a leading CRLF), or b"" when absent."""
+    start = lowered.find(b"\r\n" + name + b":")
+    if start < 0:
+        return b""
+    start += len(name) + 3
+    end = lowered.find(b"\r\n", start)
+    return lowered[start : end if end >= 0 else len(lowered)].strip()
 
 
 class Pool:
