@@ -122,6 +122,7 @@ class Controller:
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         # The last Event-posting task per object (the next one waits for it: order is kept).
         self._event_tails: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._event_tasks: set[asyncio.Task[None]] = set()
         self._flushers: dict[str, asyncio.TimerHandle] = {}
         self._pending: dict[str, set[Hashable]] = {}
         self._last_change: dict[str, float] = {}
@@ -325,18 +326,25 @@ class Controller:
 
         task = asyncio.create_task(post())
         self._event_tails[key] = task
+        self._event_tasks.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
+            self._event_tasks.discard(finished)
             if self._event_tails.get(key) is finished:
                 del self._event_tails[key]
 
         task.add_done_callback(done)
 
     async def flush_events(self, timeout: float) -> None:
-        """Wait (at most ``timeout`` seconds) for the Events still being posted."""
-        pending = list(self._event_tails.values())
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        """Wait (at most ``timeout`` seconds) for the Events still being posted, then cancel
+        any left (nothing keeps running after the controller stops)."""
+        pending = list(self._event_tasks)
+        if not pending:
+            return
+        _, left = await asyncio.wait(pending, timeout=timeout)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     async def _report_failure(
         self,
