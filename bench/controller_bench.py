@@ -97,13 +97,25 @@ def run_controller() -> None:
     """Child process: the controller, configured from the environment like the chart does."""
     from agentauth.controller import main, settings
 
+    started: list[Any] = []
+
+    def on_started(controller: Any) -> None:
+        started.append(controller)
+        print(json.dumps({"ready": True}), flush=True)  # the bench starts its clock after this
+
     async def body() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)))
-        await main.run(settings.from_sources(None), stop=stop)
+        await main.run(settings.from_sources(None), stop=stop, on_started=on_started)
 
     _profiled(body, os.environ.get("CONTROLLER_BENCH_PROFILE"))
+    # What the controller's own client sent (Kopf's client, for the other kinds, is not counted)
+    # and the reconciles it ran, by kind.
+    counts: dict[str, Any] = {"requests": {}, "reconciles": {}}
+    if started:
+        counts = {"requests": started[0].api.requests, "reconciles": started[0].reconciled}
+    print(json.dumps(counts), flush=True)
 
 
 # --- the manifests and what they must produce -------------------------------------------------
@@ -236,23 +248,31 @@ class Controller:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--role", "controller"],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             env=environ,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.started = time.monotonic()
+        self.requests: dict[str, int] = {}
+        self.reconciles: dict[str, int] = {}
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
+        """Stop the controller and read the requests it sent (``requests``, by method)."""
         try:
-            self.process.wait(timeout=60)
+            # Closing stdin (communicate does) is the controller's stop signal.
+            output, _ = self.process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+            return
+        lines = output.strip().splitlines()
+        counts = json.loads(lines[-1]) if lines else {}
+        self.requests, self.reconciles = counts.get("requests", {}), counts.get("reconciles", {})
 
 
 # --- one size ---------------------------------------------------------------------------------
@@ -370,7 +390,7 @@ async def measure(
                 )
         controller = Controller(environ)
         try:
-            await until_keys(api, controller)
+            await until_ready(controller)
             started = time.monotonic()
             load_before = os.getloadavg()[0]
             cpu_before = {
@@ -413,13 +433,20 @@ async def measure(
             }
         finally:
             controller.stop()
+        # Every request the controller's client sent, start to idle (keys, lists, watches,
+        # status writes, Events), per Agent and grant: what the controller costs the API server.
+        figures["controller_requests"] = controller.requests
+        figures["controller_requests_per_object"] = round(
+            sum(controller.requests.values()) / (2 * count), 2
+        )
+        figures["controller_reconciles"] = controller.reconciles
         if not restart:
             return figures
         version = await list_version(api)
         events_before = sum(len(v) for v in (await events_by_object(api)).values())
         controller = Controller(environ)
         try:
-            await until_keys(api, controller)
+            await until_ready(controller)
             idle_at = await until_idle(controller.pid, deadline=time.monotonic() + timeout)
             rss, peak = rss_mb(controller.pid)
         finally:
@@ -431,23 +458,26 @@ async def measure(
             "relist_seconds": round(idle_at - controller.started, 2),
             "controller_rss_mb": round(rss, 1),
             "controller_peak_rss_mb": round(peak, 1),
+            "controller_requests": controller.requests,
+            "controller_reconciles": controller.reconciles,
         }
         return figures
 
 
-async def until_keys(api: Any, controller: Controller) -> None:
-    """The controller is up once the issuer keys exist (it writes them before anything else)."""
-    from agentauth.kube import client as kube
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await api.get(kube.SECRETS, "agentauth-issuer-keys", namespace=CONTROLLER_NAMESPACE)
-            return
-        except kube.ApiError:
-            if time.monotonic() > deadline or controller.process.poll() is not None:
-                raise SystemExit("controller did not start") from None
-            await asyncio.sleep(0.2)
+async def until_ready(controller: Controller) -> None:
+    """The controller is up once it says it is ready (``main.run``'s ``on_started``: its
+    webhooks serve, Kopf runs and every informer has its first listing): the clock then measures
+    the controller at work, not its start."""
+    assert controller.process.stdout is not None
+    loop = asyncio.get_running_loop()
+    try:
+        line = await asyncio.wait_for(
+            loop.run_in_executor(None, controller.process.stdout.readline), 60
+        )
+    except TimeoutError:
+        raise SystemExit("controller did not start") from None
+    if not line or not json.loads(line).get("ready"):
+        raise SystemExit("controller did not start")
 
 
 def run_size(count: int, *, restart: bool, timeout: float) -> dict[str, Any]:

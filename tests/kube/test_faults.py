@@ -181,6 +181,9 @@ async def test_a_cache_recovers_within_seconds_when_the_api_server_returns(
     task = asyncio.create_task(cache.run())
     try:
         await asyncio.wait_for(cache.synced.wait(), 10)
+        # The watch has its own connection (requests use the client's pool): the server dies
+        # once both are open, not while the watch is still connecting.
+        await asyncio.wait_for(_until(lambda: proxy.connections >= 2), 10)
         proxy.go_down()
         await asyncio.wait_for(_until(lambda: not cache.healthy), 10)
         assert "cannot reach the API server" in (cache.last_error or "")

@@ -89,9 +89,11 @@ class Informer:
         self._listeners: list[OnChange] = []
         self._indexers = dict(indexers or {})
         self._items: dict[Key, Body] = {}
-        self._indices: dict[str, dict[Hashable, dict[Key, Body]]] = {
-            name: {} for name in self._indexers
-        }
+        # index name -> index key -> the objects filed under it (bodies are read from _items).
+        self._indices: dict[str, dict[Hashable, set[Key]]] = {name: {} for name in self._indexers}
+        # The index keys each object is filed under, per indexer (in _indexers' order): a
+        # change that leaves them as they were (a status write) touches no index.
+        self._filed: dict[Key, tuple[tuple[Hashable, ...], ...]] = {}
         self.synced = asyncio.Event()
         self._listed: set[str | None] = set()
         self.relists = 0
@@ -107,42 +109,54 @@ class Informer:
 
     def by(self, index: str, key: Hashable) -> list[Body]:
         found = self._indices[index].get(key)
-        return list(found.values()) if found else []
+        return [self._items[k] for k in found] if found else []
 
     def __len__(self) -> int:
         return len(self._items)
 
     # --- updates ----------------------------------------------------------------------------
 
-    def _file(self, key: Key, body: Body) -> None:
-        for name, indexer in self._indexers.items():
+    def _refile(self, key: Key, body: Body | None) -> None:
+        """File ``key`` under the index keys of ``body`` (None: under none), moving it only
+        in the indices whose keys changed."""
+        old = self._filed.pop(key, None)
+        new = (
+            tuple(tuple(indexer(body)) for indexer in self._indexers.values())
+            if body is not None
+            else None
+        )
+        if old == new:
+            if new is not None:
+                self._filed[key] = new
+            return
+        for position, name in enumerate(self._indexers):
+            before = old[position] if old is not None else ()
+            after = new[position] if new is not None else ()
+            if before == after:
+                continue
             index = self._indices[name]
-            for value in indexer(body):
-                index.setdefault(value, {})[key] = body
-
-    def _unfile(self, key: Key, body: Body) -> None:
-        for name, indexer in self._indexers.items():
-            index = self._indices[name]
-            for value in indexer(body):
+            for value in before:
                 filed = index.get(value)
                 if filed is not None:
-                    filed.pop(key, None)
+                    filed.discard(key)
                     if not filed:
                         del index[value]
+            for value in after:
+                index.setdefault(value, set()).add(key)
+        if new is not None:
+            self._filed[key] = new
 
     def _put(self, body: Body) -> Body | None:
         key = object_key(body)
         old = self._items.get(key)
-        if old is not None:
-            self._unfile(key, old)
         self._items[key] = body
-        self._file(key, body)
+        self._refile(key, body)
         return old
 
     def _remove(self, key: Key) -> Body | None:
         old = self._items.pop(key, None)
         if old is not None:
-            self._unfile(key, old)
+            self._refile(key, None)
         return old
 
     def _emit(self, event_type: str, old: Body | None, new: Body | None) -> None:

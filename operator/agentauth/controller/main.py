@@ -11,6 +11,9 @@ Guarantees:
 - Agents, CapabilityGrants and ServiceAccounts are mirrored by the controller's own informers
   (``informers.py``: Kopf's watching costs too much per object at 10,000 of each); everything
   else Kopf watches.
+- ``ready`` is set only once every informer has its first listing (and Kopf has started).
+- On stop, the Events of status writes already made are still posted (up to
+  :data:`EVENT_FLUSH_SECONDS`), so nothing that a restart would not post again is lost.
 - The issuer keys exist before anything else starts (create-if-absent), so the token service can
   sign as soon as the controller has run once.
 - Kopf's time-based event batching (``settings.queueing.batch_window``) is not set: the Kopf we
@@ -53,6 +56,9 @@ def import_handlers() -> list[ModuleType]:
     """Import :data:`HANDLER_MODULES` (their decorators register with Kopf as they load)."""
     return [importlib.import_module(name) for name in HANDLER_MODULES]
 
+
+# How long a stopping controller waits for the Events of its last status writes.
+EVENT_FLUSH_SECONDS = 10.0
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -109,9 +115,10 @@ async def run(
     ready: asyncio.Event | None = None,
     on_started: Any = None,
 ) -> None:
-    """Run the controller until ``stop`` is set; ``ready`` is set once the webhooks serve and
-    Kopf has started. ``on_started(controller)`` (optional) is called with the run's
-    :class:`runtime.Controller` (tests and ``agentauth dev`` read ``webhook_port`` from it)."""
+    """Run the controller until ``stop`` is set; ``ready`` is set once the webhooks serve,
+    Kopf has started and every informer has its first listing. ``on_started(controller)``
+    (optional) is called with the run's :class:`runtime.Controller` (tests and ``agentauth dev``
+    read ``webhook_port`` from it)."""
     modules = import_handlers()
     cfg = kube_config.load(Path(settings.kubeconfig) if settings.kubeconfig else None)
     stop_flag = stop if stop is not None else asyncio.Event()
@@ -133,6 +140,7 @@ async def run(
 
         async def signal_ready() -> None:
             await kopf_ready.wait()
+            await ctl.wait_synced()  # not ready while the mirrors are still filling
             if on_started is not None:
                 on_started(ctl)
             if ready is not None:
@@ -160,5 +168,6 @@ async def run(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await ctl.flush_events(timeout=EVENT_FLUSH_SECONDS)
             ctl.cancel_timers()
             await server.stop()

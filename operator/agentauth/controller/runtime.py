@@ -10,6 +10,10 @@ Guarantees:
 - ``write_status`` compares against the newest status known (the object's, or the one this
   controller wrote last if the watch has not delivered it yet) and writes, and posts Events, only
   when the computed status differs; a replay of the same state posts nothing.
+- The Events of a status write are posted in the background, after the write and in order per
+  object (each object's Events wait for its earlier ones), so a worker's reconcile costs one
+  round trip, not three; ``flush_events`` waits for those still being posted (``main.run`` calls
+  it at shutdown, so a stopped controller has posted the Events of every status it wrote).
 - A failed write is retried with backoff and reported once per distinct error as a Warning Event
   ``StatusUpdateFailed`` on the object, so a missing RBAC rule is visible in ``kubectl describe``.
 - Workers reconcile nothing until every registered informer (``informers``) has stored its first
@@ -116,6 +120,9 @@ class Controller:
             collections.OrderedDict()
         )
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        # The last Event-posting task per object (the next one waits for it: order is kept).
+        self._event_tails: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._event_tasks: set[asyncio.Task[None]] = set()
         self._flushers: dict[str, asyncio.TimerHandle] = {}
         self._pending: dict[str, set[Hashable]] = {}
         self._last_change: dict[str, float] = {}
@@ -294,9 +301,50 @@ class Controller:
         self._written[key] = _Written(
             uid=str(meta.get("uid")), resource_version=_rv(result), status=status
         )
-        for event in events:
-            await self.post_event(body=body, kind=kind, event=event)
+        if events:
+            self._post_in_background(key, body=body, kind=kind, events=events)
         return True
+
+    def _post_in_background(
+        self,
+        key: tuple[str, str, str],
+        *,
+        body: Mapping[str, Any],
+        kind: str,
+        events: list[domain_agents.Event],
+    ) -> None:
+        previous = self._event_tails.get(key)
+
+        async def post() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])  # its outcome is its own (post_event never raises)
+            try:
+                for event in events:
+                    await self.post_event(body=body, kind=kind, event=event)
+            except Exception:  # post_event logs API failures; anything else is logged here
+                logger.exception("cannot post Events on %s %s/%s", *key)
+
+        task = asyncio.create_task(post())
+        self._event_tails[key] = task
+        self._event_tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._event_tasks.discard(finished)
+            if self._event_tails.get(key) is finished:
+                del self._event_tails[key]
+
+        task.add_done_callback(done)
+
+    async def flush_events(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the Events still being posted, then cancel
+        any left (nothing keeps running after the controller stops)."""
+        pending = list(self._event_tasks)
+        if not pending:
+            return
+        _, left = await asyncio.wait(pending, timeout=timeout)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     async def _report_failure(
         self,

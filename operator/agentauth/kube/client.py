@@ -22,7 +22,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,6 +34,20 @@ from urllib.parse import quote
 import aiohttp
 
 from agentauth.kube import config as kubeconfig
+from agentauth.kube import http
+
+try:  # the operator's install has it: a third of the JSON cost of each request and watch event
+    import orjson
+except ImportError:  # pragma: no cover - an install without it: the standard library's
+    orjson = None  # type: ignore[assignment]
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value) if orjson is not None else json.dumps(value).encode()
+
+
+def _loads(raw: bytes) -> Any:
+    return orjson.loads(raw) if orjson is not None else json.loads(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +151,9 @@ class WatchEvent:
 
 def _error_from(code: int, body: bytes) -> ApiError:
     try:
-        status = json.loads(body)
+        status = _loads(body)
         reason, message = str(status.get("reason", "")), str(status.get("message", ""))
-    except ValueError:
+    except (ValueError, AttributeError):
         reason, message = "", body[:500].decode("utf-8", "replace")
     cls = ApiUnavailable if code in UNAVAILABLE_CODES else _BY_CODE.get(code, ApiError)
     return cls(code=code, reason=reason, message=message)
@@ -160,7 +176,8 @@ def _unavailable(what: str, error: BaseException, *, deadline: float) -> ApiUnav
 
 
 class KubeClient:
-    """One aiohttp session to one API server. Use as an async context manager."""
+    """One API server's client: kept-alive connections (``http.Pool``) for requests, an aiohttp
+    session for watches. Use as an async context manager."""
 
     def __init__(self, cfg: kubeconfig.KubeConfig, *, timeout: float = 30.0) -> None:
         """``timeout``: the deadline, in seconds, of each call (see the module guarantees)."""
@@ -168,6 +185,9 @@ class KubeClient:
         self._ssl = cfg.ssl_context() if cfg.server.startswith("https") else None
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._pool: http.Pool | None = None
+        # Requests sent, by method ("WATCH" for watches): what this client costs the API server.
+        self.requests: collections.Counter[str] = collections.Counter()
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -185,7 +205,16 @@ class KubeClient:
             )
         return self._session
 
+    @property
+    def pool(self) -> http.Pool:
+        if self._pool is None:
+            self._pool = http.Pool(self.config.server, ssl_context=self._ssl)
+        return self._pool
+
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
 
@@ -212,26 +241,27 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
+        data = _dumps(body) if body is not None else None
         deadline = timeout or self._timeout
+        query = urllib.parse.urlencode(params) if params else ""
         for attempt in (1, 2):
+            self.requests[method] += 1
             try:
-                async with self.session.request(
-                    method,
-                    self.config.server + path,
-                    params=params,
-                    data=data,
-                    headers=self._headers(content_type if data is not None else None),
-                    timeout=aiohttp.ClientTimeout(total=deadline),
-                ) as response:
-                    raw = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                async with asyncio.timeout(deadline):
+                    status, raw = await self.pool.request(
+                        method,
+                        path,
+                        query=query,
+                        headers=self._headers(content_type if data is not None else None),
+                        body=data,
+                    )
+            except (OSError, TimeoutError) as exc:
                 raise _unavailable(f"{method} {path}", exc, deadline=deadline) from exc
-            if response.status == 401 and attempt == 1 and self.config.refresh_token():
+            if status == 401 and attempt == 1 and self.config.refresh_token():
                 continue  # the token file changed: the new credentials get one try
-            if response.status >= 300:
-                raise _error_from(response.status, raw)
-            result: dict[str, Any] = json.loads(raw) if raw else {}
+            if status >= 300:
+                raise _error_from(status, raw)
+            result: dict[str, Any] = _loads(raw) if raw else {}
             return result
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -311,6 +341,7 @@ class KubeClient:
         if field_selector:
             params["fieldSelector"] = field_selector
         what = f"watch {resource.path(namespace=namespace)}"
+        self.requests["WATCH"] += 1
         try:
             async with asyncio.timeout(self._timeout):
                 response = await self.session.get(
@@ -336,11 +367,11 @@ class KubeClient:
                 async for line in response.content:
                     if not line.strip():
                         continue
-                    event = json.loads(line)
+                    event = _loads(line)
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         code = int(obj.get("code", 500))
-                        raise _error_from(code, json.dumps(obj).encode())
+                        raise _error_from(code, _dumps(obj))
                     if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                         yield WatchEvent(type=kind, object=obj)
             except (aiohttp.ClientError, TimeoutError) as exc:
