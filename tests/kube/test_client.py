@@ -43,6 +43,16 @@ async def test_create_get_patch_list_delete(api: kubeclient.KubeClient, namespac
     with pytest.raises(kubeclient.ApiError) as caught:
         await api.get(CONFIGMAPS, "one", namespace=namespace)
     assert (caught.value.code, caught.value.reason) == (404, "NotFound")
+    assert await api.get_or_none(CONFIGMAPS, "one", namespace=namespace) is None
+
+
+async def test_get_or_none_raises_every_error_but_404(dev_cluster: server.DevCluster) -> None:
+    cfg = config.from_kubeconfig(dev_cluster.kubeconfig_path)
+    cfg.token = "not-a-token"
+    async with kubeclient.KubeClient(cfg) as client:
+        with pytest.raises(kubeclient.ApiError) as caught:
+            await client.get_or_none(CONFIGMAPS, "one", namespace="default")
+    assert caught.value.code == 401
 
 
 async def test_unauthenticated_client_gets_401(dev_cluster: server.DevCluster) -> None:

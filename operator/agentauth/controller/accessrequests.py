@@ -325,24 +325,13 @@ def _denied(error: approvals.ApprovalError) -> webhooks.Denied:
     return webhooks.Denied(error.message, code=error.status, reason=reason)
 
 
-async def _get_or_none(
-    ctl: runtime.Controller, resource: kube.Resource, name: str, *, namespace: str
-) -> dict[str, Any] | None:
-    try:
-        return await ctl.api.get(resource, name, namespace=namespace)
-    except kube.ApiError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
 async def _agent_and_grants(
     ctl: runtime.Controller, *, namespace: str, agent: str
 ) -> tuple[Agent | None, list[CapabilityGrant]]:
     """Read the Agent and the namespace's grants live (a just-changed grant counts at once)."""
     # Both reads at once: each is a round trip the caller's write waits on.
     read_agent, listed = await asyncio.gather(
-        _get_or_none(ctl, kube.AGENTS, agent, namespace=namespace),
+        ctl.api.get_or_none(kube.AGENTS, agent, namespace=namespace),
         ctl.api.list(kube.CAPABILITY_GRANTS, namespace=namespace),
     )
     found: Agent | None = None

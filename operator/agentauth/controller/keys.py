@@ -31,12 +31,7 @@ LABELS = {"app.kubernetes.io/part-of": "agentauth", "app.kubernetes.io/component
 
 
 async def _read(api: kube.KubeClient, namespace: str) -> dict[str, Any] | None:
-    try:
-        return await api.get(kube.SECRETS, domain_keys.SECRET_NAME, namespace=namespace)
-    except kube.ApiError as exc:
-        if exc.code == 404:
-            return None
-        raise
+    return await api.get_or_none(kube.SECRETS, domain_keys.SECRET_NAME, namespace=namespace)
 
 
 async def ensure_keyset(

@@ -62,12 +62,9 @@ async def _read_agent(ctl: runtime.Controller, *, name: str, namespace: str) -> 
     """The Agent the label names, None if it does not exist (or cannot, the name being invalid)."""
     if not podinjection.is_valid_agent_name(name):
         return None
-    try:
-        body = await ctl.api.get(kube.AGENTS, name, namespace=namespace)
-    except kube.ApiError as exc:
-        if exc.code == 404:
-            return None
-        raise
+    body = await ctl.api.get_or_none(kube.AGENTS, name, namespace=namespace)
+    if body is None:
+        return None
     try:
         return Agent.model_validate(body)
     except pydantic.ValidationError as exc:

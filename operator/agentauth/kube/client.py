@@ -270,6 +270,17 @@ class KubeClient:
     ) -> dict[str, Any]:
         return await self.request("GET", resource.path(namespace=namespace, name=name))
 
+    async def get_or_none(
+        self, resource: Resource, name: str, *, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """The object, or None when the API server answers 404 (every other error raises)."""
+        try:
+            return await self.get(resource, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
     async def list(
         self,
         resource: Resource,

@@ -496,9 +496,11 @@ class KubeState:
         if self._confirmed.get(key, 0.0) > now:
             return
         try:
-            pod = await self._get_or_none(kubeclient.PODS, identity.pod_name, identity.namespace)
-            account = await self._get_or_none(
-                kubeclient.SERVICE_ACCOUNTS, identity.service_account, identity.namespace
+            pod = await self.api.get_or_none(
+                kubeclient.PODS, identity.pod_name, namespace=identity.namespace
+            )
+            account = await self.api.get_or_none(
+                kubeclient.SERVICE_ACCOUNTS, identity.service_account, namespace=identity.namespace
             )
         except (kubeclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
             raise errors.TemporarilyUnavailable(
@@ -518,13 +520,3 @@ class KubeState:
             if len(self._confirmed) >= MAX_CONFIRMATIONS:
                 self._confirmed.clear()
         self._confirmed[key] = now + CONFIRMATION_SECONDS
-
-    async def _get_or_none(
-        self, resource: kubeclient.Resource, name: str, namespace: str
-    ) -> dict[str, Any] | None:
-        try:
-            return await self.api.get(resource, name, namespace=namespace)
-        except kubeclient.ApiError as exc:
-            if exc.code == 404:
-                return None
-            raise
