@@ -35,7 +35,8 @@ from typing import Any
 import celpy
 from celpy import adapter, celparser, celtypes, evaluation
 
-from agentauth.devcluster import jsontext, schema
+from agentauth.devcluster import schema
+from agentauth.kube import jsontext
 
 # celpy logs every evaluation error with a traceback; the error is reported to the client.
 logging.getLogger("celpy").setLevel(logging.CRITICAL)

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from agentauth.devcluster import context, errors, jsontext, protobuf
+from agentauth.devcluster import context, errors, protobuf
+from agentauth.kube import jsontext
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
 

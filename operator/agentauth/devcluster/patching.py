@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from agentauth.devcluster import jsontext
+from agentauth.kube import jsontext
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from agentauth.devcluster import jsontext
+from agentauth.kube import jsontext
 
 _ROOT_KEYS = ("apiVersion", "kind", "metadata")
 

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agentauth.devcluster import jsontext
+from agentauth.kube import jsontext
 
 log = logging.getLogger(__name__)
 

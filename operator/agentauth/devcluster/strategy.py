@@ -21,12 +21,12 @@ from agentauth.devcluster import (
     cel,
     context,
     errors,
-    jsontext,
     resources,
     schema,
     storage,
     types,
 )
+from agentauth.kube import jsontext
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -24,13 +24,13 @@ from agentauth.devcluster import (
     decoding,
     deletion,
     errors,
-    jsontext,
     patching,
     responses,
     schema,
     storage,
     strategy,
 )
+from agentauth.kube import jsontext
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _SUFFIX_LENGTH = 5

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -34,20 +33,7 @@ from urllib.parse import quote
 import aiohttp
 
 from agentauth.kube import config as kubeconfig
-from agentauth.kube import http
-
-try:  # the operator's install has it: a third of the JSON cost of each request and watch event
-    import orjson
-except ImportError:  # pragma: no cover - an install without it: the standard library's
-    orjson = None  # type: ignore[assignment]
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value) if orjson is not None else json.dumps(value).encode()
-
-
-def _loads(raw: bytes) -> Any:
-    return orjson.loads(raw) if orjson is not None else json.loads(raw)
+from agentauth.kube import http, jsontext
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +137,7 @@ class WatchEvent:
 
 def _error_from(code: int, body: bytes) -> ApiError:
     try:
-        status = _loads(body)
+        status = jsontext.decode(body)
         reason, message = str(status.get("reason", "")), str(status.get("message", ""))
     except (ValueError, AttributeError):
         reason, message = "", body[:500].decode("utf-8", "replace")
@@ -241,7 +227,7 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        data = _dumps(body) if body is not None else None
+        data = jsontext.encode_bytes(body) if body is not None else None
         deadline = timeout or self._timeout
         query = urllib.parse.urlencode(params) if params else ""
         for attempt in (1, 2):
@@ -261,7 +247,7 @@ class KubeClient:
                 continue  # the token file changed: the new credentials get one try
             if status >= 300:
                 raise _error_from(status, raw)
-            result: dict[str, Any] = _loads(raw) if raw else {}
+            result: dict[str, Any] = jsontext.decode(raw) if raw else {}
             return result
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -378,11 +364,11 @@ class KubeClient:
                 async for line in response.content:
                     if not line.strip():
                         continue
-                    event = _loads(line)
+                    event = jsontext.decode(line)
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         code = int(obj.get("code", 500))
-                        raise _error_from(code, _dumps(obj))
+                        raise _error_from(code, jsontext.encode_bytes(obj))
                     if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                         yield WatchEvent(type=kind, object=obj)
             except (aiohttp.ClientError, TimeoutError) as exc:

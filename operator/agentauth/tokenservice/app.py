@@ -68,7 +68,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import http_exceptions, web, web_protocol
 
 from agentauth.domain import (
@@ -88,6 +87,7 @@ from agentauth.domain.federation import matching
 from agentauth.domain.models import Agent
 from agentauth.kube import client as kubeclient
 from agentauth.kube import config as kubeconfig
+from agentauth.kube import jsontext
 from agentauth.tokenservice import bodies, federation, hardening, observability, ratelimit
 from agentauth.tokenservice import settings as settings_module
 from agentauth.tokenservice import shared as shared_module
@@ -273,15 +273,10 @@ def _header_safe(text: str) -> str:
 def json_response(
     body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] = NO_STORE
 ) -> web.Response:
-    """``web.json_response`` (``application/json; charset=utf-8``) encoded by orjson, a quarter
-    of its cost on the token endpoint; by the standard library for what orjson refuses
-    (integers beyond 64 bits, keys that are not strings)."""
-    try:
-        encoded = orjson.dumps(body)
-    except TypeError:
-        encoded = json.dumps(body).encode()
+    """``web.json_response`` (``application/json; charset=utf-8``) by :mod:`kube.jsontext`
+    (orjson), a quarter of its cost on the token endpoint."""
     return web.Response(
-        body=encoded,
+        body=jsontext.encode_bytes(body),
         status=status,
         headers=headers,
         content_type="application/json",
