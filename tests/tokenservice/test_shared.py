@@ -125,3 +125,28 @@ def test_the_board_is_ready_only_when_every_worker_is() -> None:
     assert board.not_ready() == []
     board.set(2, False)
     assert board.not_ready() == [2]
+
+
+def _publish_in_child(board: shared.MetricsBoard, worker: int, snapshot: bytes) -> None:
+    board.publish(worker, snapshot)
+
+
+def test_a_metrics_snapshot_published_by_one_process_is_read_by_another() -> None:
+    board = shared.MetricsBoard(2, slot_bytes=4096)
+    assert (board.read(0), board.read(1)) == (None, None)  # nothing published yet
+    child = FORK.Process(target=_publish_in_child, args=(board, 1, b'[{"name": "x"}]'))
+    child.start()
+    child.join(timeout=10)
+    assert child.exitcode == 0
+    assert (board.read(0), board.read(1)) == (None, b'[{"name": "x"}]')
+    board.publish(1, b"[]")  # a shorter snapshot replaces the longer one whole
+    assert board.read(1) == b"[]"
+
+
+def test_a_metrics_snapshot_larger_than_its_slot_is_refused_and_the_last_one_kept() -> None:
+    board = shared.MetricsBoard(1, slot_bytes=64)
+    board.publish(0, b"[1]")
+    with pytest.raises(ValueError) as refused:
+        board.publish(0, b"x" * 57)
+    assert str(refused.value) == "metrics snapshot of 57 bytes does not fit a slot of 56 bytes"
+    assert board.read(0) == b"[1]"

@@ -30,6 +30,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from prometheus_client import parser as prometheus_parser
 
 from agentauth.devcluster import server
 from agentauth.domain import keys, signatures
@@ -89,6 +90,12 @@ class Pinned:
         self.connection.request(method, path, body=body, headers=headers or {})
         response = self.connection.getresponse()
         return response.status, json.loads(response.read() or b"{}")
+
+    def text(self, path: str) -> str:
+        self.connection.request("GET", path)
+        response = self.connection.getresponse()
+        assert response.status == 200, response.status
+        return response.read().decode()
 
 
 def objects(namespace: str, keyset: keys.KeySet, key: ed25519.Ed25519PrivateKey) -> list[Any]:
@@ -324,3 +331,37 @@ def test_a_worker_that_dies_stops_the_replica_with_exit_code_1(
         os.kill(int(workers[0]), signal.SIGKILL)
         assert service.process.wait(timeout=20) == 1
         service.wait_line(re.compile(r"exited \(code -9\): stopping the others"))
+
+
+def exchanges_by_worker(exposition: str) -> dict[tuple[str, str], float]:
+    """``agentauth_token_exchanges_total`` of a scrape, by (worker, result)."""
+    return {
+        (sample.labels["worker"], sample.labels["result"]): sample.value
+        for family in prometheus_parser.text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "agentauth_token_exchanges_total"
+    }
+
+
+def test_metrics_of_either_worker_count_the_requests_of_both(
+    replica: tuple[Service, int],
+) -> None:
+    _, port = replica
+    first, second = one_per_worker(port)
+    garbage = b"grant_type=nothing"
+    for pinned, times in ((first, 3), (second, 5)):
+        for _ in range(times):
+            assert pinned.request("POST", TOKEN, body=garbage, headers=FORM)[0] == 400
+    expected = {("0", "unsupported_grant_type"): 3.0, ("1", "unsupported_grant_type"): 5.0}
+    scrapes: dict[int, dict[tuple[str, str], float]] = {}
+
+    def both_count_both() -> bool:
+        # a sibling's figures are its snapshot of at most a second ago
+        for pinned in (first, second):
+            scrapes[pinned.worker] = exchanges_by_worker(pinned.text("/metrics"))
+        return scrapes[0] == scrapes[1] == expected
+
+    try:
+        stack.wait_for(both_count_both, timeout=10, interval=0.1, message="both scrapes")
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}; the last scrapes: {scrapes}") from None

@@ -61,6 +61,7 @@ import gc
 import hmac
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -787,9 +788,18 @@ class TokenService:
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
+        shared = self.context.shared
+        if shared is None:
+            body = self.metrics.render()
+        else:  # the replica's: this worker's live values, its siblings' last published
+            siblings = {
+                index: snapshot
+                for index in range(shared.workers)
+                if index != self.context.worker
+                and (snapshot := shared.metrics.read(index)) is not None
+            }
+            body = self.metrics.render(worker=self.context.worker, siblings=siblings)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
 CONTEXT_KEY = web.AppKey("context", ServiceContext)
@@ -944,7 +954,7 @@ async def serve(
         await state.start()
         await site.start()
         if shared is not None:
-            publishing = asyncio.create_task(_publish_readiness(app[CONTEXT_KEY], stop))
+            publishing = asyncio.create_task(_publish_readiness(app[CONTEXT_KEY], shared, stop))
         if started is not None:
             started(_bound_url(runner, settings))
         stopping = asyncio.ensure_future(stop.wait())
@@ -995,11 +1005,28 @@ READINESS_INTERVAL = 0.2
 """Seconds between two publications of a worker's readiness on the shared board."""
 
 
-async def _publish_readiness(context: ServiceContext, stop: asyncio.Event) -> None:
+METRICS_INTERVAL = 1.0
+"""Seconds between two publications of a worker's metrics snapshot: how old a sibling's figures
+may be in a scrape (Prometheus scrapes every 15 to 60 s)."""
+
+
+async def _publish_readiness(
+    context: ServiceContext, shared: shared_module.WorkerShared, stop: asyncio.Event
+) -> None:
     """Keep this worker's flag on the board current (``context.readiness`` writes it), so the
-    replica's ``/readyz`` is right whichever worker a probe reaches."""
-    while not stop.is_set():
+    replica's ``/readyz`` is right whichever worker a probe reaches, and its metrics snapshot
+    on the metrics board (every :data:`METRICS_INTERVAL`), so the replica's ``/metrics`` is."""
+    published = -math.inf
+    while True:
         context.readiness()
+        if time.monotonic() - published >= METRICS_INTERVAL or stop.is_set():
+            try:
+                shared.metrics.publish(context.worker, context.metrics.snapshot())
+            except (ValueError, errors.TemporarilyUnavailable) as exc:
+                log.warning("cannot publish this worker's metrics: %s", exc)
+            published = time.monotonic()
+        if stop.is_set():
+            return  # its last figures stay on the board for the siblings still serving
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), READINESS_INTERVAL)
 

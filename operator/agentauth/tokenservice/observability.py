@@ -4,6 +4,10 @@ Guarantees: every decision (issued, denied, asked, introspected) produces exactl
 the ``agentauth.audit`` logger with a fresh ``audit_id``; audit lines never contain a presented
 token or an issued token, only their ``jti`` or a short SHA-256 fingerprint. Metrics live in a
 registry per application instance, so several services (tests, ``agentauth dev``) can coexist.
+With several worker processes (``--workers``), a scrape of any worker reports every worker's
+samples, each labelled ``worker`` (its own live, its siblings' as last published, at most
+``app.METRICS_INTERVAL`` old): each worker's counters are one monotonic series whichever worker
+the scrape reaches.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 import orjson
 import prometheus_client
 
 audit_log = logging.getLogger("agentauth.audit")
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -79,10 +84,94 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def render(self) -> bytes:
+    def _collect(self) -> list[prometheus_client.Metric]:
+        self._set_cache_sizes()
+        return list(self.registry.collect())
+
+    def _set_cache_sizes(self) -> None:
         for name, size in self._cache_sizes().items():
             self._cache_gauge.labels(cache=name).set(size)
-        return prometheus_client.generate_latest(self.registry)
+
+    def render(
+        self, *, worker: int | None = None, siblings: Mapping[int, bytes] | None = None
+    ) -> bytes:
+        """The Prometheus text exposition of this process's metrics; as worker ``worker`` of a
+        replica, merged with its ``siblings``' snapshots (:meth:`snapshot`, by worker index),
+        every sample labelled with the ``worker`` it comes from (each worker's counters stay
+        one monotonic series whichever worker answers a scrape: ``sum without (worker)`` is the
+        replica's)."""
+        if worker is None:
+            self._set_cache_sizes()
+            return prometheus_client.generate_latest(self.registry)
+        merged = _Merged()
+        for metric in self._collect():
+            merged.add(
+                worker,
+                name=metric.name,
+                documentation=metric.documentation,
+                kind=metric.type,
+                unit=metric.unit,
+                samples=[(s.name, s.labels, s.value) for s in metric.samples],
+            )
+        for index, snapshot in sorted((siblings or {}).items()):
+            try:
+                families = json.loads(snapshot)
+                for family in families:
+                    merged.add(
+                        index,
+                        name=family["name"],
+                        documentation=family["documentation"],
+                        kind=family["type"],
+                        unit=family["unit"],
+                        samples=[tuple(sample) for sample in family["samples"]],
+                    )
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("metrics snapshot of worker %d is unreadable: %s", index, exc)
+        registry = prometheus_client.CollectorRegistry(auto_describe=False)
+        registry.register(merged)
+        return prometheus_client.generate_latest(registry)
+
+    def snapshot(self) -> bytes:
+        """This process's samples as JSON, for the other workers of the replica to render."""
+        return json.dumps(
+            [
+                {
+                    "name": metric.name,
+                    "documentation": metric.documentation,
+                    "type": metric.type,
+                    "unit": metric.unit,
+                    "samples": [[s.name, s.labels, s.value] for s in metric.samples],
+                }
+                for metric in self._collect()
+            ]
+        ).encode()
+
+
+class _Merged(prometheus_client.registry.Collector):
+    """Metric families of several workers, each sample labelled with its worker's index."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, prometheus_client.Metric] = {}
+
+    def add(
+        self,
+        worker: int,
+        *,
+        name: str,
+        documentation: str,
+        kind: str,
+        unit: str,
+        samples: list[tuple[str, dict[str, str], float]],
+    ) -> None:
+        family = self._families.get(name)
+        if family is None:
+            family = prometheus_client.Metric(name, documentation, kind, unit)
+            self._families[name] = family
+        for sample_name, labels, value in samples:
+            family.add_sample(sample_name, {**labels, "worker": str(worker)}, float(value))
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        return iter(self._families.values())
 
 
 def install_audit_sink(stream: IO[str]) -> None:

@@ -19,6 +19,8 @@ Guarantees:
   :class:`SharedTokenBuckets` those of ``ratelimit.TokenBuckets``.
 - :class:`ReadyBoard` holds one readiness flag per worker: the replica answers ``/readyz`` ready
   only when every worker has synced its caches and none is draining.
+- :class:`MetricsBoard` holds each worker's latest metrics snapshot, so ``/metrics`` of any worker
+  reports every worker's counters (each series labelled with its ``worker``).
 - Nothing here is used with one worker: a single process keeps the in-process structures.
 """
 
@@ -207,12 +209,62 @@ class ReadyBoard:
         return [index for index in range(self.workers) if self._flags[index] != 1]
 
 
+METRICS_SLOT_BYTES = 1 << 20
+"""Per worker: room for its metrics snapshot (address space, touched only as used; a
+snapshot of this service's metrics is a few KiB)."""
+_METRICS_HEADER = struct.Struct("=Q")
+
+
+class MetricsBoard:
+    """Each worker's latest metrics snapshot, one slot per worker, in shared memory.
+
+    A worker publishes its own snapshot (``Metrics.snapshot``) and whichever worker takes a
+    scrape reads its siblings', so ``/metrics`` of any worker answers for the whole replica. A
+    slot holds a length and the bytes, written and read under one process-shared lock (a memory
+    copy of a few KiB); a worker that never published reads as ``None``.
+    """
+
+    def __init__(self, workers: int, *, slot_bytes: int = METRICS_SLOT_BYTES) -> None:
+        self.workers = workers
+        self.slot_bytes = slot_bytes
+        self._memory = mmap.mmap(-1, max(1, workers) * slot_bytes)
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            raise errors.TemporarilyUnavailable("the metrics board is busy; retry shortly")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def publish(self, worker: int, snapshot: bytes) -> None:
+        room = self.slot_bytes - _METRICS_HEADER.size
+        if len(snapshot) > room:
+            raise ValueError(
+                f"metrics snapshot of {len(snapshot)} bytes does not fit a slot of {room} bytes"
+            )
+        start = worker * self.slot_bytes + _METRICS_HEADER.size
+        with self._locked():
+            self._memory[start : start + len(snapshot)] = snapshot
+            _METRICS_HEADER.pack_into(self._memory, worker * self.slot_bytes, len(snapshot))
+
+    def read(self, worker: int) -> bytes | None:
+        """``worker``'s last snapshot, or ``None`` if it has published none."""
+        with self._locked():
+            (length,) = _METRICS_HEADER.unpack_from(self._memory, worker * self.slot_bytes)
+            start = worker * self.slot_bytes + _METRICS_HEADER.size
+            return bytes(self._memory[start : start + length]) if length else None
+
+
 class WorkerShared:
     """Everything the workers of one replica share; created by the supervisor before forking."""
 
     def __init__(self, *, workers: int, settings: Any) -> None:
         self.workers = workers
         self.board = ReadyBoard(workers)
+        self.metrics = MetricsBoard(workers)
         self.signature_replay = SharedReplayCache(name="signature-replay")
         self.assertion_replay = SharedReplayCache(name="assertion-replay")
         self.aws_replay = SharedAwsReplayCache()
