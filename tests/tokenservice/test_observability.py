@@ -28,7 +28,9 @@ def metrics_with(*results: str) -> observability.Metrics:
 
 
 def test_one_process_renders_its_own_samples_without_a_worker_label() -> None:
-    assert exchanges_by_worker(metrics_with("issued", "issued").render()) == {("-", "issued"): 2.0}
+    text = metrics_with("issued", "issued").render()
+    assert exchanges_by_worker(text) == {("-", "issued"): 2.0}
+    assert b'agentauth_cache_objects{cache="agents"} 3.0' in text
 
 
 def test_a_worker_renders_its_siblings_snapshots_each_sample_labelled_with_its_worker() -> None:
