@@ -180,6 +180,34 @@ def test_create_is_validated_like_the_token_service(
     assert message == WEBHOOK + f"agent 'ghost' does not exist in namespace '{agent.namespace}'"
 
 
+def set_max_duration(api: client.ApiClient, setup: jitkit.AgentSetup, max_duration: str) -> None:
+    grant = f"{setup.agent}-payments"
+    body = custom(api).get_namespaced_custom_object(
+        GROUP, VERSION, setup.namespace, "capabilitygrants", grant
+    )
+    body["spec"]["capabilities"][1]["maxDuration"] = max_duration
+    custom(api).replace_namespaced_custom_object(
+        GROUP, VERSION, setup.namespace, "capabilitygrants", grant, body
+    )
+
+
+def test_a_grant_changed_just_before_a_filing_counts_at_once(
+    env: jitkit.JitEnv, agent: jitkit.AgentSetup
+) -> None:
+    """The webhook reads the grants live (parsed once per resourceVersion, through the
+    controller's parse cache): each change of the same grant object counts for the next filing,
+    with no wait for any cache."""
+    too_long = WEBHOOK + (
+        "duration 2h is longer than the 30m that grant 'buyer-payments' allows for "
+        "'payments.authorize' (its maxDuration)"
+    )
+    assert refused(lambda: create_request(env.api, agent, duration="2h")) == (400, too_long)
+    set_max_duration(env.api, agent, "3h")
+    assert create_request(env.api, agent, duration="2h")["spec"]["duration"] == "2h"
+    set_max_duration(env.api, agent, "30m")
+    assert refused(lambda: create_request(env.api, agent, duration="2h")) == (400, too_long)
+
+
 def test_spec_and_requester_are_immutable(env: jitkit.JitEnv, agent: jitkit.AgentSetup) -> None:
     name = create_request(env.api, agent)["metadata"]["name"]
     api = custom(env.api)
