@@ -26,6 +26,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import math
@@ -34,7 +35,6 @@ import multiprocessing
 import struct
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from agentauth.domain import assertions, errors
@@ -49,6 +49,18 @@ LOCK_TIMEOUT = 1.0
 DEFAULT_SLOTS = 1 << 18
 """Per table: 262,144 slots of 32 bytes (8 MiB of address space, touched only as used), room for
 the 100,000 live entries each in-process structure allows at under 40 % load."""
+
+
+@contextlib.contextmanager
+def _holding(lock: Any, what: str) -> Iterator[None]:
+    """``lock`` held for the block; ``temporarily_unavailable`` (``what`` is busy) when it is not
+    obtained within :data:`LOCK_TIMEOUT` seconds (a worker killed while holding it)."""
+    if not lock.acquire(timeout=LOCK_TIMEOUT):
+        raise errors.TemporarilyUnavailable(f"{what} is busy; retry shortly")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class SharedTable:
@@ -67,14 +79,8 @@ class SharedTable:
         found = hashlib.blake2b(self._salt + key.encode(), digest_size=16).digest()
         return found if found != _EMPTY else b"\x01" + found[1:]
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
-            raise errors.TemporarilyUnavailable(f"the {self.name} table is busy; retry shortly")
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return _holding(self._lock, f"the {self.name} table")
 
     def locate(
         self, digest: bytes, *, reusable: Callable[[float, float], bool]
@@ -230,14 +236,8 @@ class MetricsBoard:
         self._memory = mmap.mmap(-1, max(1, workers) * slot_bytes)
         self._lock = multiprocessing.get_context("fork").Lock()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
-            raise errors.TemporarilyUnavailable("the metrics board is busy; retry shortly")
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return _holding(self._lock, "the metrics board")
 
     def publish(self, worker: int, snapshot: bytes) -> None:
         room = self.slot_bytes - _METRICS_HEADER.size
