@@ -84,13 +84,24 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def _collect(self) -> list[prometheus_client.Metric]:
-        self._set_cache_sizes()
-        return list(self.registry.collect())
-
     def _set_cache_sizes(self) -> None:
         for name, size in self._cache_sizes().items():
             self._cache_gauge.labels(cache=name).set(size)
+
+    def _families(self) -> list[dict[str, Any]]:
+        """This process's metric families as plain data: what :meth:`snapshot` publishes and
+        :meth:`render` merges."""
+        self._set_cache_sizes()
+        return [
+            {
+                "name": metric.name,
+                "documentation": metric.documentation,
+                "type": metric.type,
+                "unit": metric.unit,
+                "samples": [[s.name, s.labels, s.value] for s in metric.samples],
+            }
+            for metric in self.registry.collect()
+        ]
 
     def render(
         self, *, worker: int | None = None, siblings: Mapping[int, bytes] | None = None
@@ -104,27 +115,12 @@ class Metrics:
             self._set_cache_sizes()
             return prometheus_client.generate_latest(self.registry)
         merged = _Merged()
-        for metric in self._collect():
-            merged.add(
-                worker,
-                name=metric.name,
-                documentation=metric.documentation,
-                kind=metric.type,
-                unit=metric.unit,
-                samples=[(s.name, s.labels, s.value) for s in metric.samples],
-            )
+        for family in self._families():
+            merged.add(worker, family)
         for index, snapshot in sorted((siblings or {}).items()):
             try:
-                families = json.loads(snapshot)
-                for family in families:
-                    merged.add(
-                        index,
-                        name=family["name"],
-                        documentation=family["documentation"],
-                        kind=family["type"],
-                        unit=family["unit"],
-                        samples=[tuple(sample) for sample in family["samples"]],
-                    )
+                for family in json.loads(snapshot):
+                    merged.add(index, family)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("metrics snapshot of worker %d is unreadable: %s", index, exc)
         registry = prometheus_client.CollectorRegistry(auto_describe=False)
@@ -133,18 +129,7 @@ class Metrics:
 
     def snapshot(self) -> bytes:
         """This process's samples as JSON, for the other workers of the replica to render."""
-        return json.dumps(
-            [
-                {
-                    "name": metric.name,
-                    "documentation": metric.documentation,
-                    "type": metric.type,
-                    "unit": metric.unit,
-                    "samples": [[s.name, s.labels, s.value] for s in metric.samples],
-                }
-                for metric in self._collect()
-            ]
-        ).encode()
+        return json.dumps(self._families()).encode()
 
 
 class _Merged(prometheus_client.registry.Collector):
@@ -153,22 +138,17 @@ class _Merged(prometheus_client.registry.Collector):
     def __init__(self) -> None:
         self._families: dict[str, prometheus_client.Metric] = {}
 
-    def add(
-        self,
-        worker: int,
-        *,
-        name: str,
-        documentation: str,
-        kind: str,
-        unit: str,
-        samples: list[tuple[str, dict[str, str], float]],
-    ) -> None:
-        family = self._families.get(name)
-        if family is None:
-            family = prometheus_client.Metric(name, documentation, kind, unit)
-            self._families[name] = family
-        for sample_name, labels, value in samples:
-            family.add_sample(sample_name, {**labels, "worker": str(worker)}, float(value))
+    def add(self, worker: int, family: Mapping[str, Any]) -> None:
+        """One worker's ``family`` (as ``Metrics._families`` gives it)."""
+        name = family["name"]
+        merged = self._families.get(name)
+        if merged is None:
+            merged = prometheus_client.Metric(
+                name, family["documentation"], family["type"], family["unit"]
+            )
+            self._families[name] = merged
+        for sample_name, labels, value in family["samples"]:
+            merged.add_sample(sample_name, {**labels, "worker": str(worker)}, float(value))
 
     def collect(self) -> Iterator[prometheus_client.Metric]:
         return iter(self._families.values())
