@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -169,6 +170,60 @@ def test_each_registered_claim_check_has_its_own_error() -> None:
             )
         assert type(caught.value) is kind
         assert (caught.value.claim, caught.value.description) == (claim, description)
+
+
+def test_the_times_of_checked_claims_fail_later_as_the_full_check_would() -> None:
+    """``Validity.check`` at a later moment raises what ``check_registered_claims`` raises at
+    that moment, claim and description alike, in its order."""
+    claims = {"iss": "https://i", "aud": "https://a", "exp": 200, "nbf": 100, "iat": 90}
+    validity = jose.check_registered_claims(
+        claims, issuers=("https://i",), audience="https://a", now=150, leeway=10
+    )
+    assert validity == jose.Validity(expires=200, not_before=100, issued_at=90)
+    validity.check(now=189.5, leeway=10)
+    for now, leeway, kind, claim in [
+        (210, 10, jose.Expired, "exp"),  # exp + leeway is already too late
+        (201, 0, jose.Expired, "exp"),
+        (89, 10, jose.NotYetValid, "nbf"),  # nbf is checked before iat
+        (79, 10, jose.NotYetValid, "nbf"),
+    ]:
+        for check in (
+            functools.partial(validity.check, now=now, leeway=leeway),
+            functools.partial(
+                jose.check_registered_claims,
+                claims,
+                issuers=("https://i",),
+                audience="https://a",
+                now=now,
+                leeway=leeway,
+            ),
+        ):
+            with pytest.raises(kind) as caught:
+                check()
+            assert type(caught.value) is kind
+            assert caught.value.claim == claim
+            assert caught.value.description == (
+                "token has expired" if kind is jose.Expired else "token is not yet valid"
+            )
+    issued_later = jose.check_registered_claims(
+        {**claims, "nbf": 80, "iat": 120},
+        issuers=("https://i",),
+        audience="https://a",
+        now=150,
+        leeway=10,
+    )
+    with pytest.raises(jose.NotYetValid) as caught:
+        issued_later.check(now=100, leeway=10)
+    assert (caught.value.claim, caught.value.description) == ("iat", "token is not yet valid")
+    bare = jose.check_registered_claims(
+        {"iss": "https://i", "aud": "https://a", "exp": 200},
+        issuers=("https://i",),
+        audience="https://a",
+        now=150,
+        leeway=0,
+    )
+    assert bare == jose.Validity(expires=200, not_before=None, issued_at=None)
+    bare.check(now=0, leeway=0)
 
 
 def test_jwks_are_loaded_by_pyjwt_public_members_only() -> None:

@@ -230,3 +230,72 @@ def test_a_decision_made_again_ends_when_a_grant_of_it_expires_though_nothing_ch
     after = decided_at(timedelta(minutes=6))
     assert "report.read" not in after.scope
     assert after.scope == ("document.read", "document.write")
+
+
+def test_a_binding_is_made_again_when_anything_it_was_made_of_is_replaced() -> None:
+    """A pod's binding and its Agent's decision are reused only while the snapshot holds the very
+    pod, Agent and service-account uid they were made with: each replacement is checked afresh
+    on the next exchange, whatever the previous exchange of the same pod found."""
+    second = tokenkit.agent("second", uid="agent-uid-2")
+    snapshot = tokenkit.snapshot(
+        agents=[tokenkit.agent(), second],
+        grants=[
+            tokenkit.grant("base", capabilities=tokenkit.STANDARD_CAPABILITIES),
+            tokenkit.grant("for-second", agents=["second"], capabilities=[{"name": "x.read"}]),
+        ],
+    )
+    first = decide(snapshot)
+    assert decide(snapshot) is first  # the memo is in use
+    pod_key = ("team-a", "research-0")
+    pod = snapshot.pods[pod_key]
+
+    # the same pod written again (a new object, equal): bound again, the same answer
+    snapshot.put_pod(pod_key, dataclasses.replace(pod))
+    assert decide(snapshot).scope == first.scope
+
+    # relabelled to act as another Agent of the same service account
+    snapshot.put_pod(pod_key, dataclasses.replace(pod, labels={"agentauth.dev/agent": "second"}))
+    assert decide(snapshot).agent is second
+    assert "x.read" in decide(snapshot).scope
+    snapshot.put_pod(pod_key, pod)
+    assert decide(snapshot).agent is snapshot.agents[AGENT_KEY]
+
+    # the service account deleted and created again (a new uid): the token's uid is the old one
+    snapshot.put_service_account(("team-a", "research-sa"), "a-new-uid")
+    with pytest.raises(errors.InvalidGrant) as caught:
+        decide(snapshot)
+    assert caught.value.description == (
+        "service account team-a/research-sa of the token no longer exists (deleted, or created "
+        "again under the same name)"
+    )
+    snapshot.put_service_account(("team-a", "research-sa"), tokenkit.SERVICE_ACCOUNT_UID)
+    assert decide(snapshot).scope == first.scope
+
+    # the Agent suspended, then its podSelector no longer matching the pod
+    agent = snapshot.agents[AGENT_KEY]
+    snapshot.put_agent(AGENT_KEY, tokenkit.agent(suspended=True))
+    with pytest.raises(errors.InvalidGrant) as caught:
+        decide(snapshot)
+    assert caught.value.description == "agent team-a/research is suspended"
+    snapshot.put_agent(AGENT_KEY, tokenkit.agent(podSelector={"matchLabels": {"app": "other"}}))
+    with pytest.raises(errors.InvalidGrant) as caught:
+        decide(snapshot)
+    assert caught.value.description == (
+        "pod team-a/research-0 does not match the podSelector of agent team-a/research"
+    )
+    snapshot.put_agent(AGENT_KEY, agent)
+
+    # another token of the same pod (a new identity, e.g. the kubelet's rotation) binds too;
+    # one naming another pod uid (the pod's predecessor) does not
+    rotated = dataclasses.replace(IDENTITY, expires_at=123, jti="rotated")
+    assert exchanging.bind_pod(rotated, snapshot) == (agent, pod)
+    with pytest.raises(errors.InvalidGrant) as caught:
+        exchanging.bind_pod(dataclasses.replace(IDENTITY, pod_uid="old-pod"), snapshot)
+    assert caught.value.description == "pod team-a/research-0 bound to the token no longer exists"
+
+    # the pod deleted: its binding goes with it
+    snapshot.put_pod(pod_key, None)
+    assert pod_key not in snapshot._bindings
+    with pytest.raises(errors.InvalidGrant) as caught:
+        decide(snapshot)
+    assert caught.value.description == "pod team-a/research-0 bound to the token no longer exists"

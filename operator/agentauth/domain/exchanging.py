@@ -287,6 +287,7 @@ class Snapshot:
         self._counted: dict[Key, tuple[Agent, int, int, datetime | None, list[AccessRequest]]] = {}
         self._scopes: dict[Key, tuple[object, object, object, object, ScopeDecision]] = {}
         self._decisions: dict[Key, _MemoisedDecision] = {}
+        self._bindings: dict[Key, _Binding] = {}
         for key, agent in (agents or {}).items():
             self.put_agent(key, agent)
         for grant in grants:
@@ -406,6 +407,7 @@ class Snapshot:
     def put_pod(self, key: Key, pod: Pod | None) -> None:
         if pod is None:
             self.pods.pop(key, None)
+            self._bindings.pop(key, None)
         else:
             self.pods[key] = pod
 
@@ -538,6 +540,7 @@ class Snapshot:
 class _MemoisedDecision:
     """A decision of :func:`decide_for_agent` and everything it was a function of."""
 
+    key: Key
     agent: Agent
     pod: Pod | None
     request: tuple[Target, str, str]
@@ -611,10 +614,62 @@ def agent_label(agent: Agent) -> str:
 # -- binding and usability ---------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Binding:
+    """A binding of :func:`bind_pod` and the objects it was a function of, and the last
+    memoised decision (:func:`decide_for_agent`) for the Agent and pod it bound: the one field
+    written after creation, so that a pod's next exchange finds both in one look-up."""
+
+    identity: serviceaccounts.ServiceAccountIdentity
+    pod: Pod
+    agent_key: Key
+    agent: Agent
+    account_key: Key
+    account_uid: str
+    decision: _MemoisedDecision | None = None
+
+
 def bind_pod(
     identity: serviceaccounts.ServiceAccountIdentity, snapshot: Snapshot
 ) -> tuple[Agent, Pod]:
-    """The Agent the pod behind a verified service-account token acts as."""
+    """The Agent the pod behind a verified service-account token acts as.
+
+    A binding is a function of the identity, the pod, the Agent the pod names and the service
+    account's uid, and of nothing else: it is kept per pod with those objects, and reused while
+    the snapshot holds the very same objects (every watch event stores a new object, so any
+    change to one of them binds again).
+    """
+    bound = _binding(identity, snapshot)
+    return bound.agent, bound.pod
+
+
+def _binding(identity: serviceaccounts.ServiceAccountIdentity, snapshot: Snapshot) -> _Binding:
+    pod_key = (identity.namespace, identity.pod_name)
+    bound = snapshot._bindings.get(pod_key)
+    if (
+        bound is not None
+        and (bound.identity is identity or bound.identity == identity)
+        and snapshot.pods.get(pod_key) is bound.pod
+        and snapshot.agents.get(bound.agent_key) is bound.agent
+        and snapshot.service_accounts.get(bound.account_key) is bound.account_uid
+    ):
+        return bound
+    agent, pod = _bind_pod(identity, snapshot)
+    account_key = (identity.namespace, identity.service_account)
+    bound = snapshot._bindings[pod_key] = _Binding(
+        identity=identity,
+        pod=pod,
+        agent_key=(identity.namespace, pod.labels[AGENT_LABEL]),
+        agent=agent,
+        account_key=account_key,
+        account_uid=snapshot.service_accounts[account_key],
+    )
+    return bound
+
+
+def _bind_pod(
+    identity: serviceaccounts.ServiceAccountIdentity, snapshot: Snapshot
+) -> tuple[Agent, Pod]:
     where = f"{identity.namespace}/{identity.pod_name}"
     pod = snapshot.pods.get((identity.namespace, identity.pod_name))
     if pod is None or pod.uid != identity.pod_uid:
@@ -936,6 +991,7 @@ def decide_for_agent(
     if server is None and scope.granted_until is None:
         grants_version, requests_version, until = snapshot._memo_state(memo_key)
         snapshot._decisions[memo_key] = _MemoisedDecision(
+            key=memo_key,
             agent=agent,
             pod=pod,
             request=request,
@@ -956,17 +1012,38 @@ def decide_for_service_account(
     trust_domain: str,
     now: datetime,
 ) -> Decision:
-    """Pod binding, then ``decide_for_agent``."""
-    agent, pod = bind_pod(identity, snapshot)
-    return decide_for_agent(
-        agent=agent,
+    """Pod binding, then ``decide_for_agent``.
+
+    The binding keeps the Agent's memoised decision (see ``decide_for_agent``), reused under the
+    same conditions: the binding holds the very Agent and pod objects it was made for (so
+    ``check_agent_usable``, a function of the Agent object, passed for them), the request is the
+    same, and neither the namespace's grants nor the Agent's requests changed, nor has the next
+    grant expiry passed."""
+    bound = _binding(identity, snapshot)
+    memo = bound.decision
+    if (
+        memo is not None
+        and target.audience is None
+        and memo.request == (target, issuer, trust_domain)
+        and memo.grants_version == snapshot._grants_version.get(memo.key[0], 0)
+        and memo.requests_version == snapshot._requests_version.get(memo.key, 0)
+        and (memo.until is None or now < memo.until)
+    ):
+        return memo.decision
+    decision = decide_for_agent(
+        agent=bound.agent,
         target=target,
         snapshot=snapshot,
         issuer=issuer,
         trust_domain=trust_domain,
         now=now,
-        pod=pod,
+        pod=bound.pod,
     )
+    memo = snapshot._decisions.get(
+        (bound.agent.metadata.namespace or "", bound.agent.metadata.name or "")
+    )
+    bound.decision = memo if memo is not None and memo.decision is decision else None
+    return decision
 
 
 def mint(

@@ -385,14 +385,17 @@ def verify(token: str, *, keys: PublicKeySet, allowed_algorithms: Iterable[str])
 
 def verify_parsed(
     parsed: ParsedJWS, *, keys: PublicKeySet, allowed_algorithms: Iterable[str]
-) -> None:
+) -> tuple[str, str]:
     """:func:`verify` of a token already parsed: the algorithm against the allow-list, the key
-    by kid, the signature."""
+    by kid, the signature. Returns the header's ``alg`` and ``kid``: verifying the same parsed
+    token again under the same allow-list is :func:`verify_signature` with them (a header's
+    checks are a function of the header alone)."""
     alg = check_algorithm(parsed.header, allowed=allowed_algorithms)
     kid = parsed.header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise MissingKeyId("token header has no kid")
     verify_signature(parsed, alg=alg, key=keys.get(kid))
+    return alg, kid
 
 
 def compact_json(value: Any) -> bytes:
@@ -481,6 +484,27 @@ def check_not_before(claims: Mapping[str, Any], *, name: str, now: float, leeway
         raise NotYetValid("token is not yet valid", claim=name)
 
 
+@dataclass(frozen=True, slots=True)
+class Validity:
+    """The times of claims that passed :func:`check_registered_claims`: ``exp``, and ``nbf`` and
+    ``iat`` when present, each already known to be a finite number. What a later moment needs
+    checked of the same claims (their issuer and audience do not change with time)."""
+
+    expires: float
+    not_before: float | None
+    issued_at: float | None
+
+    def check(self, *, now: float, leeway: float) -> None:
+        """What :func:`check_registered_claims` checks of the times at ``now``, in its order and
+        with its errors."""
+        if now >= self.expires + leeway:
+            raise Expired("token has expired", claim="exp")
+        if self.not_before is not None and self.not_before > now + leeway:
+            raise NotYetValid("token is not yet valid", claim="nbf")
+        if self.issued_at is not None and self.issued_at > now + leeway:
+            raise NotYetValid("token is not yet valid", claim="iat")
+
+
 def check_registered_claims(
     claims: Mapping[str, Any],
     *,
@@ -488,9 +512,10 @@ def check_registered_claims(
     audience: str | None,
     now: float,
     leeway: float,
-) -> None:
+) -> Validity:
     """Require ``iss`` in ``issuers``, ``aud`` containing ``audience`` (when given), ``exp``
-    in the future, and ``nbf``/``iat`` not in the future, each with at most ``leeway`` seconds.
+    in the future, and ``nbf``/``iat`` not in the future, each with at most ``leeway`` seconds;
+    the claims' times, checked, are returned for :meth:`Validity.check` at a later moment.
     """
     check_issuer(claims, issuers=issuers)
     if audience is not None:
@@ -498,3 +523,6 @@ def check_registered_claims(
     check_expiry(claims, now=now, leeway=leeway)
     check_not_before(claims, name="nbf", now=now, leeway=leeway)
     check_not_before(claims, name="iat", now=now, leeway=leeway)
+    return Validity(
+        expires=claims["exp"], not_before=claims.get("nbf"), issued_at=claims.get("iat")
+    )

@@ -11,8 +11,11 @@ may refetch it once):
 - Every check above runs on every presentation. What a pod presents again (its projected token
   is the same for most of an hour) is not decoded again: the last :data:`DECODED_TOKENS`
   distinct tokens that verified are kept decoded (base64url and JSON are a function of the
-  token's text alone), and their signature is verified, against the key set of the call, and
-  their claims checked, against its issuer, audience and time, as on first presentation.
+  token's text alone). Their signature is verified against the key set of the call and their
+  times (``exp``, ``nbf``, ``iat``) against its time, as on first presentation; whether their
+  ``iss`` and ``aud`` hold is a function of the text and the call's issuer and audience, so it
+  is kept with the issuer and audience it was found for, and a call with another issuer or
+  audience checks the claims again.
 """
 
 from __future__ import annotations
@@ -66,33 +69,58 @@ def verify_service_account_token(
 
     ``issuer`` is the cluster's service-account issuer; ``audience`` our own issuer URL.
     """
-    decoded = _decoded.get(token)
-    if decoded is not None:
-        parsed, identity = decoded
-        jose.verify_parsed(parsed, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
+    within = min(leeway, MAX_LEEWAY)
+    known = _decoded.get(token)
+    if known is not None:
+        # the header passed the allow-list and named its kid: only the key and signature remain
+        jose.verify_signature(known.parsed, alg=known.alg, key=jwks.get(known.kid))
+        if known.issuer == issuer and known.audience == audience:
+            known.validity.check(now=now.timestamp(), leeway=within)
+            return known.identity
+        parsed, identity, (alg, kid) = known.parsed, known.identity, (known.alg, known.kid)
     else:
-        parsed = jose.verify(token, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
+        parsed = jose.parse(token)
+        alg, kid = jose.verify_parsed(parsed, keys=jwks, allowed_algorithms=ALLOWED_ALGORITHMS)
         identity = None
-    jose.check_registered_claims(
-        parsed.payload,
-        issuers=(issuer,),
-        audience=audience,
-        now=now.timestamp(),
-        leeway=min(leeway, MAX_LEEWAY),
+    validity = jose.check_registered_claims(
+        parsed.payload, issuers=(issuer,), audience=audience, now=now.timestamp(), leeway=within
     )
     if identity is None:
         identity = identity_from_claims(parsed.payload)
         if len(_decoded) >= DECODED_TOKENS:
             _decoded.pop(next(iter(_decoded)), None)  # the oldest first
-        _decoded[token] = (parsed, identity)
+    _decoded[token] = _Verified(
+        parsed=parsed,
+        alg=alg,
+        kid=kid,
+        identity=identity,
+        issuer=issuer,
+        audience=audience,
+        validity=validity,
+    )
     return identity
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that verified: decoded, its header's allowed ``alg`` and ``kid``, its identity,
+    and the issuer and audience its claims were last found to hold for, with their times
+    (``validity``) to check at each call."""
+
+    parsed: jose.ParsedJWS
+    alg: str
+    kid: str
+    identity: ServiceAccountIdentity
+    issuer: str
+    audience: str
+    validity: jose.Validity
 
 
 DECODED_TOKENS = 1024
 """Service-account tokens kept decoded after they verified (a few KiB each): see the module
 docstring. Only tokens that verified enter, so garbage cannot push the others out."""
 
-_decoded: dict[str, tuple[jose.ParsedJWS, ServiceAccountIdentity]] = {}
+_decoded: dict[str, _Verified] = {}
 
 
 def identity_from_claims(claims: dict[str, Any]) -> ServiceAccountIdentity:
