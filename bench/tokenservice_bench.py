@@ -222,6 +222,42 @@ def timed(fn: Any, seconds: float) -> tuple[float, float]:
             return count / elapsed, count / cpu
 
 
+def interleaved(
+    kinds: dict[int | str, Callable[[], None]], *, rounds: int
+) -> dict[int | str, list[tuple[float, float]]]:
+    """Per kind, its calls per wall-clock second and per CPU second in each of ``rounds``
+    rounds; in a round the kinds take turns of :data:`BATCH` calls until :data:`ROUND_SECONDS`
+    have passed, so that all of them run under the same load of the shared machine. The first
+    calls of a turn find the caches as the kind before left them (measured: up to 0.06 of a
+    ratio to the floor for the kind right after the floor), so the order of the turns is
+    shuffled anew in each round (seeded) and no kind always follows the same one."""
+    measured: dict[int | str, list[tuple[float, float]]] = {key: [] for key in kinds}
+    for index in range(rounds):
+        turns = list(kinds.items())
+        random.Random(index).shuffle(turns)
+        wall = dict.fromkeys(kinds, 0.0)
+        cpu = dict.fromkeys(kinds, 0.0)
+        count = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < ROUND_SECONDS:
+            for key, fn in turns:
+                wall_started, cpu_started = time.perf_counter(), time.process_time()
+                for _ in range(BATCH):
+                    fn()
+                cpu[key] += time.process_time() - cpu_started
+                wall[key] += time.perf_counter() - wall_started
+            count += BATCH
+        for key in kinds:
+            measured[key].append((count / wall[key], count / max(cpu[key], 1e-9)))
+    return measured
+
+
+ROUND_SECONDS = 1.25
+"""One round of :func:`interleaved`: as long as the five kinds' 0.25 s each of earlier runs."""
+BATCH = 25
+"""Calls of one kind in a turn: 2-3 ms, short against the machine's changes of speed, long
+against the cost of reading the clocks and of the first call after another kind."""
+
 SIZES = (100, 10_000)
 FIRST_PRESENTATION = "at_10000_agents_tokens_first_presented"
 """The exchange at 10,000 Agents when no caller presented its token recently."""
@@ -313,25 +349,34 @@ def in_process(seconds: float) -> dict[str, Any]:
         for _ in range(2 * (len(unseen) if key == FIRST_PRESENTATION else CALLERS)):
             exchange()
     gc.collect()
-    # The machine is shared: interleave short rounds of all of them so they see the same load,
-    # and report per-CPU-second rates (one-core capacity) and wall-clock rates, as medians over
-    # the rounds; ratios are taken per round, then the median.
+    # The machine is shared and its speed moves within a second (one kind timed alone for
+    # 0.25 s saw the floor anywhere between 12.5k and 18.4k/s, and per-round ratios from 1.1 to
+    # 2.1): every round runs all kinds in turn, BATCH calls at a time, for ROUND_SECONDS, so each
+    # kind sees the same machine; per-CPU-second rates (one-core capacity) and wall-clock rates
+    # are reported as medians over the rounds; ratios are taken per round, then the median.
     rounds = max(8, int(seconds / 0.25))
-    floors: list[tuple[float, float]] = []
-    floors_400: list[tuple[float, float]] = []
-    measured: dict[int | str, list[tuple[float, float]]] = {key: [] for key in exchanges}
-    for _ in range(rounds):
-        floors.append(timed(floor, 0.25))
-        floors_400.append(timed(floor_400, 0.25))
-        for key, exchange in exchanges.items():
-            measured[key].append(timed(exchange, 0.25))
+    kinds: dict[int | str, Callable[[], None]] = {
+        "floor": floor,
+        "floor_400": floor_400,
+        **exchanges,
+    }
+    timings = interleaved(kinds, rounds=rounds)
+    floors, floors_400 = timings.pop("floor"), timings.pop("floor_400")
+    measured = timings
     results: dict[str, Any] = {
         "rounds": rounds,
+        "round_seconds": ROUND_SECONDS,
+        "calls_per_turn": BATCH,
         "callers": CALLERS,
         "watch_events_per_exchange": 1 / CHURN_EVERY,
         "floor_signed_bytes": len(payload),
         "floor_per_cpu_s": statistics.median(f[1] for f in floors),
         "floor_per_wall_s": statistics.median(f[0] for f in floors),
+        # How much the host's neighbours moved the machine during the rounds: (max - min) /
+        # median of the rounds' floor rates. Quiet, it is about 0.01; busy, 0.2 and more, and
+        # then the exchange (memory-bound Python) slows more than the floor (crypto) does.
+        "floor_spread": (max(f[1] for f in floors) - min(f[1] for f in floors))
+        / statistics.median(f[1] for f in floors),
         "floor_400_byte_message_per_cpu_s": statistics.median(f[1] for f in floors_400),
     }
     for key in exchanges:
