@@ -207,21 +207,6 @@ def watch_events(
     return events
 
 
-def timed(fn: Any, seconds: float) -> tuple[float, float]:
-    """Calls per wall-clock second and per CPU second of ``fn`` over about ``seconds``. On a
-    shared machine the CPU-second rate is the one-core capacity (time spent preempted by other
-    processes does not count)."""
-    count, started, cpu_started = 0, time.perf_counter(), time.process_time()
-    while True:
-        for _ in range(50):
-            fn()
-        count += 50
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            cpu = max(time.process_time() - cpu_started, 1e-9)
-            return count / elapsed, count / cpu
-
-
 def interleaved(
     kinds: dict[int | str, Callable[[], None]], *, rounds: int
 ) -> dict[int | str, list[tuple[float, float]]]:
