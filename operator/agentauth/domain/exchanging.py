@@ -549,6 +549,18 @@ class _MemoisedDecision:
     until: datetime | None
     decision: Decision
 
+    def holds(self, *, request: tuple[Target, str, str], snapshot: Snapshot, now: datetime) -> bool:
+        """Whether :attr:`decision` is still the answer to ``request`` at ``now``, for the Agent
+        and pod objects it was made for (the caller compares those): the same request, the
+        namespace's grants and the Agent's requests unchanged, the next grant expiry not
+        passed."""
+        return (
+            self.request == request
+            and self.grants_version == snapshot._grants_version.get(self.key[0], 0)
+            and self.requests_version == snapshot._requests_version.get(self.key, 0)
+            and (self.until is None or now < self.until)
+        )
+
 
 def _same_selection(cached: Agent, agent: Agent) -> bool:
     """Whether a result computed for ``cached`` holds for ``agent``: what grants select by
@@ -942,10 +954,7 @@ def decide_for_agent(
             cached is not None
             and cached.agent is agent
             and cached.pod is pod
-            and cached.request == request
-            and cached.grants_version == snapshot._grants_version.get(memo_key[0], 0)
-            and cached.requests_version == snapshot._requests_version.get(memo_key, 0)
-            and (cached.until is None or now < cached.until)
+            and cached.holds(request=request, snapshot=snapshot, now=now)
         ):
             return cached.decision
     audience, server = (
@@ -1015,19 +1024,15 @@ def decide_for_service_account(
     """Pod binding, then ``decide_for_agent``.
 
     The binding keeps the Agent's memoised decision (see ``decide_for_agent``), reused under the
-    same conditions: the binding holds the very Agent and pod objects it was made for (so
-    ``check_agent_usable``, a function of the Agent object, passed for them), the request is the
-    same, and neither the namespace's grants nor the Agent's requests changed, nor has the next
-    grant expiry passed."""
+    same conditions (:meth:`_MemoisedDecision.holds`): the binding holds the very Agent and pod
+    objects it was made for (so ``check_agent_usable``, a function of the Agent object, passed
+    for them)."""
     bound = _binding(identity, snapshot)
     memo = bound.decision
     if (
         memo is not None
         and target.audience is None
-        and memo.request == (target, issuer, trust_domain)
-        and memo.grants_version == snapshot._grants_version.get(memo.key[0], 0)
-        and memo.requests_version == snapshot._requests_version.get(memo.key, 0)
-        and (memo.until is None or now < memo.until)
+        and memo.holds(request=(target, issuer, trust_domain), snapshot=snapshot, now=now)
     ):
         return memo.decision
     decision = decide_for_agent(
