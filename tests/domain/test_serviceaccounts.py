@@ -204,3 +204,24 @@ def test_tokens_kept_decoded_are_bounded() -> None:
         token = cluster.token(pod_uid=f"pod-{index}")
         assert verify(token, keyset).pod_uid == f"pod-{index}"
     assert len(serviceaccounts._decoded) == serviceaccounts.DECODED_TOKENS
+
+
+def test_a_token_presented_again_outlasts_tokens_presented_once() -> None:
+    """The decoded tokens are bounded, and the first to go is the least recently presented: a
+    pod presenting its token between as many tokens presented once as the bound still finds it
+    decoded (its entry is the same object), where the first of those others is gone."""
+    cluster = tokenkit.ClusterIssuer()
+    keyset = jose.PublicKeySet.from_jwks(cluster.jwks())
+    kept = cluster.token(pod_uid="kept")
+    verify(kept, keyset)
+    entry = serviceaccounts._decoded[kept]
+    once = [
+        cluster.token(pod_uid=f"once-{index}") for index in range(serviceaccounts.DECODED_TOKENS)
+    ]
+    for index, token in enumerate(once):
+        verify(token, keyset)
+        if index % 100 == 0:
+            assert verify(kept, keyset).pod_uid == "kept"
+    assert len(serviceaccounts._decoded) == serviceaccounts.DECODED_TOKENS
+    assert serviceaccounts._decoded.get(kept) is entry
+    assert once[0] not in serviceaccounts._decoded

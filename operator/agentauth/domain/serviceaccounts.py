@@ -9,13 +9,13 @@ may refetch it once):
 - the token must be a pod-bound token (``kubernetes.io.pod``) for a service account whose
   ``sub`` agrees with the ``kubernetes.io`` claims, so a token cannot claim another identity.
 - Every check above runs on every presentation. What a pod presents again (its projected token
-  is the same for most of an hour) is not decoded again: the last :data:`DECODED_TOKENS`
-  distinct tokens that verified are kept decoded (base64url and JSON are a function of the
-  token's text alone). Their signature is verified against the key set of the call and their
-  times (``exp``, ``nbf``, ``iat``) against its time, as on first presentation; whether their
-  ``iss`` and ``aud`` hold is a function of the text and the call's issuer and audience, so it
-  is kept with the issuer and audience it was found for, and a call with another issuer or
-  audience checks the claims again.
+  is the same for most of an hour) is not decoded again: the :data:`DECODED_TOKENS` tokens that
+  verified most recently are kept decoded (base64url and JSON are a function of the token's
+  text alone; the least recently presented goes first). Their signature is verified against
+  the key set of the call and their times (``exp``, ``nbf``, ``iat``) against its time, as on
+  first presentation; whether their ``iss`` and ``aud`` hold is a function of the text and the
+  call's issuer and audience, so it is kept with the issuer and audience it was found for, and
+  a call with another issuer or audience checks the claims again.
 """
 
 from __future__ import annotations
@@ -70,12 +70,15 @@ def verify_service_account_token(
     ``issuer`` is the cluster's service-account issuer; ``audience`` our own issuer URL.
     """
     within = min(leeway, MAX_LEEWAY)
-    known = _decoded.get(token)
+    # Taken out, and put back last when it verifies again: the least recently presented token
+    # is the first to go, so tokens presented once cannot push out the ones pods keep using.
+    known = _decoded.pop(token, None)
     if known is not None:
         # the header passed the allow-list and named its kid: only the key and signature remain
         jose.verify_signature(known.parsed, alg=known.alg, key=jwks.get(known.kid))
         if known.issuer == issuer and known.audience == audience:
             known.validity.check(now=now.timestamp(), leeway=within)
+            _decoded[token] = known
             return known.identity
         parsed, identity, (alg, kid) = known.parsed, known.identity, (known.alg, known.kid)
     else:
