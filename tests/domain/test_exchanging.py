@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agentauth.domain import errors, exchanging, keys, serviceaccounts
+from agentauth.domain import errors, exchanging, jose, keys, serviceaccounts, tokens
 from agentauth.domain.models import AccessRequest, Agent, CapabilityGrant
 from tests.domain import tokenkit
 from tests.domain.tokenkit import ISSUER, NOW, TRUST_DOMAIN
@@ -456,6 +458,46 @@ def test_minting_for_a_toolserver_audience_without_naming_it_is_refused() -> Non
     assert caught.value.description == (
         "refusing to mint a token for audience https://docs.example.test/mcp without naming its "
         "ToolServer"
+    )
+
+
+TIMES = ("exp", "iat", "nbf", "jti")
+
+
+def test_tokens_of_one_memoised_decision_differ_in_their_times_jti_and_bound_key() -> None:
+    snapshot, keyset = tokenkit.snapshot(), tokenkit.issuer_keys()
+    decision = decide(snapshot)
+    assert decide(snapshot) is decision  # memoised: every token of the pod is minted from it
+
+    def mint(**kw: object) -> tokens.IssuedToken:
+        args: dict[str, object] = {"keyset": keyset, "issuer": ISSUER, "now": NOW, **kw}
+        return exchanging.mint(decision, **args)  # type: ignore[arg-type]
+
+    first, later = mint(), mint(now=NOW + timedelta(seconds=30))
+    assert first.claims["jti"] != later.claims["jti"]
+    assert later.claims["iat"] == later.claims["nbf"] == first.claims["iat"] + 30
+    assert later.claims["exp"] == first.claims["exp"] + 30 == later.claims["iat"] + 120
+    assert {k: v for k, v in later.claims.items() if k not in TIMES} == {
+        k: v for k, v in first.claims.items() if k not in TIMES
+    }
+    for issued in (first, later):
+        verified = tokens.verify(
+            issued.token, public_keys=keyset.public_keys(), issuer=ISSUER, now=issued.claims["iat"]
+        )
+        assert verified.claims == issued.claims
+    # A proof-of-possession key is the request's own: never kept for the next token.
+    holders = [ed25519.Ed25519PrivateKey.generate().public_key() for _ in range(2)]
+    for holder in holders:
+        cnf = mint(cnf_jwk=jose.ed25519_jwk(holder)).claims["cnf"]
+        assert cnf["jkt"] == jose.jwk_thumbprint(jose.ed25519_jwk(holder))
+    assert "cnf" not in mint().claims
+    # Each algorithm name signs under its own header; each issuer checks the audience anew.
+    assert jwt.get_unverified_header(mint(algorithm="Ed25519").token)["alg"] == "Ed25519"
+    assert jwt.get_unverified_header(mint().token)["alg"] == "EdDSA"
+    with pytest.raises(errors.ServerError) as caught:
+        mint(issuer="https://other.example.test")
+    assert caught.value.description == (
+        f"refusing to mint a token for audience {ISSUER} without naming its ToolServer"
     )
 
 

@@ -80,6 +80,21 @@ def test_cnf_carries_the_public_jwk_and_its_thumbprint_only(keyset: keys.KeySet)
     assert claims["cnf"]["jkt"] == jose.jwk_thumbprint(jose.ed25519_jwk(private.public_key()))
 
 
+def test_extra_claims_never_replace_the_tokens_own(keyset: keys.KeySet) -> None:
+    named = {"namespace": "team-a", "name": "docs", "uid": "ts-uid-1"}
+    extra = {"exp": 1, "iat": 2, "nbf": 3, "jti": "chosen", "iss": "https://evil.test"}
+    issued = issue(keyset, extra_claims={**extra, "tool_server": named})
+    iat = int(NOW.timestamp())
+    assert (issued.claims["iat"], issued.claims["nbf"], issued.claims["exp"]) == (
+        iat,
+        iat,
+        iat + 300,
+    )
+    assert issued.claims["jti"] != "chosen"
+    assert issued.claims["iss"] == ISSUER
+    assert issued.claims["tool_server"] == named
+
+
 def test_lifetime_is_capped_at_one_hour(keyset: keys.KeySet) -> None:
     assert issue(keyset, lifetime=timedelta(hours=5)).expires_in == 3600
 

@@ -919,6 +919,11 @@ class Decision:
     access_requests: tuple[str, ...] = ()
     tool_server: ToolServer | None = None
     """The ToolServer ``audience`` belongs to; required unless the audience is our issuer."""
+    templates: dict[tuple[str, str], tokens.Template] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    """What :func:`mint` signs for this decision, per (issuer, algorithm), made at its first
+    token."""
 
 
 def tool_server_claim(server: ToolServer) -> dict[str, str]:
@@ -1063,8 +1068,27 @@ def mint(
     """Sign the token ``decision`` describes (``algorithm``: the name in its ``alg``).
 
     A token for any audience but our issuer names its ToolServer (``tool_server``); a decision
-    without one is a bug and is refused rather than minted unnamed.
+    without one is a bug and is refused rather than minted unnamed. What the token says apart
+    from its times is a function of the decision (immutable), ``issuer``, ``algorithm`` and
+    ``cnf_jwk``: without ``cnf_jwk`` it is made once per decision and kept on it, so a memoised
+    decision mints from it again.
     """
+    if cnf_jwk is not None:
+        return tokens.issue_from(
+            _template(decision, issuer=issuer, cnf_jwk=cnf_jwk, algorithm=algorithm),
+            keyset=keyset,
+            now=now,
+        )
+    template = decision.templates.get((issuer, algorithm))
+    if template is None:
+        template = _template(decision, issuer=issuer, cnf_jwk=None, algorithm=algorithm)
+        decision.templates[(issuer, algorithm)] = template
+    return tokens.issue_from(template, keyset=keyset, now=now)
+
+
+def _template(
+    decision: Decision, *, issuer: str, cnf_jwk: Mapping[str, Any] | None, algorithm: str
+) -> tokens.Template:
     agent = decision.agent
     extra: dict[str, Any] = {}
     if decision.may_act:
@@ -1076,8 +1100,7 @@ def mint(
             f"refusing to mint a token for audience {decision.audience} without naming its "
             "ToolServer"
         )
-    return tokens.issue(
-        keyset=keyset,
+    return tokens.template(
         issuer=issuer,
         subject=decision.subject,
         agent=tokens.AgentRef(
@@ -1088,7 +1111,6 @@ def mint(
         audience=decision.audience,
         scope=decision.scope,
         lifetime=decision.lifetime,
-        now=now,
         client_id=decision.client_id,
         cnf_jwk=cnf_jwk,
         act=decision.act,

@@ -6,6 +6,8 @@ Guarantees:
   pyjwt (``jose.sign``); the claims are exactly those of DESIGN.md (``iss, sub, aud, exp, iat,
   nbf, jti, client_id, scope, agent`` and where they apply ``cnf``, ``act``, ``pod``).
 - A lifetime is never longer than ``MAX_LIFETIME`` (1 h); callers pass the already-clamped one.
+- The tokens of one ``Template`` (what a decision's tokens say, checked and built once) differ
+  only in ``exp``, ``iat``, ``nbf``, ``jti`` (16 fresh random bytes each) and the signature.
 - ``verify`` accepts an Ed25519 signature under either name with a key of our key set, requires
   ``typ: at+jwt``, our ``iss``, ``exp`` (and honours ``nbf``/``iat``) with at most ``leeway``
   seconds, and the agent claims; everything else raises ``errors.InvalidGrant`` (a
@@ -62,6 +64,83 @@ class IssuedToken:
     kid: str
 
 
+@dataclass(frozen=True, slots=True)
+class Template:
+    """What the tokens of one decision say apart from their times and ``jti``: checked and
+    built once (:func:`template`), then signed with new times for each token
+    (:func:`issue_from`). ``claims`` is shared by those tokens and never changed."""
+
+    claims: Mapping[str, Any]
+    expires_in: int
+    algorithm: str
+
+
+def template(
+    *,
+    issuer: str,
+    subject: str,
+    agent: AgentRef,
+    audience: str | Sequence[str],
+    scope: Sequence[str],
+    lifetime: timedelta,
+    client_id: str,
+    cnf_jwk: Mapping[str, Any] | None = None,
+    act: Mapping[str, Any] | None = None,
+    pod: Mapping[str, str] | None = None,
+    extra_claims: Mapping[str, Any] | None = None,
+    algorithm: str = ALGORITHM,
+) -> Template:
+    """The claims of :func:`issue` that do not change from one token to the next, checked:
+    ``algorithm`` one of :data:`ALGORITHMS`, ``lifetime`` positive (at most
+    :data:`MAX_LIFETIME` is used). ``extra_claims`` never replace a claim of DESIGN.md."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"agent tokens are signed with one of {ALGORITHMS}, not {algorithm!r}")
+    seconds = lifetime.total_seconds()
+    if seconds <= 0:
+        raise errors.InvalidRequest("token lifetime must be positive")
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience if isinstance(audience, str) else list(audience),
+        "client_id": client_id,
+        "scope": " ".join(scope),
+        "agent": {"name": agent.name, "namespace": agent.namespace, "uid": agent.uid},
+    }
+    if cnf_jwk is not None:
+        public = {k: v for k, v in cnf_jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+        claims["cnf"] = {"jwk": public, "jkt": jose.jwk_thumbprint(public)}
+    if act is not None:
+        claims["act"] = dict(act)
+    if pod is not None:
+        claims["pod"] = dict(pod)
+    if extra_claims:
+        for name, value in extra_claims.items():
+            claims.setdefault(name, value)
+    return Template(claims=claims, expires_in=int(min(seconds, _MAX_SECONDS)), algorithm=algorithm)
+
+
+def issue_from(template: Template, *, keyset: keys.KeySet, now: datetime) -> IssuedToken:
+    """Sign one token of ``template`` with the current key: issued at ``now``, expiring
+    ``template.expires_in`` seconds later, with a new ``jti``."""
+    signing = keyset.signing_key()
+    iat = int(now.timestamp())
+    claims = {
+        **template.claims,  # first: the times below replace any extra claim of the same name
+        "exp": iat + template.expires_in,
+        "iat": iat,
+        "nbf": iat,
+        # secrets.token_urlsafe(16) is os.urandom(16) in base64url, through three more calls
+        "jti": jose.b64url_encode(os.urandom(16)),
+    }
+    token = jose.sign_with_header(
+        claims,
+        key=signing.private_key,
+        alg=template.algorithm,
+        header=jose.header_segment(alg=template.algorithm, kid=signing.kid, typ=TOKEN_TYPE),
+    )
+    return IssuedToken(token=token, claims=claims, expires_in=template.expires_in, kid=signing.kid)
+
+
 def issue(
     *,
     keyset: keys.KeySet,
@@ -83,48 +162,23 @@ def issue(
     delegation the user's ``sub`` (the agent then appears in ``act``); ``client_id`` is the
     agent's identifier (the OAuth client that the token was issued to); ``algorithm`` one of
     :data:`ALGORITHMS`."""
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"agent tokens are signed with one of {ALGORITHMS}, not {algorithm!r}")
-    seconds = lifetime.total_seconds()
-    if seconds <= 0:
-        raise errors.InvalidRequest("token lifetime must be positive")
-    signing = keyset.signing_key()
-    iat = int(now.timestamp())
-    expires_in = int(min(seconds, _MAX_SECONDS))
-    claims: dict[str, Any] = {
-        "iss": issuer,
-        "sub": subject,
-        "aud": audience if isinstance(audience, str) else list(audience),
-        "exp": iat + expires_in,
-        "iat": iat,
-        "nbf": iat,
-        # secrets.token_urlsafe(16) is os.urandom(16) in base64url, through three more calls
-        "jti": jose.b64url_encode(os.urandom(16)),
-        "client_id": client_id,
-        "scope": " ".join(scope),
-        "agent": {"name": agent.name, "namespace": agent.namespace, "uid": agent.uid},
-    }
-    if cnf_jwk is not None:
-        public = {k: v for k, v in cnf_jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
-        claims["cnf"] = {"jwk": public, "jkt": jose.jwk_thumbprint(public)}
-    if act is not None:
-        claims["act"] = dict(act)
-    if pod is not None:
-        claims["pod"] = dict(pod)
-    if extra_claims:
-        for name, value in extra_claims.items():
-            claims.setdefault(name, value)
-    token = jose.sign_with_header(
-        claims,
-        key=signing.private_key,
-        alg=algorithm,
-        header=jose.header_segment(alg=algorithm, kid=signing.kid, typ=TOKEN_TYPE),
-    )
-    return IssuedToken(
-        token=token,
-        claims=claims,
-        expires_in=expires_in,
-        kid=signing.kid,
+    return issue_from(
+        template(
+            issuer=issuer,
+            subject=subject,
+            agent=agent,
+            audience=audience,
+            scope=scope,
+            lifetime=lifetime,
+            client_id=client_id,
+            cnf_jwk=cnf_jwk,
+            act=act,
+            pod=pod,
+            extra_claims=extra_claims,
+            algorithm=algorithm,
+        ),
+        keyset=keyset,
+        now=now,
     )
 
 
