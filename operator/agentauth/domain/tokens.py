@@ -58,6 +58,10 @@ class AgentRef:
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
+    """A signed token and its claims. The claims are to be read only: their nested members
+    (``agent``, ``pod``, ``act``, ``cnf``, ...) are shared with the other tokens of their
+    :class:`Template`."""
+
     token: str
     claims: dict[str, Any]
     expires_in: int
