@@ -25,6 +25,9 @@ import sys
 import time
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
 HERE = pathlib.Path(__file__).parent
 PLOTS = HERE / "plots"
 
@@ -46,32 +49,25 @@ def machine() -> dict[str, Any]:
 
 
 class HostProbe:
-    """The crypto floor of ``tokenservice_bench.py`` as a reference of the machine's speed."""
+    """The crypto floor of ``tokenservice_bench.py`` (an RS256 verification and an Ed25519
+    signature of a message as long as a minted token's signing input) as a reference of the
+    machine's speed."""
 
     def __init__(self) -> None:
-        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-        self._rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._ed25519 = ed25519.Ed25519PrivateKey.generate()
         self._message = b"x" * 617  # as long as a minted agent token's signing input
-        self._signature = self._sign_rs256(self._message)
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._public = private.public_key()
+        self._signature = private.sign(self._message, padding.PKCS1v15(), hashes.SHA256())
 
-    def _sign_rs256(self, message: bytes) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
-        return self._rsa.sign(message, padding.PKCS1v15(), hashes.SHA256())
-
-    def per_cpu_second(self, seconds: float = 0.5) -> float:
+    def per_cpu_second(self, seconds: float = 0.5) -> int:
         """Floors (verification plus signature) per CPU second over ``seconds`` of wall time."""
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
-        public = self._rsa.public_key()
         count, wall, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - wall < seconds:
             for _ in range(25):
-                public.verify(self._signature, self._message, padding.PKCS1v15(), hashes.SHA256())
+                self._public.verify(
+                    self._signature, self._message, padding.PKCS1v15(), hashes.SHA256()
+                )
                 self._ed25519.sign(self._message)
             count += 25
         return round(count / (time.process_time() - cpu))
